@@ -1,0 +1,1 @@
+"""kproxy: a real-network kube-proxy emulator for Kubernetes Service labs."""
