@@ -1,0 +1,62 @@
+"""A lab instance's settings, saved in its state dir so every command finds the same lab."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kproxy.node.naming import Naming, instance_prefix
+
+DEFAULT_STATE_DIR = "/var/lib/kproxy"
+
+
+def state_dir_from_env(value: str | None) -> str:
+    return os.path.abspath(value or os.environ.get("KPROXY_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+@dataclass
+class LabConfig:
+    state_dir: str
+    manifests: str = ""
+    sandbox: bool = False
+    service_cidr: str = "10.96.0.0/12"
+    cluster_cidr: str = "10.244.0.0/16"
+    node_name: str = "node-1"
+    node_port_range: tuple[int, int] = (30000, 32767)
+    lab_cidr: str = "192.168.49.0/24"
+    cluster_domain: str = "cluster.local"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.state_dir = os.path.abspath(self.state_dir)
+        if not self.manifests:
+            self.manifests = os.path.join(self.state_dir, "manifests")
+        self.manifests = os.path.abspath(self.manifests)
+        self.node_port_range = tuple(self.node_port_range)
+
+    @property
+    def node_pod_cidr(self) -> str:
+        """This node's pod CIDR: the first /24 of the cluster CIDR (10.244.0.0/24)."""
+        net = ipaddress.ip_network(self.cluster_cidr)
+        return str(next(net.subnets(new_prefix=max(24, net.prefixlen))))
+
+    @property
+    def naming(self) -> Naming:
+        return Naming(instance_prefix(self.state_dir))
+
+    @property
+    def path(self) -> Path:
+        return Path(self.state_dir) / "config.json"
+
+    def save(self) -> None:
+        Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, state_dir: str) -> "LabConfig | None":
+        p = Path(state_dir) / "config.json"
+        if not p.exists():
+            return None
+        return cls(**json.loads(p.read_text()))

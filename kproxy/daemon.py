@@ -1,0 +1,562 @@
+"""The kproxy daemon: API server, controllers, kubelet and kube-proxy of one node, in one loop.
+
+Every pass: load the manifests folder if it changed (the desired state), admit each object
+(defaults, validation, allocation), let Deployments make pods, let the kubelet run them,
+derive EndpointSlices from Ready pods, and render + apply the iptables rules when they
+changed. A bad manifest is reported as an event and skipped; everything else keeps working.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from kproxy.api import defaults, errors, manifest, validation
+from kproxy.config import LabConfig
+from kproxy.controllers import allocation, endpoints, replicas
+from kproxy.node.kubelet import Kubelet, now_iso
+from kproxy.node.network import NodeConfig, NodeNetwork, enter_netns
+from kproxy.proxy import applier, render
+from kproxy.store.base import object_key
+from kproxy.store.sqlite import SqliteStore
+
+log = logging.getLogger("kproxy")
+
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+USER_KINDS = ("Namespace", "Service", "Deployment", "Pod", "Endpoints", "EndpointSlice")
+MANIFEST_KEYS = "/kproxy/manifest-keys"      # objects that came from the manifests folder
+MANIFEST_ERRORS = "/kproxy/manifest-errors"
+PROXY_STATUS = "/kproxy/proxy-status"
+RESYNC_PERIOD = 30.0
+POLL_PERIOD = 0.25
+
+
+def obj_id(obj: dict) -> tuple[str, str, str]:
+    m = obj["metadata"]
+    return obj["kind"], m.get("namespace", ""), m["name"]
+
+
+def key_of(kind: str, ns: str, name: str) -> str:
+    return object_key(kind, ns or None, name)
+
+
+def manifest_signature(folder: Path) -> tuple:
+    """Names, sizes and mtimes of the manifest files: polling this works on shared folders too."""
+    if not folder.is_dir():
+        return ()
+    sig = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            if f.endswith((".yaml", ".yml", ".json")) and not f.startswith("."):
+                st = os.stat(os.path.join(root, f))
+                sig.append((root, f, st.st_size, st.st_mtime_ns))
+    return tuple(sig)
+
+
+def host_ip() -> str:
+    """The host's primary address, for a node that is the real host (a route lookup, no packet)."""
+    out = subprocess.run(["ip", "-4", "route", "get", "192.0.2.1"], capture_output=True, text=True).stdout
+    parts = out.split()
+    return parts[parts.index("src") + 1] if "src" in parts else "127.0.0.1"
+
+
+class Daemon:
+    def __init__(self, cfg: LabConfig):
+        self.cfg = cfg
+        self.state = Path(cfg.state_dir)
+        self.store = SqliteStore(self.state / "store.db")
+        self.naming = cfg.naming
+        self.node_cfg = NodeConfig(node_name=cfg.node_name, sandbox=cfg.sandbox, pod_cidr=cfg.node_pod_cidr,
+                                   cluster_cidr=cfg.cluster_cidr, service_cidr=cfg.service_cidr,
+                                   lab_cidr=cfg.lab_cidr)
+        self.node_ip = self.node_cfg.node_ip if cfg.sandbox else host_ip()
+        self.network = NodeNetwork(self.naming, self.node_cfg)
+        self.ranges = allocation.ServiceRanges(cfg.service_cidr, tuple(cfg.node_port_range))
+        self.rng = random.Random()
+        self.objects: dict[str, dict[str, dict]] = {k: {} for k in (*USER_KINDS, "Node")}
+        self.sources: dict[str, dict] = {}       # key -> defaulted manifest object last admitted
+        self.file_keys: dict[str, set[str]] = {}  # manifest file -> keys it held
+        self.signature: tuple | None = None
+        self.applier = applier.Applier()
+        self.kubelet: Kubelet | None = None
+        self.stopping = threading.Event()
+        self.poke = threading.Event()
+        self.cond = threading.Condition()
+        self.generation = 0
+        self.ready = False
+        self.requests: list[dict] = []
+        self.dirty = True
+        self.last_resync = 0.0
+
+    # -- start and stop -------------------------------------------------------------------
+    def run(self) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        (self.state / "daemon.pid").write_text(f"{os.getpid()}\n")
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        try:
+            self.network.setup()
+            if self.cfg.sandbox:
+                enter_netns(self.naming.node_netns)  # before any thread: all of them live there
+            self.kubelet = Kubelet(self.network, self.node_ip, self.state / "logs")
+            self._load_store()
+            self._ensure_system_objects()
+            threading.Thread(target=self._serve_control, daemon=True, name="control").start()
+            self._loop()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        log.info("shutting down")
+        if self.kubelet:
+            self.kubelet.shutdown()
+        for pod in self.objects["Pod"].values():  # pods are gone: so are their addresses
+            pod["status"] = {"phase": "Pending"}
+        try:
+            if not self.cfg.sandbox and applier.have_iptables():
+                self.applier.cleanup()
+        finally:
+            self.network.teardown()
+        for f in ("daemon.pid", "kproxy.sock"):
+            (self.state / f).unlink(missing_ok=True)
+
+    # -- the loop -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        next_poll = 0.0
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if now >= next_poll:
+                sig = manifest_signature(Path(self.cfg.manifests))
+                if sig != self.signature:
+                    self.signature, self.dirty = sig, True
+                    self._load_manifests()
+                next_poll = now + POLL_PERIOD
+            self._handle_requests()
+            self._run_pods()
+            if self.dirty:
+                self.dirty = False
+                self._sync_endpoints()
+                self._sync_proxy()
+            elif now - self.last_resync > RESYNC_PERIOD:
+                self._sync_proxy(force=True)  # restores rules flushed or deleted by hand
+            with self.cond:
+                self.generation += 1
+                self.ready = True
+                self.cond.notify_all()
+            self.poke.wait(0.1)
+            if self.poke.is_set():
+                self.poke.clear()
+                self.signature = None  # a poke (kproxy apply) re-reads the folder at once
+
+    # -- store ----------------------------------------------------------------------------
+    def _load_store(self) -> None:
+        for kind in self.objects:
+            prefix = object_key(kind, None, "")
+            for _, obj in self.store.list(prefix):
+                m = obj["metadata"]
+                self.objects[kind][key_of(kind, m.get("namespace", ""), m["name"])] = obj
+        for pod in self.objects["Pod"].values():  # the daemon restarted: pods start afresh
+            pod["status"] = {"phase": "Pending", "podIP": pod.get("status", {}).get("podIP")}
+            pod["metadata"].pop("deletionTimestamp", None)
+        saved = self.store.get(MANIFEST_KEYS) or {}
+        self.file_keys = {f: set(keys) for f, keys in saved.get("files", {}).items()}
+        self.sources = saved.get("sources", {})
+
+    def _save(self, obj: dict) -> None:
+        kind, ns, name = obj_id(obj)
+        key = key_of(kind, ns, name)
+        self.objects[kind][key] = obj
+        self.store.put(key, obj)
+
+    def _remove(self, kind: str, key: str) -> dict | None:
+        obj = self.objects[kind].pop(key, None)
+        self.store.delete(key)
+        return obj
+
+    def event(self, kind: str, ns: str, name: str, reason: str, message: str, etype: str = "Warning") -> None:
+        log.warning("%s %s/%s: %s", reason, ns, name, message) if etype == "Warning" else \
+            log.info("%s %s/%s: %s", reason, ns, name, message)
+        ev_ns = ns or "default"
+        ident = f"{name}.{abs(hash((kind, reason, message))) & 0xffffffff:08x}"
+        key = f"/registry/events/{ev_ns}/{ident}"
+        old = self.store.get(key)
+        ev = {"apiVersion": "v1", "kind": "Event", "type": etype, "reason": reason, "message": message,
+              "metadata": {"name": ident, "namespace": ev_ns},
+              "involvedObject": {"kind": kind, "namespace": ns, "name": name},
+              "count": (old or {}).get("count", 0) + 1,
+              "firstTimestamp": (old or {}).get("firstTimestamp", now_iso()), "lastTimestamp": now_iso()}
+        self.store.put(key, ev)
+
+    def _new_meta(self, obj: dict, old: dict | None) -> None:
+        m = obj["metadata"]
+        om = (old or {}).get("metadata", {})
+        m["uid"] = om.get("uid") or str(uuid.uuid4())
+        m["creationTimestamp"] = om.get("creationTimestamp") or now_iso()
+
+    def _ensure_system_objects(self) -> None:
+        for ns in SYSTEM_NAMESPACES:
+            key = key_of("Namespace", "", ns)
+            if key not in self.objects["Namespace"]:
+                obj = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
+                       "status": {"phase": "Active"}}
+                self._new_meta(obj, None)
+                self._save(obj)
+        node = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": self.cfg.node_name, "labels": {"kubernetes.io/hostname": self.cfg.node_name,
+                                                                    "kubernetes.io/os": "linux"}},
+                "spec": {"podCIDR": self.cfg.node_pod_cidr, "podCIDRs": [self.cfg.node_pod_cidr]},
+                "status": {"addresses": [{"type": "InternalIP", "address": self.node_ip},
+                                         {"type": "Hostname", "address": self.cfg.node_name}],
+                           "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+                           "nodeInfo": {"kubeProxyVersion": "kproxy", "kubeletVersion": "kproxy"}}}
+        self._new_meta(node, self.objects["Node"].get(key_of("Node", "", self.cfg.node_name)))
+        self._save(node)
+        kubernetes = {"apiVersion": "v1", "kind": "Service",
+                      "metadata": {"name": "kubernetes", "namespace": "default",
+                                   "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                      "spec": {"type": "ClusterIP", "clusterIP": self.ranges.nth_ip(1),
+                               "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}}
+        self._admit_service(defaults.apply_defaults(kubernetes))
+        self._save({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": "kubernetes", "namespace": "default",
+                                 "labels": {endpoints.SERVICE_NAME: "kubernetes"}},
+                    "addressType": "IPv4",
+                    "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+                    "endpoints": [{"addresses": [self.node_ip], "conditions": {"ready": True}}]})
+
+    # -- manifests -> admitted objects ----------------------------------------------------
+    def _load_manifests(self) -> None:
+        folder = Path(self.cfg.manifests)
+        docs = manifest.read_path(folder) if folder.exists() else []
+        desired: dict[str, dict] = {}
+        keep: set[str] = set()
+        problems: list[dict] = []
+        files: dict[str, set[str]] = {}
+        broken_files = set()
+        for doc in docs:
+            if doc.error:
+                problems.append({"source": doc.source, "message": doc.error})
+                broken_files.add(doc.source)
+                continue
+            obj = doc.obj
+            try:
+                obj = defaults.apply_defaults(obj)
+                kind, ns, name = obj_id(obj)
+            except Exception as e:  # noqa: BLE001 - a malformed object must not stop the others
+                problems.append({"source": doc.source, "message": f"{doc.source}: {e}"})
+                broken_files.add(doc.source)
+                continue
+            key = key_of(kind, ns, name)
+            files.setdefault(doc.source, set()).add(key)
+            msg = self._check(obj)
+            if msg:
+                problems.append({"source": doc.source, "message": msg, "kind": kind, "namespace": ns, "name": name})
+                self.event(kind, ns, name, "FailedCreate", msg)
+                if "not found" not in msg:
+                    keep.add(key)
+                continue
+            desired[key] = obj
+        for source in broken_files:  # a file that does not parse keeps what it held before
+            keep |= self.file_keys.get(source, set())
+            files.setdefault(source, set()).update(self.file_keys.get(source, set()))
+        self.file_keys = files
+        # namespaces first, so the objects in them are admitted after them
+        order = {k: i for i, k in enumerate(USER_KINDS)}
+        for key, obj in sorted(desired.items(), key=lambda kv: order[kv[1]["kind"]]):
+            if self.sources.get(key) != obj or key not in self.objects[obj["kind"]]:
+                self._admit(key, obj)
+        previous = set(self.sources)
+        for key in previous - set(desired) - keep:
+            self._delete_user_object(key)
+        self.store.put(MANIFEST_KEYS, {"files": {f: sorted(k) for f, k in self.file_keys.items()},
+                                       "sources": self.sources})
+        self.store.put(MANIFEST_ERRORS, problems)
+
+    def _check(self, obj: dict) -> str | None:
+        """Validation as the API server does it on create, as one message (None when valid)."""
+        kind, ns, name = obj_id(obj)
+        if kind not in USER_KINDS:
+            return f'no matches for kind "{kind}" in version "{obj.get("apiVersion")}"'
+        errs = validation.validate(obj, node_port_range=tuple(self.cfg.node_port_range),
+                                   service_cidr=self.cfg.service_cidr)
+        if errs:
+            return str(errors.InvalidError(kind, name, errs))
+        if ns and kind != "Namespace" and key_of("Namespace", "", ns) not in self.objects["Namespace"] \
+                and not self._namespace_in_manifests(ns):
+            return f'namespaces "{ns}" not found'
+        return None
+
+    def _namespace_in_manifests(self, ns: str) -> bool:
+        return any(key_of("Namespace", "", ns) in keys for keys in self.file_keys.values())
+
+    def _admit(self, key: str, obj: dict) -> None:
+        kind = obj["kind"]
+        old = self.objects[kind].get(key)
+        source = copy.deepcopy(obj)
+        if kind == "Service":
+            if not self._admit_service(obj):
+                return
+        elif kind == "Pod":
+            if old is not None:
+                self._terminate_pod(key)  # a changed bare Pod is replaced
+                self._remove("Pod", key)
+            self._new_meta(obj, None)
+            obj["status"] = {"phase": "Pending"}
+            obj["spec"].setdefault("nodeName", self.cfg.node_name)
+            self._save(obj)
+        else:
+            if kind == "Namespace":
+                obj["status"] = {"phase": "Active"}
+            self._new_meta(obj, old)
+            self._save(obj)
+        self.sources[key] = source
+        self.dirty = True
+
+    def _admit_service(self, svc: dict) -> bool:
+        kind, ns, name = obj_id(svc)
+        key = key_of(kind, ns, name)
+        old = self.objects["Service"].get(key)
+        try:
+            with self.store.transaction() as txn:
+                svc = allocation.allocate_service(txn, svc, old, self.ranges, self.rng)
+                self._new_meta(svc, old)
+                svc.setdefault("status", {"loadBalancer": {}})
+                txn.put(key, svc)
+        except allocation.AllocationError as e:
+            err = errors.invalid(e.field, e.value, e.detail)
+            msg = str(errors.InvalidError("Service", name, [err]))
+            self.event("Service", ns, name, "FailedCreate", msg)
+            problems = self.store.get(MANIFEST_ERRORS) or []
+            self.store.put(MANIFEST_ERRORS, problems + [{"message": msg, "kind": "Service",
+                                                          "namespace": ns, "name": name}])
+            return False
+        self.objects["Service"][key] = svc
+        return True
+
+    def _delete_user_object(self, key: str) -> None:
+        self.sources.pop(key, None)
+        for kind, objs in self.objects.items():
+            if key in objs:
+                break
+        else:
+            return
+        if kind == "Pod":
+            self._terminate_pod(key)
+            return
+        obj = self._remove(kind, key)
+        if kind == "Service" and obj:
+            with self.store.transaction() as txn:
+                allocation.release_owner(txn, f"{obj['metadata']['namespace']}/{obj['metadata']['name']}")
+        self.dirty = True
+
+    # -- pods -----------------------------------------------------------------------------
+    def _run_pods(self) -> None:
+        """Deployments -> pods, pods -> running processes, process state -> pod status."""
+        pods = self.objects["Pod"]
+        taken = {p["metadata"]["name"] for p in pods.values()}
+        for dkey, deploy in list(self.objects["Deployment"].items()):
+            ns, dname = deploy["metadata"]["namespace"], deploy["metadata"]["name"]
+            owned = [p for p in pods.values() if p["metadata"]["namespace"] == ns
+                     and replicas.owner_deployment(p) == dname and not p["metadata"].get("deletionTimestamp")]
+            create, delete = replicas.reconcile_deployment(deploy, owned, self.rng, now_iso(), taken)
+            for pod in create:
+                pod["spec"]["nodeName"] = self.cfg.node_name
+                self._new_meta(pod, None)
+                self._save(pod)
+            for pod in delete:
+                self._terminate_pod(key_of("Pod", ns, pod["metadata"]["name"]))
+        live_deploys = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in self.objects["Deployment"].values()}
+        for key, pod in list(pods.items()):
+            owner = replicas.owner_deployment(pod)
+            if owner and (pod["metadata"]["namespace"], owner) not in live_deploys:
+                self._terminate_pod(key)
+            elif not pod["metadata"].get("deletionTimestamp") and key not in self.kubelet.pods:
+                self._start_pod(key, pod)
+        self._deployment_status()
+        for key, status in self.kubelet.tick().items():
+            if key in pods:
+                pods[key]["status"] = status
+                self._save(pods[key])
+                self.dirty = True
+        for key in self.kubelet.finished_pods():
+            pod = pods.get(key)
+            if pod is not None and pod["metadata"].get("deletionTimestamp"):
+                with self.store.transaction() as txn:
+                    allocation.release_pod_ip(txn, pod.get("status", {}).get("podIP"))
+                self._remove("Pod", key)
+                self.dirty = True
+
+    def _deployment_status(self) -> None:
+        for deploy in self.objects["Deployment"].values():
+            ns, name = deploy["metadata"]["namespace"], deploy["metadata"]["name"]
+            h = replicas.pod_template_hash(deploy["spec"]["template"])
+            owned = [p for p in self.objects["Pod"].values() if p["metadata"]["namespace"] == ns
+                     and replicas.owner_deployment(p) == name and not p["metadata"].get("deletionTimestamp")]
+            ready = sum(1 for p in owned if replicas.is_ready(p))
+            status = {"observedGeneration": 1, "replicas": len(owned), "readyReplicas": ready,
+                      "availableReplicas": ready,
+                      "updatedReplicas": sum(1 for p in owned if p["metadata"]["labels"].get("pod-template-hash") == h)}
+            if deploy.get("status") != status:
+                deploy["status"] = status
+                self._save(deploy)
+
+    def _start_pod(self, key: str, pod: dict) -> None:
+        ip = pod.get("status", {}).get("podIP")
+        with self.store.transaction() as txn:
+            if not ip or txn.get(f"{allocation.POD_IPS}{ip}") not in (None, key):
+                ip = allocation.allocate_pod_ip(txn, self.cfg.node_pod_cidr, key)
+            else:
+                txn.put(f"{allocation.POD_IPS}{ip}", key)
+        pod["status"] = {"phase": "Pending", "podIP": ip, "hostIP": self.node_ip}
+        try:
+            self.kubelet.start_pod(pod)
+            pod["status"] = self.kubelet.status(self.kubelet.pods[key])
+        except Exception as e:  # noqa: BLE001 - one pod failing to start must not stop the node
+            log.exception("cannot start pod %s", key)
+            self.event("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], "FailedCreatePodSandBox", str(e))
+        self._save(pod)
+        self.dirty = True
+
+    def _terminate_pod(self, key: str) -> None:
+        pod = self.objects["Pod"].get(key)
+        if pod is None or pod["metadata"].get("deletionTimestamp"):
+            return
+        pod["metadata"]["deletionTimestamp"] = now_iso()
+        for cond in pod.get("status", {}).get("conditions", []):
+            if cond["type"] in ("Ready", "ContainersReady"):
+                cond["status"] = "False"
+        self._save(pod)
+        self.dirty = True
+        # endpoints go first (this pass), the processes after: no request meets a dying pod
+        self._sync_endpoints()
+        self._sync_proxy()
+        if key in self.kubelet.pods:
+            self.kubelet.stop_pod(key)
+        else:
+            self.kubelet.pods.pop(key, None)
+            ns, name = key.split("/")[-2:]
+            self.network.remove_pod(ns, name)
+            self._remove("Pod", key)
+
+    # -- endpoints and rules --------------------------------------------------------------
+    def _sync_endpoints(self) -> None:
+        pods_by_ns: dict[str, list[dict]] = {}
+        for pod in self.objects["Pod"].values():
+            pods_by_ns.setdefault(pod["metadata"]["namespace"], []).append(pod)
+        want_slices: dict[str, dict] = {}
+        want_eps: dict[str, dict] = {}
+        user_eps = {k for k in self.sources if k.startswith("/registry/endpoints/")}
+        for svc in self.objects["Service"].values():
+            spec, meta = svc["spec"], svc["metadata"]
+            if not spec.get("selector") or spec.get("type") == "ExternalName":
+                ep_key = key_of("Endpoints", meta["namespace"], meta["name"])
+                if ep_key in user_eps and ep_key in self.objects["Endpoints"]:
+                    for sl in endpoints.mirror_endpoints(self.objects["Endpoints"][ep_key]):
+                        want_slices[key_of("EndpointSlice", meta["namespace"], sl["metadata"]["name"])] = sl
+                continue
+            slices = endpoints.slices_for_service(svc, pods_by_ns.get(meta["namespace"], []), self.cfg.node_name)
+            for sl in slices:
+                want_slices[key_of("EndpointSlice", meta["namespace"], sl["metadata"]["name"])] = sl
+            want_eps[key_of("Endpoints", meta["namespace"], meta["name"])] = endpoints.endpoints_from_slices(svc, slices)
+        managed = {k for k, sl in self.objects["EndpointSlice"].items()
+                   if sl["metadata"].get("labels", {}).get(endpoints.MANAGED_BY)}
+        for key in managed - set(want_slices):
+            self._remove("EndpointSlice", key)
+        for key in set(self.objects["Endpoints"]) - set(want_eps) - user_eps:
+            self._remove("Endpoints", key)
+        for kind, want in (("EndpointSlice", want_slices), ("Endpoints", want_eps)):
+            for key, obj in want.items():
+                old = self.objects[kind].get(key)
+                if old is not None:
+                    comparable = {k: v for k, v in old.items() if k != "metadata"}
+                    if comparable == {k: v for k, v in obj.items() if k != "metadata"}:
+                        continue
+                self._new_meta(obj, old)
+                self._save(obj)
+
+    def _sync_proxy(self, force: bool = False) -> None:
+        services = list(self.objects["Service"].values())
+        slices = list(self.objects["EndpointSlice"].values())
+        cfg = render.ProxyConfig(cluster_cidr=self.cfg.cluster_cidr, node_name=self.cfg.node_name,
+                                 node_ips=[self.node_ip])
+        t0 = time.monotonic()
+        result = render.render(services, slices, cfg)
+        try:
+            changed = self.applier.sync(result.text, force=force)
+        except applier.IptablesError as e:
+            log.error("%s", e)
+            self.event("Node", "", self.cfg.node_name, "FailedSync", str(e))
+            return
+        self.last_resync = time.monotonic()
+        if changed or force:
+            self.store.put(PROXY_STATUS, {"lastSync": now_iso(), "generation": self.generation,
+                                          "durationSeconds": round(time.monotonic() - t0, 4),
+                                          "services": sorted(result.service_chains)})
+
+    # -- control socket -------------------------------------------------------------------
+    def _handle_requests(self) -> None:
+        while self.requests:
+            req = self.requests.pop(0)
+            if req.get("op") == "delete-pod":
+                self._terminate_pod(key_of("Pod", req["namespace"], req["name"]))
+
+    def _serve_control(self) -> None:
+        path = self.state / "kproxy.sock"
+        path.unlink(missing_ok=True)
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(str(path))
+        os.chmod(path, 0o600)
+        srv.listen(16)
+        while not self.stopping.is_set():
+            conn, _ = srv.accept()
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            try:
+                req = json.loads(data or b"{}")
+            except ValueError:
+                req = {}
+            op = req.get("op")
+            if op in ("sync", "delete-pod"):
+                if op == "delete-pod":
+                    self.requests.append(req)
+                with self.cond:
+                    target = self.generation + 2  # a whole pass that began after this request
+                    self.poke.set()
+                    self.cond.wait_for(lambda: self.generation >= target or self.stopping.is_set(), timeout=60)
+            reply = {"ready": self.ready, "generation": self.generation, "pid": os.getpid(),
+                     "errors": self.store.get(MANIFEST_ERRORS) or []}
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    ap = argparse.ArgumentParser(description="run the kproxy daemon in the foreground")
+    ap.add_argument("--state-dir", required=True)
+    args = ap.parse_args(argv)
+    cfg = LabConfig.load(args.state_dir)
+    if cfg is None:
+        raise SystemExit(f"no lab configured in {args.state_dir}: run `kproxy up` first")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    Daemon(cfg).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Node networking with pyroute2: the sandbox hosts, the node bridge and each pod's veth.
+
+Sandbox layout (everything inside namespaces this instance created, nothing in the root one):
+
+    outside (192.168.49.100) --veth-- node (192.168.49.2)  [bridge 10.244.0.1/24] --veth-- pods
+
+The service CIDR is routed to the bridge, so a packet to a VIP with no rule stays on the node.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import subprocess
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from pyroute2 import IPRoute, NetNS, netns as pr_netns
+
+from .naming import Naming
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_name: str = "node-1"
+    sandbox: bool = True
+    pod_cidr: str = "10.244.0.0/24"        # this node's share of the cluster CIDR
+    cluster_cidr: str = "10.244.0.0/16"
+    service_cidr: str = "10.96.0.0/12"
+    lab_cidr: str = "192.168.49.0/24"      # the sandbox's node network
+    node_host: int = 2                     # node IP = lab_cidr + node_host
+    outside_host: int = 100
+
+    @property
+    def gateway(self) -> str:
+        return str(ipaddress.ip_network(self.pod_cidr).network_address + 1)
+
+    @property
+    def node_ip(self) -> str:
+        return str(ipaddress.ip_network(self.lab_cidr).network_address + self.node_host)
+
+    @property
+    def outside_ip(self) -> str:
+        return str(ipaddress.ip_network(self.lab_cidr).network_address + self.outside_host)
+
+
+def list_netns() -> list[str]:
+    return sorted(pr_netns.listnetns())
+
+
+def _sysctl(netns: str | None, key: str, value: str) -> None:
+    path = "/proc/sys/" + key.replace(".", "/")
+    if netns is None:
+        with open(path, "w") as f:
+            f.write(value)
+    else:
+        subprocess.run(["ip", "netns", "exec", netns, "sh", "-c", f"echo {value} > {path}"], check=True)
+
+
+@contextmanager
+def _ipr(netns: str | None) -> Iterator[IPRoute]:
+    ipr = NetNS(netns) if netns else IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _up(ipr, ifname: str) -> int:
+    idx = ipr.link_lookup(ifname=ifname)[0]
+    ipr.link("set", index=idx, state="up")
+    return idx
+
+
+class NodeNetwork:
+    """Creates and removes the node's links; `node_ns` is None when the node is the real host."""
+
+    def __init__(self, naming: Naming, cfg: NodeConfig):
+        self.naming, self.cfg = naming, cfg
+        self.node_ns = naming.node_netns if cfg.sandbox else None
+
+    # -- node ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        n, cfg = self.naming, self.cfg
+        if cfg.sandbox:
+            for name in (n.node_netns, n.outside_netns):
+                if name not in list_netns():
+                    pr_netns.create(name)
+        with _ipr(self.node_ns) as ipr:
+            _up(ipr, "lo")
+            if not ipr.link_lookup(ifname=n.bridge):
+                ipr.link("add", ifname=n.bridge, kind="bridge")
+                br = ipr.link_lookup(ifname=n.bridge)[0]
+                ipr.addr("add", index=br, address=cfg.gateway,
+                         prefixlen=ipaddress.ip_network(cfg.pod_cidr).prefixlen)
+            br = _up(ipr, n.bridge)
+            if not any(r.get_attr("RTA_DST") == str(ipaddress.ip_network(cfg.service_cidr).network_address)
+                       for r in ipr.get_routes(oif=br)):
+                ipr.route("add", dst=cfg.service_cidr, oif=br)
+            if cfg.sandbox and not ipr.link_lookup(ifname=n.lab_link):
+                ipr.link("add", ifname=n.lab_link, kind="veth",
+                         peer={"ifname": n.lab_link, "net_ns_fd": n.outside_netns})
+                idx = ipr.link_lookup(ifname=n.lab_link)[0]
+                ipr.addr("add", index=idx, address=cfg.node_ip,
+                         prefixlen=ipaddress.ip_network(cfg.lab_cidr).prefixlen)
+                _up(ipr, n.lab_link)
+        if cfg.sandbox:
+            with _ipr(n.outside_netns) as ipr:
+                _up(ipr, "lo")
+                idx = ipr.link_lookup(ifname=n.lab_link)[0]
+                if not ipr.get_addr(index=idx, family=2):
+                    ipr.addr("add", index=idx, address=cfg.outside_ip,
+                             prefixlen=ipaddress.ip_network(cfg.lab_cidr).prefixlen)
+                _up(ipr, n.lab_link)
+                if not ipr.get_default_routes(family=2):
+                    ipr.route("add", dst="0.0.0.0/0", gateway=cfg.node_ip)
+        for key, value in (("net.ipv4.ip_forward", "1"),
+                           ("net.ipv4.conf.all.route_localnet", "1"),   # localhost NodePorts
+                           ("net.bridge.bridge-nf-call-iptables", "1")):  # bridged replies un-DNAT
+            try:
+                _sysctl(self.node_ns, key, value)
+            except (OSError, subprocess.CalledProcessError) as e:
+                log.warning("sysctl %s=%s failed: %s", key, value, e)
+
+    def teardown(self) -> None:
+        """Remove the node's links and routes (host mode) or its namespaces (sandbox)."""
+        n = self.naming
+        if self.cfg.sandbox:
+            for name in (n.outside_netns, n.node_netns):
+                if name in list_netns():
+                    pr_netns.remove(name)
+            return
+        with _ipr(None) as ipr:
+            for link in ipr.get_links():
+                name = link.get_attr("IFLA_IFNAME")
+                if name.startswith(n.prefix):
+                    ipr.link("del", index=link["index"])
+
+    # -- pods ---------------------------------------------------------------------------
+    def add_pod(self, namespace: str, name: str, ip: str) -> str:
+        """Create the pod's netns and wire it to the bridge; returns the netns name."""
+        n, cfg = self.naming, self.cfg
+        pod_ns, veth = n.pod_netns(namespace, name), n.pod_veth(namespace, name)
+        if pod_ns in list_netns():
+            self.remove_pod(namespace, name)
+        pr_netns.create(pod_ns)
+        with _ipr(self.node_ns) as ipr:
+            ipr.link("add", ifname=veth, kind="veth", peer={"ifname": "eth0", "net_ns_fd": pod_ns})
+            idx = ipr.link_lookup(ifname=veth)[0]
+            br = ipr.link_lookup(ifname=n.bridge)[0]
+            ipr.link("set", index=idx, master=br, state="up")
+            ipr.brport("set", index=idx, mode=1)  # hairpin: a pod reaches itself via its Service
+        with _ipr(pod_ns) as ipr:
+            _up(ipr, "lo")
+            idx = ipr.link_lookup(ifname="eth0")[0]
+            ipr.addr("add", index=idx, address=ip, prefixlen=ipaddress.ip_network(cfg.pod_cidr).prefixlen)
+            ipr.link("set", index=idx, state="up")
+            ipr.route("add", dst="0.0.0.0/0", gateway=cfg.gateway)
+        return pod_ns
+
+    def remove_pod(self, namespace: str, name: str) -> None:
+        n = self.naming
+        pod_ns, veth = n.pod_netns(namespace, name), n.pod_veth(namespace, name)
+        with _ipr(self.node_ns) as ipr:
+            for idx in ipr.link_lookup(ifname=veth):
+                ipr.link("del", index=idx)
+        if pod_ns in list_netns():
+            pr_netns.remove(pod_ns)
+
+
+def netns_pids(name: str) -> list[int]:
+    """Processes living in a named netns (what `ip netns pids` prints)."""
+    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread (call before starting threads: the whole daemon) into `name`."""
+    pr_netns.setns(name)
+    os.environ["KPROXY_NETNS"] = name

@@ -1,0 +1,179 @@
+"""Programs rendered rules into the kernel through the machine's own iptables.
+
+`iptables-restore --noflush` swaps every KUBE-* chain kproxy declares in one atomic commit and
+leaves every other chain alone; the machine's `iptables` (nf_tables on Debian 12) is used so
+`iptables-save` shows what kproxy did. The jumps from the built-in chains are added with
+`-C`/`-I` exactly as kube-proxy (and the kubelet, for KUBE-FIREWALL) add them.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+
+log = logging.getLogger(__name__)
+
+# (table, built-in chain, rule args) in kube-proxy's order; each is prepended if missing.
+JUMPS: list[tuple[str, str, list[str]]] = [
+    ("filter", "INPUT", ["-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment",
+                         "kubernetes externally-visible service portals", "-j", "KUBE-EXTERNAL-SERVICES"]),
+    ("filter", "INPUT", ["-m", "comment", "--comment", "kubernetes health check service ports",
+                         "-j", "KUBE-NODEPORTS"]),
+    ("filter", "INPUT", ["-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment",
+                         "kubernetes load balancer firewall", "-j", "KUBE-PROXY-FIREWALL"]),
+    ("filter", "INPUT", ["-j", "KUBE-FIREWALL"]),
+    ("filter", "FORWARD", ["-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment",
+                           "kubernetes externally-visible service portals", "-j", "KUBE-EXTERNAL-SERVICES"]),
+    ("filter", "FORWARD", ["-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment",
+                           "kubernetes service portals", "-j", "KUBE-SERVICES"]),
+    ("filter", "FORWARD", ["-m", "comment", "--comment", "kubernetes forwarding rules", "-j", "KUBE-FORWARD"]),
+    ("filter", "FORWARD", ["-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment",
+                           "kubernetes load balancer firewall", "-j", "KUBE-PROXY-FIREWALL"]),
+    ("filter", "OUTPUT", ["-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment",
+                          "kubernetes service portals", "-j", "KUBE-SERVICES"]),
+    ("filter", "OUTPUT", ["-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment",
+                          "kubernetes load balancer firewall", "-j", "KUBE-PROXY-FIREWALL"]),
+    ("filter", "OUTPUT", ["-j", "KUBE-FIREWALL"]),
+    ("nat", "PREROUTING", ["-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"]),
+    ("nat", "OUTPUT", ["-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"]),
+    ("nat", "POSTROUTING", ["-m", "comment", "--comment", "kubernetes postrouting rules",
+                            "-j", "KUBE-POSTROUTING"]),
+]
+CANARY = "KUBE-PROXY-CANARY"
+TABLES = ("filter", "nat", "mangle")
+# chains that exist per Service or endpoint and must be deleted when it goes away
+_DYNAMIC = re.compile(r"^KUBE-(SVC|SVL|EXT|FW|SEP)-")
+
+
+class IptablesError(RuntimeError):
+    pass
+
+
+def _run(args: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run(args, input=stdin, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise IptablesError(f"{' '.join(args[:3])} failed: {res.stderr.strip()}")
+    return res
+
+
+def have_iptables() -> bool:
+    return shutil.which("iptables-restore") is not None
+
+
+def save(table: str | None = None) -> str:
+    args = ["iptables-save"] + (["-t", table] if table else [])
+    return _run(args).stdout
+
+
+def kube_chains(saved: str) -> dict[str, set[str]]:
+    """KUBE-* chains per table in iptables-save output."""
+    out: dict[str, set[str]] = {}
+    table = None
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+            out.setdefault(table, set())
+        elif line.startswith(":KUBE-") and table:
+            out[table].add(line[1:].split()[0])
+    return out
+
+
+def with_stale_chains_deleted(text: str, stale: dict[str, set[str]]) -> str:
+    """Add `:CHAIN` + `-X CHAIN` for chains that no longer exist in the rendered rules.
+
+    Declaring a chain in a restore flushes it, and only an empty chain can be deleted, so each
+    stale chain is declared after its table's header and deleted just before COMMIT.
+    """
+    if not any(stale.values()):
+        return text
+    out: list[str] = []
+    header = 0
+    table = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table, header = line[1:], len(out)
+        elif line == "COMMIT" and stale.get(table):
+            chains = sorted(stale[table])
+            out[header + 1:header + 1] = [f":{c} - [0:0]" for c in chains]
+            out.extend(f"-X {c}" for c in chains)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+class Applier:
+    """Applies whole rulesets atomically; knows which dynamic chains it created."""
+
+    def __init__(self):
+        self.applied_text: str | None = None
+        self.jumps_ok = False
+
+    def sync(self, text: str, force: bool = False) -> bool:
+        """Make the kernel's KUBE-* chains equal `text`; returns False when nothing changed."""
+        if text == self.applied_text and not force:
+            return False
+        current = kube_chains(save())
+        wanted = kube_chains(text)
+        stale = {t: {c for c in current.get(t, set()) - wanted.get(t, set()) if _DYNAMIC.match(c)}
+                 for t in ("filter", "nat")}
+        _run(["iptables-restore", "-w", "--noflush"], stdin=with_stale_chains_deleted(text, stale))
+        if force or not self.jumps_ok:
+            self.ensure_jumps()
+        self.applied_text = text
+        return True
+
+    def ensure_jumps(self) -> None:
+        for table in TABLES:
+            _run(["iptables", "-w", "-t", table, "-N", CANARY], check=False)
+        for table, chain, args in reversed(JUMPS):
+            if _run(["iptables", "-w", "-t", table, "-C", chain, *args], check=False).returncode != 0:
+                _run(["iptables", "-w", "-t", table, "-I", chain, *args])
+        self.jumps_ok = True
+
+    def canary_present(self) -> bool:
+        """kube-proxy's flush detector: the canary chain goes when someone flushes the table."""
+        return _run(["iptables", "-w", "-t", "mangle", "-S", CANARY], check=False).returncode == 0
+
+    def cleanup(self) -> None:
+        """Remove every jump and KUBE-* chain (what `kproxy down` does on a real host)."""
+        for table, chain, args in JUMPS:
+            while _run(["iptables", "-w", "-t", table, "-D", chain, *args], check=False).returncode == 0:
+                pass
+        chains = kube_chains(save())
+        lines = []
+        for table in TABLES:
+            names = sorted(chains.get(table, ()))
+            if names:
+                lines += [f"*{table}", *[f":{c} - [0:0]" for c in names], *[f"-X {c}" for c in names], "COMMIT"]
+        if lines:
+            _run(["iptables-restore", "-w", "--noflush"], stdin="\n".join(lines) + "\n")
+        self.applied_text, self.jumps_ok = None, False
+
+
+def owned_lines(saved: str, chains: set[str] | None = None, mention: str | None = None) -> str:
+    """iptables-save text reduced to KUBE-* chains, or to one Service's `chains` and the rules
+    that jump to them or name it (`mention`, "ns/name") in their comment."""
+    out = []
+    keep = (lambda c: c in chains) if chains is not None else (lambda c: c.startswith("KUBE-"))
+    for line in saved.splitlines():
+        if line.startswith(("*", "COMMIT")):
+            out.append(line)
+        elif line.startswith(":"):
+            if keep(line[1:].split()[0]):
+                out.append(line)
+        elif line.startswith("-A "):
+            parts = line.split()
+            target = parts[parts.index("-j") + 1] if "-j" in parts else None
+            named = mention is not None and (f'"{mention}:' in line or f" {mention}:" in line
+                                              or f'"{mention} ' in line)
+            if keep(parts[1]) or (chains is not None and ((target and keep(target)) or named)):
+                out.append(line)
+    # drop tables with nothing of ours
+    result, block = [], []
+    for line in out:
+        block.append(line)
+        if line == "COMMIT":
+            if len(block) > 2:
+                result.extend(block)
+            block = []
+    return "\n".join(result) + ("\n" if result else "")

@@ -1,0 +1,107 @@
+"""The embedded store: one SQLite file under the state dir.
+
+SQLite gives real transactions (BEGIN IMMEDIATE serialises writers across processes), so the
+daemon and CLI commands can share the file and a crash never leaves half an allocation.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .base import Store, Txn
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, mod_revision INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('revision', 0);
+"""
+
+
+class _SqliteTxn(Txn):
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+        self._wrote = False
+        self._rev: int | None = None
+
+    def _next_rev(self) -> int:
+        if self._rev is None:
+            (rev,) = self._conn.execute("SELECT value FROM meta WHERE name='revision'").fetchone()
+            self._rev = rev + 1
+            self._conn.execute("UPDATE meta SET value=? WHERE name='revision'", (self._rev,))
+        return self._rev
+
+    def get(self, key: str) -> Any | None:
+        row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def list(self, prefix: str) -> list[tuple[str, Any]]:
+        # Keys are ASCII paths; the range scan uses the primary key index.
+        rows = self._conn.execute(
+            "SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+            (prefix, prefix + "\uffff"),
+        ).fetchall()
+        return [(k, json.loads(v)) for k, v in rows]
+
+    def put(self, key: str, value: Any) -> None:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        if row and row[0] == text:
+            return  # unchanged: no new revision, so watchers see no spurious change
+        self._conn.execute(
+            "INSERT INTO kv(key, value, mod_revision) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value, mod_revision=excluded.mod_revision",
+            (key, text, self._next_rev()),
+        )
+
+    def delete(self, key: str) -> bool:
+        cur = self._conn.execute("DELETE FROM kv WHERE key=?", (key,))
+        if cur.rowcount:
+            self._next_rev()
+            return True
+        return False
+
+
+class SqliteStore(Store):
+    """A Store in a SQLite file; safe to share between threads and processes."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self.transaction():
+            pass
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Txn]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield _SqliteTxn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def revision(self) -> int:
+        (rev,) = self._conn().execute("SELECT value FROM meta WHERE name='revision'").fetchone()
+        return rev
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

@@ -1,0 +1,151 @@
+"""kubectl's table output: the same columns, the same `<none>`s, the same ages."""
+from __future__ import annotations
+
+import calendar
+import time
+
+
+def age(ts: str | None) -> str:
+    """kubectl's HumanDuration of the time since `ts`."""
+    if not ts:
+        return "<unknown>"
+    secs = max(0, int(time.time() - calendar.timegm(time.strptime(ts, "%Y-%m-%dT%H:%M:%SZ"))))
+    if secs < 120:
+        return f"{secs}s"
+    mins = secs // 60
+    if mins < 10:
+        return f"{mins}m{secs % 60}s" if secs % 60 else f"{mins}m"
+    if mins < 180:
+        return f"{mins}m"
+    hours = mins // 60
+    if hours < 8:
+        return f"{hours}h{mins % 60}m" if mins % 60 else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    days = hours // 24
+    return f"{days}d{hours % 24}h" if days < 8 and hours % 24 else f"{days}d"
+
+
+def pod_ready(pod: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in pod.get("status", {}).get("conditions", []))
+
+
+def pod_status(pod: dict) -> str:
+    if pod["metadata"].get("deletionTimestamp"):
+        return "Terminating"
+    for cs in pod.get("status", {}).get("containerStatuses", []):
+        waiting = cs.get("state", {}).get("waiting")
+        if waiting and waiting.get("reason"):
+            return waiting["reason"]
+        term = cs.get("state", {}).get("terminated")
+        if term and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+            return term.get("reason", "Error")
+    phase = pod.get("status", {}).get("phase", "Pending")
+    return "Completed" if phase == "Succeeded" else "Error" if phase == "Failed" else phase
+
+
+def _ports(svc: dict) -> str:
+    out = []
+    for p in svc["spec"].get("ports", []):
+        node = f":{p['nodePort']}" if p.get("nodePort") else ""
+        out.append(f"{p['port']}{node}/{p.get('protocol', 'TCP')}")
+    return ",".join(out) or "<none>"
+
+
+def _external(svc: dict) -> str:
+    spec = svc["spec"]
+    if spec.get("type") == "ExternalName":
+        return spec.get("externalName", "<none>")
+    ips = [i.get("ip") or i.get("hostname") for i in svc.get("status", {}).get("loadBalancer", {}).get("ingress", [])]
+    ips += spec.get("externalIPs", [])
+    if ips:
+        return ",".join(ips)
+    return "<pending>" if spec.get("type") == "LoadBalancer" else "<none>"
+
+
+def _selector(sel: dict | None) -> str:
+    return ",".join(f"{k}={v}" for k, v in (sel or {}).items()) or "<none>"
+
+
+def _endpoints(ep: dict) -> str:
+    addrs = []
+    for s in ep.get("subsets", []):
+        for a in s.get("addresses", []):
+            for p in s.get("ports", []) or [{}]:
+                addrs.append(f"{a['ip']}:{p['port']}" if p else a["ip"])
+    if not addrs:
+        return "<none>"
+    return ",".join(addrs[:3]) + (f" + {len(addrs) - 3} more..." if len(addrs) > 3 else "")
+
+
+def _slice_endpoints(sl: dict) -> str:
+    addrs = [a for e in sl.get("endpoints", []) for a in e.get("addresses", [])]
+    if not addrs:
+        return "<unset>"
+    return ",".join(addrs[:3]) + (f" + {len(addrs) - 3} more..." if len(addrs) > 3 else "")
+
+
+def _row(kind: str, o: dict, wide: bool) -> list[str]:
+    m, spec, st = o["metadata"], o.get("spec", {}), o.get("status", {})
+    a = age(m.get("creationTimestamp"))
+    if kind == "Pod":
+        cs = st.get("containerStatuses", [])
+        total = len(spec.get("containers", []))
+        ready = sum(1 for c in cs if c.get("ready"))
+        row = [m["name"], f"{ready}/{total}", pod_status(o), str(sum(c.get("restartCount", 0) for c in cs)), a]
+        return row + ([st.get("podIP", "<none>"), spec.get("nodeName", "<none>"), "<none>", "<none>"] if wide else [])
+    if kind == "Service":
+        row = [m["name"], spec.get("type", "ClusterIP"), spec.get("clusterIP", "<none>") or "<none>",
+               _external(o), _ports(o), a]
+        return row + ([_selector(spec.get("selector"))] if wide else [])
+    if kind == "Deployment":
+        want = spec.get("replicas", 1)
+        row = [m["name"], f"{st.get('readyReplicas', 0)}/{want}", str(st.get("updatedReplicas", 0)),
+               str(st.get("availableReplicas", 0)), a]
+        if wide:
+            c = spec.get("template", {}).get("spec", {}).get("containers", [])
+            row += [",".join(x["name"] for x in c), ",".join(x.get("image", "") for x in c),
+                    _selector(spec.get("selector", {}).get("matchLabels"))]
+        return row
+    if kind == "Endpoints":
+        return [m["name"], _endpoints(o), a]
+    if kind == "EndpointSlice":
+        ports = ",".join(str(p.get("port")) for p in o.get("ports", [])) or "<unset>"
+        return [m["name"], o.get("addressType", "IPv4"), ports, _slice_endpoints(o), a]
+    if kind == "Node":
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions", []))
+        row = [m["name"], "Ready" if ready else "NotReady", "control-plane,worker", a, "kproxy"]
+        if wide:
+            ip = next((x["address"] for x in st.get("addresses", []) if x["type"] == "InternalIP"), "<none>")
+            row += [ip, "<none>", spec.get("podCIDR", "<none>")]
+        return row
+    if kind == "Namespace":
+        return [m["name"], st.get("phase", "Active"), a]
+    if kind == "Event":
+        inv = o.get("involvedObject", {})
+        return [age(o.get("lastTimestamp")), o.get("type", ""), o.get("reason", ""),
+                f"{inv.get('kind', '').lower()}/{inv.get('name', '')}", o.get("message", "")]
+    return [m["name"], a]
+
+
+HEADERS = {
+    "Pod": (["NAME", "READY", "STATUS", "RESTARTS", "AGE"], ["IP", "NODE", "NOMINATED NODE", "READINESS GATES"]),
+    "Service": (["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"], ["SELECTOR"]),
+    "Deployment": (["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], ["CONTAINERS", "IMAGES", "SELECTOR"]),
+    "Endpoints": (["NAME", "ENDPOINTS", "AGE"], []),
+    "EndpointSlice": (["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"], []),
+    "Node": (["NAME", "STATUS", "ROLES", "AGE", "VERSION"], ["INTERNAL-IP", "EXTERNAL-IP", "POD-CIDR"]),
+    "Namespace": (["NAME", "STATUS", "AGE"], []),
+    "Event": (["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"], []),
+}
+
+
+def render(kind: str, items: list[dict], wide: bool = False, with_namespace: bool = False) -> str:
+    base, extra = HEADERS.get(kind, (["NAME", "AGE"], []))
+    header = (["NAMESPACE"] if with_namespace else []) + base + (extra if wide else [])
+    rows = [header]
+    for o in sorted(items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])):
+        rows.append(([o["metadata"].get("namespace", "")] if with_namespace else []) + _row(kind, o, wide))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -1,0 +1,54 @@
+"""Finds and removes what an instance left behind, even when its daemon died.
+
+Everything is found by the instance's prefix (netns and links) or in its state dir (pids), so
+nothing of another lab or of the host is touched. Processes are ended by pid, and only those
+living in this instance's namespaces.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from kproxy.config import LabConfig
+from kproxy.node.network import NodeConfig, NodeNetwork, list_netns, netns_pids
+
+
+def _kill(pids: list[int]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            return
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            alive = [p for p in alive if os.path.exists(f"/proc/{p}")]
+            if not alive:
+                return
+            time.sleep(0.05)
+        pids = alive
+
+
+def remove_leftovers(cfg: LabConfig) -> list[str]:
+    """Remove this instance's processes, namespaces, links and (host mode) rules; returns names."""
+    naming = cfg.naming
+    removed = []
+    ours = [ns for ns in list_netns() if naming.owns_netns(ns)]
+    # pods first: their processes, then their namespaces; the node's last
+    ours.sort(key=lambda ns: ns in (naming.node_netns, naming.outside_netns))
+    for ns in ours:
+        pids = [p for p in netns_pids(ns) if p != os.getpid()]
+        _kill(pids)
+        os.system(f"ip netns delete {ns} 2>/dev/null")
+        removed.append(ns)
+    if not cfg.sandbox:
+        NodeNetwork(naming, NodeConfig(sandbox=False)).teardown()
+        from kproxy.proxy.applier import Applier, have_iptables
+        if have_iptables():
+            Applier().cleanup()
+    return removed
