@@ -95,6 +95,7 @@ class Daemon:
         self.generation = 0
         self.ready = False
         self.requests: list[dict] = []
+        self.start_failures: dict[str, float] = {}  # pod key -> when to try starting it again
         self.dirty = True
         self.last_resync = 0.0
 
@@ -380,7 +381,8 @@ class Daemon:
             owner = replicas.owner_deployment(pod)
             if owner and (pod["metadata"]["namespace"], owner) not in live_deploys:
                 self._terminate_pod(key)
-            elif not pod["metadata"].get("deletionTimestamp") and key not in self.kubelet.pods:
+            elif not pod["metadata"].get("deletionTimestamp") and key not in self.kubelet.pods \
+                    and self.start_failures.get(key, 0) <= time.monotonic():
                 self._start_pod(key, pod)
         self._deployment_status()
         for key, status in self.kubelet.tick().items():
@@ -419,10 +421,11 @@ class Daemon:
                 txn.put(f"{allocation.POD_IPS}{ip}", key)
         pod["status"] = {"phase": "Pending", "podIP": ip, "hostIP": self.node_ip}
         try:
-            self.kubelet.start_pod(pod)
+            self.kubelet.start_pod(key, pod)
             pod["status"] = self.kubelet.status(self.kubelet.pods[key])
         except Exception as e:  # noqa: BLE001 - one pod failing to start must not stop the node
             log.exception("cannot start pod %s", key)
+            self.start_failures[key] = time.monotonic() + 5  # retry later, not every pass
             self.event("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], "FailedCreatePodSandBox", str(e))
         self._save(pod)
         self.dirty = True
@@ -444,8 +447,7 @@ class Daemon:
             self.kubelet.stop_pod(key)
         else:
             self.kubelet.pods.pop(key, None)
-            ns, name = key.split("/")[-2:]
-            self.network.remove_pod(ns, name)
+            self.network.remove_pod(pod["metadata"]["namespace"], pod["metadata"]["name"])
             self._remove("Pod", key)
 
     # -- endpoints and rules --------------------------------------------------------------

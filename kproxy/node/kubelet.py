@@ -90,9 +90,8 @@ class Kubelet:
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="probe")
 
     # -- lifecycle ------------------------------------------------------------------------
-    def start_pod(self, pod: dict) -> None:
+    def start_pod(self, key: str, pod: dict) -> None:
         meta = pod["metadata"]
-        key = f"{meta['namespace']}/{meta['name']}"
         netns = self.network.add_pod(meta["namespace"], meta["name"], pod["status"]["podIP"])
         spec = pod["spec"]
         containers = [Container(spec=c, liveness=ProbeState(c["livenessProbe"]) if c.get("livenessProbe") else None)
@@ -157,8 +156,8 @@ class Kubelet:
                         pass
                 alive = [c for c in rt.containers if c.proc and c.proc.poll() is None]
             if not alive:
-                ns, name = key.split("/", 1)
-                self.network.remove_pod(ns, name)
+                meta = rt.pod["metadata"]
+                self.network.remove_pod(meta["namespace"], meta["name"])
                 del self.pods[key]
                 done.append(key)
         return done

@@ -117,9 +117,14 @@ class NodeNetwork:
                 _up(ipr, n.lab_link)
                 if not ipr.get_default_routes(family=2):
                     ipr.route("add", dst="0.0.0.0/0", gateway=cfg.node_ip)
+        # Pods reach VIPs through the bridge and back out of it. The kernel would answer with
+        # ICMP redirects, which also reset its per-host ICMP rate limit, so a REJECT's
+        # "port unreachable" would be suppressed and "connection refused" become a timeout.
         for key, value in (("net.ipv4.ip_forward", "1"),
                            ("net.ipv4.conf.all.route_localnet", "1"),   # localhost NodePorts
-                           ("net.bridge.bridge-nf-call-iptables", "1")):  # bridged replies un-DNAT
+                           ("net.bridge.bridge-nf-call-iptables", "1"),  # bridged replies un-DNAT
+                           ("net.ipv4.conf.all.send_redirects", "0"),
+                           (f"net.ipv4.conf.{n.bridge}.send_redirects", "0")):
             try:
                 _sysctl(self.node_ns, key, value)
             except (OSError, subprocess.CalledProcessError) as e:
