@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -149,10 +150,12 @@ def _print_summary(cfg: LabConfig) -> None:
 
 
 @main.command()
-@click.option("--purge", is_flag=True, help="Also forget allocations and status (the manifests folder is kept).")
+@click.option("--purge", is_flag=True, help="Also forget allocations, status and settings (the manifests folder is kept).")
 @state_dir_option
 def down(purge, state_dir):
-    """Stop the daemon and remove every namespace, link, route, rule and process it made."""
+    """Stop the daemon and remove every namespace, link, route, rule and process it made.
+
+    --purge also forgets allocations, status and settings; the manifests folder is kept."""
     need_root()
     state_dir = state_dir_from_env(state_dir)
     cfg = lab(state_dir)
@@ -169,8 +172,9 @@ def down(purge, state_dir):
     from kproxy import teardown
     removed = teardown.remove_leftovers(cfg)
     if purge:
-        for name in ("store.db", "store.db-wal", "store.db-shm", "daemon.log"):
+        for name in ("store.db", "store.db-wal", "store.db-shm", "daemon.log", "config.json"):
             (Path(state_dir) / name).unlink(missing_ok=True)
+        shutil.rmtree(Path(state_dir) / "logs", ignore_errors=True)
     click.echo("kproxy is down" + (f" (also removed: {', '.join(removed)})" if removed else "")
                + ("; allocations forgotten" if purge else ""))
 
@@ -214,7 +218,7 @@ def apply(path, wait, timeout, state_dir):
     for p in problems:
         click.echo(f"error: {p}", err=True)
         rc = 1
-    applied = []
+    applied = []  # (object, what kubectl would say, the folder's version before)
     for obj in objs:
         msg = _check(obj, cfg)
         if msg:
@@ -222,16 +226,57 @@ def apply(path, wait, timeout, state_dir):
             rc = 1
             continue
         scoped = obj["kind"] in ("Namespace", "Node")
+        ident = (obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        before = folder.find(Path(cfg.manifests), ident, scoped)
         result = folder.upsert(Path(cfg.manifests), obj, cluster_scoped=scoped)
-        applied.append(defaults.apply_defaults(obj))
-        click.echo(f"{_kubectl_name(obj)} {result}")
+        applied.append((obj, result, before))
     if daemon_pid(state_dir):
         control(state_dir, {"op": "sync"})
-        if wait and applied:
-            rc = max(rc, _wait_live(cfg, applied, timeout))
-    elif wait:
-        fail("the lab is not running: `kproxy up` first")
+        refused = _refused(state_dir, [o for o, _, _ in applied])
+        for obj, result, before in applied:
+            msg = refused.get(_ident(obj))
+            if msg:  # the API server would not have stored it: neither does the folder
+                _undo(cfg, obj, before)
+                click.echo(f"The {msg}" if msg.startswith(obj["kind"]) else msg, err=True)
+                rc = 1
+            else:
+                click.echo(f"{_kubectl_name(obj)} {result}")
+        live = [defaults.apply_defaults(o) for o, _, _ in applied if _ident(o) not in refused]
+        if wait and live:
+            rc = max(rc, _wait_live(cfg, live, timeout))
+    else:
+        for obj, result, _ in applied:
+            click.echo(f"{_kubectl_name(obj)} {result} (the lab is not running: it takes effect at `kproxy up`)")
+        if wait:
+            fail("the lab is not running: `kproxy up` first")
     sys.exit(rc)
+
+
+def _ident(obj: dict) -> tuple[str, str, str]:
+    ns = "" if obj["kind"] in ("Namespace", "Node") else obj["metadata"].get("namespace") or "default"
+    return obj["kind"], ns, obj["metadata"]["name"]
+
+
+def _refused(state_dir: str, objs: list[dict]) -> dict[tuple, str]:
+    """Errors the daemon recorded for these objects on its last load (allocation conflicts...)."""
+    store = open_store(state_dir)
+    wanted = {_ident(o) for o in objs}
+    out = {}
+    for e in (store.get("/kproxy/manifest-errors") or []) if store else []:
+        ident = (e.get("kind"), e.get("namespace") or "", e.get("name"))
+        if ident in wanted:
+            out[ident] = e["message"]
+    return out
+
+
+def _undo(cfg: LabConfig, obj: dict, before: dict | None) -> None:
+    scoped = obj["kind"] in ("Namespace", "Node")
+    kind, ns, name = _ident(obj)
+    if before is None:
+        folder.remove(Path(cfg.manifests), kind, ns, name, cluster_scoped=scoped)
+    else:
+        folder.upsert(Path(cfg.manifests), before, cluster_scoped=scoped)
+    control(cfg.state_dir, {"op": "sync"})
 
 
 def _kubectl_name(obj: dict) -> str:

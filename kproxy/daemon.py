@@ -275,7 +275,11 @@ class Daemon:
         order = {k: i for i, k in enumerate(USER_KINDS)}
         for key, obj in sorted(desired.items(), key=lambda kv: order[kv[1]["kind"]]):
             if self.sources.get(key) != obj or key not in self.objects[obj["kind"]]:
-                self._admit(key, obj)
+                msg = self._admit(key, obj)
+                if msg:
+                    _, ns, name = obj_id(obj)
+                    problems.append({"message": msg, "kind": obj["kind"], "namespace": ns, "name": name})
+                    keep.add(key)  # an update the allocator refused keeps the admitted version
         previous = set(self.sources)
         for key in previous - set(desired) - keep:
             self._delete_user_object(key)
@@ -300,13 +304,15 @@ class Daemon:
     def _namespace_in_manifests(self, ns: str) -> bool:
         return any(key_of("Namespace", "", ns) in keys for keys in self.file_keys.values())
 
-    def _admit(self, key: str, obj: dict) -> None:
+    def _admit(self, key: str, obj: dict) -> str | None:
+        """Store a valid object (allocating what it needs); returns the API error, if any."""
         kind = obj["kind"]
         old = self.objects[kind].get(key)
         source = copy.deepcopy(obj)
         if kind == "Service":
-            if not self._admit_service(obj):
-                return
+            msg = self._admit_service(obj)
+            if msg:
+                return msg
         elif kind == "Pod":
             if old is not None:
                 self._terminate_pod(key)  # a changed bare Pod is replaced
@@ -322,8 +328,9 @@ class Daemon:
             self._save(obj)
         self.sources[key] = source
         self.dirty = True
+        return None
 
-    def _admit_service(self, svc: dict) -> bool:
+    def _admit_service(self, svc: dict) -> str | None:
         kind, ns, name = obj_id(svc)
         key = key_of(kind, ns, name)
         old = self.objects["Service"].get(key)
@@ -337,12 +344,9 @@ class Daemon:
             err = errors.invalid(e.field, e.value, e.detail)
             msg = str(errors.InvalidError("Service", name, [err]))
             self.event("Service", ns, name, "FailedCreate", msg)
-            problems = self.store.get(MANIFEST_ERRORS) or []
-            self.store.put(MANIFEST_ERRORS, problems + [{"message": msg, "kind": "Service",
-                                                          "namespace": ns, "name": name}])
-            return False
+            return msg
         self.objects["Service"][key] = svc
-        return True
+        return None
 
     def _delete_user_object(self, key: str) -> None:
         self.sources.pop(key, None)

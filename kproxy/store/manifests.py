@@ -97,7 +97,7 @@ def upsert(folder: Path, obj: dict, cluster_scoped: bool = False) -> str:
     """Put `obj` into the folder: 'created', 'configured' or 'unchanged' (kubectl's words)."""
     folder.mkdir(parents=True, exist_ok=True)
     ident = _identity(obj)
-    old = _find(folder, ident, cluster_scoped)
+    old = find(folder, ident, cluster_scoped)
     if old is not None:
         if old == obj:
             return "unchanged"
@@ -113,7 +113,8 @@ def remove(folder: Path, kind: str, namespace: str, name: str, cluster_scoped: b
     return _edit(folder, (kind, namespace, name), None, cluster_scoped) is not None
 
 
-def _find(folder: Path, ident: tuple, cluster_scoped: bool) -> dict | None:
+def find(folder: Path, ident: tuple, cluster_scoped: bool = False) -> dict | None:
+    """The object (kind, namespace, name) as the folder holds it, or None."""
     default_ns = "" if cluster_scoped else "default"
     for path in _files(folder):
         try:
