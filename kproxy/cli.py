@@ -289,11 +289,15 @@ def _wait_live(cfg: LabConfig, objs: list[dict], timeout: float) -> int:
     """Poll the store until each applied object is live; print why not on timeout."""
     store = open_store(cfg.state_dir)
     deadline = time.monotonic() + timeout
+    shown = None
     while True:
         pending = [why for obj in objs if (why := _not_live(store, obj))]
         if not pending:
             control(cfg.state_dir, {"op": "sync"})
             return 0
+        if pending != shown:  # progress, for a person watching
+            click.echo(f"waiting: {'; '.join(pending)}", err=True)
+            shown = pending
         if time.monotonic() > deadline:
             for why in pending:
                 click.echo(f"error: timed out waiting: {why}", err=True)

@@ -80,7 +80,7 @@ class Daemon:
                                    cluster_cidr=cfg.cluster_cidr, service_cidr=cfg.service_cidr,
                                    lab_cidr=cfg.lab_cidr)
         self.node_ip = self.node_cfg.node_ip if cfg.sandbox else host_ip()
-        self.network = NodeNetwork(self.naming, self.node_cfg)
+        self.network = NodeNetwork(self.naming, self.node_cfg, self.state / "host-sysctls.json")
         self.ranges = allocation.ServiceRanges(cfg.service_cidr, tuple(cfg.node_port_range))
         self.rng = random.Random()
         self.objects: dict[str, dict[str, dict]] = {k: {} for k in (*USER_KINDS, "Node")}
@@ -142,14 +142,13 @@ class Daemon:
                     self.signature, self.dirty = sig, True
                     self._load_manifests()
                 next_poll = now + POLL_PERIOD
-            self._handle_requests()
-            self._run_pods()
-            if self.dirty:
-                self.dirty = False
-                self._sync_endpoints()
-                self._sync_proxy()
-            elif now - self.last_resync > RESYNC_PERIOD:
-                self._sync_proxy(force=True)  # restores rules flushed or deleted by hand
+            try:
+                self._pass(now)
+            except Exception as e:  # noqa: BLE001 - the node keeps running; the next pass retries
+                log.exception("reconcile pass failed")
+                self.event("Node", "", self.cfg.node_name, "ReconcileFailed", f"{type(e).__name__}: {e}")
+                self.dirty = True
+                time.sleep(1)
             with self.cond:
                 self.generation += 1
                 self.ready = True
@@ -158,6 +157,16 @@ class Daemon:
             if self.poke.is_set():
                 self.poke.clear()
                 self.signature = None  # a poke (kproxy apply) re-reads the folder at once
+
+    def _pass(self, now: float) -> None:
+        self._handle_requests()
+        self._run_pods()
+        if self.dirty:
+            self.dirty = False
+            self._sync_endpoints()
+            self._sync_proxy()
+        elif now - self.last_resync > RESYNC_PERIOD:
+            self._sync_proxy(force=True)  # restores rules flushed or deleted by hand
 
     # -- store ----------------------------------------------------------------------------
     def _load_store(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 from kproxy.config import LabConfig
 from kproxy.node.network import NodeConfig, NodeNetwork, list_netns, netns_pids
@@ -47,7 +48,7 @@ def remove_leftovers(cfg: LabConfig) -> list[str]:
         os.system(f"ip netns delete {ns} 2>/dev/null")
         removed.append(ns)
     if not cfg.sandbox:
-        NodeNetwork(naming, NodeConfig(sandbox=False)).teardown()
+        NodeNetwork(naming, NodeConfig(sandbox=False), Path(cfg.state_dir) / "host-sysctls.json").teardown()
         from kproxy.proxy.applier import Applier, have_iptables
         if have_iptables():
             Applier().cleanup()

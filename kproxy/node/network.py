@@ -9,11 +9,13 @@ The service CIDR is routed to the bridge, so a packet to a VIP with no rule stay
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 from pyroute2 import IPRoute, NetNS, netns as pr_netns
@@ -51,13 +53,17 @@ def list_netns() -> list[str]:
     return sorted(pr_netns.listnetns())
 
 
+def _sysctl_path(key: str) -> str:
+    return "/proc/sys/" + key.replace(".", "/")
+
+
 def _sysctl(netns: str | None, key: str, value: str) -> None:
-    path = "/proc/sys/" + key.replace(".", "/")
     if netns is None:
-        with open(path, "w") as f:
+        with open(_sysctl_path(key), "w") as f:
             f.write(value)
     else:
-        subprocess.run(["ip", "netns", "exec", netns, "sh", "-c", f"echo {value} > {path}"], check=True)
+        subprocess.run(["ip", "netns", "exec", netns, "sh", "-c", f"echo {value} > {_sysctl_path(key)}"],
+                       check=True)
 
 
 @contextmanager
@@ -78,9 +84,10 @@ def _up(ipr, ifname: str) -> int:
 class NodeNetwork:
     """Creates and removes the node's links; `node_ns` is None when the node is the real host."""
 
-    def __init__(self, naming: Naming, cfg: NodeConfig):
+    def __init__(self, naming: Naming, cfg: NodeConfig, saved_sysctls: Path | None = None):
         self.naming, self.cfg = naming, cfg
         self.node_ns = naming.node_netns if cfg.sandbox else None
+        self.saved_sysctls = saved_sysctls  # host mode: where the host's own values are kept
 
     # -- node ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -126,9 +133,21 @@ class NodeNetwork:
                            ("net.ipv4.conf.all.send_redirects", "0"),
                            (f"net.ipv4.conf.{n.bridge}.send_redirects", "0")):
             try:
+                if self.node_ns is None:
+                    self._remember_sysctl(key)
                 _sysctl(self.node_ns, key, value)
             except (OSError, subprocess.CalledProcessError) as e:
                 log.warning("sysctl %s=%s failed: %s", key, value, e)
+
+    def _remember_sysctl(self, key: str) -> None:
+        """On a real host, keep the value a setting had before, for teardown to put back."""
+        if self.saved_sysctls is None or self.naming.prefix in key:
+            return  # a setting of our own link goes with the link
+        saved = json.loads(self.saved_sysctls.read_text()) if self.saved_sysctls.exists() else {}
+        if key not in saved and os.path.exists(_sysctl_path(key)):
+            with open(_sysctl_path(key)) as f:
+                saved[key] = f.read().strip()
+            self.saved_sysctls.write_text(json.dumps(saved, indent=1))
 
     def teardown(self) -> None:
         """Remove the node's links and routes (host mode) or its namespaces (sandbox)."""
@@ -143,6 +162,13 @@ class NodeNetwork:
                 name = link.get_attr("IFLA_IFNAME")
                 if name.startswith(n.prefix):
                     ipr.link("del", index=link["index"])
+        if self.saved_sysctls is not None and self.saved_sysctls.exists():
+            for key, value in json.loads(self.saved_sysctls.read_text()).items():
+                try:
+                    _sysctl(None, key, value)
+                except OSError as e:
+                    log.warning("cannot restore sysctl %s=%s: %s", key, value, e)
+            self.saved_sysctls.unlink()
 
     # -- pods ---------------------------------------------------------------------------
     def add_pod(self, namespace: str, name: str, ip: str) -> str:
