@@ -23,7 +23,12 @@ def age(ts: str | None) -> str:
     if hours < 48:
         return f"{hours}h"
     days = hours // 24
-    return f"{days}d{hours % 24}h" if days < 8 and hours % 24 else f"{days}d"
+    if days < 8:
+        return f"{days}d{hours % 24}h" if hours % 24 else f"{days}d"
+    if days < 2 * 365:
+        return f"{days}d"
+    years, rest = days // 365, days % 365
+    return (f"{years}y{rest}d" if rest else f"{years}y") if years < 8 else f"{years}y"
 
 
 def pod_ready(pod: dict) -> bool:

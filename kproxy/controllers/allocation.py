@@ -135,15 +135,23 @@ def allocate_service(txn: Txn, svc: dict, old: dict | None, ranges: ServiceRange
         stype == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts", True))
     old_ports = {(p.get("name", ""), p.get("protocol", "TCP")): p.get("nodePort")
                  for p in old_spec.get("ports", [])}
+    by_number: dict[int, int] = {}  # ports with one number (53/TCP, 53/UDP) share a nodePort
+    for p in spec.get("ports", []):
+        if p.get("nodePort"):
+            by_number.setdefault(p["port"], p["nodePort"])
     for i, port in enumerate(spec.get("ports", [])):
         requested = port.get("nodePort")
         if not wants_node_ports and not requested:
             port.pop("nodePort", None)
             continue
         if not requested:
-            requested = old_ports.get((port.get("name", ""), port.get("protocol", "TCP")))
+            requested = by_number.get(port["port"]) or old_ports.get((port.get("name", ""), port.get("protocol", "TCP")))
+        if requested in keep_ports:
+            port["nodePort"] = requested
+            continue
         port["nodePort"] = allocate_node_port(txn, ranges, owner, requested, rng,
                                               f"spec.ports[{i}].nodePort")
+        by_number.setdefault(port["port"], port["nodePort"])
         keep_ports.add(port["nodePort"])
 
     if stype == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local":

@@ -60,11 +60,11 @@ def slices_for_service(svc: dict, pods: list[dict], node_name: str) -> list[dict
                       for p in spec.get("ports", []))
         ports = tuple(p for p in ports if p[2] is not None)
         # a terminating pod stays listed, not ready, so a proxy may fall back to it
-        serving = publish or _pod_ready(pod)
+        serving = _pod_ready(pod)
         terminating = bool(pm.get("deletionTimestamp"))
         groups.setdefault(ports, []).append({
             "addresses": [ip],
-            "conditions": {"ready": serving and not terminating, "serving": serving,
+            "conditions": {"ready": publish or (serving and not terminating), "serving": serving,
                            "terminating": terminating},
             "nodeName": pod["spec"].get("nodeName", node_name),
             "targetRef": {"kind": "Pod", "namespace": pm["namespace"], "name": pm["name"],
@@ -91,10 +91,13 @@ def slices_for_service(svc: dict, pods: list[dict], node_name: str) -> list[dict
 def endpoints_from_slices(svc: dict, slices: list[dict]) -> dict:
     """The legacy Endpoints object kubectl shows under `get endpoints`."""
     meta = svc["metadata"]
+    publish = svc["spec"].get("publishNotReadyAddresses", False)
     subsets = []
     for sl in slices:
-        ready = [e for e in sl["endpoints"] if e.get("conditions", {}).get("ready", True)]
-        not_ready = [e for e in sl["endpoints"] if not e.get("conditions", {}).get("ready", True)]
+        # the Endpoints controller leaves terminating pods out unless asked to publish them
+        listed = [e for e in sl["endpoints"] if publish or not e.get("conditions", {}).get("terminating")]
+        ready = [e for e in listed if e.get("conditions", {}).get("ready", True)]
+        not_ready = [e for e in listed if not e.get("conditions", {}).get("ready", True)]
         if not sl["endpoints"] or not sl["ports"]:
             continue
         subset: dict = {"ports": [{k: v for k, v in p.items() if v != ""} for p in sl["ports"]]}

@@ -96,6 +96,6 @@ def reconcile_deployment(deploy: dict, pods: list[dict], rng: random.Random, now
         ranked.sort(key=is_ready)
         delete.extend(ranked[: len(current) - want])
     ready_new = sum(1 for p in current if is_ready(p))
-    if old and (ready_new >= min(want, len(current)) or want == 0):
+    if old and (ready_new >= want or want == 0):
         delete.extend(old)
     return create, delete

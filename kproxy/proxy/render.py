@@ -445,6 +445,8 @@ class _Renderer:
         self.local_cidr = _cluster_cidr(cfg.cluster_cidr)
         self.node_ip = next((ip for ip in map(_ipv4, cfg.node_ips) if ip), None)
         self.service_chains: dict[str, set[str]] = {}
+        # Every per-service chain that should exist, written or not (upstream's activeNATChains).
+        self.active_nat: set[str] = set()
 
     # -- fixed chains
 
@@ -509,7 +511,14 @@ class _Renderer:
 
     # -- one service port
 
-    def write_service_port(self, sp: ServicePort, endpoints: list[Endpoint]) -> None:
+    def write_service_port(self, sp: ServicePort, endpoints: list[Endpoint], write_chains: bool = True) -> None:
+        """All rules of one service port.
+
+        The rules in the fixed chains are always written. The port's own KUBE-SVC/SVL/EXT/FW/SEP
+        chains are still worked out when ``write_chains`` is False (a partial sync of an
+        unchanged service), so they count as active, but go to a throw-away buffer and stay
+        as they are in the kernel, as upstream's skippedNatChains/skippedNatRules.
+        """
         p = _plan(sp, endpoints)
         self.service_chains.setdefault(sp.service_key, set())
         self._write_cluster_ip(p)
@@ -517,18 +526,20 @@ class _Renderer:
         self._write_load_balancer_ips(p)
         self._write_node_port(p)
         self._write_health_check(p)
-        self._write_internal_masquerade(p)
-        self._write_ext_chain(p)
-        self._write_fw_chain(p)
+        nat = self.nat if write_chains else _Table("nat")
+        self._write_internal_masquerade(p, nat)
+        self._write_ext_chain(p, nat)
+        self._write_fw_chain(p, nat)
         if p.eps.cluster and sp.uses_cluster_endpoints:
-            self._write_policy_chain(sp, sp.chain(ch.SVC_PREFIX), p.eps.cluster)
+            self._write_policy_chain(sp, sp.chain(ch.SVC_PREFIX), p.eps.cluster, nat)
         if p.eps.local and sp.uses_local_endpoints:
-            self._write_policy_chain(sp, sp.chain(ch.SVL_PREFIX), p.eps.local)
+            self._write_policy_chain(sp, sp.chain(ch.SVL_PREFIX), p.eps.local, nat)
         for ep in p.eps.reachable:
-            self._write_endpoint_chain(sp, ep)
+            self._write_endpoint_chain(sp, ep, nat)
 
-    def _declare_nat(self, sp: ServicePort, chain: str) -> None:
-        self.nat.declare(chain)
+    def _declare_nat(self, sp: ServicePort, chain: str, nat: _Table) -> None:
+        nat.declare(chain)
+        self.active_nat.add(chain)
         self.service_chains[sp.service_key].add(chain)
 
     def _match(self, sp: ServicePort, dest: str | None, dport: int) -> list[str]:
@@ -615,99 +626,100 @@ class _Renderer:
                 "-m", "tcp", "-p", "tcp", "--dport", str(sp.health_check_node_port), "-j", "ACCEPT",
             )
 
-    def _write_internal_masquerade(self, p: _Plan) -> None:
+    def _write_internal_masquerade(self, p: _Plan, nat: _Table) -> None:
         sp = p.sp
         if not p.has_internal:
             return
         args = ["-m", "comment", "--comment", _q(f"{sp.name_string} cluster IP"), *self._match(sp, sp.cluster_ip, sp.port)]
         if self.cfg.masquerade_all:
-            self.nat.add(p.internal_chain, args, "-j", ch.KUBE_MARK_MASQ)
+            nat.add(p.internal_chain, args, "-j", ch.KUBE_MARK_MASQ)
         elif self.local_cidr:
             # Off-cluster clients reaching a ClusterIP via a static route may bounce
             # off-node, so masquerade anything not from a pod.
-            self.nat.add(p.internal_chain, args, "!", "-s", self.local_cidr, "-j", ch.KUBE_MARK_MASQ)
+            nat.add(p.internal_chain, args, "!", "-s", self.local_cidr, "-j", ch.KUBE_MARK_MASQ)
 
-    def _write_ext_chain(self, p: _Plan) -> None:
+    def _write_ext_chain(self, p: _Plan, nat: _Table) -> None:
         sp = p.sp
         if not p.uses_ext_chain:
             return
         ext, svc = sp.chain(ch.EXT_PREFIX), sp.chain(ch.SVC_PREFIX)
-        self._declare_nat(sp, ext)
+        self._declare_nat(sp, ext, nat)
         name = sp.name_string
         if not sp.external_policy_local:
             # Cluster policy may cross nodes, so the reply must come back through us.
-            self.nat.add(ext, "-m", "comment", "--comment", _q(f"masquerade traffic for {name} external destinations"),
-                         "-j", ch.KUBE_MARK_MASQ)
+            nat.add(ext, "-m", "comment", "--comment", _q(f"masquerade traffic for {name} external destinations"),
+                    "-j", ch.KUBE_MARK_MASQ)
         else:
             if self.local_cidr:
                 # Pods reaching an external IP behave as if they went out and came back.
-                self.nat.add(ext, "-m", "comment", "--comment", _q(f"pod traffic for {name} external destinations"),
-                             "-s", self.local_cidr, "-j", svc)
+                nat.add(ext, "-m", "comment", "--comment", _q(f"pod traffic for {name} external destinations"),
+                        "-s", self.local_cidr, "-j", svc)
             # The node's own traffic has a local (LB/node) source and must be masqueraded.
-            self.nat.add(ext, "-m", "comment", "--comment",
-                         _q(f"masquerade LOCAL traffic for {name} external destinations"),
-                         "-m", "addrtype", "--src-type", "LOCAL", "-j", ch.KUBE_MARK_MASQ)
-            self.nat.add(ext, "-m", "comment", "--comment",
-                         _q(f"route LOCAL traffic for {name} external destinations"),
-                         "-m", "addrtype", "--src-type", "LOCAL", "-j", svc)
+            nat.add(ext, "-m", "comment", "--comment",
+                    _q(f"masquerade LOCAL traffic for {name} external destinations"),
+                    "-m", "addrtype", "--src-type", "LOCAL", "-j", ch.KUBE_MARK_MASQ)
+            nat.add(ext, "-m", "comment", "--comment",
+                    _q(f"route LOCAL traffic for {name} external destinations"),
+                    "-m", "addrtype", "--src-type", "LOCAL", "-j", svc)
         if p.has_external:
-            self.nat.add(ext, "-j", p.external_policy_chain)
+            nat.add(ext, "-j", p.external_policy_chain)
 
-    def _write_fw_chain(self, p: _Plan) -> None:
+    def _write_fw_chain(self, p: _Plan, nat: _Table) -> None:
         sp = p.sp
         if not p.uses_fw_chain:
             return
         fw, ext = sp.chain(ch.FW_PREFIX), sp.chain(ch.EXT_PREFIX)
-        self._declare_nat(sp, fw)
+        self._declare_nat(sp, fw, nat)
         comment = ["-m", "comment", "--comment", _q(f"{sp.name_string} loadbalancer IP")]
         allow_from_node = False
         for cidr in sp.lb_source_ranges:
-            self.nat.add(fw, comment, "-s", str(cidr), "-j", ext)
+            nat.add(fw, comment, "-s", str(cidr), "-j", ext)
             allow_from_node |= self.node_ip is not None and ipaddress.IPv4Address(self.node_ip) in cidr
         if allow_from_node:
             # A VIP-style LB IP is often local to the node, so the node's own request
             # loops back with the LB IP as source; let it through too.
             for ip in sp.lb_vips:
-                self.nat.add(fw, comment, "-s", ip, "-j", ext)
+                nat.add(fw, comment, "-s", ip, "-j", ext)
         # Anything that falls off the end was not DNATed and KUBE-PROXY-FIREWALL drops it.
-        self.nat.add(fw, "-m", "comment", "--comment",
-                     _q(f"other traffic to {sp.name_string} will be dropped by KUBE-PROXY-FIREWALL"))
+        nat.add(fw, "-m", "comment", "--comment",
+                _q(f"other traffic to {sp.name_string} will be dropped by KUBE-PROXY-FIREWALL"))
 
     def _comment(self, text: str) -> list[str]:
         """Per-endpoint comments, dropped in large clusters as upstream does."""
         return [] if self.large_cluster else ["-m", "comment", "--comment", text]
 
-    def _write_policy_chain(self, sp: ServicePort, chain: str, endpoints: list[Endpoint]) -> None:
+    def _write_policy_chain(self, sp: ServicePort, chain: str, endpoints: list[Endpoint], nat: _Table) -> None:
         """writeServiceToEndpointRules: affinity checks first, then the random spread."""
-        self._declare_nat(sp, chain)
+        self._declare_nat(sp, chain, nat)
         if sp.client_ip_affinity:
             for ep in endpoints:
                 sep = sp.endpoint_chain(ep)
-                self.nat.add(chain, self._comment(_q(f"{sp.name_string} -> {ep}")),
-                             "-m", "recent", "--name", sep, "--rcheck", "--seconds", str(sp.sticky_seconds),
-                             "--reap", "-j", sep)
+                nat.add(chain, self._comment(_q(f"{sp.name_string} -> {ep}")),
+                        "-m", "recent", "--name", sep, "--rcheck", "--seconds", str(sp.sticky_seconds),
+                        "--reap", "-j", sep)
         n = len(endpoints)
         for i, ep in enumerate(endpoints):
             spread = []
             if i < n - 1:
                 # 1/(n-i) for each remaining endpoint gives every endpoint 1/n overall.
                 spread = ["-m", "statistic", "--mode", "random", "--probability", probability(n - i)]
-            self.nat.add(chain, self._comment(_q(f"{sp.name_string} -> {ep}")), spread, "-j", sp.endpoint_chain(ep))
+            nat.add(chain, self._comment(_q(f"{sp.name_string} -> {ep}")), spread, "-j", sp.endpoint_chain(ep))
 
-    def _write_endpoint_chain(self, sp: ServicePort, ep: Endpoint) -> None:
+    def _write_endpoint_chain(self, sp: ServicePort, ep: Endpoint, nat: _Table) -> None:
         sep = sp.endpoint_chain(ep)
-        self._declare_nat(sp, sep)
+        self._declare_nat(sp, sep, nat)
         comment = self._comment(sp.name_string)
         # Hairpin: a pod reaching itself through the service must be SNATed.
-        self.nat.add(sep, comment, "-s", ep.ip, "-j", ch.KUBE_MARK_MASQ)
+        nat.add(sep, comment, "-s", ep.ip, "-j", ch.KUBE_MARK_MASQ)
         affinity = ["-m", "recent", "--name", sep, "--set"] if sp.client_ip_affinity else []
-        self.nat.add(sep, comment, affinity, "-m", sp.proto, "-p", sp.proto, "-j", "DNAT", "--to-destination", str(ep))
+        nat.add(sep, comment, affinity, "-m", sp.proto, "-p", sp.proto, "-j", "DNAT", "--to-destination", str(ep))
 
     # -- stale chains
 
     def delete_stale(self, existing_nat_chains: Iterable[str]) -> None:
-        active = set(self.nat.declared)
-        for chain in sorted(set(existing_nat_chains) - active):
+        """Flush and delete per-service chains that exist but are no longer active (declared
+        or not: a partial sync leaves unchanged services' chains undeclared but alive)."""
+        for chain in sorted(set(existing_nat_chains) - self.active_nat):
             if ch.is_service_chain(chain):
                 self.nat.delete(chain)
 
@@ -729,18 +741,36 @@ def _cluster_cidr(value: str | None) -> str | None:
 # --------------------------------------------------------------------- entry point
 
 
-def render(
+@dataclass
+class Digest:
+    """Everything render() reads from the objects, digested once.
+
+    The Proxier fingerprints services from this very view, so a change it does not see is a
+    change that cannot alter the rendered rules.
+    """
+
+    ports: list[ServicePort]  # proxied service ports, in render order
+    endpoints: dict[PortKey, list[Endpoint]]  # per port, as the rules see them
+    skipped: dict[str, str]  # "ns/name" -> why it is not proxied
+
+    def port_endpoints(self, sp: ServicePort) -> list[Endpoint]:
+        return self.endpoints.get(_port_key(sp), [])
+
+    @property
+    def total_endpoints(self) -> int:
+        return sum(len(self.port_endpoints(sp)) for sp in self.ports)
+
+
+def _port_key(sp: ServicePort) -> PortKey:
+    return (sp.namespace, sp.name, sp.port_name, sp.protocol)
+
+
+def digest(
     services: Iterable[Mapping[str, Any]],
     endpoint_slices: Iterable[Mapping[str, Any]],
     cfg: ProxyConfig,
-    *,
-    existing_nat_chains: Iterable[str] | None = None,
-) -> RenderResult:
-    """Render the full iptables-restore input for the given objects.
-
-    ``existing_nat_chains`` (the chains the nat table holds now) is optional: when given,
-    stale KUBE-SVC/SVL/EXT/FW/SEP chains are flushed and deleted as upstream does.
-    """
+) -> Digest:
+    """Digest Services and EndpointSlices into the ports and endpoints the rules are made of."""
     skipped: dict[str, str] = {}
     ports: list[ServicePort] = []
     for svc in services:
@@ -751,20 +781,54 @@ def render(
             skipped[key] = reason
         else:
             ports.extend(service_ports(svc))
-    ports.sort(key=lambda sp: (sp.namespace, sp.name, sp.port_name, sp.protocol))
+    ports.sort(key=_port_key)
 
-    endpoint_map = endpoints_by_port(endpoint_slices, cfg.node_name)
-
-    def port_endpoints(sp: ServicePort) -> list[Endpoint]:
-        eps = endpoint_map.get((sp.namespace, sp.name, sp.port_name, sp.protocol), [])
-        # publishNotReadyAddresses: the EndpointSlice controller would mark them all ready.
-        return [replace(ep, ready=True) for ep in eps] if sp.publish_not_ready else eps
-
-    total = sum(len(port_endpoints(sp)) for sp in ports)
-    r = _Renderer(cfg, large_cluster=total > LARGE_CLUSTER_ENDPOINTS_THRESHOLD)
-    r.write_base()
+    by_port = endpoints_by_port(endpoint_slices, cfg.node_name)
+    endpoints: dict[PortKey, list[Endpoint]] = {}
     for sp in ports:
-        r.write_service_port(sp, port_endpoints(sp))
+        eps = by_port.get(_port_key(sp), [])
+        # publishNotReadyAddresses: the EndpointSlice controller would mark them all ready.
+        endpoints[_port_key(sp)] = [replace(ep, ready=True) for ep in eps] if sp.publish_not_ready else eps
+    return Digest(ports, endpoints, skipped)
+
+
+def render(
+    services: Iterable[Mapping[str, Any]],
+    endpoint_slices: Iterable[Mapping[str, Any]],
+    cfg: ProxyConfig,
+    *,
+    existing_nat_chains: Iterable[str] | None = None,
+    changed: set[str] | None = None,
+) -> RenderResult:
+    """Render the iptables-restore input for the given objects.
+
+    ``existing_nat_chains`` (the chains the nat table holds now) is optional: when given,
+    stale KUBE-SVC/SVL/EXT/FW/SEP chains are flushed and deleted as upstream does.
+    ``changed`` ("ns/name" keys) asks for a partial sync; see render_digest().
+    """
+    return render_digest(
+        digest(services, endpoint_slices, cfg), cfg, existing_nat_chains=existing_nat_chains, changed=changed
+    )
+
+
+def render_digest(
+    d: Digest,
+    cfg: ProxyConfig,
+    *,
+    existing_nat_chains: Iterable[str] | None = None,
+    changed: set[str] | None = None,
+) -> RenderResult:
+    """Render a digest; ``changed`` None is a full sync.
+
+    With a set, as upstream's partial sync (tryPartialSync): the fixed chains are still
+    written whole, but the KUBE-SVC/SVL/EXT/FW/SEP chains of services not in ``changed`` are
+    neither declared nor written, so ``iptables-restore --noflush`` leaves them alone.
+    ``service_chains`` stays complete, and unwritten chains still count as active.
+    """
+    r = _Renderer(cfg, large_cluster=d.total_endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD)
+    r.write_base()
+    for sp in d.ports:
+        r.write_service_port(sp, d.port_endpoints(sp), write_chains=changed is None or sp.service_key in changed)
     if existing_nat_chains is not None:
         r.delete_stale(existing_nat_chains)
     r.write_trailer()
@@ -776,5 +840,5 @@ def render(
         nat_chains=list(r.nat.declared),
         service_chains=r.service_chains,
         deleted_chains=list(r.nat.deleted),
-        skipped_services=skipped,
+        skipped_services=dict(d.skipped),
     )

@@ -16,14 +16,29 @@ import yaml
 _SEPARATOR = re.compile(r"^---[ \t]*(#.*)?$", re.M)
 
 
-def _chunks(text: str) -> list[str]:
-    """Split a YAML stream at its `---` lines; each chunk keeps its text as written."""
-    parts, last = [], 0
+def _chunks(text: str) -> list[list[str]]:
+    """Split a YAML stream into [separator line, body] pairs, each kept as written.
+
+    The first pair's separator is "" (the text before any `---`); a separator keeps its comment.
+    """
+    parts, sep, last = [], "", 0
     for m in _SEPARATOR.finditer(text):
-        parts.append(text[last:m.start()])
-        last = m.end() + 1
-    parts.append(text[last:])
+        parts.append([sep, text[last:m.start()]])
+        end = min(m.end() + 1, len(text))
+        sep, last = text[m.start():end], end
+    parts.append([sep, text[last:]])
     return parts
+
+
+def _join(chunks: list[list[str]]) -> str:
+    out = []
+    for sep, body in chunks:
+        if out and not out[-1].endswith("\n"):
+            out.append("\n")
+        out.append(sep if sep.endswith("\n") or not sep else sep + "\n")
+        out.append(body)
+    text = "".join(out)
+    return text if text.endswith("\n") else text + "\n"
 
 
 def _identity(obj) -> tuple | None:
@@ -63,9 +78,9 @@ def _edit(folder: Path, ident: tuple, new_obj: dict | None, cluster_scoped: bool
     for path in _files(folder):
         text = path.read_text()
         chunks = _chunks(text)
-        for i, chunk in enumerate(chunks):
+        for i, (_, body) in enumerate(chunks):
             try:
-                doc = yaml.safe_load(chunk)
+                doc = yaml.safe_load(body)
             except yaml.YAMLError:
                 continue
             if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") and "items" in doc:
@@ -78,17 +93,19 @@ def _edit(folder: Path, ident: tuple, new_obj: dict | None, cluster_scoped: bool
                     items.pop(hit)
                 else:
                     items[hit] = new_obj
-                chunks[i] = yaml.safe_dump(doc, sort_keys=False)
+                chunks[i][1] = yaml.safe_dump(doc, sort_keys=False) if items else ""
             elif _matches(doc, ident, default_ns):
                 old = doc
-                chunks[i] = "" if new_obj is None else yaml.safe_dump(new_obj, sort_keys=False)
+                chunks[i][1] = "" if new_obj is None else yaml.safe_dump(new_obj, sort_keys=False)
             else:
                 continue
-            kept = [c for c in chunks if c.strip()]
+            kept = [c for c in chunks if c[1].strip()]
             if not kept:
                 path.unlink()
             else:
-                _write_atomic(path, "---\n".join(c if c.endswith("\n") else c + "\n" for c in kept))
+                if chunks[0][0] == "" and kept[0][0].strip() == "---":
+                    kept[0] = ["", kept[0][1]]  # the file did not start with `---`: keep it so
+                _write_atomic(path, _join(kept))
             return old
     return None
 
@@ -104,8 +121,12 @@ def upsert(folder: Path, obj: dict, cluster_scoped: bool = False) -> str:
         _edit(folder, ident, obj, cluster_scoped)
         return "configured"
     kind, ns, name = ident
-    fname = "-".join(p for p in (kind.lower(), ns, name) if p) + ".yaml"
-    _write_atomic(folder / fname, yaml.safe_dump(obj, sort_keys=False))
+    stem = "-".join(p for p in (kind.lower(), ns or ("" if cluster_scoped else "default"), name) if p)
+    path, n = folder / f"{stem}.yaml", 1
+    while path.exists():  # never overwrite another object's file
+        n += 1
+        path = folder / f"{stem}-{n}.yaml"
+    _write_atomic(path, yaml.safe_dump(obj, sort_keys=False))
     return "created"
 
 
