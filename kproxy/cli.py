@@ -92,10 +92,16 @@ def main() -> None:
 @click.option("--pod-cidr", default=None, help="Cluster pod CIDR (default 10.244.0.0/16); this node takes its first /24.")
 @click.option("--service-node-port-range", default=None, help="NodePort range A-B (default 30000-32767).")
 @click.option("--node-name", default=None)
+@click.option("--iptables-sync-period", type=float, default=None,
+              help="Seconds between full resyncs that restore rules changed by hand (default 30).")
+@click.option("--masquerade-all", is_flag=True, default=None, help="SNAT all Service traffic, as kube-proxy's flag.")
+@click.option("--healthz-bind-address", default=None, help="IP:PORT of /healthz and /livez (default 0.0.0.0:10256).")
+@click.option("--metrics-bind-address", default=None, help="IP:PORT of /metrics (default 127.0.0.1:10249).")
 @click.option("--foreground", is_flag=True, help="Run the daemon in this process (for systemd).")
 @click.option("--timeout", default=180, show_default=True, help="Seconds to wait for the initial reconcile.")
 @state_dir_option
-def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node_name, foreground, timeout, state_dir):
+def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node_name, iptables_sync_period,
+       masquerade_all, healthz_bind_address, metrics_bind_address, foreground, timeout, state_dir):
     """Start the lab daemon; returns once the initial manifests are reconciled."""
     need_root()
     state_dir = state_dir_from_env(state_dir)
@@ -105,7 +111,10 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
     if manifests:
         cfg.manifests = os.path.abspath(manifests)
     cfg.sandbox = sandbox
-    for attr, value in (("service_cidr", service_cidr), ("cluster_cidr", pod_cidr), ("node_name", node_name)):
+    for attr, value in (("service_cidr", service_cidr), ("cluster_cidr", pod_cidr), ("node_name", node_name),
+                        ("iptables_sync_period", iptables_sync_period), ("masquerade_all", masquerade_all),
+                        ("healthz_bind_address", healthz_bind_address),
+                        ("metrics_bind_address", metrics_bind_address)):
         if value:
             setattr(cfg, attr, value)
     if service_node_port_range:

@@ -27,6 +27,10 @@ class LabConfig:
     node_port_range: tuple[int, int] = (30000, 32767)
     lab_cidr: str = "192.168.49.0/24"
     cluster_domain: str = "cluster.local"
+    iptables_sync_period: float = 30.0          # kube-proxy's --iptables-sync-period
+    masquerade_all: bool = False                 # kube-proxy's --masquerade-all
+    healthz_bind_address: str = "0.0.0.0:10256"
+    metrics_bind_address: str = "127.0.0.1:10249"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

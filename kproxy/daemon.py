@@ -25,7 +25,7 @@ from kproxy.config import LabConfig
 from kproxy.controllers import allocation, endpoints, replicas
 from kproxy.node.kubelet import Kubelet, now_iso
 from kproxy.node.network import NodeConfig, NodeNetwork, enter_netns
-from kproxy.proxy import applier, render
+from kproxy.proxy import applier, healthcheck, metrics, proxier, render
 from kproxy.store.base import object_key
 from kproxy.store.sqlite import SqliteStore
 
@@ -36,7 +36,6 @@ USER_KINDS = ("Namespace", "Service", "Deployment", "Pod", "Endpoints", "Endpoin
 MANIFEST_KEYS = "/kproxy/manifest-keys"      # objects that came from the manifests folder
 MANIFEST_ERRORS = "/kproxy/manifest-errors"
 PROXY_STATUS = "/kproxy/proxy-status"
-RESYNC_PERIOD = 30.0
 POLL_PERIOD = 0.25
 
 
@@ -88,6 +87,11 @@ class Daemon:
         self.file_keys: dict[str, set[str]] = {}  # manifest file -> keys it held
         self.signature: tuple | None = None
         self.applier = applier.Applier()
+        self.proxier: proxier.Proxier | None = None
+        self.metrics = metrics.ProxyMetrics()
+        self.health = healthcheck.ProxyHealth(cfg.iptables_sync_period)
+        self.http = healthcheck.HttpEndpoints()
+        self.triggers: list[float] = []  # wall-clock times of changes not yet programmed
         self.kubelet: Kubelet | None = None
         self.stopping = threading.Event()
         self.poke = threading.Event()
@@ -98,6 +102,7 @@ class Daemon:
         self.start_failures: dict[str, float] = {}  # pod key -> when to try starting it again
         self.dirty = True
         self.last_resync = 0.0
+        self.last_canary = 0.0
 
     # -- start and stop -------------------------------------------------------------------
     def run(self) -> None:
@@ -110,6 +115,11 @@ class Daemon:
             if self.cfg.sandbox:
                 enter_netns(self.naming.node_netns)  # before any thread: all of them live there
             self.kubelet = Kubelet(self.network, self.node_ip, self.state / "logs")
+            self.proxier = proxier.Proxier(render.ProxyConfig(
+                cluster_cidr=self.cfg.cluster_cidr, node_name=self.cfg.node_name, node_ips=[self.node_ip],
+                masquerade_all=self.cfg.masquerade_all), applier=self.applier)
+            self.http.start("healthz", self.cfg.healthz_bind_address, self.health.answer)
+            self.http.start("metrics", self.cfg.metrics_bind_address, self._metrics_answer)
             self._load_store()
             self._ensure_system_objects()
             threading.Thread(target=self._serve_control, daemon=True, name="control").start()
@@ -119,6 +129,7 @@ class Daemon:
 
     def shutdown(self) -> None:
         log.info("shutting down")
+        self.http.stop()
         if self.kubelet:
             self.kubelet.shutdown()
         for pod in self.objects["Pod"].values():  # pods are gone: so are their addresses
@@ -139,6 +150,8 @@ class Daemon:
             if now >= next_poll:
                 sig = manifest_signature(Path(self.cfg.manifests))
                 if sig != self.signature:
+                    if self.signature is not None:
+                        self.triggers.append(max((s[3] for s in sig), default=time.time_ns()) / 1e9)
                     self.signature, self.dirty = sig, True
                     self._load_manifests()
                 next_poll = now + POLL_PERIOD
@@ -165,8 +178,13 @@ class Daemon:
             self.dirty = False
             self._sync_endpoints()
             self._sync_proxy()
-        elif now - self.last_resync > RESYNC_PERIOD:
+        elif now - self.last_resync > self.cfg.iptables_sync_period:
             self._sync_proxy(force=True)  # restores rules flushed or deleted by hand
+        elif now - self.last_canary > 5.0:
+            self.last_canary = now
+            if not self.applier.canary_present():  # someone flushed the tables: resync now
+                log.warning("KUBE-PROXY-CANARY is gone: the tables were flushed; full resync")
+                self._sync_proxy(force=True)
 
     # -- store ----------------------------------------------------------------------------
     def _load_store(self) -> None:
@@ -322,6 +340,7 @@ class Daemon:
             msg = self._admit_service(obj)
             if msg:
                 return msg
+            self.metrics.service_changes.inc()
         elif kind == "Pod":
             if old is not None:
                 self._terminate_pod(key)  # a changed bare Pod is replaced
@@ -403,6 +422,7 @@ class Daemon:
                 pods[key]["status"] = status
                 self._save(pods[key])
                 self.dirty = True
+                self.triggers.append(time.time())
         for key in self.kubelet.finished_pods():
             pod = pods.get(key)
             if pod is not None and pod["metadata"].get("deletionTimestamp"):
@@ -498,25 +518,63 @@ class Daemon:
                         continue
                 self._new_meta(obj, old)
                 self._save(obj)
+                if kind == "EndpointSlice":
+                    self.metrics.endpoint_changes.inc()
 
     def _sync_proxy(self, force: bool = False) -> None:
+        """Render and apply (a partial sync unless `force`); feeds metrics and /healthz."""
+        self.health.queued()
+        self.metrics.last_queued.set(time.time())
         services = list(self.objects["Service"].values())
         slices = list(self.objects["EndpointSlice"].values())
-        cfg = render.ProxyConfig(cluster_cidr=self.cfg.cluster_cidr, node_name=self.cfg.node_name,
-                                 node_ips=[self.node_ip])
-        t0 = time.monotonic()
-        result = render.render(services, slices, cfg)
         try:
-            changed = self.applier.sync(result.text, force=force)
+            res = self.proxier.sync(services, slices, full=force)
         except applier.IptablesError as e:
             log.error("%s", e)
+            self.metrics.restore_failures.inc()
             self.event("Node", "", self.cfg.node_name, "FailedSync", str(e))
             return
         self.last_resync = time.monotonic()
-        if changed or force:
-            self.store.put(PROXY_STATUS, {"lastSync": now_iso(), "generation": self.generation,
-                                          "durationSeconds": round(time.monotonic() - t0, 4),
-                                          "services": sorted(result.service_chains)})
+        self.health.updated()
+        self.metrics.last_sync.set(time.time())
+        self._sync_health_check_ports(services, slices)
+        if not res.applied:
+            self.triggers.clear()
+            return
+        self.metrics.sync_duration.observe(res.duration)
+        (self.metrics.sync_full_duration if res.full else self.metrics.sync_partial_duration).observe(res.duration)
+        if res.full:
+            for table, n in metrics.count_rules(res.result.text).items():
+                self.metrics.rules.set(n, table)
+        now = time.time()
+        for t in self.triggers:  # change seen (file written, pod ready) -> rules live
+            self.metrics.programming.observe(max(0.0, now - t))
+        self.triggers.clear()
+        self.store.put(PROXY_STATUS, {"lastSync": now_iso(), "full": res.full,
+                                      "durationSeconds": round(res.duration, 4),
+                                      "servicesWritten": res.services_written,
+                                      "services": sorted(res.result.service_chains)})
+
+    def _metrics_answer(self, req) -> tuple[int, str, str]:
+        if req.path.split("?")[0] != "/metrics":
+            return 404, "text/plain", "404 page not found\n"
+        return 200, "text/plain; version=0.0.4", self.metrics.registry.exposition()
+
+    def _sync_health_check_ports(self, services: list[dict], slices: list[dict]) -> None:
+        """Serve each ETP-Local Service's healthCheckNodePort with its local endpoint count."""
+        wanted = {}
+        for svc in services:
+            port = svc["spec"].get("healthCheckNodePort")
+            if not port:
+                continue
+            ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+            local = {ep["addresses"][0] for sl in slices
+                     if sl["metadata"].get("namespace") == ns
+                     and sl["metadata"].get("labels", {}).get(endpoints.SERVICE_NAME) == name
+                     for ep in sl.get("endpoints", [])
+                     if ep.get("nodeName") == self.cfg.node_name and ep.get("conditions", {}).get("ready", True)}
+            wanted[port] = (ns, name, len(local))
+        self.http.sync_service_health(wanted)
 
     # -- control socket -------------------------------------------------------------------
     def _handle_requests(self) -> None:

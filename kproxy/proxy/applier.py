@@ -131,8 +131,8 @@ class Applier:
         self.jumps_ok = True
 
     def canary_present(self) -> bool:
-        """kube-proxy's flush detector: the canary chain goes when someone flushes the table."""
-        return _run(["iptables", "-w", "-t", "mangle", "-S", CANARY], check=False).returncode == 0
+        """kube-proxy's flush detector: a canary chain goes when someone wipes its table."""
+        return all(_run(["iptables", "-w", "-t", t, "-S", CANARY], check=False).returncode == 0 for t in TABLES)
 
     def cleanup(self) -> None:
         """Remove every jump and KUBE-* chain (what `kproxy down` does on a real host)."""

@@ -1,0 +1,566 @@
+"""Proxier: partial syncs as upstream's syncProxyRules does them, on a fake kernel.
+
+The core case is a port of upstream's TestSyncProxyRulesRepeated (pkg/proxy/iptables/
+proxier_test.go): the same objects, the same sequence of changes, the same expected restore
+inputs, compared after upstream's sort. The one deliberate difference: when nothing changed,
+upstream still restores the fixed chains, kproxy restores nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+from textwrap import dedent
+
+import pytest
+
+from kproxy.proxy import chains
+from kproxy.proxy.applier import IptablesError
+from kproxy.proxy.conntrack import Conntrack
+from kproxy.proxy.proxier import Proxier, fingerprints
+from kproxy.proxy.render import LARGE_CLUSTER_ENDPOINTS_THRESHOLD, ProxyConfig, digest, render
+from kproxy.proxy.sorting import sort_restore_text
+
+CONFIG = ProxyConfig(cluster_cidr="10.0.0.0/8", node_name="test-node", node_ips=["192.168.0.2"])
+
+
+# ------------------------------------------------------------------ fakes
+
+
+class FakeKernel:
+    """`iptables-restore --noflush` on a dict: a declaration creates or flushes a chain, -A
+    appends, -X deletes (refused while a rule still jumps to the chain); all or nothing."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, list[str]]] = {}
+        self.restores: list[str] = []
+        self.fail_next = False
+
+    def restore(self, text: str) -> None:
+        self.restores.append(text)
+        if self.fail_next:
+            self.fail_next = False
+            raise IptablesError("iptables-restore -w --noflush failed: injected")
+        tables = copy.deepcopy(self.tables)
+        table: dict[str, list[str]] = {}
+        for line in text.splitlines():
+            if line.startswith("*"):
+                table = tables.setdefault(line[1:], {})
+            elif line.startswith(":"):
+                table[line[1:].split()[0]] = []
+            elif line.startswith("-A "):
+                table[line.split()[1]].append(line)
+            elif line.startswith("-X "):
+                self._delete(table, line.split()[1])
+        self.tables = tables
+
+    @staticmethod
+    def _delete(table: dict[str, list[str]], chain: str) -> None:
+        if any(re.search(rf" -j {chain}( |$)", rule) for rules in table.values() for rule in rules):
+            raise IptablesError(f"iptables-restore -w --noflush failed: {chain} is still referenced")
+        del table[chain]
+
+    def nat_chains(self) -> set[str]:
+        return {c for c in self.tables.get("nat", {}) if c.startswith("KUBE-")}
+
+    def add_rule(self, table: str, chain: str, rule: str) -> None:
+        self.tables[table][chain].append(f"-A {chain} {rule}")
+
+
+class FakeApplier:
+    def __init__(self) -> None:
+        self.jumps = 0
+
+    def ensure_jumps(self) -> None:
+        self.jumps += 1
+
+
+class FakeConntrackRun:
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, args: list[str]) -> subprocess.CompletedProcess:
+        self.calls.append(args)
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+
+class Lab:
+    """A Proxier wired to fakes, plus the objects it syncs."""
+
+    def __init__(self, **config) -> None:
+        self.kernel = FakeKernel()
+        self.applier = FakeApplier()
+        self.conntrack_run = FakeConntrackRun()
+        self.listings = 0
+        self.services: dict[str, dict] = {}
+        self.slices: dict[str, dict] = {}
+        self.cfg = ProxyConfig(**{**vars(CONFIG), **config})
+        self.proxier = Proxier(
+            self.cfg, self.applier, Conntrack(run=self.conntrack_run),
+            restore=self.kernel.restore, list_chains=self._list,
+        )
+
+    def _list(self) -> set[str]:
+        self.listings += 1
+        return self.kernel.nat_chains()
+
+    def add(self, *objects: dict) -> None:
+        for obj in objects:
+            store = self.services if obj["kind"] == "Service" else self.slices
+            store[f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"] = obj
+
+    def delete(self, kind: str, key: str) -> None:
+        (self.services if kind == "Service" else self.slices).pop(key)
+
+    def sync(self, full: bool = False):
+        return self.proxier.sync(list(self.services.values()), list(self.slices.values()), full=full)
+
+    @property
+    def text(self) -> str:
+        return self.kernel.restores[-1]
+
+    def full_render_state(self) -> dict[str, dict[str, list[str]]]:
+        """What a full sync into an empty kernel would leave."""
+        fresh = FakeKernel()
+        fresh.restore(render(list(self.services.values()), list(self.slices.values()), self.cfg).text)
+        return fresh.tables
+
+
+def service(ns: str, name: str, ip: str, port: int, *, protocol="TCP", port_name="p", **spec) -> dict:
+    ports = [{"name": port_name, "port": port, "protocol": protocol}]
+    if "nodePort" in spec:
+        ports[0]["nodePort"] = spec.pop("nodePort")
+    return {"kind": "Service", "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": ip, "ports": ports, **spec}}
+
+
+def endpoint_slice(ns: str, name: str, port: int, *ips: str, protocol="TCP", port_name="p", **conditions) -> dict:
+    return {
+        "kind": "EndpointSlice",
+        "metadata": {"name": f"{name}-1", "namespace": ns, "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "ports": [{"name": port_name, "port": port, "protocol": protocol}],
+        "endpoints": [{"addresses": [ip], **({"conditions": conditions} if conditions else {})} for ip in ips],
+    }
+
+
+def assert_rules(expected: str, got: str) -> None:
+    assert sort_restore_text(got) == sort_restore_text(dedent(expected))
+
+
+def declared(text: str) -> set[str]:
+    return {line[1:].split()[0] for line in text.splitlines() if line.startswith(":")}
+
+
+def service_chains_in(text: str) -> set[str]:
+    return {c for c in declared(text) if chains.is_service_chain(c)}
+
+
+FILTER = """\
+    *filter
+    :KUBE-NODEPORTS - [0:0]
+    :KUBE-SERVICES - [0:0]
+    :KUBE-EXTERNAL-SERVICES - [0:0]
+    :KUBE-FIREWALL - [0:0]
+    :KUBE-FORWARD - [0:0]
+    :KUBE-PROXY-FIREWALL - [0:0]
+    -A KUBE-FIREWALL -m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP
+    -A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
+    -A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT
+    -A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+    COMMIT
+"""
+NAT_HEAD = """\
+    *nat
+    :KUBE-NODEPORTS - [0:0]
+    :KUBE-SERVICES - [0:0]
+    :KUBE-MARK-MASQ - [0:0]
+    :KUBE-POSTROUTING - [0:0]
+"""
+NAT_FIXED = """\
+    -A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+    -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+    -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+    -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
+    -A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE
+"""
+SVC1 = '-A KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j KUBE-SVC-XPGD46QRK7WJZT7O\n'
+SVC2 = '-A KUBE-SERVICES -m comment --comment "ns2/svc2:p8080 cluster IP" -m tcp -p tcp -d 172.30.0.42 --dport 8080 -j KUBE-SVC-2VJB64SDSIJUP5T6\n'
+SVC3 = '-A KUBE-SERVICES -m comment --comment "ns3/svc3:p80 cluster IP" -m tcp -p tcp -d 172.30.0.43 --dport 80 -j KUBE-SVC-X27LE4BHSL4DOUIK\n'
+SVC4 = '-A KUBE-SERVICES -m comment --comment "ns4/svc4:p80 cluster IP" -m tcp -p tcp -d 172.30.0.44 --dport 80 -j KUBE-SVC-4SW47YFZTEDKD3PK\n'
+
+
+def _text(*parts: str) -> str:
+    return "".join(dedent(p) if p.startswith("    ") else p for p in parts)
+
+
+# ------------------------------------------------ upstream TestSyncProxyRulesRepeated
+
+
+def test_sync_proxy_rules_repeated_like_upstream():
+    lab = Lab()
+    lab.add(
+        service("ns1", "svc1", "172.30.0.41", 80, port_name="p80"),
+        service("ns2", "svc2", "172.30.0.42", 8080, port_name="p8080"),
+        endpoint_slice("ns1", "svc1", 80, "10.0.1.1", port_name="p80"),
+        endpoint_slice("ns2", "svc2", 8080, "10.0.2.1", port_name="p8080"),
+    )
+    first = lab.sync()
+    assert first.full and first.applied
+    assert_rules(_text(FILTER, NAT_HEAD, """\
+        :KUBE-SEP-SNQ3ZNILQDEJNDQO - [0:0]
+        :KUBE-SEP-UHEGFW77JX3KXTOV - [0:0]
+        :KUBE-SVC-2VJB64SDSIJUP5T6 - [0:0]
+        :KUBE-SVC-XPGD46QRK7WJZT7O - [0:0]
+        """, SVC1, SVC2, NAT_FIXED, """\
+        -A KUBE-SEP-SNQ3ZNILQDEJNDQO -m comment --comment ns1/svc1:p80 -s 10.0.1.1 -j KUBE-MARK-MASQ
+        -A KUBE-SEP-SNQ3ZNILQDEJNDQO -m comment --comment ns1/svc1:p80 -m tcp -p tcp -j DNAT --to-destination 10.0.1.1:80
+        -A KUBE-SEP-UHEGFW77JX3KXTOV -m comment --comment ns2/svc2:p8080 -s 10.0.2.1 -j KUBE-MARK-MASQ
+        -A KUBE-SEP-UHEGFW77JX3KXTOV -m comment --comment ns2/svc2:p8080 -m tcp -p tcp -j DNAT --to-destination 10.0.2.1:8080
+        -A KUBE-SVC-2VJB64SDSIJUP5T6 -m comment --comment "ns2/svc2:p8080 cluster IP" -m tcp -p tcp -d 172.30.0.42 --dport 8080 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
+        -A KUBE-SVC-2VJB64SDSIJUP5T6 -m comment --comment "ns2/svc2:p8080 -> 10.0.2.1:8080" -j KUBE-SEP-UHEGFW77JX3KXTOV
+        -A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
+        -A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.0.1.1:80" -j KUBE-SEP-SNQ3ZNILQDEJNDQO
+        COMMIT
+        """), lab.text)
+
+    # Add a new service and its endpoints: only its SVC and SEP chains are written.
+    lab.add(service("ns3", "svc3", "172.30.0.43", 80, port_name="p80"),
+            endpoint_slice("ns3", "svc3", 80, "10.0.3.1", port_name="p80"))
+    second = lab.sync()
+    assert not second.full and second.services_written == 1
+    assert_rules(_text(FILTER, NAT_HEAD, """\
+        :KUBE-SEP-BSWRHOQ77KEXZLNL - [0:0]
+        :KUBE-SVC-X27LE4BHSL4DOUIK - [0:0]
+        """, SVC1, SVC2, SVC3, NAT_FIXED, """\
+        -A KUBE-SEP-BSWRHOQ77KEXZLNL -m comment --comment ns3/svc3:p80 -s 10.0.3.1 -j KUBE-MARK-MASQ
+        -A KUBE-SEP-BSWRHOQ77KEXZLNL -m comment --comment ns3/svc3:p80 -m tcp -p tcp -j DNAT --to-destination 10.0.3.1:80
+        -A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 cluster IP" -m tcp -p tcp -d 172.30.0.43 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
+        -A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 -> 10.0.3.1:80" -j KUBE-SEP-BSWRHOQ77KEXZLNL
+        COMMIT
+        """), lab.text)
+
+    # Delete a service (won't update the other services).
+    lab.delete("Service", "ns2/svc2")
+    lab.sync()
+    assert_rules(_text(FILTER, NAT_HEAD, """\
+        :KUBE-SEP-UHEGFW77JX3KXTOV - [0:0]
+        :KUBE-SVC-2VJB64SDSIJUP5T6 - [0:0]
+        """, SVC1, SVC3, NAT_FIXED, """\
+        -X KUBE-SEP-UHEGFW77JX3KXTOV
+        -X KUBE-SVC-2VJB64SDSIJUP5T6
+        COMMIT
+        """), lab.text)
+
+    # Add a service, sync, then add its endpoints: first only the REJECT rule...
+    lab.add(service("ns4", "svc4", "172.30.0.44", 80, port_name="p80"))
+    lab.sync()
+    reject = '-A KUBE-SERVICES -m comment --comment "ns4/svc4:p80 has no endpoints" -m tcp -p tcp -d 172.30.0.44 --dport 80 -j REJECT\n'
+    assert_rules(_text(FILTER.replace("COMMIT\n", reject + "COMMIT\n"), NAT_HEAD, SVC1, SVC3, NAT_FIXED, "COMMIT\n"),
+                 lab.text)
+
+    # ... then the new service's chains.
+    lab.add(endpoint_slice("ns4", "svc4", 80, "10.0.4.1", port_name="p80"))
+    lab.sync()
+    assert_rules(_text(FILTER, NAT_HEAD, """\
+        :KUBE-SEP-AYCN5HPXMIRJNJXU - [0:0]
+        :KUBE-SVC-4SW47YFZTEDKD3PK - [0:0]
+        """, SVC1, SVC3, SVC4, NAT_FIXED, """\
+        -A KUBE-SEP-AYCN5HPXMIRJNJXU -m comment --comment ns4/svc4:p80 -s 10.0.4.1 -j KUBE-MARK-MASQ
+        -A KUBE-SEP-AYCN5HPXMIRJNJXU -m comment --comment ns4/svc4:p80 -m tcp -p tcp -j DNAT --to-destination 10.0.4.1:80
+        -A KUBE-SVC-4SW47YFZTEDKD3PK -m comment --comment "ns4/svc4:p80 cluster IP" -m tcp -p tcp -d 172.30.0.44 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
+        -A KUBE-SVC-4SW47YFZTEDKD3PK -m comment --comment "ns4/svc4:p80 -> 10.0.4.1:80" -j KUBE-SEP-AYCN5HPXMIRJNJXU
+        COMMIT
+        """), lab.text)
+
+    # Change an endpoint of an existing service: its SVC and SEP chains are rewritten.
+    lab.add(endpoint_slice("ns3", "svc3", 80, "10.0.3.2", port_name="p80"))
+    lab.sync()
+    assert_rules(_text(FILTER, NAT_HEAD, """\
+        :KUBE-SEP-BSWRHOQ77KEXZLNL - [0:0]
+        :KUBE-SEP-DKCFIS26GWF2WLWC - [0:0]
+        :KUBE-SVC-X27LE4BHSL4DOUIK - [0:0]
+        """, SVC1, SVC3, SVC4, NAT_FIXED, """\
+        -A KUBE-SEP-DKCFIS26GWF2WLWC -m comment --comment ns3/svc3:p80 -s 10.0.3.2 -j KUBE-MARK-MASQ
+        -A KUBE-SEP-DKCFIS26GWF2WLWC -m comment --comment ns3/svc3:p80 -m tcp -p tcp -j DNAT --to-destination 10.0.3.2:80
+        -A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 cluster IP" -m tcp -p tcp -d 172.30.0.43 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
+        -A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 -> 10.0.3.2:80" -j KUBE-SEP-DKCFIS26GWF2WLWC
+        -X KUBE-SEP-BSWRHOQ77KEXZLNL
+        COMMIT
+        """), lab.text)
+
+    # Add an endpoint to a service: its SVC and SEP chains are rewritten.
+    lab.add(endpoint_slice("ns3", "svc3", 80, "10.0.3.2", "10.0.3.3", port_name="p80"))
+    lab.sync()
+    assert_rules(_text(FILTER, NAT_HEAD, """\
+        :KUBE-SEP-DKCFIS26GWF2WLWC - [0:0]
+        :KUBE-SEP-JVVZVJ7BSEPPRNBS - [0:0]
+        :KUBE-SVC-X27LE4BHSL4DOUIK - [0:0]
+        """, SVC1, SVC3, SVC4, NAT_FIXED, """\
+        -A KUBE-SEP-DKCFIS26GWF2WLWC -m comment --comment ns3/svc3:p80 -s 10.0.3.2 -j KUBE-MARK-MASQ
+        -A KUBE-SEP-DKCFIS26GWF2WLWC -m comment --comment ns3/svc3:p80 -m tcp -p tcp -j DNAT --to-destination 10.0.3.2:80
+        -A KUBE-SEP-JVVZVJ7BSEPPRNBS -m comment --comment ns3/svc3:p80 -s 10.0.3.3 -j KUBE-MARK-MASQ
+        -A KUBE-SEP-JVVZVJ7BSEPPRNBS -m comment --comment ns3/svc3:p80 -m tcp -p tcp -j DNAT --to-destination 10.0.3.3:80
+        -A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 cluster IP" -m tcp -p tcp -d 172.30.0.43 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
+        -A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 -> 10.0.3.2:80" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-DKCFIS26GWF2WLWC
+        -A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 -> 10.0.3.3:80" -j KUBE-SEP-JVVZVJ7BSEPPRNBS
+        COMMIT
+        """), lab.text)
+
+    # Sync with no new changes: upstream restores only the fixed chains; kproxy restores nothing.
+    restores = len(lab.kernel.restores)
+    idle = lab.sync()
+    assert not idle.applied and len(lab.kernel.restores) == restores
+
+    # A dangling jump from svc3's chain to svc4's endpoint makes the partial sync deleting svc4
+    # fail; the next sync is full, rewrites svc3's chains too and succeeds.
+    lab.kernel.add_rule("nat", "KUBE-SVC-X27LE4BHSL4DOUIK", "-j KUBE-SEP-AYCN5HPXMIRJNJXU")
+    lab.delete("Service", "ns4/svc4")
+    with pytest.raises(IptablesError):
+        lab.sync()
+    assert "KUBE-SEP-AYCN5HPXMIRJNJXU" in lab.kernel.nat_chains()
+    recovered = lab.sync()
+    assert recovered.full and recovered.applied
+    assert_rules(_text(FILTER, NAT_HEAD, """\
+        :KUBE-SEP-AYCN5HPXMIRJNJXU - [0:0]
+        :KUBE-SEP-DKCFIS26GWF2WLWC - [0:0]
+        :KUBE-SEP-JVVZVJ7BSEPPRNBS - [0:0]
+        :KUBE-SEP-SNQ3ZNILQDEJNDQO - [0:0]
+        :KUBE-SVC-4SW47YFZTEDKD3PK - [0:0]
+        :KUBE-SVC-X27LE4BHSL4DOUIK - [0:0]
+        :KUBE-SVC-XPGD46QRK7WJZT7O - [0:0]
+        """, SVC1, SVC3, NAT_FIXED, """\
+        -A KUBE-SEP-DKCFIS26GWF2WLWC -m comment --comment ns3/svc3:p80 -s 10.0.3.2 -j KUBE-MARK-MASQ
+        -A KUBE-SEP-DKCFIS26GWF2WLWC -m comment --comment ns3/svc3:p80 -m tcp -p tcp -j DNAT --to-destination 10.0.3.2:80
+        -A KUBE-SEP-JVVZVJ7BSEPPRNBS -m comment --comment ns3/svc3:p80 -s 10.0.3.3 -j KUBE-MARK-MASQ
+        -A KUBE-SEP-JVVZVJ7BSEPPRNBS -m comment --comment ns3/svc3:p80 -m tcp -p tcp -j DNAT --to-destination 10.0.3.3:80
+        -A KUBE-SEP-SNQ3ZNILQDEJNDQO -m comment --comment ns1/svc1:p80 -s 10.0.1.1 -j KUBE-MARK-MASQ
+        -A KUBE-SEP-SNQ3ZNILQDEJNDQO -m comment --comment ns1/svc1:p80 -m tcp -p tcp -j DNAT --to-destination 10.0.1.1:80
+        -A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 cluster IP" -m tcp -p tcp -d 172.30.0.43 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
+        -A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 -> 10.0.3.2:80" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-DKCFIS26GWF2WLWC
+        -A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 -> 10.0.3.3:80" -j KUBE-SEP-JVVZVJ7BSEPPRNBS
+        -A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
+        -A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.0.1.1:80" -j KUBE-SEP-SNQ3ZNILQDEJNDQO
+        -X KUBE-SEP-AYCN5HPXMIRJNJXU
+        -X KUBE-SVC-4SW47YFZTEDKD3PK
+        COMMIT
+        """), lab.text)
+    assert lab.kernel.tables == lab.full_render_state()
+
+
+# ------------------------------------------------------------------ three services
+
+
+def three_services() -> Lab:
+    lab = Lab()
+    for i in (1, 2, 3):
+        lab.add(service("ns", f"s{i}", f"172.30.0.{i}", 80),
+                endpoint_slice("ns", f"s{i}", 80, f"10.0.{i}.1", f"10.0.{i}.2"))
+    lab.sync()
+    return lab
+
+
+def chains_of(lab: Lab, key: str) -> set[str]:
+    return lab.proxier._service_chains[key]
+
+
+FIXED_CHAINS = {"KUBE-NODEPORTS", "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FIREWALL", "KUBE-FORWARD",
+                "KUBE-PROXY-FIREWALL", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"}
+
+
+def test_changing_one_of_three_services_declares_only_its_chains():
+    lab = three_services()
+    s2 = chains_of(lab, "ns/s2")
+    lab.add(endpoint_slice("ns", "s2", 80, "10.0.2.1", "10.0.2.2", "10.0.2.3"))
+    result = lab.sync()
+    assert (result.full, result.applied, result.services_written) == (False, True, 1)
+    new_sep = chains.endpoint_chain("ns/s2:p", "tcp", "10.0.2.3:80")
+    assert declared(lab.text) == FIXED_CHAINS | s2 | {new_sep}
+    # Every service still gets its rules in the fixed chains.
+    for i in (1, 2, 3):
+        assert f"-d 172.30.0.{i} --dport 80" in lab.text
+    assert result.rules == lab.text.count("\n-A ")
+    assert lab.kernel.tables == lab.full_render_state()
+
+
+def test_deleting_one_of_three_services_deletes_exactly_its_chains():
+    lab = three_services()
+    s3 = chains_of(lab, "ns/s3")
+    lab.delete("Service", "ns/s3")
+    result = lab.sync()
+    assert not result.full and result.services_written == 0
+    lines = lab.text.splitlines()
+    for chain in s3:
+        assert f":{chain} - [0:0]" in lines and f"-X {chain}" in lines
+    assert service_chains_in(lab.text) == s3
+    assert sorted(result.result.deleted_chains) == sorted(s3)
+    assert lab.kernel.tables == lab.full_render_state()
+
+
+def test_nothing_changed_means_no_restore():
+    lab = three_services()
+    before = len(lab.kernel.restores)
+    result = lab.sync()
+    assert (result.full, result.applied, result.rules, result.services_written) == (False, False, 0, 0)
+    assert len(lab.kernel.restores) == before
+    assert result.result.service_chains == lab.proxier._last.service_chains
+
+
+def test_irrelevant_object_changes_are_not_changes():
+    lab = three_services()
+    lab.services["ns/s1"]["metadata"]["labels"] = {"app": "x"}
+    lab.services["ns/s1"]["spec"]["selector"] = {"app": "x"}
+    lab.slices["ns/s2-1"]["metadata"]["resourceVersion"] = "42"
+    assert not lab.sync().applied
+
+
+def test_full_sync_when_asked_lists_the_kernel_and_ensures_jumps():
+    lab = three_services()
+    assert (lab.listings, lab.applier.jumps) == (1, 1)
+    lab.add(endpoint_slice("ns", "s1", 80, "10.0.1.1"))
+    lab.sync()
+    assert (lab.listings, lab.applier.jumps) == (1, 1)  # partial: neither
+    result = lab.sync(full=True)
+    assert result.full and result.services_written == 3
+    assert service_chains_in(lab.text) == set().union(*lab.proxier._service_chains.values())
+    assert (lab.listings, lab.applier.jumps) == (2, 2)
+
+
+def test_full_sync_deletes_stale_chains_found_in_the_kernel():
+    lab = three_services()
+    lab.kernel.tables["nat"]["KUBE-SEP-LEFTOVER0000000"] = []
+    lab.kernel.tables["nat"]["KUBE-SOMETHING-ELSE"] = []
+    lab.sync(full=True)
+    assert "-X KUBE-SEP-LEFTOVER0000000" in lab.text.splitlines()
+    assert "KUBE-SOMETHING-ELSE" in lab.kernel.nat_chains()
+
+
+def test_request_full_sync():
+    lab = three_services()
+    lab.proxier.request_full_sync()
+    assert lab.sync().full
+
+
+def test_failed_restore_is_raised_and_the_next_sync_is_full():
+    lab = three_services()
+    lab.add(endpoint_slice("ns", "s1", 80, "10.0.1.9"))
+    lab.kernel.fail_next = True
+    with pytest.raises(IptablesError):
+        lab.sync()
+    result = lab.sync()
+    assert result.full and result.applied
+    assert lab.kernel.tables == lab.full_render_state()
+
+
+def test_first_sync_after_failure_even_without_changes_is_full():
+    lab = Lab()
+    lab.add(service("ns", "s1", "172.30.0.1", 80), endpoint_slice("ns", "s1", 80, "10.0.1.1"))
+    lab.kernel.fail_next = True
+    with pytest.raises(IptablesError):
+        lab.sync()
+    assert lab.sync().full
+
+
+def test_kernel_matches_a_full_sync_after_many_partial_ones():
+    lab = three_services()
+    steps = [
+        lambda: lab.add(service("ns", "s4", "172.30.0.4", 53, protocol="UDP", type="NodePort", nodePort=30053)),
+        lambda: lab.add(endpoint_slice("ns", "s4", 53, "10.0.4.1", protocol="UDP")),
+        lambda: lab.add(service("ns", "s1", "172.30.0.1", 80, sessionAffinity="ClientIP")),
+        lambda: lab.add(service("ns", "s2", "172.30.0.2", 80, type="NodePort", nodePort=30080,
+                                externalTrafficPolicy="Local")),
+        lambda: lab.delete("EndpointSlice", "ns/s3-1"),
+        lambda: lab.delete("Service", "ns/s1"),
+        lambda: lab.add(endpoint_slice("ns", "s2", 80, "10.0.2.7")),
+    ]
+    for step in steps:
+        step()
+        result = lab.sync()
+        assert result.applied and not result.full
+        assert lab.kernel.tables == lab.full_render_state()
+    assert lab.listings == 1
+
+
+def test_crossing_the_large_cluster_threshold_syncs_fully():
+    lab = three_services()
+    many = [f"10.1.{i // 250}.{i % 250 + 1}" for i in range(LARGE_CLUSTER_ENDPOINTS_THRESHOLD)]
+    lab.add(service("ns", "big", "172.30.0.9", 80), endpoint_slice("ns", "big", 80, *many))
+    result = lab.sync()
+    assert result.full
+    assert "-m comment" not in "\n".join(l for l in lab.text.splitlines() if l.startswith("-A KUBE-SEP-"))
+    assert lab.kernel.tables == lab.full_render_state()
+
+
+def test_sync_result_timings_add_up():
+    lab = Lab()
+    lab.add(service("ns", "s1", "172.30.0.1", 80))
+    result = lab.sync()
+    assert result.duration == pytest.approx(result.render_seconds + result.restore_seconds)
+    assert result.render_seconds >= 0 and result.restore_seconds >= 0
+
+
+def test_fingerprints_cover_ports_and_endpoints_only():
+    svc = service("ns", "s1", "172.30.0.1", 80)
+    eps = endpoint_slice("ns", "s1", 80, "10.0.1.1")
+    base = fingerprints(digest([svc], [eps], CONFIG))
+    moved = fingerprints(digest([svc], [endpoint_slice("ns", "s1", 80, "10.0.1.2")], CONFIG))
+    not_ready = fingerprints(digest([svc], [endpoint_slice("ns", "s1", 80, "10.0.1.1", ready=False)], CONFIG))
+    assert base.keys() == {"ns/s1"}
+    assert base != moved and base != not_ready
+    assert fingerprints(digest([svc], [copy.deepcopy(eps)], CONFIG)) == base
+
+
+# ------------------------------------------------------------------ conntrack
+
+
+def test_udp_endpoint_removal_clears_its_conntrack_entries_after_the_restore():
+    lab = Lab()
+    lab.add(service("kube-system", "dns", "10.96.0.20", 53, protocol="UDP", type="NodePort", nodePort=30053),
+            endpoint_slice("kube-system", "dns", 53, "10.244.0.5", "10.244.0.6", protocol="UDP"))
+    first = lab.sync()
+    # A service port getting endpoints (here: the first sync) may have cached REJECTed flows.
+    assert first.conntrack_commands == lab.conntrack_run.calls == [
+        ["conntrack", "-D", "-p", "udp", "--orig-dst", "10.96.0.20"],
+        ["conntrack", "-D", "-p", "udp", "--orig-port-dst", "30053"],
+    ]
+    lab.conntrack_run.calls.clear()
+    lab.add(endpoint_slice("kube-system", "dns", 53, "10.244.0.6", protocol="UDP"))
+    assert lab.sync().conntrack_commands == lab.conntrack_run.calls == [
+        ["conntrack", "-D", "-p", "udp", "--orig-port-dst", "30053", "--dst-nat", "10.244.0.5"],
+        ["conntrack", "-D", "-p", "udp", "--orig-dst", "10.96.0.20", "--dst-nat", "10.244.0.5"],
+    ]
+
+
+def test_no_conntrack_cleanup_when_the_restore_fails():
+    lab = Lab()
+    lab.add(service("ns", "dns", "10.96.0.20", 53, protocol="UDP"),
+            endpoint_slice("ns", "dns", 53, "10.244.0.5", protocol="UDP"))
+    lab.sync()
+    lab.conntrack_run.calls.clear()
+    lab.add(endpoint_slice("ns", "dns", 53, "10.244.0.6", protocol="UDP"))
+    lab.kernel.fail_next = True
+    with pytest.raises(IptablesError):
+        lab.sync()
+    assert lab.conntrack_run.calls == []
+    # The retry compares with the last state that reached the kernel.
+    assert lab.sync().conntrack_commands == [
+        ["conntrack", "-D", "-p", "udp", "--orig-dst", "10.96.0.20", "--dst-nat", "10.244.0.5"],
+    ]
+
+
+def test_terminating_but_serving_udp_endpoint_keeps_its_flows():
+    lab = Lab()
+    lab.add(service("ns", "dns", "10.96.0.20", 53, protocol="UDP"),
+            endpoint_slice("ns", "dns", 53, "10.244.0.5", "10.244.0.6", protocol="UDP"))
+    lab.sync()
+    lab.slices["ns/dns-1"]["endpoints"][0]["conditions"] = {"ready": False, "serving": True, "terminating": True}
+    result = lab.sync()
+    assert result.applied and result.conntrack_commands == []
+
+
+def test_tcp_services_need_no_conntrack_cleanup():
+    lab = three_services()
+    lab.delete("EndpointSlice", "ns/s1-1")
+    assert lab.sync().conntrack_commands == []
+    assert lab.conntrack_run.calls == []
