@@ -557,7 +557,11 @@ def status(state_dir):
     store = open_store(state_dir)
     if store:
         ps = store.get("/kproxy/proxy-status") or {}
-        click.echo(f"last rules sync: {ps.get('lastSync', 'never')}")
+        detail = ""
+        if ps:
+            detail = (f" ({'full' if ps.get('full') else 'partial'}, {ps.get('servicesWritten', 0)} Services "
+                      f"written, {ps.get('durationSeconds', 0) * 1000:.1f} ms)")
+        click.echo(f"last rules sync: {ps.get('lastSync', 'never')}{detail}")
         for e in store.get("/kproxy/manifest-errors") or []:
             click.echo(f"error: {e['message']}")
 

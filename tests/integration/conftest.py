@@ -86,7 +86,7 @@ class Lab:
 
     def ready_pods(self, app: str) -> list[dict]:
         pods = self.get("pods")["items"]
-        return [p for p in pods if p["metadata"]["labels"].get("app") == app
+        return [p for p in pods if p["metadata"].get("labels", {}).get("app") == app
                 and not p["metadata"].get("deletionTimestamp")
                 and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
 
@@ -127,12 +127,13 @@ def prefixed_netns(prefix: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def lab(request):
+    """A sandboxed lab for the module; a module may set LAB_UP_ARGS for `kproxy up`."""
     state = Path(tempfile.mkdtemp(prefix="kp-", dir="/tmp"))
     the_lab = Lab(state)
     the_lab.manifests.mkdir()
     try:
-        the_lab.up()
+        the_lab.up(*getattr(request.module, "LAB_UP_ARGS", ()))
         yield the_lab
     finally:
         prefix = LabConfig(state_dir=str(state)).naming.prefix
