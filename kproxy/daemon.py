@@ -99,7 +99,8 @@ class Daemon:
         self.generation = 0
         self.ready = False
         self.requests: list[dict] = []
-        self.start_failures: dict[str, float] = {}  # pod key -> when to try starting it again
+        self.start_failures: dict[str, float] = {}
+        self.system_keys: set[str] = set()  # objects kproxy itself keeps (default/kubernetes)  # pod key -> when to try starting it again
         self.dirty = True
         self.last_resync = 0.0
         self.last_canary = 0.0
@@ -114,7 +115,7 @@ class Daemon:
             self.network.setup()
             if self.cfg.sandbox:
                 enter_netns(self.naming.node_netns)  # before any thread: all of them live there
-            self.kubelet = Kubelet(self.network, self.node_ip, self.state / "logs")
+            self.kubelet = Kubelet(self.network, self.node_ip, self.state / "logs", self._pod_event)
             self.proxier = proxier.Proxier(render.ProxyConfig(
                 cluster_cidr=self.cfg.cluster_cidr, node_name=self.cfg.node_name, node_ips=[self.node_ip],
                 masquerade_all=self.cfg.masquerade_all), applier=self.applier)
@@ -147,15 +148,10 @@ class Daemon:
         next_poll = 0.0
         while not self.stopping.is_set():
             now = time.monotonic()
-            if now >= next_poll:
-                sig = manifest_signature(Path(self.cfg.manifests))
-                if sig != self.signature:
-                    if self.signature is not None:
-                        self.triggers.append(max((s[3] for s in sig), default=time.time_ns()) / 1e9)
-                    self.signature, self.dirty = sig, True
-                    self._load_manifests()
-                next_poll = now + POLL_PERIOD
             try:
+                if now >= next_poll:
+                    next_poll = now + POLL_PERIOD
+                    self._poll_manifests()
                 self._pass(now)
             except Exception as e:  # noqa: BLE001 - the node keeps running; the next pass retries
                 log.exception("reconcile pass failed")
@@ -169,7 +165,16 @@ class Daemon:
             self.poke.wait(0.1)
             if self.poke.is_set():
                 self.poke.clear()
-                self.signature = None  # a poke (kproxy apply) re-reads the folder at once
+                next_poll = 0.0  # a poke (kproxy apply) re-reads the folder now
+
+    def _poll_manifests(self) -> None:
+        sig = manifest_signature(Path(self.cfg.manifests))
+        if sig == self.signature:
+            return
+        if self.signature is not None:  # when the change was written, for programming latency
+            self.triggers.append(max((s[3] for s in sig), default=time.time_ns()) / 1e9)
+        self.signature, self.dirty = sig, True
+        self._load_manifests()
 
     def _pass(self, now: float) -> None:
         self._handle_requests()
@@ -225,6 +230,10 @@ class Daemon:
               "firstTimestamp": (old or {}).get("firstTimestamp", now_iso()), "lastTimestamp": now_iso()}
         self.store.put(key, ev)
 
+    def _pod_event(self, pod: dict, reason: str, message: str, etype: str) -> None:
+        m = pod["metadata"]
+        self.event("Pod", m["namespace"], m["name"], reason, message, etype)
+
     def _new_meta(self, obj: dict, old: dict | None) -> None:
         m = obj["metadata"]
         om = (old or {}).get("metadata", {})
@@ -255,12 +264,20 @@ class Daemon:
                       "spec": {"type": "ClusterIP", "clusterIP": self.ranges.nth_ip(1),
                                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}}
         self._admit_service(defaults.apply_defaults(kubernetes))
-        self._save({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                    "metadata": {"name": "kubernetes", "namespace": "default",
-                                 "labels": {endpoints.SERVICE_NAME: "kubernetes"}},
-                    "addressType": "IPv4",
-                    "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
-                    "endpoints": [{"addresses": [self.node_ip], "conditions": {"ready": True}}]})
+        # the API server's own endpoints: the node's address, port 6443 (nothing listens there)
+        slice_ = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                  "metadata": {"name": "kubernetes", "namespace": "default",
+                               "labels": {endpoints.SERVICE_NAME: "kubernetes"}},
+                  "addressType": "IPv4",
+                  "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+                  "endpoints": [{"addresses": [self.node_ip], "conditions": {"ready": True}}]}
+        eps = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "kubernetes", "namespace": "default"},
+               "subsets": [{"addresses": [{"ip": self.node_ip}],
+                            "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]}]}
+        for obj in (slice_, eps):
+            self._new_meta(obj, self.objects[obj["kind"]].get(key_of(obj["kind"], "default", "kubernetes")))
+            self._save(obj)
+        self.system_keys = {key_of("Endpoints", "default", "kubernetes")}
 
     # -- manifests -> admitted objects ----------------------------------------------------
     def _load_manifests(self) -> None:
@@ -271,12 +288,22 @@ class Daemon:
         problems: list[dict] = []
         files: dict[str, set[str]] = {}
         broken_files = set()
+        # Namespaces of this load count at once, so a file may hold a Namespace and its objects.
+        namespaces = {d.obj["metadata"].get("name") for d in docs
+                      if d.obj and d.obj.get("kind") == "Namespace" and isinstance(d.obj.get("metadata"), dict)}
         for doc in docs:
             if doc.error:
                 problems.append({"source": doc.source, "message": doc.error})
                 broken_files.add(doc.source)
                 continue
             obj = doc.obj
+            if obj.get("kind") not in USER_KINDS:
+                name = (obj.get("metadata") or {}).get("name", "")
+                problems.append({"source": doc.source, "kind": obj.get("kind"), "name": name,
+                                 "message": f'resource mapping not found for name: "{name}" from "{doc.source}": '
+                                            f'no matches for kind "{obj.get("kind")}" in version '
+                                            f'"{obj.get("apiVersion")}"'})
+                continue
             try:
                 obj = defaults.apply_defaults(obj)
                 kind, ns, name = obj_id(obj)
@@ -286,7 +313,7 @@ class Daemon:
                 continue
             key = key_of(kind, ns, name)
             files.setdefault(doc.source, set()).add(key)
-            msg = self._check(obj)
+            msg = self._check(obj, namespaces)
             if msg:
                 problems.append({"source": doc.source, "message": msg, "kind": kind, "namespace": ns, "name": name})
                 self.event(kind, ns, name, "FailedCreate", msg)
@@ -314,22 +341,16 @@ class Daemon:
                                        "sources": self.sources})
         self.store.put(MANIFEST_ERRORS, problems)
 
-    def _check(self, obj: dict) -> str | None:
+    def _check(self, obj: dict, namespaces: set[str]) -> str | None:
         """Validation as the API server does it on create, as one message (None when valid)."""
         kind, ns, name = obj_id(obj)
-        if kind not in USER_KINDS:
-            return f'no matches for kind "{kind}" in version "{obj.get("apiVersion")}"'
         errs = validation.validate(obj, node_port_range=tuple(self.cfg.node_port_range),
                                    service_cidr=self.cfg.service_cidr)
         if errs:
             return str(errors.InvalidError(kind, name, errs))
-        if ns and kind != "Namespace" and key_of("Namespace", "", ns) not in self.objects["Namespace"] \
-                and not self._namespace_in_manifests(ns):
+        if ns and kind != "Namespace" and ns not in namespaces and ns not in SYSTEM_NAMESPACES:
             return f'namespaces "{ns}" not found'
         return None
-
-    def _namespace_in_manifests(self, ns: str) -> bool:
-        return any(key_of("Namespace", "", ns) in keys for keys in self.file_keys.values())
 
     def _admit(self, key: str, obj: dict) -> str | None:
         """Store a valid object (allocating what it needs); returns the API error, if any."""
@@ -402,10 +423,13 @@ class Daemon:
             owned = [p for p in pods.values() if p["metadata"]["namespace"] == ns
                      and replicas.owner_deployment(p) == dname and not p["metadata"].get("deletionTimestamp")]
             create, delete = replicas.reconcile_deployment(deploy, owned, self.rng, now_iso(), taken)
+            self._scaling_events(deploy, owned, create, delete)
             for pod in create:
                 pod["spec"]["nodeName"] = self.cfg.node_name
                 self._new_meta(pod, None)
                 self._save(pod)
+                self.event("Pod", ns, pod["metadata"]["name"], "Scheduled",
+                           f"Successfully assigned {ns}/{pod['metadata']['name']} to {self.cfg.node_name}", "Normal")
             for pod in delete:
                 self._terminate_pod(key_of("Pod", ns, pod["metadata"]["name"]))
         live_deploys = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in self.objects["Deployment"].values()}
@@ -430,6 +454,23 @@ class Daemon:
                     allocation.release_pod_ip(txn, pod.get("status", {}).get("podIP"))
                 self._remove("Pod", key)
                 self.dirty = True
+
+    def _scaling_events(self, deploy: dict, owned: list[dict], create: list[dict], delete: list[dict]) -> None:
+        """The Deployment controller's ScalingReplicaSet events, one per ReplicaSet that changes."""
+        by_rs: dict[str, list[int]] = {}
+        for pod in owned:
+            rs = pod["metadata"]["ownerReferences"][0]["name"]
+            by_rs.setdefault(rs, [0, 0])[0] += 1
+        for pod in create:
+            by_rs.setdefault(pod["metadata"]["ownerReferences"][0]["name"], [0, 0])[1] += 1
+        for pod in delete:
+            by_rs.setdefault(pod["metadata"]["ownerReferences"][0]["name"], [0, 0])[1] -= 1
+        ns, name = deploy["metadata"]["namespace"], deploy["metadata"]["name"]
+        for rs, (before, delta) in sorted(by_rs.items()):
+            if delta:
+                word = "up" if delta > 0 else "down"
+                self.event("Deployment", ns, name, "ScalingReplicaSet",
+                           f"Scaled {word} replica set {rs} from {before} to {before + delta}", "Normal")
 
     def _deployment_status(self) -> None:
         for deploy in self.objects["Deployment"].values():
@@ -507,7 +548,7 @@ class Daemon:
                    if sl["metadata"].get("labels", {}).get(endpoints.MANAGED_BY)}
         for key in managed - set(want_slices):
             self._remove("EndpointSlice", key)
-        for key in set(self.objects["Endpoints"]) - set(want_eps) - user_eps:
+        for key in set(self.objects["Endpoints"]) - set(want_eps) - user_eps - self.system_keys:
             self._remove("Endpoints", key)
         for kind, want in (("EndpointSlice", want_slices), ("Endpoints", want_eps)):
             for key, obj in want.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .network import NodeNetwork
 from .probes import ProbeState, ports_accept, run_probe
@@ -28,6 +30,17 @@ NO_PROBE_PERIOD = 1.0
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+_SET_HOSTNAME = "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execvp(sys.argv[2], sys.argv[2:])"
+
+
+def in_pod(netns: str, hostname: str, argv: list[str]) -> list[str]:
+    """Run argv in the pod's network namespace and in a UTS namespace of its own whose hostname
+    is the pod's name (`ip netns exec` also binds /etc/netns/<netns>/* over /etc, as the kubelet
+    mounts a pod's resolv.conf and hosts)."""
+    return ["ip", "netns", "exec", netns, "unshare", "--uts", "--",
+            sys.executable, "-c", _SET_HOSTNAME, hostname, *argv]
 
 
 def container_argv(pod: dict, container: dict) -> list[str]:
@@ -57,6 +70,17 @@ def container_env(pod: dict, container: dict) -> dict[str, str]:
     return env
 
 
+def _describe_probe(spec: dict) -> str:
+    if "httpGet" in spec:
+        h = spec["httpGet"]
+        return f"HTTP probe failed: GET {h.get('path', '/')} on port {h.get('port')}"
+    if "tcpSocket" in spec:
+        return f"dial tcp on port {spec['tcpSocket'].get('port')} failed"
+    if "exec" in spec:
+        return f"command {spec['exec'].get('command')} failed"
+    return "no handler"
+
+
 @dataclass
 class Container:
     spec: dict
@@ -84,8 +108,10 @@ class PodRuntime:
 class Kubelet:
     """Keeps the pods of this node running and reports their status."""
 
-    def __init__(self, network: NodeNetwork, node_ip: str, log_dir: Path):
+    def __init__(self, network: NodeNetwork, node_ip: str, log_dir: Path,
+                 event: Callable[[dict, str, str, str], None] = lambda pod, reason, msg, etype: None):
         self.network, self.node_ip, self.log_dir = network, node_ip, log_dir
+        self.event = event  # (pod, reason, message, type): the kubelet's events
         self.pods: dict[str, PodRuntime] = {}
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="probe")
 
@@ -109,12 +135,13 @@ class Kubelet:
         logdir = self.log_dir / f"{meta['namespace']}_{meta['name']}"
         logdir.mkdir(parents=True, exist_ok=True)
         out = open(logdir / f"{c.spec['name']}.log", "ab")
-        argv = ["ip", "netns", "exec", rt.netns, *container_argv(rt.pod, c.spec)]
+        argv = in_pod(rt.netns, meta["name"], container_argv(rt.pod, c.spec))
         try:
             c.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                       env=container_env(rt.pod, c.spec), start_new_session=True,
                                       cwd=c.spec.get("workingDir") or "/")
             c.started_at = now_iso()
+            self.event(rt.pod, "Started", f"Started container {c.spec['name']}", "Normal")
         except OSError as e:
             out.write(f"kproxy: cannot start container: {e}\n".encode())
             c.proc, c.last_exit = None, 128
@@ -130,6 +157,9 @@ class Kubelet:
             grace = float(rt.pod["spec"].get("terminationGracePeriodSeconds", 30))
         rt.terminating_since = time.monotonic()
         rt.kill_at = rt.terminating_since + grace
+        for c in rt.containers:
+            if c.proc and c.proc.poll() is None:
+                self.event(rt.pod, "Killing", f"Stopping container {c.spec['name']}", "Normal")
         self._signal_all(rt, signal.SIGTERM)
 
     def _signal_all(self, rt: PodRuntime, sig: int) -> None:
@@ -158,6 +188,7 @@ class Kubelet:
             if not alive:
                 meta = rt.pod["metadata"]
                 self.network.remove_pod(meta["namespace"], meta["name"])
+                shutil.rmtree(self.log_dir / f"{meta['namespace']}_{meta['name']}", ignore_errors=True)
                 del self.pods[key]
                 done.append(key)
         return done
@@ -202,6 +233,9 @@ class Kubelet:
                     continue
                 c.restart_at = now + c.backoff
                 c.backoff = min(c.backoff * 2, BACKOFF_MAX)
+                if c.restarts:
+                    self.event(rt.pod, "BackOff", f"Back-off restarting failed container {c.spec['name']} in pod "
+                               f"{rt.pod['metadata']['name']}", "Warning")
                 log.info("container %s of %s exited with %s; restarting in %.0fs",
                          c.spec["name"], rt.netns, code, c.restart_at - now)
             elif now >= c.restart_at:
@@ -221,6 +255,8 @@ class Kubelet:
             period = (st.spec or {}).get("periodSeconds", 10) if st.spec else NO_PROBE_PERIOD
             st.next_at = now + (period if st.result or st.spec else 0.2)
             if st.spec:
+                if not ok:
+                    self.event(rt.pod, "Unhealthy", f"Readiness probe failed: {_describe_probe(st.spec)}", "Warning")
                 return st.record(ok)
             changed = ok != st.result
             st.result = ok
@@ -243,8 +279,12 @@ class Kubelet:
                 st.running = None
                 st.next_at = now + st.spec.get("periodSeconds", 10)
                 st.failures = 0 if ok else st.failures + 1
+                if not ok:
+                    self.event(rt.pod, "Unhealthy", f"Liveness probe failed: {_describe_probe(st.spec)}", "Warning")
                 if st.failures >= st.spec.get("failureThreshold", 3):
                     log.info("liveness probe failed for %s in %s; killing it", c.spec["name"], rt.netns)
+                    self.event(rt.pod, "Killing", f"Container {c.spec['name']} failed liveness probe, will be "
+                               "restarted", "Normal")
                     st.failures = 0
                     try:
                         os.killpg(c.proc.pid, signal.SIGKILL)

@@ -56,6 +56,8 @@ async def handle_tcp(ident: Identity, reader: asyncio.StreamReader, writer: asyn
             if method != b"HEAD":
                 writer.write(body)
             await writer.drain()
+            request_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].decode("latin-1")
+            print(f'{client} "{request_line}" 200 {len(body)}', flush=True)  # the access log
             return
         while first:  # plain TCP: echo until the client closes
             writer.write(first)
