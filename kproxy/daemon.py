@@ -115,7 +115,8 @@ class Daemon:
             self.network.setup()
             if self.cfg.sandbox:
                 enter_netns(self.naming.node_netns)  # before any thread: all of them live there
-            self.kubelet = Kubelet(self.network, self.node_ip, self.state / "logs", self._pod_event)
+            self.kubelet = Kubelet(self.network, self.node_ip, self.state / "logs", self._pod_event,
+                                   cluster_dns=self.ranges.nth_ip(10), domain=self.cfg.cluster_domain)
             self.proxier = proxier.Proxier(render.ProxyConfig(
                 cluster_cidr=self.cfg.cluster_cidr, node_name=self.cfg.node_name, node_ips=[self.node_ip],
                 masquerade_all=self.cfg.masquerade_all), applier=self.applier)

@@ -47,6 +47,10 @@ def remove_leftovers(cfg: LabConfig) -> list[str]:
         _kill(pids)
         os.system(f"ip netns delete {ns} 2>/dev/null")
         removed.append(ns)
+    from kproxy.node import dnsconfig
+    for d in dnsconfig.owned_dirs(naming.prefix):  # pods' resolv.conf and hosts
+        dnsconfig.remove_pod_files(d.name)
+        removed.append(str(d))
     if not cfg.sandbox:
         NodeNetwork(naming, NodeConfig(sandbox=False), Path(cfg.state_dir) / "host-sysctls.json").teardown()
         from kproxy.proxy.applier import Applier, have_iptables

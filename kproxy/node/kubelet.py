@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import dnsconfig
 from .network import NodeNetwork
 from .probes import ProbeState, ports_accept, run_probe
 
@@ -109,8 +110,14 @@ class Kubelet:
     """Keeps the pods of this node running and reports their status."""
 
     def __init__(self, network: NodeNetwork, node_ip: str, log_dir: Path,
-                 event: Callable[[dict, str, str, str], None] = lambda pod, reason, msg, etype: None):
+                 event: Callable[[dict, str, str, str], None] = lambda pod, reason, msg, etype: None,
+                 cluster_dns: str = "10.96.0.10", domain: str = "cluster.local"):
         self.network, self.node_ip, self.log_dir = network, node_ip, log_dir
+        self.cluster_dns, self.domain = cluster_dns, domain
+        try:
+            self.node_resolv = Path("/etc/resolv.conf").read_text()
+        except OSError:
+            self.node_resolv = ""
         self.event = event  # (pod, reason, message, type): the kubelet's events
         self.pods: dict[str, PodRuntime] = {}
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="probe")
@@ -119,6 +126,9 @@ class Kubelet:
     def start_pod(self, key: str, pod: dict) -> None:
         meta = pod["metadata"]
         netns = self.network.add_pod(meta["namespace"], meta["name"], pod["status"]["podIP"])
+        dnsconfig.write_pod_files(netns, {
+            "resolv.conf": dnsconfig.resolv_conf(pod, self.cluster_dns, self.domain, self.node_resolv),
+            "hosts": dnsconfig.hosts_file(pod, self.domain)})
         spec = pod["spec"]
         containers = [Container(spec=c, liveness=ProbeState(c["livenessProbe"]) if c.get("livenessProbe") else None)
                       for c in spec.get("containers", [])]
@@ -135,7 +145,7 @@ class Kubelet:
         logdir = self.log_dir / f"{meta['namespace']}_{meta['name']}"
         logdir.mkdir(parents=True, exist_ok=True)
         out = open(logdir / f"{c.spec['name']}.log", "ab")
-        argv = in_pod(rt.netns, meta["name"], container_argv(rt.pod, c.spec))
+        argv = in_pod(rt.netns, rt.pod["spec"].get("hostname") or meta["name"], container_argv(rt.pod, c.spec))
         try:
             c.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                       env=container_env(rt.pod, c.spec), start_new_session=True,

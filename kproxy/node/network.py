@@ -20,6 +20,7 @@ from typing import Iterator
 
 from pyroute2 import IPRoute, NetNS, netns as pr_netns
 
+from . import dnsconfig
 from .naming import Naming
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,7 @@ class NodeNetwork:
                 ipr.link("del", index=idx)
         if pod_ns in list_netns():
             pr_netns.remove(pod_ns)
+        dnsconfig.remove_pod_files(pod_ns)  # its /etc/netns/<netns>/ resolv.conf and hosts
 
 
 def netns_pids(name: str) -> list[int]:
