@@ -63,9 +63,9 @@ def http_ok(ip: str, port: int, path: str, timeout: float, headers: list[dict] |
         return False
 
 
-def exec_ok(netns: str, command: list[str], timeout: float) -> bool:
+def exec_ok(argv: list[str], timeout: float) -> bool:
     try:
-        return subprocess.run(["ip", "netns", "exec", netns, *command], timeout=timeout,
+        return subprocess.run(argv, timeout=timeout,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
     except (subprocess.TimeoutExpired, OSError):
         return False
@@ -80,8 +80,10 @@ def run_probe(spec: dict, pod: dict, netns: str) -> bool:
         h = spec["httpGet"]
         return http_ok(h.get("host") or ip, named_port(pod, h["port"]), h.get("path", "/"), timeout,
                        h.get("httpHeaders"))
-    if "exec" in spec:
-        return exec_ok(netns, spec["exec"].get("command", []), timeout)
+    if "exec" in spec:  # inside the pod: its network, its hostname, its resolv.conf
+        from .kubelet import in_pod
+        hostname = pod["spec"].get("hostname") or pod["metadata"]["name"]
+        return exec_ok(in_pod(netns, hostname, spec["exec"].get("command", [])), timeout)
     return True
 
 
