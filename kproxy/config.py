@@ -27,6 +27,8 @@ class LabConfig:
     node_port_range: tuple[int, int] = (30000, 32767)
     lab_cidr: str = "192.168.49.0/24"
     cluster_domain: str = "cluster.local"
+    cluster_dns: bool = True                     # kube-system/kube-dns + coredns pod
+    dns_upstreams: list = field(default_factory=list)  # where names outside the cluster go
     iptables_sync_period: float = 30.0          # kube-proxy's --iptables-sync-period
     masquerade_all: bool = False                 # kube-proxy's --masquerade-all
     healthz_bind_address: str = "0.0.0.0:10256"

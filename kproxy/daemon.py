@@ -15,6 +15,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -279,6 +280,44 @@ class Daemon:
             self._new_meta(obj, self.objects[obj["kind"]].get(key_of(obj["kind"], "default", "kubernetes")))
             self._save(obj)
         self.system_keys = {key_of("Endpoints", "default", "kubernetes")}
+        if self.cfg.cluster_dns:
+            self._ensure_cluster_dns()
+
+    def _ensure_cluster_dns(self) -> None:
+        """kube-system/kube-dns in front of a `coredns` Deployment, as kubeadm sets them up; the
+        pods run kproxy's DNS server, which reads the store the way CoreDNS watches the API."""
+        labels = {"k8s-app": "kube-dns"}
+        command = [sys.executable, "-m", "kproxy.dns.server", "--store", str(self.state / "store.db"),
+                   "--listen", "0.0.0.0:53", "--domain", self.cfg.cluster_domain, "--ttl", "30"]
+        for upstream in self.cfg.dns_upstreams:
+            command += ["--upstream", upstream]
+        deploy = {"apiVersion": "apps/v1", "kind": "Deployment",
+                  "metadata": {"name": "coredns", "namespace": "kube-system", "labels": labels},
+                  "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+                      "metadata": {"labels": labels},
+                      "spec": {"dnsPolicy": "Default", "containers": [{
+                          "name": "coredns", "image": "registry.k8s.io/coredns/coredns:v1.11.3", "command": command,
+                          "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                                    {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                                    {"name": "metrics", "containerPort": 9153, "protocol": "TCP"}],
+                          "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 1},
+                          "livenessProbe": {"httpGet": {"path": "/health", "port": 8080},
+                                            "initialDelaySeconds": 60, "timeoutSeconds": 5,
+                                            "failureThreshold": 5}}]}}}}
+        service = {"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                                "labels": {**labels, "kubernetes.io/name": "CoreDNS"}},
+                   "spec": {"selector": labels, "clusterIP": self.ranges.nth_ip(10),
+                            "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                                      {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                                      {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}]}}
+        msg = self._admit_service(defaults.apply_defaults(service))
+        if msg:
+            log.error("cluster DNS disabled: %s", msg)
+            return
+        deploy = defaults.apply_defaults(deploy)
+        self._new_meta(deploy, self.objects["Deployment"].get(key_of("Deployment", "kube-system", "coredns")))
+        self._save(deploy)
 
     # -- manifests -> admitted objects ----------------------------------------------------
     def _load_manifests(self) -> None:
