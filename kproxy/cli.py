@@ -1,8 +1,10 @@
 """`kproxy`: kubectl-like commands for a lab whose Services are real iptables rules."""
 from __future__ import annotations
 
+import calendar
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,8 +20,15 @@ from kproxy import tables
 from kproxy.api import defaults, errors, manifest, meta, validation
 from kproxy.config import LabConfig, state_dir_from_env
 from kproxy.store import manifests as folder
-from kproxy.store.base import object_key
+from kproxy.store.base import RESOURCE, object_key
+from kproxy.node.inpod import in_pod
 from kproxy.store.sqlite import SqliteStore
+
+SUPPORTED_KINDS = meta.ADMITTED_KINDS
+SYSTEM_NAMESPACES = meta.SYSTEM_NAMESPACES
+MANIFEST_ERRORS = "/kproxy/manifest-errors"
+PROXY_STATUS = "/kproxy/proxy-status"
+CLUSTER_SCOPED = ("Namespace", "Node")
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -49,6 +58,20 @@ def daemon_pid(state_dir: str) -> int | None:
         return None
 
 
+def not_running(state_dir: str) -> str:
+    return f"the lab in {state_dir} is not running; start it with kproxy up"
+
+
+def running_lab(state_dir: str | None) -> tuple[LabConfig, SqliteStore]:
+    """The lab's settings and store, or a clear error when there is no running lab."""
+    state_dir = state_dir_from_env(state_dir)
+    cfg = lab(state_dir)
+    store = open_store(state_dir) if daemon_pid(state_dir) else None
+    if store is None:
+        fail(not_running(state_dir))
+    return cfg, store
+
+
 def control(state_dir: str, request: dict, timeout: float = 90) -> dict | None:
     """Ask the daemon; None when it does not run."""
     path = Path(state_dir) / "kproxy.sock"
@@ -75,6 +98,161 @@ def open_store(state_dir: str) -> SqliteStore | None:
     return SqliteStore(p) if p.exists() else None
 
 
+def parse_time(ts: str | None) -> float | None:
+    try:
+        return float(calendar.timegm(time.strptime(ts, "%Y-%m-%dT%H:%M:%SZ")))
+    except (TypeError, ValueError):
+        return None
+
+
+# -- kinds and names as kubectl spells them -------------------------------------------------
+_EXTRA_WORDS = {"rs": "ReplicaSet", "replicaset": "ReplicaSet", "replicasets": "ReplicaSet",
+                "replicaset.apps": "ReplicaSet", "replicasets.apps": "ReplicaSet",
+                "ev": "Event", "event": "Event", "events": "Event"}
+GET_ALL = ("Pod", "Service", "Deployment", "ReplicaSet")  # kubectl's `all` category, in its order
+_GROUPS = {"Deployment": "apps", "ReplicaSet": "apps", "EndpointSlice": "discovery.k8s.io"}
+
+
+def resolve_kind(word: str) -> str | None:
+    return meta.resolve_kind(word) or _EXTRA_WORDS.get(word.lower()) or (word if word in ("ReplicaSet", "Event") else None)
+
+
+def resolve_kinds(words: str, allow_all: bool = True) -> list[str]:
+    """`pods,svc` -> [Pod, Service]; `all` -> kubectl's all category; unknown words fail."""
+    out: list[str] = []
+    for word in words.split(","):
+        if word == "all" and allow_all:
+            kinds = list(GET_ALL)
+        else:
+            kind = resolve_kind(word)
+            if kind is None:
+                fail(f'the server doesn\'t have a resource type "{word}"')
+            kinds = [kind]
+        out += [k for k in kinds if k not in out]
+    return out
+
+
+def resource_name(kind: str) -> str:
+    """`deployments.apps`: how the API server names a kind in NotFound errors."""
+    plural = RESOURCE.get(kind) or {"ReplicaSet": "replicasets"}.get(kind, kind.lower() + "s")
+    return f"{plural}.{_GROUPS[kind]}" if kind in _GROUPS else plural
+
+
+def singular_name(kind: str) -> str:
+    """`deployment.apps`: kubectl's word for a kind in `deleted`, `-o name` and `get all`."""
+    return f"{kind.lower()}.{_GROUPS[kind]}" if kind in _GROUPS else kind.lower()
+
+
+def not_found(kind: str, name: str) -> str:
+    return f'Error from server (NotFound): {resource_name(kind)} "{name}" not found'
+
+
+def _kubectl_name(obj: dict) -> str:
+    return f"{singular_name(obj['kind'])}/{obj['metadata']['name']}"
+
+
+# -- label selectors (kubectl -l) ---------------------------------------------------------
+class SelectorError(ValueError):
+    pass
+
+
+_KEY = r"[A-Za-z0-9](?:[A-Za-z0-9._/-]*[A-Za-z0-9])?"
+_VALUE = r"(?:[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)?"
+_REQ = re.compile(rf"""^\s*(?:
+      !\s*(?P<notkey>{_KEY})
+    | (?P<setkey>{_KEY})\s+(?P<setop>in|notin)\s*\((?P<values>[^()]*)\)
+    | (?P<key>{_KEY})\s*(?:(?P<op>==|=|!=|>|<)\s*(?P<value>{_VALUE}))?
+)\s*$""", re.X)
+
+
+def _split_requirements(text: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return parts
+
+
+def parse_selector(text: str | None) -> list[tuple[str, str, tuple[str, ...]]]:
+    """kubectl's label selector syntax as (key, op, values) requirements: `k=v`, `k==v`, `k!=v`,
+    `k in (a,b)`, `k notin (a,b)`, `k` (exists), `!k` (does not exist), `k>1`, `k<1`."""
+    if text is None or not text.strip():
+        return []
+    reqs = []
+    for part in _split_requirements(text):
+        m = _REQ.match(part)
+        if not m or not part.strip():
+            raise SelectorError(f'unable to parse requirement: "{part.strip()}" in selector "{text}"')
+        if m["notkey"]:
+            reqs.append((m["notkey"], "!", ()))
+        elif m["setkey"]:
+            values = tuple(v.strip() for v in m["values"].split(",") if v.strip())
+            if not values:
+                raise SelectorError(f'unable to parse requirement: "{part.strip()}": for \'in\', \'notin\' '
+                                    "operators, values set can't be empty")
+            reqs.append((m["setkey"], m["setop"], values))
+        elif m["op"]:
+            op = "=" if m["op"] == "==" else m["op"]
+            if op in "<>" and not re.fullmatch(r"-?\d+", m["value"] or ""):
+                raise SelectorError(f'unable to parse requirement: "{part.strip()}": for \'Gt\', \'Lt\' '
+                                    "operators, the value must be an integer")
+            reqs.append((m["key"], op, (m["value"] or "",)))
+        else:
+            reqs.append((m["key"], "exists", ()))
+    return reqs
+
+
+def selector_matches(reqs: list[tuple[str, str, tuple[str, ...]]], labels: dict | None) -> bool:
+    labels = labels or {}
+    for key, op, values in reqs:
+        have = key in labels
+        value = labels.get(key)
+        ok = {"=": lambda: have and value == values[0],
+              "!=": lambda: not have or value != values[0],
+              "in": lambda: have and value in values,
+              "notin": lambda: not have or value not in values,
+              "exists": lambda: have,
+              "!": lambda: not have,
+              ">": lambda: have and re.fullmatch(r"-?\d+", value or "") is not None and int(value) > int(values[0]),
+              "<": lambda: have and re.fullmatch(r"-?\d+", value or "") is not None and int(value) < int(values[0]),
+              }[op]()
+        if not ok:
+            return False
+    return True
+
+
+# -- YAML as kubectl writes it ------------------------------------------------------------
+class KubeDumper(yaml.SafeDumper):
+    """go-yaml's choices, which `kubectl -o yaml` shows: a string that would read back as another
+    type is double-quoted (`status: "True"`, `resourceVersion: ""`, `name: "80"`), one that
+    only needs quoting for its characters single-quoted, and multi-line strings as blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = None
+    if "\n" in value:
+        style = "|"
+    elif value == "" or dumper.resolve(yaml.ScalarNode, value, (True, False)) != "tag:yaml.org,2002:str":
+        style = '"'
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+KubeDumper.add_representer(str, _represent_str)
+
+
+def to_yaml(doc) -> str:
+    return yaml.dump(doc, Dumper=KubeDumper, sort_keys=True, allow_unicode=True, default_flow_style=False,
+                     width=1 << 30)
+
+
 state_dir_option = click.option("--state-dir", envvar="KPROXY_STATE_DIR", default=None,
                                 help="The lab instance (default /var/lib/kproxy; env KPROXY_STATE_DIR).")
 
@@ -97,11 +275,17 @@ def main() -> None:
 @click.option("--masquerade-all", is_flag=True, default=None, help="SNAT all Service traffic, as kube-proxy's flag.")
 @click.option("--healthz-bind-address", default=None, help="IP:PORT of /healthz and /livez (default 0.0.0.0:10256).")
 @click.option("--metrics-bind-address", default=None, help="IP:PORT of /metrics (default 127.0.0.1:10249).")
+@click.option("--lb-pool", "lb_pools", multiple=True,
+              help="LoadBalancer IPs (CIDR or A-B range) for a pool named `default`; repeatable.")
+@click.option("--cluster-dns/--no-cluster-dns", default=None, help="Run kube-system/kube-dns (default on).")
+@click.option("--dns-upstream", "dns_upstreams", multiple=True,
+              help="Where cluster DNS forwards other names (IP[:PORT]); none: it answers REFUSED.")
 @click.option("--foreground", is_flag=True, help="Run the daemon in this process (for systemd).")
 @click.option("--timeout", default=180, show_default=True, help="Seconds to wait for the initial reconcile.")
 @state_dir_option
 def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node_name, iptables_sync_period,
-       masquerade_all, healthz_bind_address, metrics_bind_address, foreground, timeout, state_dir):
+       masquerade_all, healthz_bind_address, metrics_bind_address, lb_pools, cluster_dns, dns_upstreams,
+       foreground, timeout, state_dir):
     """Start the lab daemon; returns once the initial manifests are reconciled."""
     need_root()
     state_dir = state_dir_from_env(state_dir)
@@ -120,6 +304,18 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
     if service_node_port_range:
         lo, _, hi = service_node_port_range.partition("-")
         cfg.node_port_range = (int(lo), int(hi))
+    if lb_pools:
+        from kproxy.controllers.loadbalancer import parse_range
+        for r in lb_pools:
+            try:
+                parse_range(r)
+            except ValueError as e:
+                fail(f"--lb-pool {r}: {e}")
+        cfg.lb_pools = list(lb_pools)
+    if dns_upstreams:
+        cfg.dns_upstreams = list(dns_upstreams)
+    if cluster_dns is not None:
+        cfg.cluster_dns = cluster_dns
     Path(cfg.manifests).mkdir(parents=True, exist_ok=True)
     cfg.save()
     from kproxy import teardown
@@ -145,7 +341,22 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
         fail(f"the daemon did not finish its first reconcile in {timeout}s; see {state_dir}/daemon.log")
     for problem in reply.get("errors", []):
         click.echo(f"warning: {problem['message']}", err=True)
+    if cfg.cluster_dns:
+        _wait_for_cluster_dns(cfg, deadline)
     _print_summary(cfg)
+
+
+def _wait_for_cluster_dns(cfg: LabConfig, deadline: float) -> None:
+    """Pods resolve names from their first moment: wait until kube-dns has a ready endpoint."""
+    store = open_store(cfg.state_dir)
+    click.echo("waiting for cluster DNS (kube-system/kube-dns) ...", err=True)
+    while time.monotonic() < deadline:
+        for _, sl in store.list(object_key("EndpointSlice", "kube-system", "")):
+            if sl["metadata"].get("labels", {}).get("kubernetes.io/service-name") == "kube-dns" and any(
+                    e.get("conditions", {}).get("ready") for e in sl.get("endpoints", [])):
+                return
+        time.sleep(0.1)
+    click.echo("warning: cluster DNS is not ready yet; see `kproxy get pods -n kube-system`", err=True)
 
 
 def _print_summary(cfg: LabConfig) -> None:
@@ -153,6 +364,10 @@ def _print_summary(cfg: LabConfig) -> None:
     node = store.get(object_key("Node", None, cfg.node_name)) if store else None
     ip = next((a["address"] for a in (node or {}).get("status", {}).get("addresses", []) if a["type"] == "InternalIP"), "?")
     click.echo(f"kproxy is up: node {cfg.node_name} ({ip}), manifests in {cfg.manifests}")
+    if cfg.cluster_dns:
+        click.echo(f"  cluster DNS: kube-system/kube-dns, zone {cfg.cluster_domain}")
+    if cfg.lb_pools:
+        click.echo(f"  LoadBalancer pool: {', '.join(cfg.lb_pools)}")
     if cfg.sandbox:
         click.echo(f"  sandbox: node netns {cfg.naming.node_netns}, client netns {cfg.naming.outside_netns}")
         click.echo("  try: kproxy get svc -A;  kproxy exec node/%s -- curl -s http://CLUSTER-IP" % cfg.node_name)
@@ -188,18 +403,24 @@ def down(purge, state_dir):
                + ("; allocations forgotten" if purge else ""))
 
 
+
 # -- apply / delete -----------------------------------------------------------------------
-def _read_objects(path: str) -> tuple[list[dict], list[str]]:
-    objs, problems = [], []
-    for doc in manifest.read_path(Path(path)):
-        if doc.error:
-            problems.append(doc.error)
-        else:
-            objs.append(doc.obj)
-    return objs, problems
+def _unsupported(obj: dict, source: str) -> str | None:
+    """kubectl's refusal of a kind (or version) the API server does not serve, or None."""
+    kind, version = obj.get("kind"), obj.get("apiVersion")
+    m = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    info = meta.kind_info(kind)
+    if kind == "Node":
+        return (f'Node "{m.get("name", "")}" from "{source}" is not applied: kproxy makes its node itself '
+                "(--node-name at `kproxy up`)")
+    if kind in SUPPORTED_KINDS and info and version in info.api_versions:
+        return None
+    return (f'resource mapping not found for name: "{m.get("name", "")}" namespace: "{m.get("namespace", "")}" '
+            f'from "{source}": no matches for kind "{kind}" in version "{version}"\nensure CRDs are installed first')
 
 
 def _check(obj: dict, cfg: LabConfig | None) -> str | None:
+    """Validation as the API server does it on create, worded as kubectl prints it."""
     try:
         obj = defaults.apply_defaults(obj)
     except Exception as e:  # noqa: BLE001
@@ -213,65 +434,108 @@ def _check(obj: dict, cfg: LabConfig | None) -> str | None:
     return None
 
 
-@main.command()
-@click.option("-f", "--filename", "path", required=True, type=click.Path(exists=True))
-@click.option("--wait", is_flag=True, help="Return when pods are Ready and rules are programmed.")
-@click.option("--timeout", default=120, show_default=True)
-@state_dir_option
-def apply(path, wait, timeout, state_dir):
-    """Write objects into the lab's manifests folder (create or update)."""
-    state_dir = state_dir_from_env(state_dir)
-    cfg = lab(state_dir)
-    objs, problems = _read_objects(path)
-    rc = 0
-    for p in problems:
-        click.echo(f"error: {p}", err=True)
-        rc = 1
-    applied = []  # (object, what kubectl would say, the folder's version before)
-    for obj in objs:
-        msg = _check(obj, cfg)
-        if msg:
-            click.echo(msg, err=True)
-            rc = 1
-            continue
-        scoped = obj["kind"] in ("Namespace", "Node")
-        ident = (obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
-        before = folder.find(Path(cfg.manifests), ident, scoped)
-        result = folder.upsert(Path(cfg.manifests), obj, cluster_scoped=scoped)
-        applied.append((obj, result, before))
-    if daemon_pid(state_dir):
-        control(state_dir, {"op": "sync"})
-        refused = _refused(state_dir, [o for o, _, _ in applied])
-        for obj, result, before in applied:
-            msg = refused.get(_ident(obj))
-            if msg:  # the API server would not have stored it: neither does the folder
-                _undo(cfg, obj, before)
-                click.echo(f"The {msg}" if msg.startswith(obj["kind"]) else msg, err=True)
-                rc = 1
-            else:
-                click.echo(f"{_kubectl_name(obj)} {result}")
-        live = [defaults.apply_defaults(o) for o, _, _ in applied if _ident(o) not in refused]
-        if wait and live:
-            rc = max(rc, _wait_live(cfg, live, timeout))
-    else:
-        for obj, result, _ in applied:
-            click.echo(f"{_kubectl_name(obj)} {result} (the lab is not running: it takes effect at `kproxy up`)")
-        if wait:
-            fail("the lab is not running: `kproxy up` first")
-    sys.exit(rc)
-
-
 def _ident(obj: dict) -> tuple[str, str, str]:
-    ns = "" if obj["kind"] in ("Namespace", "Node") else obj["metadata"].get("namespace") or "default"
+    ns = "" if obj["kind"] in CLUSTER_SCOPED else obj["metadata"].get("namespace") or "default"
     return obj["kind"], ns, obj["metadata"]["name"]
 
 
-def _refused(state_dir: str, objs: list[dict]) -> dict[tuple, str]:
+def server_error(msg: str, source: str, verb: str = "creating") -> str:
+    """A daemon refusal as kubectl prints the API server's answer."""
+    if re.fullmatch(r'namespaces "[^"]*" not found', msg):
+        return f'Error from server (NotFound): error when {verb} "{source}": {msg}'
+    if re.match(r'[A-Za-z.]+ "[^"]*" is invalid', msg):
+        return f"The {msg}"
+    return f'Error from server: error when {verb} "{source}": {msg}'
+
+
+def _namespace_exists(ns: str, cfg: LabConfig, store: SqliteStore | None, batch: set[str]) -> bool:
+    if ns in SYSTEM_NAMESPACES or ns in batch:
+        return True
+    if store is not None and store.get(object_key("Namespace", None, ns)) is not None:
+        return True
+    return folder.find(Path(cfg.manifests), ("Namespace", "", ns), True) is not None
+
+
+@main.command()
+@click.option("-f", "--filename", "path", required=True, type=click.Path(exists=True))
+@click.option("--wait", is_flag=True, help="Return when Deployments' pods are Ready and Services' rules programmed.")
+@click.option("--timeout", default=120, show_default=True, help="Seconds --wait waits.")
+@state_dir_option
+def apply(path, wait, timeout, state_dir):
+    """Write objects into the lab's manifests folder (create or update)."""
+    need_root()
+    started = time.time()
+    state_dir = state_dir_from_env(state_dir)
+    cfg = lab(state_dir)
+    running = daemon_pid(state_dir) is not None
+    if wait and not running:
+        fail(f"--wait needs a running lab: {not_running(state_dir)}")
+    store = open_store(state_dir) if running else None
+    rc = 0
+    candidates = []  # (object, source), valid so far
+    for doc in manifest.read_path(Path(path)):
+        if doc.error:
+            click.echo(f"error: {doc.error}", err=True)
+            rc = 1
+            continue
+        msg = _unsupported(doc.obj, doc.source) or _check(doc.obj, cfg)
+        if msg:
+            click.echo(msg if msg.startswith(("The ", "error: ")) else f"error: {msg}", err=True)
+            rc = 1
+            continue
+        candidates.append((doc.obj, doc.source))
+    batch_namespaces = {o["metadata"]["name"] for o, _ in candidates if o["kind"] == "Namespace"}
+    accepted = []
+    for obj, source in candidates:
+        _, ns, _ = _ident(obj)
+        if ns and not _namespace_exists(ns, cfg, store, batch_namespaces):
+            click.echo(server_error(f'namespaces "{ns}" not found', source), err=True)
+            rc = 1
+            continue
+        accepted.append((obj, source))
+    applied = {}  # position -> (object, source, result, the folder's version before)
+    # Namespaces go in first, so the daemon never sees an object before its namespace.
+    order = sorted(range(len(accepted)), key=lambda i: accepted[i][0]["kind"] != "Namespace")
+    for i in order:
+        obj, source = accepted[i]
+        scoped = obj["kind"] in CLUSTER_SCOPED
+        ident = (obj["kind"], "" if scoped else obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        before = folder.find(Path(cfg.manifests), ident, scoped)
+        applied[i] = (obj, source, folder.upsert(Path(cfg.manifests), obj, cluster_scoped=scoped), before)
+    applied = [applied[i] for i in sorted(applied)]
+    if not running:
+        for obj, _, result, _ in applied:
+            click.echo(f"{_kubectl_name(obj)} {result}")
+        if applied:
+            click.echo(f"warning: the lab in {state_dir} is not running: the change takes effect at `kproxy up`",
+                       err=True)
+        sys.exit(rc)
+    synced = control(state_dir, {"op": "sync"}) is not None
+    refused = _refused(store, [o for o, _, _, _ in applied])
+    if refused:  # the API server would not have stored them: neither does the folder
+        for obj, _, _, before in applied:
+            if _ident(obj) in refused:
+                _undo(cfg, obj, before)
+        control(state_dir, {"op": "sync"})
+    live = []
+    for obj, source, result, before in applied:
+        msg = refused.get(_ident(obj))
+        if msg:
+            click.echo(server_error(msg, source, "creating" if before is None else "applying"), err=True)
+            rc = 1
+        else:
+            click.echo(f"{_kubectl_name(obj)} {result}")
+            live.append(obj)
+    if wait and live:
+        rc = max(rc, _wait_live(cfg, store, live, started, timeout, synced))
+    sys.exit(rc)
+
+
+def _refused(store: SqliteStore | None, objs: list[dict]) -> dict[tuple, str]:
     """Errors the daemon recorded for these objects on its last load (allocation conflicts...)."""
-    store = open_store(state_dir)
     wanted = {_ident(o) for o in objs}
     out = {}
-    for e in (store.get("/kproxy/manifest-errors") or []) if store else []:
+    for e in (store.get(MANIFEST_ERRORS) or []) if store else []:
         ident = (e.get("kind"), e.get("namespace") or "", e.get("name"))
         if ident in wanted:
             out[ident] = e["message"]
@@ -279,66 +543,118 @@ def _refused(state_dir: str, objs: list[dict]) -> dict[tuple, str]:
 
 
 def _undo(cfg: LabConfig, obj: dict, before: dict | None) -> None:
-    scoped = obj["kind"] in ("Namespace", "Node")
+    scoped = obj["kind"] in CLUSTER_SCOPED
     kind, ns, name = _ident(obj)
     if before is None:
         folder.remove(Path(cfg.manifests), kind, ns, name, cluster_scoped=scoped)
     else:
         folder.upsert(Path(cfg.manifests), before, cluster_scoped=scoped)
-    control(cfg.state_dir, {"op": "sync"})
 
 
-def _kubectl_name(obj: dict) -> str:
-    names = {"Service": "service", "Deployment": "deployment.apps", "Pod": "pod", "Namespace": "namespace",
-             "Endpoints": "endpoints", "EndpointSlice": "endpointslice.discovery.k8s.io"}
-    return f"{names.get(obj['kind'], obj['kind'].lower())}/{obj['metadata']['name']}"
-
-
-def _wait_live(cfg: LabConfig, objs: list[dict], timeout: float) -> int:
-    """Poll the store until each applied object is live; print why not on timeout."""
-    store = open_store(cfg.state_dir)
+def _wait_live(cfg: LabConfig, store: SqliteStore, objs: list[dict], started: float, timeout: float,
+               synced: bool = False) -> int:
+    """Poll the store until every applied object is live; progress lines only when they change."""
     deadline = time.monotonic() + timeout
-    shown = None
+    shown: set[str] = set()
     while True:
-        pending = [why for obj in objs if (why := _not_live(store, obj))]
+        status = store.get(PROXY_STATUS) or {}
+        pending = sorted(why for obj in objs if (why := not_live(store, obj, started, status, synced)))
         if not pending:
-            control(cfg.state_dir, {"op": "sync"})
             return 0
-        if pending != shown:  # progress, for a person watching
-            click.echo(f"waiting: {'; '.join(pending)}", err=True)
-            shown = pending
+        for line in pending:
+            if line not in shown:
+                click.echo(f"waiting for {line}", err=True)
+        shown = set(pending)
         if time.monotonic() > deadline:
             for why in pending:
-                click.echo(f"error: timed out waiting: {why}", err=True)
+                click.echo(f"error: timed out waiting for the condition on {why}", err=True)
             return 1
-        time.sleep(0.2)
+        time.sleep(0.25)
 
 
-def _not_live(store: SqliteStore, obj: dict) -> str | None:
-    kind, m = obj["kind"], obj["metadata"]
-    ns, name = m.get("namespace", "default"), m["name"]
-    errs = [e for e in store.get("/kproxy/manifest-errors") or [] if e.get("name") == name and e.get("kind") == kind]
+def _port_key(p: dict) -> tuple:
+    return p.get("name", ""), p.get("port"), p.get("protocol", "TCP"), str(p.get("targetPort", p.get("port")))
+
+
+def not_live(store, obj: dict, started: float, proxy_status: dict, synced: bool = False) -> str | None:
+    """Why the applied `obj` is not live yet (`kind/name: reason`), or None when it is.
+
+    Deployment: the store holds the applied spec (replicas, selector, template) and exactly
+    `replicas` pods of that template exist, all Ready, none terminating. Pod: the applied
+    containers, Ready. Service: the applied type, selector and ports, a clusterIP (unless
+    headless or ExternalName), and a rules sync later than the apply (`lastSync` has whole
+    seconds: not before the second the apply started in). `synced`: the daemon has finished a
+    pass since the apply; a Service whose rules that pass did not need to change (an unchanged
+    re-apply) is then live when the last sync programmed it."""
+    from kproxy.controllers.replicas import owner_deployment, pod_template_hash
+    want = defaults.apply_defaults(obj)
+    kind, ns, name = _ident(want)
+    ref = _kubectl_name(want)
+    errs = [e for e in store.get(MANIFEST_ERRORS) or []
+            if (e.get("kind"), e.get("namespace") or "", e.get("name")) == (kind, ns, name)]
     if errs:
-        return errs[-1]["message"]
-    if kind == "Namespace":
-        ns = None
-    stored = store.get(object_key(kind, ns, name))
+        return f"{ref}: {errs[-1]['message']}"
+    stored = store.get(object_key(kind, ns or None, name))
     if stored is None:
-        return f"{_kubectl_name(obj)} is not admitted yet"
+        return f"{ref}: not stored yet"
+    spec, have = want.get("spec") or {}, stored.get("spec") or {}
     if kind == "Deployment":
-        want = stored["spec"].get("replicas", 1)
-        pods = [p for _, p in store.list(object_key("Pod", ns, "")) if _owned_by(p, name)]
-        ready = [p for p in pods if tables.pod_ready(p) and not p["metadata"].get("deletionTimestamp")]
-        if len(ready) != want or len(pods) != want:
-            return f"deployment {name}: {len(ready)}/{want} pods ready ({len(pods)} exist)"
-    if kind == "Pod" and not tables.pod_ready(stored):
-        return f"pod {name} is not Ready ({tables.pod_status(stored)})"
+        replicas = spec.get("replicas", 1)
+        if (have.get("replicas", 1), have.get("selector"), pod_template_hash(have.get("template") or {})) != \
+                (replicas, spec.get("selector"), pod_template_hash(spec.get("template") or {})):
+            return f"{ref}: the stored spec does not show the apply yet"
+        h = pod_template_hash(have.get("template") or {})
+        pods = [p for _, p in store.list(object_key("Pod", ns, "")) if owner_deployment(p) == name]
+        current = [p for p in pods if (p["metadata"].get("labels") or {}).get("pod-template-hash") == h
+                   and not p["metadata"].get("deletionTimestamp")]
+        others = len(pods) - len(current)
+        ready = sum(1 for p in current if tables.pod_ready(p))
+        if len(current) != replicas or ready != replicas or others:
+            extra = f", {others} old or terminating" if others else ""
+            return f"{ref}: {ready}/{replicas} pods Ready ({len(current)} exist{extra})"
+        return None
+    if kind == "Pod":
+        if have.get("containers") != spec.get("containers"):
+            return f"{ref}: the stored spec does not show the apply yet"
+        if stored["metadata"].get("deletionTimestamp"):
+            return f"{ref}: terminating"
+        if not tables.pod_ready(stored):
+            return f"{ref}: not Ready ({tables.pod_status(stored)})"
+        return None
+    if kind == "Service":
+        if (have.get("type"), have.get("selector"), [_port_key(p) for p in have.get("ports") or []]) != \
+                (spec.get("type"), spec.get("selector"), [_port_key(p) for p in spec.get("ports") or []]):
+            return f"{ref}: the stored spec does not show the apply yet"
+        if have.get("type") == "ExternalName" or have.get("clusterIP") == "None":
+            return None
+        if not have.get("clusterIP"):
+            return f"{ref}: no clusterIP allocated yet"
+        last = parse_time(proxy_status.get("lastSync"))
+        programmed = synced and f"{ns}/{name}" in (proxy_status.get("services") or [])
+        if (last is None or last < int(started)) and not programmed:
+            return f"{ref}: rules not programmed yet"
+        return None
     return None
 
 
-def _owned_by(pod: dict, deploy: str) -> bool:
-    from kproxy.controllers.replicas import owner_deployment
-    return owner_deployment(pod) == deploy
+def _folder_objects(cfg: LabConfig) -> list[dict]:
+    return [d.obj for d in manifest.read_path(Path(cfg.manifests)) if d.obj and isinstance(d.obj.get("metadata"), dict)]
+
+
+def _targets(args: tuple[str, ...], namespace: str, allow_all: bool = False) -> list[tuple[str, str, str]]:
+    """`KIND NAME...`, `KIND[,KIND] NAME`, or `KIND/NAME...` -> (kind, namespace, name)."""
+    if any("/" in a for a in args):
+        if not all("/" in a for a in args):
+            fail("there is no need to specify a resource type as a separate argument when passing arguments in "
+                 "resource/name form (e.g. 'kproxy get resource/<resource_name>' instead of "
+                 "'kproxy get resource resource/<resource_name>'")
+        out = []
+        for a in args:
+            word, name = a.split("/", 1)
+            out += [(k, "" if k in CLUSTER_SCOPED else namespace, name) for k in resolve_kinds(word, allow_all)]
+        return out
+    kinds = resolve_kinds(args[0], allow_all)
+    return [(k, "" if k in CLUSTER_SCOPED else namespace, n) for k in kinds for n in args[1:]]
 
 
 @main.command()
@@ -347,132 +663,414 @@ def _owned_by(pod: dict, deploy: str) -> bool:
 @click.option("-n", "--namespace", default="default")
 @state_dir_option
 def delete(args, path, namespace, state_dir):
-    """Delete objects: `delete -f PATH` or `delete KIND NAME...`."""
+    """Delete objects: `delete -f PATH`, `delete KIND NAME...` or `delete KIND/NAME...`.
+
+    Deleting a Namespace deletes the objects in it too."""
+    need_root()
     state_dir = state_dir_from_env(state_dir)
     cfg = lab(state_dir)
-    targets: list[tuple[str, str, str]] = []
-    if path:
-        objs, problems = _read_objects(path)
-        for p in problems:
-            click.echo(f"error: {p}", err=True)
-        targets = [(o["kind"], o["metadata"].get("namespace", "default"), o["metadata"]["name"]) for o in objs]
-    elif len(args) >= 2:
-        kind = meta.resolve_kind(args[0])
-        if kind is None:
-            fail(f'the server doesn\'t have a resource type "{args[0]}"')
-        targets = [(kind, namespace, n) for n in args[1:]]
-    elif len(args) == 1 and "/" in args[0]:
-        word, name = args[0].split("/", 1)
-        kind = meta.resolve_kind(word)
-        if kind is None:
-            fail(f'the server doesn\'t have a resource type "{word}"')
-        targets = [(kind, namespace, name)]
-    else:
-        fail("give -f PATH or KIND NAME")
+    running = daemon_pid(state_dir) is not None
+    store = open_store(state_dir) if running else None
     rc = 0
-    store = open_store(state_dir)
-    for kind, ns, name in targets:
-        scoped = kind in ("Namespace", "Node")
-        obj = {"kind": kind, "metadata": {"name": name, "namespace": ns}}
-        if folder.remove(Path(cfg.manifests), kind, "" if scoped else ns, name, cluster_scoped=scoped):
-            click.echo(f"{_kubectl_name(obj)} deleted")
+    targets: list[tuple[str, str, str, str | None]] = []  # kind, namespace, name, source file
+    if path:
+        for doc in manifest.read_path(Path(path)):
+            if doc.error:
+                click.echo(f"error: {doc.error}", err=True)
+                rc = 1
+                continue
+            msg = _unsupported(doc.obj, doc.source)
+            if msg:
+                click.echo(f"error: {msg}", err=True)
+                rc = 1
+                continue
+            o = doc.obj
+            kind = o["kind"]
+            ns = "" if kind in CLUSTER_SCOPED else (o.get("metadata") or {}).get("namespace") or namespace
+            targets.append((kind, ns, o["metadata"]["name"], doc.source))
+    elif len(args) >= 2 or (len(args) == 1 and "/" in args[0]):
+        targets = [(k, ns, n, None) for k, ns, n in _targets(args, namespace)]
+    elif args:
+        fail("resource(s) were provided, but no name was specified")
+    else:
+        fail("You must provide one or more resources by argument or filename.")
+    changed = False
+    swept: set[tuple[str, str, str]] = set()  # removed along with their namespace
+    for kind, ns, name, source in targets:
+        scoped = kind in CLUSTER_SCOPED
+        word = f'{singular_name(kind)} "{name}"'
+        if folder.remove(Path(cfg.manifests), kind, ns, name, cluster_scoped=scoped):
+            changed = True
+            if kind == "Namespace":  # as the namespace controller does: everything in it goes too
+                for o in _folder_objects(cfg):
+                    if o["kind"] not in CLUSTER_SCOPED and o["metadata"].get("namespace") == name:
+                        folder.remove(Path(cfg.manifests), o["kind"], name, o["metadata"]["name"])
+                        swept.add((o["kind"], name, o["metadata"]["name"]))
+            click.echo(f"{word} deleted")
+        elif (kind, ns, name) in swept:
+            click.echo(f"{word} deleted")
         elif kind == "Pod" and store and store.get(object_key("Pod", ns, name)):
             control(state_dir, {"op": "delete-pod", "namespace": ns, "name": name})
-            click.echo(f"pod \"{name}\" deleted")
-        else:
-            plural = {"Endpoints": "endpoints"}.get(kind, kind.lower() + "s")
-            click.echo(f'Error from server (NotFound): {plural} "{name}" not found', err=True)
+            click.echo(f"{word} deleted")
+        elif kind == "Pod" and not running and source is None:
+            click.echo(f"error: {not_running(state_dir)} (a pod that is not in the manifests folder is "
+                       "deleted by the running lab)", err=True)
             rc = 1
-    if daemon_pid(state_dir):
+        else:
+            where = f'error when deleting "{source}": ' if source else ""
+            click.echo(f'Error from server (NotFound): {where}{resource_name(kind)} "{name}" not found', err=True)
+            rc = 1
+    if running:
         control(state_dir, {"op": "sync"})
+    elif changed:
+        click.echo(f"warning: the lab in {state_dir} is not running: the change takes effect at `kproxy up`",
+                   err=True)
     sys.exit(rc)
 
 
 # -- get ----------------------------------------------------------------------------------
+def list_objects(store: SqliteStore, kind: str, namespace: str | None) -> list[dict]:
+    """Objects of a kind in a namespace (None: all namespaces); ReplicaSets are derived."""
+    if kind == "ReplicaSet":
+        return tables.replica_sets(list_objects(store, "Deployment", namespace), list_objects(store, "Pod", namespace))
+    if kind in CLUSTER_SCOPED or namespace is None:
+        return [o for _, o in store.list(f"/registry/{RESOURCE[kind]}/")]
+    return [o for _, o in store.list(object_key(kind, namespace, ""))]
+
+
 @main.command()
-@click.argument("kind")
-@click.argument("name", required=False)
+@click.argument("args", nargs=-1)
 @click.option("-n", "--namespace", default="default")
 @click.option("-A", "--all-namespaces", is_flag=True)
 @click.option("-o", "--output", type=click.Choice(["wide", "json", "yaml", "name"]), default=None)
+@click.option("-l", "--selector", default=None, help="Label selector: k=v, k!=v, k, !k, k in (a,b), comma-separated.")
+@click.option("--show-labels", is_flag=True, help="Add a LABELS column.")
 @state_dir_option
-def get(kind, name, namespace, all_namespaces, output, state_dir):
-    """Show objects like kubectl: pods, deployments, services (svc), endpoints (ep),
-    endpointslices, nodes, namespaces, events."""
-    state_dir = state_dir_from_env(state_dir)
-    if "/" in kind and name is None:
-        kind, name = kind.split("/", 1)
-    resolved = "Event" if kind in ("events", "event", "ev") else meta.resolve_kind(kind)
-    if resolved is None:
-        fail(f'the server doesn\'t have a resource type "{kind}"')
-    store = open_store(state_dir)
-    cluster_scoped = resolved in ("Node", "Namespace")
-    ns = None if (all_namespaces or cluster_scoped) else namespace
-    items = [o for _, o in store.list(object_key(resolved, ns, ""))] if store else []
-    if ns is None and not cluster_scoped:
-        items = [o for _, o in store.list(f"/registry/{_plural(resolved)}/")] if store else []
-    if name:
-        items = [o for o in items if o["metadata"]["name"] == name]
-        if not items:
-            fail(f'{_plural(resolved)} "{name}" not found')
-    if output in ("json", "yaml"):
-        doc = items[0] if name else {"apiVersion": "v1", "kind": "List", "items": items,
-                                     "metadata": {"resourceVersion": ""}}
-        click.echo(json.dumps(doc, indent=4) if output == "json" else yaml.safe_dump(doc, sort_keys=False), nl=output == "json")
-        return
-    if output == "name":
+def get(args, namespace, all_namespaces, output, selector, show_labels, state_dir):
+    """Show objects like kubectl: pods (po), deployments (deploy), replicasets (rs), services (svc),
+    endpoints (ep), endpointslices, nodes (no), namespaces (ns), events (ev), `all`; several
+    kinds as `pods,svc`; names as `get pod NAME` or `get pod/NAME`."""
+    need_root()
+    cfg, store = running_lab(state_dir)
+    if not args:
+        fail('You must specify the type of resource to get. Use "kproxy get --help" for the supported types.')
+    try:
+        reqs = parse_selector(selector)
+    except SelectorError as e:
+        fail(str(e))
+    if any("/" in a for a in args):
+        named = _targets(args, namespace, allow_all=False)
+        kinds = list(dict.fromkeys(k for k, _, _ in named))
+        names = {k: [n for kk, _, n in named if kk == k] for k in kinds}
+        multi = len(kinds) > 1
+    else:
+        kinds = resolve_kinds(args[0])
+        names = {k: list(args[1:]) for k in kinds}
+        multi = len(kinds) > 1 or "all" in args[0].split(",")
+    named = any(names.values())
+    if named and (selector or "all" in args[0].split(",")):
+        fail("selectors and the all flag cannot be used when passing resource/name arguments")
+    if named and all_namespaces:
+        fail("a resource cannot be retrieved by name across all namespaces")
+    ns = None if all_namespaces else namespace
+    sections: list[tuple[str, list[dict]]] = []
+    missing: list[str] = []
+    for kind in kinds:
+        items = [o for o in list_objects(store, kind, ns) if selector_matches(reqs, o["metadata"].get("labels"))]
+        if names[kind]:
+            by_name = {o["metadata"]["name"]: o for o in items}
+            items = [by_name[n] for n in dict.fromkeys(names[kind]) if n in by_name]
+            missing += [not_found(kind, n) for n in dict.fromkeys(names[kind]) if n not in by_name]
         for o in items:
+            o.setdefault("kind", kind)
+        sections.append((kind, items))
+    everything = [o for _, items in sections for o in items]
+    if output in ("json", "yaml"):
+        single = len(everything) == 1 and len(kinds) == 1 and len(names[kinds[0]]) == 1
+        if everything or not missing:
+            doc = everything[0] if single else {"apiVersion": "v1", "items": everything, "kind": "List",
+                                                 "metadata": {"resourceVersion": ""}}
+            click.echo(json.dumps(doc, indent=4) if output == "json" else to_yaml(doc), nl=output == "json")
+    elif output == "name":
+        for o in everything:
             click.echo(_kubectl_name(o))
-        return
-    if not items:
+    elif everything:
+        texts = []
+        for kind, items in sections:
+            if items:
+                scoped = kind in CLUSTER_SCOPED
+                texts.append(tables.render(kind, items, wide=output == "wide",
+                                           with_namespace=all_namespaces and not scoped, show_labels=show_labels,
+                                           name_prefix=f"{singular_name(kind)}/" if multi else ""))
+        click.echo("\n\n".join(texts))
+    elif not missing:
+        scoped = all(k in CLUSTER_SCOPED for k in kinds)
+        click.echo("No resources found" + (f" in {namespace} namespace." if ns and not scoped else "."), err=True)
+    for line in missing:
+        click.echo(line, err=True)
+    sys.exit(1 if missing else 0)
+
+
+# -- describe -----------------------------------------------------------------------------
+@main.command()
+@click.argument("args", nargs=-1, required=True)
+@click.option("-n", "--namespace", default="default")
+@click.option("-A", "--all-namespaces", is_flag=True)
+@state_dir_option
+def describe(args, namespace, all_namespaces, state_dir):
+    """Show an object in detail, with its events: pods, services, deployments, nodes, namespaces.
+
+    `describe KIND [NAME...]` or `describe KIND/NAME`; without a name, every object of the kind."""
+    from kproxy import describe as d
+    need_root()
+    cfg, store = running_lab(state_dir)
+    ns = None if all_namespaces else namespace
+    if any("/" in a for a in args):
+        wanted = _targets(args, namespace)
+    else:
+        kinds = resolve_kinds(args[0], allow_all=False)
+        wanted = [(k, namespace, n) for k in kinds for n in args[1:]] or [(k, None, None) for k in kinds]
+    supported = ("Pod", "Service", "Deployment", "Node", "Namespace")
+    for kind, _, _ in wanted:
+        if kind not in supported:
+            fail(f"kproxy describe supports pods, services, deployments, nodes and namespaces, not {resource_name(kind)}"
+                 f" (try: kproxy get {resource_name(kind).split('.')[0]} -o yaml)")
+    events = [e for _, e in store.list("/registry/events/")]
+    texts, rc = [], 0
+    for kind, _, name in wanted:
+        objs = list_objects(store, kind, ns)
+        if name is not None:
+            objs = [o for o in objs if o["metadata"]["name"] == name]
+            if not objs:
+                click.echo(not_found(kind, name), err=True)
+                rc = 1
+                continue
+        for o in sorted(objs, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])):
+            o_ns = o["metadata"].get("namespace", "")
+            evs = d.events_for(events, kind, "" if kind in CLUSTER_SCOPED else o_ns, o["metadata"]["name"])
+            if kind == "Pod":
+                texts.append(d.describe_pod(o, evs))
+            elif kind == "Service":
+                slices = [s for s in list_objects(store, "EndpointSlice", o_ns)
+                          if (s["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == o["metadata"]["name"]]
+                texts.append(d.describe_service(o, slices, evs))
+            elif kind == "Deployment":
+                rss = tables.replica_sets([o], list_objects(store, "Pod", o_ns))
+                texts.append(d.describe_deployment(o, rss, evs))
+            elif kind == "Node":
+                pods = [p for p in list_objects(store, "Pod", None)
+                        if p.get("spec", {}).get("nodeName") == o["metadata"]["name"]]
+                texts.append(d.describe_node(o, pods, evs))
+            else:
+                texts.append(d.describe_namespace(o))
+    if texts:
+        click.echo("\n\n".join(t.rstrip("\n") for t in texts))
+    elif rc == 0:
         click.echo("No resources found" + (f" in {namespace} namespace." if ns else "."), err=True)
-        return
-    click.echo(tables.render(resolved, items, wide=output == "wide", with_namespace=all_namespaces and not cluster_scoped))
+    sys.exit(rc)
 
 
-def _plural(kind: str) -> str:
-    from kproxy.store.base import RESOURCE
-    return RESOURCE[kind]
+# -- exec, logs ---------------------------------------------------------------------------
+def netns_exists(name: str) -> bool:
+    return os.path.exists(f"/run/netns/{name}") or os.path.exists(f"/var/run/netns/{name}")
 
 
-# -- exec, rules, logs --------------------------------------------------------------------
-def _netns_of(cfg: LabConfig, target: str, namespace: str) -> str | None:
-    n = cfg.naming
-    if target == "outside":
-        if not cfg.sandbox:
-            fail("`outside` exists only in a --sandbox lab")
-        return n.outside_netns
-    if target.startswith(("node/", "nodes/", "no/")):
-        return n.node_netns if cfg.sandbox else None
-    name = target.split("/", 1)[1] if target.startswith(("pod/", "pods/", "po/")) else target
-    store = open_store(cfg.state_dir)
-    if not store or not store.get(object_key("Pod", namespace, name)):
-        fail(f'pods "{name}" not found')
-    return n.pod_netns(namespace, name)
+def detach_stdin() -> None:
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+
+def _rank(pod: dict) -> tuple:
+    """kubectl's pick among several pods: Ready and Running first, then the oldest."""
+    st = pod.get("status", {})
+    return (not tables.pod_ready(pod), st.get("phase") != "Running", pod["metadata"].get("creationTimestamp", ""),
+            pod["metadata"]["name"])
+
+
+def resolve_pod(store: SqliteStore, target: str, namespace: str, verb: str) -> tuple[dict, int]:
+    """The pod that `exec`/`logs` TARGET means (NAME, pod/NAME, deploy/NAME, svc/NAME), and how
+    many pods it chose from."""
+    word, _, name = target.rpartition("/")
+    kind = resolve_kind(word) if word else "Pod"
+    if kind is None:
+        fail(f'the server doesn\'t have a resource type "{word}"')
+    if kind == "Pod":
+        pod = store.get(object_key("Pod", namespace, name))
+        if pod is None:
+            click.echo(not_found("Pod", name), err=True)
+            sys.exit(1)
+        return pod, 1
+    if kind not in ("Deployment", "Service", "ReplicaSet"):
+        fail(f"cannot {verb} a {singular_name(kind)}: give a pod, deploy/NAME or svc/NAME")
+    if kind == "ReplicaSet":
+        owner = next((o for o in list_objects(store, "ReplicaSet", namespace) if o["metadata"]["name"] == name), None)
+    else:
+        owner = store.get(object_key(kind, namespace, name))
+    if owner is None:
+        click.echo(not_found(kind, name), err=True)
+        sys.exit(1)
+    selector = owner.get("spec", {}).get("selector") or {}
+    pods = [p for p in list_objects(store, "Pod", namespace) if not p["metadata"].get("deletionTimestamp")
+            and meta.selector_matches(selector, p["metadata"].get("labels") or {})]
+    if not pods:
+        fail(f'no pods found for {singular_name(kind)} "{name}" in namespace "{namespace}"')
+    return sorted(pods, key=_rank)[0], len(pods)
+
+
+def _container_of(pod: dict, container: str | None) -> str:
+    names = [c["name"] for c in pod.get("spec", {}).get("containers", [])]
+    if container is None:
+        if len(names) > 1:
+            click.echo(f'Defaulted container "{names[0]}" out of: {", ".join(names)}', err=True)
+        return names[0] if names else ""
+    if container not in names:
+        fail(f"container {container} is not valid for pod {pod['metadata']['name']}")
+    return container
 
 
 @main.command(name="exec", context_settings={"ignore_unknown_options": True})
 @click.argument("target")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("-i", "--stdin", "stdin", is_flag=True, help="Pass stdin to the command.")
+@click.option("-t", "--tty", "tty", is_flag=True, help="stdin is a terminal (with -i).")
+@click.option("-c", "--container", default=None)
 @click.option("-n", "--namespace", default="default")
 @state_dir_option
-def exec_(target, command, namespace, state_dir):
-    """Run a command in a pod, a node (node/NAME) or the sandbox client (outside)."""
+def exec_(target, command, stdin, tty, container, namespace, state_dir):
+    """Run a command in a pod (NAME, pod/NAME, deploy/NAME: its first pod, svc/NAME), the node
+    (node/NAME) or the sandbox client (outside): `kproxy exec [-it] TARGET -- CMD...`."""
     need_root()
-    cfg = lab(state_dir_from_env(state_dir))
-    netns = _netns_of(cfg, target, namespace)
+    cfg, store = running_lab(state_dir)
     argv = list(command)
+    hostname = None
+    if not argv:
+        fail("you must specify at least one command for the container")
+    word, _, name = target.rpartition("/")
+    if target == "outside":
+        if not cfg.sandbox:
+            fail("`outside` exists only in a --sandbox lab")
+        netns = cfg.naming.outside_netns
+    elif word and resolve_kind(word) == "Node":
+        if store.get(object_key("Node", None, name)) is None and name != cfg.node_name:
+            fail(f'nodes "{name}" not found')
+        netns = cfg.naming.node_netns if cfg.sandbox else None
+    else:
+        pod, _ = resolve_pod(store, target, namespace, "exec into")
+        pname = pod["metadata"]["name"]
+        cname = _container_of(pod, container)
+        phase = pod.get("status", {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            fail(f"cannot exec into a container in a completed pod; current phase is {phase}")
+        netns = cfg.naming.pod_netns(namespace, pname)
+        hostname = pod["spec"].get("hostname") or pname
+        running = any(cs.get("name") == cname and "running" in (cs.get("state") or {})
+                      for cs in pod.get("status", {}).get("containerStatuses") or [])
+        if not running or not netns_exists(netns):
+            fail(f'unable to upgrade connection: container not found ("{cname}")')
+    if stdin and tty and not sys.stdin.isatty():
+        click.echo("Unable to use a TTY - input is not a terminal or the right kind of file", err=True)
+    if not stdin:  # as kubectl: without -i the command gets no input
+        detach_stdin()
+    sys.stdout.flush()
+    sys.stderr.flush()
     if netns is None:
+        os.execvp(argv[0], argv)
+    if hostname:  # as in its containers: the pod's network, hostname, resolv.conf and hosts
+        argv = in_pod(netns, hostname, argv)
         os.execvp(argv[0], argv)
     os.execvp("ip", ["ip", "netns", "exec", netns, *argv])
 
 
+def _tail(data: bytes, n: int) -> bytes:
+    if n < 0:
+        return data
+    if n == 0:
+        return b""
+    lines = data.splitlines(keepends=True)
+    return b"".join(lines[-n:])
+
+
+@main.command()
+@click.argument("target")
+@click.argument("container_arg", required=False, metavar="[CONTAINER]")
+@click.option("-n", "--namespace", default="default")
+@click.option("-c", "--container", default=None)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until Ctrl-C (or the pod ends).")
+@click.option("--tail", default=-1, show_default=True, help="Lines of recent output to show; -1 for all.")
+@state_dir_option
+def logs(target, container_arg, namespace, container, follow, tail, state_dir):
+    """Print a pod's container output: NAME, pod/NAME or deploy/NAME (its first pod)."""
+    need_root()
+    cfg, store = running_lab(state_dir)
+    pod, count = resolve_pod(store, target, namespace, "get logs of")
+    pname = pod["metadata"]["name"]
+    if count > 1:
+        click.echo(f"Found {count} pods, using pod/{pname}", err=True)
+    cname = _container_of(pod, container or container_arg)
+    path = Path(cfg.state_dir) / "logs" / f"{namespace}_{pname}" / f"{cname}.log"
+    if not path.exists():
+        statuses = {cs.get("name"): cs for cs in pod.get("status", {}).get("containerStatuses") or []}
+        reason = ((statuses.get(cname) or {}).get("state", {}).get("waiting") or {}).get("reason", "ContainerCreating")
+        fail(f'container "{cname}" in pod "{pname}" is waiting to start: {reason}')
+    out = sys.stdout.buffer
+    with open(path, "rb") as f:
+        out.write(_tail(f.read(), tail))
+        out.flush()
+        if not follow:
+            return
+        uid = pod["metadata"].get("uid")
+        try:
+            while True:
+                chunk = f.read()
+                if chunk:
+                    out.write(chunk)
+                    out.flush()
+                    continue
+                now = store.get(object_key("Pod", namespace, pname))
+                if now is None or now["metadata"].get("uid") != uid or not daemon_pid(cfg.state_dir):
+                    return  # the pod (or the lab) is gone: so is its output
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            out.flush()
+            sys.exit(130)
+
+
+# -- rules --------------------------------------------------------------------------------
 def _node_save(cfg: LabConfig) -> str:
     prefix = ["ip", "netns", "exec", cfg.naming.node_netns] if cfg.sandbox else []
     res = subprocess.run([*prefix, "iptables-save"], capture_output=True, text=True)
     if res.returncode != 0:
-        fail(f"iptables-save failed: {res.stderr.strip()} (is the lab up?)")
+        fail(f"iptables-save failed: {res.stderr.strip()}")
     return res.stdout
+
+
+def render_warnings(svc: dict) -> list[str]:
+    """What `rules --render` cannot know for a (valid, defaulted) Service."""
+    spec, name = svc.get("spec", {}), svc["metadata"]["name"]
+    out = []
+    if spec.get("type") != "ExternalName" and not spec.get("clusterIP"):
+        out.append(f'Service "{name}" has no spec.clusterIP: --render needs fixed clusterIPs '
+                   "(a running lab allocates them)")
+    if spec.get("type") in ("NodePort", "LoadBalancer"):
+        for p in spec.get("ports") or []:
+            if not p.get("nodePort"):
+                out.append(f'Service "{name}" port {p.get("port")} has no nodePort: --render needs fixed nodePorts '
+                           "(a running lab allocates them)")
+    return out
+
+
+def _node_port_hint(obj: dict, node_port_range: tuple[int, int]) -> str | None:
+    lo, hi = node_port_range
+    outside = [p["nodePort"] for p in (obj.get("spec") or {}).get("ports") or []
+               if isinstance(p, dict) and isinstance(p.get("nodePort"), int) and p["nodePort"]
+               and not lo <= p["nodePort"] <= hi]
+    if obj.get("kind") != "Service" or not outside:
+        return None
+    want_lo, want_hi = min(lo, *outside), max(hi, *outside)
+    return (f'hint: Service "{obj["metadata"].get("name", "")}" uses nodePort {", ".join(map(str, outside))}, outside '
+            f"{lo}-{hi}: pass --service-node-port-range {want_lo}-{want_hi} (and start the lab with the same "
+            "--service-node-port-range to serve it)")
 
 
 @main.command()
@@ -491,36 +1089,60 @@ def rules(target, render_only, path, namespace, cluster_cidr, node_name, node_ip
     if render_only:
         if not path:
             fail("--render needs -f PATH")
-        objs, problems = _read_objects(path)
-        for p in problems:
-            click.echo(f"error: {p}", err=True)
-        lo, _, hi = service_node_port_range.partition("-")
+        try:
+            lo, hi = (int(x) for x in service_node_port_range.split("-"))
+        except ValueError:
+            fail(f'--service-node-port-range "{service_node_port_range}": want A-B, e.g. 30000-32767')
         services, slices, rc = [], [], 0
-        for obj in objs:
-            obj = defaults.apply_defaults(obj)
-            errs = validation.validate(obj, node_port_range=(int(lo), int(hi)), service_cidr="0.0.0.0/0") \
-                if obj["kind"] == "Service" else []
-            if errs:
-                click.echo("The " + str(errors.InvalidError(obj["kind"], obj["metadata"]["name"], errs)), err=True)
+        for doc in manifest.read_path(Path(path)):
+            if doc.error:
+                click.echo(f"error: {doc.error}", err=True)
                 rc = 1
                 continue
-            (services if obj["kind"] == "Service" else slices if obj["kind"] == "EndpointSlice" else []).append(obj)
+            msg = _unsupported(doc.obj, doc.source)
+            if msg:
+                click.echo(f"error: {msg}", err=True)
+                rc = 1
+                continue
+            try:
+                obj = defaults.apply_defaults(doc.obj)
+                errs = validation.validate(obj, node_port_range=(lo, hi), service_cidr="0.0.0.0/0")
+            except Exception as e:  # noqa: BLE001 - a malformed object is refused, not a traceback
+                click.echo(f"error: {doc.source}: {e}", err=True)
+                rc = 1
+                continue
+            if errs:
+                click.echo("The " + str(errors.InvalidError(obj["kind"], obj["metadata"].get("name", ""), errs)),
+                           err=True)
+                hint = _node_port_hint(obj, (lo, hi))
+                if hint:
+                    click.echo(hint, err=True)
+                rc = 1
+                continue
+            if obj["kind"] == "Service":
+                for w in render_warnings(obj):
+                    click.echo(f"warning: {w}", err=True)
+                services.append(obj)
+            elif obj["kind"] == "EndpointSlice":
+                slices.append(obj)
         cfg = render.ProxyConfig(cluster_cidr=cluster_cidr or None, node_name=node_name, node_ips=[node_ip])
         click.echo(render.render(services, slices, cfg).text, nl=False)
         sys.exit(rc)
     need_root()
-    cfg = lab(state_dir_from_env(state_dir))
+    cfg, store = running_lab(state_dir)
+    if cfg.sandbox and not netns_exists(cfg.naming.node_netns):
+        fail(not_running(cfg.state_dir))
     saved = _node_save(cfg)
     if not target:
         click.echo(applier.owned_lines(saved), nl=False)
         return
     word, _, name = target.partition("/")
-    if meta.resolve_kind(word) != "Service" or not name:
+    if resolve_kind(word) != "Service" or not name:
         fail("TARGET is svc/NAME")
-    store = open_store(cfg.state_dir)
-    svc = store.get(object_key("Service", namespace, name)) if store else None
+    svc = store.get(object_key("Service", namespace, name))
     if svc is None:
-        fail(f'services "{name}" not found')
+        click.echo(not_found("Service", name), err=True)
+        sys.exit(1)
     slices = [s for _, s in store.list(object_key("EndpointSlice", namespace, ""))]
     pcfg = render.ProxyConfig(cluster_cidr=cfg.cluster_cidr, node_name=cfg.node_name, node_ips=["0.0.0.0"])
     chains = render.render([svc], slices, pcfg).service_chains.get(f"{namespace}/{name}", set())
@@ -528,41 +1150,27 @@ def rules(target, render_only, path, namespace, cluster_cidr, node_name, node_ip
 
 
 @main.command()
-@click.argument("pod")
-@click.option("-n", "--namespace", default="default")
-@click.option("-c", "--container", default=None)
-@state_dir_option
-def logs(pod, namespace, container, state_dir):
-    """Print a pod's container output."""
-    cfg = lab(state_dir_from_env(state_dir))
-    d = Path(cfg.state_dir) / "logs" / f"{namespace}_{pod}"
-    files = sorted(d.glob("*.log")) if d.is_dir() else []
-    if container:
-        files = [f for f in files if f.stem == container]
-    if not files:
-        fail(f'pods "{pod}" has no logs')
-    for f in files:
-        click.echo(f.read_text(errors="replace"), nl=False)
-
-
-@main.command()
 @state_dir_option
 def status(state_dir):
-    """Is the daemon up, and what did the last manifests load report?"""
+    """Is the daemon up, and what did the last manifests load report? Exits 1 when it is not up."""
+    need_root()
     state_dir = state_dir_from_env(state_dir)
     cfg = lab(state_dir)
     pid = daemon_pid(state_dir)
     click.echo(f"daemon: {'running, pid %d' % pid if pid else 'not running'}")
     click.echo(f"manifests: {cfg.manifests}")
+    if not pid:
+        click.echo(f"start it with: kproxy up --state-dir {state_dir}" + (" --sandbox" if cfg.sandbox else ""))
+        sys.exit(1)
     store = open_store(state_dir)
     if store:
-        ps = store.get("/kproxy/proxy-status") or {}
+        ps = store.get(PROXY_STATUS) or {}
         detail = ""
         if ps:
             detail = (f" ({'full' if ps.get('full') else 'partial'}, {ps.get('servicesWritten', 0)} Services "
                       f"written, {ps.get('durationSeconds', 0) * 1000:.1f} ms)")
         click.echo(f"last rules sync: {ps.get('lastSync', 'never')}{detail}")
-        for e in store.get("/kproxy/manifest-errors") or []:
+        for e in store.get(MANIFEST_ERRORS) or []:
             click.echo(f"error: {e['message']}")
 
 

@@ -27,6 +27,7 @@ class LabConfig:
     node_port_range: tuple[int, int] = (30000, 32767)
     lab_cidr: str = "192.168.49.0/24"
     cluster_domain: str = "cluster.local"
+    lb_pools: list = field(default_factory=list)  # --lb-pool ranges: a pool named "default"
     cluster_dns: bool = True                     # kube-system/kube-dns + coredns pod
     dns_upstreams: list = field(default_factory=list)  # where names outside the cluster go
     iptables_sync_period: float = 30.0          # kube-proxy's --iptables-sync-period

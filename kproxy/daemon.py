@@ -21,10 +21,11 @@ import time
 import uuid
 from pathlib import Path
 
-from kproxy.api import defaults, errors, manifest, validation
+from kproxy.api import defaults, errors, manifest, meta, validation
 from kproxy.config import LabConfig
-from kproxy.controllers import allocation, endpoints, replicas
+from kproxy.controllers import allocation, endpoints, loadbalancer, replicas
 from kproxy.node.kubelet import Kubelet, now_iso
+from kproxy.node.l2announce import Announcer
 from kproxy.node.network import NodeConfig, NodeNetwork, enter_netns
 from kproxy.proxy import applier, healthcheck, metrics, proxier, render
 from kproxy.store.base import object_key
@@ -32,8 +33,8 @@ from kproxy.store.sqlite import SqliteStore
 
 log = logging.getLogger("kproxy")
 
-SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-USER_KINDS = ("Namespace", "Service", "Deployment", "Pod", "Endpoints", "EndpointSlice")
+SYSTEM_NAMESPACES = meta.SYSTEM_NAMESPACES
+USER_KINDS = meta.ADMITTED_KINDS
 MANIFEST_KEYS = "/kproxy/manifest-keys"      # objects that came from the manifests folder
 MANIFEST_ERRORS = "/kproxy/manifest-errors"
 PROXY_STATUS = "/kproxy/proxy-status"
@@ -101,7 +102,8 @@ class Daemon:
         self.ready = False
         self.requests: list[dict] = []
         self.start_failures: dict[str, float] = {}
-        self.system_keys: set[str] = set()  # objects kproxy itself keeps (default/kubernetes)  # pod key -> when to try starting it again
+        self.system_keys: set[str] = set()
+        self.announcer: Announcer | None = None  # objects kproxy itself keeps (default/kubernetes)  # pod key -> when to try starting it again
         self.dirty = True
         self.last_resync = 0.0
         self.last_canary = 0.0
@@ -133,6 +135,8 @@ class Daemon:
     def shutdown(self) -> None:
         log.info("shutting down")
         self.http.stop()
+        if self.announcer:
+            self.announcer.stop()
         if self.kubelet:
             self.kubelet.shutdown()
         for pod in self.objects["Pod"].values():  # pods are gone: so are their addresses
@@ -183,6 +187,7 @@ class Daemon:
         self._run_pods()
         if self.dirty:
             self.dirty = False
+            self._sync_load_balancers()
             self._sync_endpoints()
             self._sync_proxy()
         elif now - self.last_resync > self.cfg.iptables_sync_period:
@@ -386,6 +391,11 @@ class Daemon:
         kind, ns, name = obj_id(obj)
         errs = validation.validate(obj, node_port_range=tuple(self.cfg.node_port_range),
                                    service_cidr=self.cfg.service_cidr)
+        if kind == "IPAddressPool":
+            try:
+                loadbalancer.pool_from_object(obj)
+            except ValueError as e:
+                errs = [errors.invalid("spec.addresses", (obj.get("spec") or {}).get("addresses"), str(e))]
         if errs:
             return str(errors.InvalidError(kind, name, errs))
         if ns and kind != "Namespace" and ns not in namespaces and ns not in SYSTEM_NAMESPACES:
@@ -449,8 +459,10 @@ class Daemon:
             return
         obj = self._remove(kind, key)
         if kind == "Service" and obj:
+            owner = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
             with self.store.transaction() as txn:
-                allocation.release_owner(txn, f"{obj['metadata']['namespace']}/{obj['metadata']['name']}")
+                allocation.release_owner(txn, owner)
+                loadbalancer.release(txn, owner)
         self.dirty = True
 
     # -- pods -----------------------------------------------------------------------------
@@ -601,6 +613,64 @@ class Daemon:
                 self._save(obj)
                 if kind == "EndpointSlice":
                     self.metrics.endpoint_changes.inc()
+
+    def _pools(self) -> list[loadbalancer.Pool]:
+        pools = []
+        for obj in sorted(self.objects["IPAddressPool"].values(), key=lambda o: o["metadata"]["name"]):
+            try:
+                pools.append(loadbalancer.pool_from_object(obj))
+            except ValueError:
+                continue  # reported when the manifest was loaded
+        if self.cfg.lb_pools:
+            pools.append(loadbalancer.Pool("default", tuple(loadbalancer.parse_range(r) for r in self.cfg.lb_pools)))
+        return pools
+
+    def _sync_load_balancers(self) -> None:
+        """Give each LoadBalancer Service an IP from the pools (or leave it <pending> with an
+        event saying why), free the IPs of the others, and announce them on the node network."""
+        pools = self._pools()
+        announce: set[str] = set()
+        l2ads = list(self.objects["L2Advertisement"].values())
+        for key, svc in self.objects["Service"].items():
+            owner = f"{svc['metadata']['namespace']}/{svc['metadata']['name']}"
+            ingress_now = svc.get("status", {}).get("loadBalancer", {}).get("ingress", [])
+            if not loadbalancer.wants_ip(svc):  # not (or no longer) a LoadBalancer of ours
+                with self.store.transaction() as txn:
+                    loadbalancer.release(txn, owner)
+                if ingress_now and svc["spec"].get("type") != "LoadBalancer":
+                    svc["status"]["loadBalancer"] = {}
+                    self._save(svc)
+                continue
+            if not pools:  # no pools: a status written in the manifest stands, like a cloud's
+                announce |= {i["ip"] for i in ingress_now if i.get("ip")}
+                continue
+            current = sorted(k.rsplit("/", 1)[1] for k, v in self.store.list(loadbalancer.LB_IPS) if v == owner)
+            try:
+                with self.store.transaction() as txn:
+                    ips = loadbalancer.allocate(txn, svc, pools, current)
+            except loadbalancer.PoolError as e:
+                ips = []
+                self.event("Service", svc["metadata"]["namespace"], svc["metadata"]["name"], "AllocationFailed",
+                           str(e))
+            ingress = [{"ip": ip, "ipMode": "VIP"} for ip in ips]
+            if svc.get("status", {}).get("loadBalancer", {}).get("ingress") != ingress:
+                svc.setdefault("status", {})["loadBalancer"] = {"ingress": ingress} if ingress else {}
+                self._save(svc)
+                if ips:
+                    self.event("Service", svc["metadata"]["namespace"], svc["metadata"]["name"], "IPAllocated",
+                               f"Assigned IP {json.dumps(ips)}", "Normal")
+            for ip in ips:
+                pool = next((p for p in pools if p.contains(ip)), None)
+                if pool and (pool.name == "default" and self.cfg.lb_pools or loadbalancer.advertised(pool.name, l2ads)):
+                    announce.add(ip)
+        if announce or self.announcer is not None:
+            if self.announcer is None:
+                self.announcer = Announcer(self.naming.lab_link if self.cfg.sandbox else self._host_iface())
+            self.announcer.set_ips(announce)
+
+    def _host_iface(self) -> str:
+        out = subprocess.run(["ip", "-4", "route", "get", "192.0.2.1"], capture_output=True, text=True).stdout.split()
+        return out[out.index("dev") + 1] if "dev" in out else "lo"
 
     def _sync_proxy(self, force: bool = False) -> None:
         """Render and apply (a partial sync unless `force`); feeds metrics and /healthz."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 import calendar
 import time
 
+# What `kubectl get nodes` shows as VERSION for a kproxy node (the Kubernetes version it follows).
+NODE_VERSION = "v1.33.0-kproxy"
+
 
 def age(ts: str | None) -> str:
     """kubectl's HumanDuration of the time since `ts`."""
@@ -73,15 +76,99 @@ def _selector(sel: dict | None) -> str:
     return ",".join(f"{k}={v}" for k, v in (sel or {}).items()) or "<none>"
 
 
+def format_labels(labels: dict | None) -> str:
+    """labels.FormatLabels: `k=v` pairs sorted by key, `<none>` when there are none."""
+    return ",".join(f"{k}={labels[k]}" for k in sorted(labels or {})) or "<none>"
+
+
+def sorted_addresses(addresses: list[dict]) -> list[dict]:
+    """A subset's addresses in the order the API server stores them (endpoints.SortSubsets:
+    IPs compared as strings, byte by byte, so 10.244.0.10 comes before 10.244.0.9)."""
+    return sorted(addresses or [], key=lambda a: (a.get("ip", "").encode(), str(a.get("targetRef", {}).get("uid", ""))))
+
+
 def _endpoints(ep: dict) -> str:
+    """kubectl's formatEndpoints: per subset, each port with every (sorted) address."""
     addrs = []
-    for s in ep.get("subsets", []):
-        for a in s.get("addresses", []):
-            for p in s.get("ports", []) or [{}]:
-                addrs.append(f"{a['ip']}:{p['port']}" if p else a["ip"])
+    for s in ep.get("subsets") or []:
+        addresses = sorted_addresses(s.get("addresses"))
+        ports = s.get("ports") or []
+        if not ports:  # a headless Service without ports
+            addrs += [a["ip"] for a in addresses]
+        for p in ports:
+            addrs += [f"{a['ip']}:{p['port']}" for a in addresses]
     if not addrs:
         return "<none>"
     return ",".join(addrs[:3]) + (f" + {len(addrs) - 3} more..." if len(addrs) > 3 else "")
+
+
+def node_roles(node: dict) -> str:
+    """ROLES from the node-role.kubernetes.io/<role> labels; a kproxy node is the whole
+    cluster, so without role labels it is the control plane."""
+    labels = node.get("metadata", {}).get("labels") or {}
+    roles = {k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/") and "/" in k}
+    if labels.get("kubernetes.io/role"):
+        roles.add(labels["kubernetes.io/role"])
+    roles.discard("")
+    return ",".join(sorted(roles)) or "control-plane"
+
+
+def _owner_rs(pod: dict) -> str | None:
+    for ref in pod["metadata"].get("ownerReferences") or []:
+        if ref.get("kind") == "ReplicaSet" and ref.get("controller"):
+            return ref["name"]
+    return None
+
+
+def replica_sets(deployments: list[dict], pods: list[dict]) -> list[dict]:
+    """The ReplicaSets behind Deployments, derived from the pods' ReplicaSet owners.
+
+    kproxy has no ReplicaSet objects: the current template's ReplicaSet (`<deploy>-<hash>`)
+    always exists and wants `spec.replicas` pods; an older one exists while its pods do and
+    wants 0 (the rollout is scaling it down)."""
+    from kproxy.controllers.replicas import pod_template_hash
+    out = []
+    for d in deployments:
+        dm, spec = d["metadata"], d.get("spec", {})
+        ns, name = dm.get("namespace", "default"), dm["name"]
+        template = spec.get("template") or {}
+        current = f"{name}-{pod_template_hash(template)}"
+        by_rs: dict[str, list[dict]] = {current: []}
+        for p in pods:
+            rs = _owner_rs(p)
+            if p["metadata"].get("namespace", "default") == ns and rs and rs.rsplit("-", 1)[0] == name:
+                by_rs.setdefault(rs, []).append(p)
+        for rs_name, rs_pods in by_rs.items():
+            h = rs_name[len(name) + 1:]
+            active = [p for p in rs_pods if not p["metadata"].get("deletionTimestamp")]
+            ready = sum(1 for p in active if pod_ready(p))
+            if rs_name == current:
+                tmpl = template
+            else:
+                sample = rs_pods[0]
+                tmpl = {"metadata": {"labels": {k: v for k, v in (sample["metadata"].get("labels") or {}).items()
+                                                if k != "pod-template-hash"}},
+                        "spec": {k: v for k, v in sample.get("spec", {}).items() if k != "nodeName"}}
+            labels = {**(tmpl.get("metadata", {}).get("labels") or {}), "pod-template-hash": h}
+            match = {**((spec.get("selector") or {}).get("matchLabels") or {}), "pod-template-hash": h}
+            created = min((p["metadata"].get("creationTimestamp") or "" for p in rs_pods), default="") \
+                or dm.get("creationTimestamp")
+            status = {"replicas": len(active), "fullyLabeledReplicas": len(active)}
+            if ready:
+                status.update(readyReplicas=ready, availableReplicas=ready)
+            status["observedGeneration"] = 1
+            out.append({
+                "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": rs_name, "namespace": ns, "labels": labels, "creationTimestamp": created,
+                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
+                                                  "uid": dm.get("uid", ""), "controller": True,
+                                                  "blockOwnerDeletion": True}]},
+                "spec": {"replicas": spec.get("replicas", 1) if rs_name == current else 0,
+                         "selector": {"matchLabels": match},
+                         "template": {**tmpl, "metadata": {**(tmpl.get("metadata") or {}), "labels": labels}}},
+                "status": status,
+            })
+    return out
 
 
 def _slice_endpoints(sl: dict) -> str:
@@ -120,10 +207,17 @@ def _row(kind: str, o: dict, wide: bool) -> list[str]:
         return [m["name"], o.get("addressType", "IPv4"), ports, _slice_endpoints(o), a]
     if kind == "Node":
         ready = any(c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions", []))
-        row = [m["name"], "Ready" if ready else "NotReady", "control-plane,worker", a, "kproxy"]
+        row = [m["name"], "Ready" if ready else "NotReady", node_roles(o), a, NODE_VERSION]
         if wide:
             ip = next((x["address"] for x in st.get("addresses", []) if x["type"] == "InternalIP"), "<none>")
             row += [ip, "<none>", spec.get("podCIDR", "<none>")]
+        return row
+    if kind == "ReplicaSet":
+        row = [m["name"], str(spec.get("replicas", 1)), str(st.get("replicas", 0)), str(st.get("readyReplicas", 0)), a]
+        if wide:
+            c = spec.get("template", {}).get("spec", {}).get("containers", [])
+            row += [",".join(x["name"] for x in c), ",".join(x.get("image", "") for x in c),
+                    format_labels(spec.get("selector", {}).get("matchLabels"))]
         return row
     if kind == "Namespace":
         return [m["name"], st.get("phase", "Active"), a]
@@ -138,6 +232,7 @@ HEADERS = {
     "Pod": (["NAME", "READY", "STATUS", "RESTARTS", "AGE"], ["IP", "NODE", "NOMINATED NODE", "READINESS GATES"]),
     "Service": (["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"], ["SELECTOR"]),
     "Deployment": (["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], ["CONTAINERS", "IMAGES", "SELECTOR"]),
+    "ReplicaSet": (["NAME", "DESIRED", "CURRENT", "READY", "AGE"], ["CONTAINERS", "IMAGES", "SELECTOR"]),
     "Endpoints": (["NAME", "ENDPOINTS", "AGE"], []),
     "EndpointSlice": (["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"], []),
     "Node": (["NAME", "STATUS", "ROLES", "AGE", "VERSION"], ["INTERNAL-IP", "EXTERNAL-IP", "POD-CIDR"]),
@@ -146,11 +241,20 @@ HEADERS = {
 }
 
 
-def render(kind: str, items: list[dict], wide: bool = False, with_namespace: bool = False) -> str:
+def render(kind: str, items: list[dict], wide: bool = False, with_namespace: bool = False,
+           show_labels: bool = False, name_prefix: str = "") -> str:
+    """kubectl's table; `name_prefix` (`pod/`) as kubectl writes it when it lists several kinds,
+    `show_labels` adds the LABELS column."""
     base, extra = HEADERS.get(kind, (["NAME", "AGE"], []))
-    header = (["NAMESPACE"] if with_namespace else []) + base + (extra if wide else [])
+    header = (["NAMESPACE"] if with_namespace else []) + base + (extra if wide else []) \
+        + (["LABELS"] if show_labels else [])
     rows = [header]
     for o in sorted(items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])):
-        rows.append(([o["metadata"].get("namespace", "")] if with_namespace else []) + _row(kind, o, wide))
+        row = _row(kind, o, wide)
+        if name_prefix and kind != "Event":
+            row[0] = name_prefix + row[0]
+        if show_labels:
+            row.append(format_labels(o["metadata"].get("labels")))
+        rows.append(([o["metadata"].get("namespace", "")] if with_namespace else []) + row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -48,8 +48,17 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("EndpointSlice", ("discovery.k8s.io/v1",), True, "endpointslices"),
         KindInfo("Namespace", ("v1",), False, "namespaces", ("ns",)),
         KindInfo("Node", ("v1",), False, "nodes", ("no",)),
+        KindInfo("IPAddressPool", ("metallb.io/v1beta1",), True, "ipaddresspools"),
+        KindInfo("L2Advertisement", ("metallb.io/v1beta1",), True, "l2advertisements"),
     )
 }
+
+# What a lab admits from manifests, in the order one load admits them (namespaces and pools
+# first); anything else is refused as kubectl refuses a kind the server does not serve.
+ADMITTED_KINDS = ("Namespace", "IPAddressPool", "L2Advertisement", "Service", "Deployment", "Pod", "Endpoints",
+                  "EndpointSlice")
+# Namespaces that always exist in a lab.
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease", "metallb-system")
 
 _BY_NAME: dict[str, str] = {
     name: info.kind for info in KINDS.values() for name in info.resource_names

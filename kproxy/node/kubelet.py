@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import dnsconfig
+from .inpod import in_pod
 from .network import NodeNetwork
 from .probes import ProbeState, ports_accept, run_probe
 
@@ -31,17 +32,6 @@ NO_PROBE_PERIOD = 1.0
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-_SET_HOSTNAME = "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execvp(sys.argv[2], sys.argv[2:])"
-
-
-def in_pod(netns: str, hostname: str, argv: list[str]) -> list[str]:
-    """Run argv in the pod's network namespace and in a UTS namespace of its own whose hostname
-    is the pod's name (`ip netns exec` also binds /etc/netns/<netns>/* over /etc, as the kubelet
-    mounts a pod's resolv.conf and hosts)."""
-    return ["ip", "netns", "exec", netns, "unshare", "--uts", "--",
-            sys.executable, "-c", _SET_HOSTNAME, hostname, *argv]
 
 
 def container_argv(pod: dict, container: dict) -> list[str]:

@@ -81,7 +81,7 @@ def run_probe(spec: dict, pod: dict, netns: str) -> bool:
         return http_ok(h.get("host") or ip, named_port(pod, h["port"]), h.get("path", "/"), timeout,
                        h.get("httpHeaders"))
     if "exec" in spec:  # inside the pod: its network, its hostname, its resolv.conf
-        from .kubelet import in_pod
+        from .inpod import in_pod
         hostname = pod["spec"].get("hostname") or pod["metadata"]["name"]
         return exec_ok(in_pod(netns, hostname, spec["exec"].get("command", [])), timeout)
     return True

@@ -88,6 +88,8 @@ RESOURCE = {
     "EndpointSlice": "endpointslices",
     "Node": "nodes",
     "Event": "events",
+    "IPAddressPool": "ipaddresspools",
+    "L2Advertisement": "l2advertisements",
 }
 
 

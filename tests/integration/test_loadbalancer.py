@@ -1,0 +1,145 @@
+"""LoadBalancer Services without a cloud: MetalLB-style pools, layer-2 ARP answers from the
+node (scapy), and the API server's type-change semantics, with real packets from `outside`."""
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+NODE_IP = "192.168.49.2"
+
+POOL = """
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: lab, namespace: metallb-system}
+spec:
+  addresses: [192.168.49.240-192.168.49.241]
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata: {name: lab, namespace: metallb-system}
+spec:
+  ipAddressPools: [lab]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: shop}}
+  template:
+    metadata: {labels: {app: shop}}
+    spec:
+      containers: [{name: s, image: x, ports: [{containerPort: 80}]}]
+"""
+
+SVC = """
+apiVersion: v1
+kind: Service
+metadata: {name: %(name)s%(annotations)s}
+spec:
+  type: %(type)s%(extra)s
+  selector: {app: shop}
+  ports: [{port: 80}]
+"""
+
+
+def service(name: str, stype: str = "LoadBalancer", extra: str = "", annotations: str = "") -> str:
+    return SVC % {"name": name, "type": stype, "extra": extra, "annotations": annotations}
+
+
+def ingress_ips(lab, name):
+    return [i["ip"] for i in lab.get("svc", name).get("status", {}).get("loadBalancer", {}).get("ingress", [])]
+
+
+def outside_curl(lab, url, max_time="2"):
+    return lab.exec("outside", "curl", "-s", "--max-time", max_time, url)
+
+
+def outside_neigh(lab, ip):
+    return subprocess.run(["ip", "netns", "exec", lab.cfg.naming.outside_netns, "ip", "neigh", "show", ip],
+                          capture_output=True, text=True).stdout
+
+
+def node_mac(lab):
+    out = subprocess.run(["ip", "netns", "exec", lab.cfg.naming.node_netns, "cat",
+                          f"/sys/class/net/{lab.cfg.naming.lab_link}/address"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def shop(lab):
+    lab.apply(POOL)
+    return {p["metadata"]["name"] for p in lab.wait_for(lambda: len(lab.ready_pods("shop")) == 2 and lab.ready_pods("shop"))}
+
+
+def test_outside_reaches_a_pool_ip_learnt_by_arp(lab, shop):
+    lab.apply(service("front"))
+    ip = lab.wait_for(lambda: ingress_ips(lab, "front"))[0]
+    assert ip == "192.168.49.240"  # the pool's first free address
+    assert re.search(rf"\bfront\s+LoadBalancer\s+\S+\s+{re.escape(ip)}\s", lab.kproxy("get", "svc").stdout)
+    res = outside_curl(lab, f"http://{ip}/", "5")
+    assert res.returncode == 0 and res.stdout.split()[1] in shop, res
+    assert node_mac(lab) in outside_neigh(lab, ip)  # learnt from kproxy's ARP reply
+
+
+def test_deleting_the_service_frees_its_ip(lab, shop):
+    ip = ingress_ips(lab, "front")[0]
+    lab.kproxy("delete", "svc", "front")
+    subprocess.run(["ip", "netns", "exec", lab.cfg.naming.outside_netns, "ip", "neigh", "flush", "all"])
+    assert outside_curl(lab, f"http://{ip}/").returncode != 0  # nobody answers ARP for it any more
+    lab.apply(service("again"))
+    assert lab.wait_for(lambda: ingress_ips(lab, "again")) == [ip]  # back in the pool, handed out again
+
+
+def test_an_ip_in_use_is_refused_with_an_event(lab, shop):
+    taken = ingress_ips(lab, "again")[0]
+    lab.apply(service("thief", annotations=f", annotations: {{metallb.universe.tf/loadBalancerIPs: '{taken}'}}"))
+    events = lab.wait_for(lambda: "address also in use by default/again" in lab.kproxy("get", "events").stdout
+                          and lab.kproxy("get", "events").stdout)
+    assert "AllocationFailed" in events
+    assert "<pending>" in [line for line in lab.kproxy("get", "svc").stdout.splitlines() if line.startswith("thief")][0]
+    lab.kproxy("delete", "svc", "thief")
+
+
+def test_exhausted_pool_leaves_pending(lab, shop):
+    lab.apply(service("second"))
+    lab.wait_for(lambda: ingress_ips(lab, "second"))
+    lab.apply(service("third"))
+    lab.wait_for(lambda: "no available IPs" in lab.kproxy("get", "events").stdout)
+    assert ingress_ips(lab, "third") == []
+    lab.kproxy("delete", "svc", "second")
+    lab.wait_for(lambda: ingress_ips(lab, "third"), timeout=10)  # a freed IP goes to the waiting one
+    lab.kproxy("delete", "svc", "third")
+
+
+def test_type_changes_keep_what_kubernetes_keeps(lab, shop):
+    def answers_cluster_ip():
+        ip = lab.get("svc", "flip")["spec"]["clusterIP"]
+        out = lab.exec("node/node-1", "curl", "-s", "--max-time", "2", f"http://{ip}/").stdout
+        return out.split()[1] in shop
+
+    lab.apply(service("flip", "ClusterIP"))
+    cip = lab.get("svc", "flip")["spec"]["clusterIP"]
+    assert answers_cluster_ip()
+    lab.apply(service("flip", "NodePort"))
+    s = lab.get("svc", "flip")
+    assert s["spec"]["clusterIP"] == cip
+    np = s["spec"]["ports"][0]["nodePort"]
+    assert outside_curl(lab, f"http://{NODE_IP}:{np}/").stdout.split()[1] in shop
+    lab.apply(service("flip", "LoadBalancer"))
+    s = lab.get("svc", "flip")
+    assert s["spec"]["clusterIP"] == cip and s["spec"]["ports"][0]["nodePort"] == np
+    lb = lab.wait_for(lambda: ingress_ips(lab, "flip"))[0]
+    assert outside_curl(lab, f"http://{lb}/", "5").stdout.split()[1] in shop
+    lab.apply(service("flip", "ClusterIP"))
+    s = lab.get("svc", "flip")
+    assert s["spec"]["clusterIP"] == cip and "nodePort" not in s["spec"]["ports"][0]
+    assert ingress_ips(lab, "flip") == [] and answers_cluster_ip()
+    lab.apply(service("flip", "ExternalName", extra="\n  externalName: shop.example.com"))
+    s = lab.get("svc", "flip")
+    assert "clusterIP" not in s["spec"] or s["spec"]["clusterIP"] in ("", None)
+    assert "default/flip" not in lab.node_save()  # an ExternalName programs no rule
+    lab.apply(service("flip", "ClusterIP"))
+    assert answers_cluster_ip()
