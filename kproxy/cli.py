@@ -982,6 +982,40 @@ def exec_(target, command, stdin, tty, container, namespace, state_dir):
     os.execvp("ip", ["ip", "netns", "exec", netns, *argv])
 
 
+@main.command(name="port-forward")
+@click.argument("target")
+@click.argument("ports", nargs=-1, required=True)
+@click.option("--address", default="127.0.0.1", show_default=True, help="Local address to listen on.")
+@click.option("-n", "--namespace", default="default")
+@state_dir_option
+def port_forward(target, ports, address, namespace, state_dir):
+    """Forward local TCP ports into a pod: `port-forward svc/web 8080:80` (also pod/NAME, NAME,
+    deploy/NAME), as kubectl does: a Service port maps to its pod's target port."""
+    from kproxy import portforward
+    need_root()
+    cfg, store = running_lab(state_dir)
+    pod, _ = resolve_pod(store, target, namespace, "forward to")
+    word, _, name = target.rpartition("/")
+    svc = store.get(object_key("Service", namespace, name)) if word and resolve_kind(word) == "Service" else None
+    pod_ip = pod.get("status", {}).get("podIP")
+    if not pod_ip or pod.get("status", {}).get("phase") != "Running":
+        fail(f"unable to forward port because pod is not running. Current status={pod.get('status', {}).get('phase')}")
+    listeners = []
+    for spec in ports:
+        try:
+            local, remote = portforward.parse_ports(spec)
+            port = portforward.target_port(pod, svc, remote)
+            srv = portforward.listen(address, local)
+        except (ValueError, OSError) as e:
+            fail(str(e))
+        click.echo(f"Forwarding from {address}:{srv.getsockname()[1]} -> {port}")
+        listeners.append((srv, pod_ip, port))
+    if cfg.sandbox:  # connections to the pod are made from the node, where pod IPs route
+        from pyroute2 import netns as pr_netns
+        pr_netns.setns(cfg.naming.node_netns)
+    portforward.serve(listeners, lambda msg: click.echo(msg, err=msg.startswith("E:")))
+
+
 def _tail(data: bytes, n: int) -> bytes:
     if n < 0:
         return data

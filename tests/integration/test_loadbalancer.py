@@ -143,3 +143,24 @@ def test_type_changes_keep_what_kubernetes_keeps(lab, shop):
     assert "default/flip" not in lab.node_save()  # an ExternalName programs no rule
     lab.apply(service("flip", "ClusterIP"))
     assert answers_cluster_ip()
+
+
+def test_port_forward_reaches_a_pod_from_the_hosts_loopback(lab, shop):
+    """kubectl port-forward's job: 127.0.0.1 on the host (loopback only) into the sandbox."""
+    import os
+    import sys
+    import urllib.request
+    proc = subprocess.Popen([sys.executable, "-m", "kproxy.cli", "port-forward", "svc/flip", ":80"],
+                            env={**os.environ, "KPROXY_STATE_DIR": str(lab.state_dir)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        port = int(re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> 80", line).group(1))
+        answers = []
+        for _ in range(3):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+                answers.append(r.read().decode().split()[1])
+        assert set(answers) <= shop and len(set(answers)) == 1  # one pod, as kubectl picks one
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
