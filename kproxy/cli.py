@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import click
 import yaml
 
 from kproxy import tables
+from kproxy import control as control_socket
 from kproxy.api import defaults, errors, manifest, meta, validation
 from kproxy.config import LabConfig, state_dir_from_env
 from kproxy.store import manifests as folder
@@ -74,23 +74,7 @@ def running_lab(state_dir: str | None) -> tuple[LabConfig, SqliteStore]:
 
 def control(state_dir: str, request: dict, timeout: float = 90) -> dict | None:
     """Ask the daemon; None when it does not run."""
-    path = Path(state_dir) / "kproxy.sock"
-    if not path.exists():
-        return None
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(path))
-            s.sendall(json.dumps(request).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return json.loads(data)
-    except (OSError, ValueError):
-        return None
+    return control_socket.request(state_dir, request, timeout)
 
 
 def open_store(state_dir: str) -> SqliteStore | None:
@@ -405,6 +389,20 @@ def down(purge, state_dir):
 
 
 # -- apply / delete -----------------------------------------------------------------------
+def _served_documents(path: str) -> tuple[list, int]:
+    """The documents of PATH that parse and are of a kind the lab serves; the others are
+    reported on stderr as kubectl reports them, and make the exit code 1."""
+    docs, rc = [], 0
+    for doc in manifest.read_path(Path(path)):
+        msg = f"error: {doc.error}" if doc.error else _unsupported(doc.obj, doc.source)
+        if msg:
+            click.echo(msg if msg.startswith("error: ") else f"error: {msg}", err=True)
+            rc = 1
+            continue
+        docs.append(doc)
+    return docs, rc
+
+
 def _unsupported(obj: dict, source: str) -> str | None:
     """kubectl's refusal of a kind (or version) the API server does not serve, or None."""
     kind, version = obj.get("kind"), obj.get("apiVersion")
@@ -471,14 +469,10 @@ def apply(path, wait, timeout, state_dir):
     if wait and not running:
         fail(f"--wait needs a running lab: {not_running(state_dir)}")
     store = open_store(state_dir) if running else None
-    rc = 0
     candidates = []  # (object, source), valid so far
-    for doc in manifest.read_path(Path(path)):
-        if doc.error:
-            click.echo(f"error: {doc.error}", err=True)
-            rc = 1
-            continue
-        msg = _unsupported(doc.obj, doc.source) or _check(doc.obj, cfg)
+    docs, rc = _served_documents(path)
+    for doc in docs:
+        msg = _check(doc.obj, cfg)
         if msg:
             click.echo(msg if msg.startswith(("The ", "error: ")) else f"error: {msg}", err=True)
             rc = 1
@@ -674,16 +668,8 @@ def delete(args, path, namespace, state_dir):
     rc = 0
     targets: list[tuple[str, str, str, str | None]] = []  # kind, namespace, name, source file
     if path:
-        for doc in manifest.read_path(Path(path)):
-            if doc.error:
-                click.echo(f"error: {doc.error}", err=True)
-                rc = 1
-                continue
-            msg = _unsupported(doc.obj, doc.source)
-            if msg:
-                click.echo(f"error: {msg}", err=True)
-                rc = 1
-                continue
+        docs, rc = _served_documents(path)
+        for doc in docs:
             o = doc.obj
             kind = o["kind"]
             ns = "" if kind in CLUSTER_SCOPED else (o.get("metadata") or {}).get("namespace") or namespace
@@ -1127,17 +1113,9 @@ def rules(target, render_only, path, namespace, cluster_cidr, node_name, node_ip
             lo, hi = (int(x) for x in service_node_port_range.split("-"))
         except ValueError:
             fail(f'--service-node-port-range "{service_node_port_range}": want A-B, e.g. 30000-32767')
-        services, slices, rc = [], [], 0
-        for doc in manifest.read_path(Path(path)):
-            if doc.error:
-                click.echo(f"error: {doc.error}", err=True)
-                rc = 1
-                continue
-            msg = _unsupported(doc.obj, doc.source)
-            if msg:
-                click.echo(f"error: {msg}", err=True)
-                rc = 1
-                continue
+        services, slices = [], []
+        docs, rc = _served_documents(path)
+        for doc in docs:
             try:
                 obj = defaults.apply_defaults(doc.obj)
                 errs = validation.validate(obj, node_port_range=(lo, hi), service_cidr="0.0.0.0/0")

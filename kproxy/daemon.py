@@ -21,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
+from kproxy.control import read_line
 from kproxy.api import defaults, errors, manifest, meta, validation
 from kproxy.config import LabConfig
 from kproxy.controllers import allocation, endpoints, loadbalancer, replicas
@@ -747,12 +748,7 @@ class Daemon:
 
     def _answer(self, conn: socket.socket) -> None:
         with conn:
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = read_line(conn)
             try:
                 req = json.loads(data or b"{}")
             except ValueError:

@@ -2,7 +2,6 @@
 replacement, rules repaired after a flush, LoadBalancer source ranges, health and metrics."""
 from __future__ import annotations
 
-import collections
 import json
 import re
 import subprocess

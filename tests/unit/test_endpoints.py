@@ -3,7 +3,6 @@ endpointslice, endpoints and endpointslice-mirroring controllers build them."""
 
 from __future__ import annotations
 
-import pytest
 
 from kproxy.controllers.endpoints import (
     MANAGED_BY,
