@@ -106,7 +106,7 @@ class Daemon:
         self.system_keys: set[str] = set()
         self.announcer: Announcer | None = None  # objects kproxy itself keeps (default/kubernetes)  # pod key -> when to try starting it again
         self.dirty = True
-        self.last_resync = 0.0
+        self.last_full_sync = 0.0
         self.last_canary = 0.0
 
     # -- start and stop -------------------------------------------------------------------
@@ -191,7 +191,7 @@ class Daemon:
             self._sync_load_balancers()
             self._sync_endpoints()
             self._sync_proxy()
-        elif now - self.last_resync > self.cfg.iptables_sync_period:
+        elif now - self.last_full_sync > self.cfg.iptables_sync_period:
             self._sync_proxy(force=True)  # restores rules flushed or deleted by hand
         elif now - self.last_canary > 5.0:
             self.last_canary = now
@@ -206,9 +206,13 @@ class Daemon:
             for _, obj in self.store.list(prefix):
                 m = obj["metadata"]
                 self.objects[kind][key_of(kind, m.get("namespace", ""), m["name"])] = obj
-        for pod in self.objects["Pod"].values():  # the daemon restarted: pods start afresh
+        for key, pod in list(self.objects["Pod"].items()):  # the daemon restarted: pods start afresh
+            if pod["metadata"].get("deletionTimestamp"):  # it was going away: it is gone
+                with self.store.transaction() as txn:
+                    allocation.release_pod_ip(txn, pod.get("status", {}).get("podIP"))
+                self._remove("Pod", key)
+                continue
             pod["status"] = {"phase": "Pending", "podIP": pod.get("status", {}).get("podIP")}
-            pod["metadata"].pop("deletionTimestamp", None)
         saved = self.store.get(MANIFEST_KEYS) or {}
         self.file_keys = {f: set(keys) for f, keys in saved.get("files", {}).items()}
         self.sources = saved.get("sources", {})
@@ -686,7 +690,8 @@ class Daemon:
             self.metrics.restore_failures.inc()
             self.event("Node", "", self.cfg.node_name, "FailedSync", str(e))
             return
-        self.last_resync = time.monotonic()
+        if res.full:
+            self.last_full_sync = time.monotonic()
         self.health.updated()
         self.metrics.last_sync.set(time.time())
         self._sync_health_check_ports(services, slices)
