@@ -25,6 +25,11 @@ from kproxy.node.inpod import in_pod
 from kproxy.store.sqlite import SqliteStore
 
 SUPPORTED_KINDS = meta.ADMITTED_KINDS
+# Kubernetes' own kinds a lab does not serve: refused plainly (no CRD could add them).
+BUILTIN_NOT_SERVED = ("StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "ConfigMap", "Secret",
+                      "Ingress", "NetworkPolicy", "ServiceAccount", "PersistentVolumeClaim", "PersistentVolume",
+                      "HorizontalPodAutoscaler", "PodDisruptionBudget", "Role", "RoleBinding", "ClusterRole",
+                      "ClusterRoleBinding", "IngressClass", "ReplicationController", "LimitRange", "ResourceQuota")
 SYSTEM_NAMESPACES = meta.SYSTEM_NAMESPACES
 MANIFEST_ERRORS = "/kproxy/manifest-errors"
 PROXY_STATUS = "/kproxy/proxy-status"
@@ -389,11 +394,24 @@ def down(purge, state_dir):
 
 
 # -- apply / delete -----------------------------------------------------------------------
-def _served_documents(path: str) -> tuple[list, int]:
-    """The documents of PATH that parse and are of a kind the lab serves; the others are
-    reported on stderr as kubectl reports them, and make the exit code 1."""
+def _read_documents(paths: str | tuple[str, ...]) -> list:
+    """Documents of each `-f` (a file, a folder, or `-` for standard input), in order."""
+    docs = []
+    for path in (paths,) if isinstance(paths, str) else paths:
+        if path == "-":
+            docs += manifest.read_text(sys.stdin.read(), "STDIN")
+        elif not Path(path).exists():
+            fail(f'the path "{path}" does not exist')
+        else:
+            docs += manifest.read_path(Path(path))
+    return docs
+
+
+def _served_documents(paths: str | tuple[str, ...]) -> tuple[list, int]:
+    """The documents of the -f paths that parse and are of a kind the lab serves; the others
+    are reported on stderr as kubectl reports them, and make the exit code 1."""
     docs, rc = [], 0
-    for doc in manifest.read_path(Path(path)):
+    for doc in _read_documents(paths):
         msg = f"error: {doc.error}" if doc.error else _unsupported(doc.obj, doc.source)
         if msg:
             click.echo(msg if msg.startswith("error: ") else f"error: {msg}", err=True)
@@ -413,6 +431,9 @@ def _unsupported(obj: dict, source: str) -> str | None:
                 "(--node-name at `kproxy up`)")
     if kind in SUPPORTED_KINDS and info and version in info.api_versions:
         return None
+    if kind in BUILTIN_NOT_SERVED:
+        return (f'{kind} "{m.get("name", "")}" from "{source}" is not applied: the lab serves '
+                f'{", ".join(SUPPORTED_KINDS)}, not {kind}')
     return (f'resource mapping not found for name: "{m.get("name", "")}" namespace: "{m.get("namespace", "")}" '
             f'from "{source}": no matches for kind "{kind}" in version "{version}"\nensure CRDs are installed first')
 
@@ -455,7 +476,8 @@ def _namespace_exists(ns: str, cfg: LabConfig, store: SqliteStore | None, batch:
 
 
 @main.command()
-@click.option("-f", "--filename", "path", required=True, type=click.Path(exists=True))
+@click.option("-f", "--filename", "path", required=True, multiple=True,
+              help="A file, a folder or - (standard input); repeatable.")
 @click.option("--wait", is_flag=True, help="Return when Deployments' pods are Ready and Services' rules programmed.")
 @click.option("--timeout", default=120, show_default=True, help="Seconds --wait waits.")
 @state_dir_option
@@ -653,7 +675,7 @@ def _targets(args: tuple[str, ...], namespace: str, allow_all: bool = False) -> 
 
 @main.command()
 @click.argument("args", nargs=-1)
-@click.option("-f", "--filename", "path", type=click.Path(exists=True))
+@click.option("-f", "--filename", "path", multiple=True, help="A file, a folder or - (standard input); repeatable.")
 @click.option("-n", "--namespace", default="default")
 @state_dir_option
 def delete(args, path, namespace, state_dir):

@@ -104,7 +104,8 @@ class Daemon:
         self.requests: list[dict] = []
         self.start_failures: dict[str, float] = {}
         self.system_keys: set[str] = set()
-        self.announcer: Announcer | None = None  # objects kproxy itself keeps (default/kubernetes)  # pod key -> when to try starting it again
+        self.announcer: Announcer | None = None
+        self.rs_size: dict[tuple[str, str], int] = {}  # (namespace, ReplicaSet) -> pods it last had  # objects kproxy itself keeps (default/kubernetes)  # pod key -> when to try starting it again
         self.dirty = True
         self.last_full_sync = 0.0
         self.last_canary = 0.0
@@ -524,10 +525,13 @@ class Daemon:
             by_rs.setdefault(pod["metadata"]["ownerReferences"][0]["name"], [0, 0])[1] -= 1
         ns, name = deploy["metadata"]["namespace"], deploy["metadata"]["name"]
         for rs, (before, delta) in sorted(by_rs.items()):
-            if delta:
-                word = "up" if delta > 0 else "down"
+            after = before + delta
+            last = self.rs_size.get((ns, rs), before)
+            self.rs_size[(ns, rs)] = after
+            if delta and after != last:  # a replaced pod (self-healing) is not a scaling
+                word = "up" if after > last else "down"
                 self.event("Deployment", ns, name, "ScalingReplicaSet",
-                           f"Scaled {word} replica set {rs} from {before} to {before + delta}", "Normal")
+                           f"Scaled {word} replica set {rs} from {last} to {after}", "Normal")
 
     def _deployment_status(self) -> None:
         for deploy in self.objects["Deployment"].values():

@@ -249,7 +249,11 @@ def render(kind: str, items: list[dict], wide: bool = False, with_namespace: boo
     header = (["NAMESPACE"] if with_namespace else []) + base + (extra if wide else []) \
         + (["LABELS"] if show_labels else [])
     rows = [header]
-    for o in sorted(items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])):
+    if kind == "Event":  # oldest first, newest last, as `kubectl get events --sort-by=.lastTimestamp`
+        order = sorted(items, key=lambda o: (o.get("lastTimestamp", ""), o["metadata"]["name"]))
+    else:
+        order = sorted(items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+    for o in order:
         row = _row(kind, o, wide)
         if name_prefix and kind != "Event":
             row[0] = name_prefix + row[0]

@@ -3,7 +3,15 @@ from __future__ import annotations
 
 import sys
 
-_SET_HOSTNAME = "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execvp(sys.argv[2], sys.argv[2:])"
+# sets the hostname (and $HOSTNAME, as a container sees it), then becomes the command; a command
+# that does not exist fails with the container runtime's words, not a Python traceback
+_SET_HOSTNAME = """import os, socket, sys
+socket.sethostname(sys.argv[1]); os.environ["HOSTNAME"] = sys.argv[1]
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as e:
+    sys.exit(f'exec: "{sys.argv[2]}": {e.strerror.lower()}: StartError')
+"""
 
 
 def in_pod(netns: str, hostname: str, argv: list[str]) -> list[str]:

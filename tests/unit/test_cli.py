@@ -315,13 +315,15 @@ def test_apply_refuses_kinds_the_lab_does_not_serve(lab, tmp_path, monkeypatch):
     lab.stop()
     res = lab.run("apply", "-f", "ingress.yaml")
     assert res.exit_code == 1
+    served = "Namespace, IPAddressPool, L2Advertisement, Service, Deployment, Pod, Endpoints, EndpointSlice"
     assert res.output == (
-        'error: resource mapping not found for name: "ing" namespace: "" from "ingress.yaml": '
-        'no matches for kind "Ingress" in version "networking.k8s.io/v1"\n'
-        "ensure CRDs are installed first\n"
-        'error: resource mapping not found for name: "cm" namespace: "" from "ingress.yaml": '
-        'no matches for kind "ConfigMap" in version "v1"\n'
-        "ensure CRDs are installed first\n")
+        f'error: Ingress "ing" from "ingress.yaml" is not applied: the lab serves {served}, not Ingress\n'
+        f'error: ConfigMap "cm" from "ingress.yaml" is not applied: the lab serves {served}, not ConfigMap\n')
+    Path("crd.yaml").write_text("apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n")
+    res = lab.run("apply", "-f", "crd.yaml")
+    assert res.output == ('error: resource mapping not found for name: "w" namespace: "" from "crd.yaml": '
+                          'no matches for kind "Widget" in version "example.com/v1"\n'
+                          "ensure CRDs are installed first\n")
     assert not list(Path(lab.cfg.manifests).iterdir())
 
 
@@ -812,7 +814,7 @@ spec: {type: NodePort, clusterIP: 10.96.0.7, selector: {app: web}, ports: [{port
     res = CliRunner().invoke(cli.main, ["rules", "--render", "-f", str(f)])
     assert res.exit_code == 1
     err = res.stderr
-    assert 'no matches for kind "Ingress"' in err
+    assert 'Ingress "ing" from' in err and "is not applied: the lab serves" in err
     assert ('warning: Service "web" has no spec.clusterIP: --render needs fixed clusterIPs '
             "(a running lab allocates them)") in err
     assert 'The Service "np" is invalid: spec.ports[0].nodePort: Invalid value: 8080' in err
