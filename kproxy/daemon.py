@@ -89,6 +89,7 @@ class Daemon:
         self.sources: dict[str, dict] = {}       # key -> defaulted manifest object last admitted
         self.file_keys: dict[str, set[str]] = {}  # manifest file -> keys it held
         self.signature: tuple | None = None
+        self.file_cache: dict[str, tuple] = {}  # manifest file -> ((mtime, size), its documents)
         self.applier = applier.Applier()
         self.proxier: proxier.Proxier | None = None
         self.metrics = metrics.ProxyMetrics()
@@ -331,9 +332,24 @@ class Daemon:
         self._save(deploy)
 
     # -- manifests -> admitted objects ----------------------------------------------------
-    def _load_manifests(self) -> None:
+    def _read_folder(self) -> list:
+        """Every document of the manifests folder; a file is parsed again only when it changed."""
         folder = Path(self.cfg.manifests)
-        docs = manifest.read_path(folder) if folder.exists() else []
+        docs, cache = [], {}
+        for path in (manifest.manifest_files(folder) if folder.is_dir() else []):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            stamp = (st.st_mtime_ns, st.st_size)
+            hit = self.file_cache.get(str(path))
+            cache[str(path)] = hit if hit and hit[0] == stamp else (stamp, manifest.read_file(path))
+            docs += cache[str(path)][1]
+        self.file_cache = cache
+        return docs
+
+    def _load_manifests(self) -> None:
+        docs = self._read_folder()
         desired: dict[str, dict] = {}
         keep: set[str] = set()
         problems: list[dict] = []

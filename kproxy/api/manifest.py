@@ -46,7 +46,7 @@ class _DuplicateKeyError(yaml.MarkedYAMLError):
     pass
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser: ~10x faster
     """SafeLoader that keeps timestamps as strings and rejects duplicate keys.
 
     Timestamps must stay strings so objects remain JSON-serialisable; duplicate
@@ -80,7 +80,7 @@ def read_path(path: str | os.PathLike) -> list[Document]:
     """Read a manifest file, or every manifest under a folder (sorted, recursive)."""
     path = Path(path)
     if path.is_dir():
-        return [doc for file in _manifest_files(path) for doc in read_file(file)]
+        return [doc for file in manifest_files(path) for doc in read_file(file)]
     if not path.exists():
         return [Document(str(path), 0, error=f'the path "{path}" does not exist')]
     return read_file(path)
@@ -121,7 +121,7 @@ def dump_documents(objs: Iterable[dict]) -> str:
 # Files
 # --------------------------------------------------------------------------
 
-def _manifest_files(folder: Path) -> list[Path]:
+def manifest_files(folder: Path) -> list[Path]:
     """Manifest files under ``folder``, sorted, skipping hidden files and folders."""
     found = []
     for root, dirs, files in os.walk(folder):

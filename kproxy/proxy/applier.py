@@ -124,11 +124,10 @@ class Applier:
         return True
 
     def ensure_jumps(self) -> None:
-        for table in TABLES:
-            _run(["iptables", "-w", "-t", table, "-N", CANARY], check=False)
-        for table, chain, args in reversed(JUMPS):
-            if _run(["iptables", "-w", "-t", table, "-C", chain, *args], check=False).returncode != 0:
-                _run(["iptables", "-w", "-t", table, "-I", chain, *args])
+        """Add the missing canary chains and jumps: one iptables-save, at most one restore."""
+        text = missing_jumps(save())
+        if text:
+            _run(["iptables-restore", "-w", "--noflush"], stdin=text)
         self.jumps_ok = True
 
     def canary_present(self) -> bool:
@@ -149,6 +148,37 @@ class Applier:
         if lines:
             _run(["iptables-restore", "-w", "--noflush"], stdin="\n".join(lines) + "\n")
         self.applied_text, self.jumps_ok = None, False
+
+
+def _jump_present(saved_table: list[str], chain: str, args: list[str]) -> bool:
+    target = args[-1]
+    comment = args[args.index("--comment") + 1] if "--comment" in args else None
+    return any(line.startswith(f"-A {chain} ") and line.endswith(f"-j {target}")
+               and (comment is None or f'"{comment}"' in line or f" {comment} " in line)
+               for line in saved_table)
+
+
+def missing_jumps(saved: str) -> str:
+    """Restore text that adds what of CANARY and JUMPS `saved` (iptables-save) lacks; jumps are
+    inserted at the top of their chain, last first, so they end up in JUMPS' order."""
+    tables: dict[str, list[str]] = {}
+    table = None
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+            tables[table] = []
+        elif table:
+            tables[table].append(line)
+    out = []
+    for t in TABLES:
+        lines = tables.get(t, [])
+        body = [] if any(line.startswith(f":{CANARY} ") for line in lines) else [f":{CANARY} - [0:0]"]
+        for tbl, chain, args in reversed(JUMPS):
+            if tbl == t and not _jump_present(lines, chain, args):
+                body.append(f"-I {chain} 1 " + " ".join(f'"{a}"' if " " in a else a for a in args))
+        if body:
+            out += [f"*{t}", *body, "COMMIT"]
+    return "\n".join(out) + "\n" if out else ""
 
 
 def owned_lines(saved: str, chains: set[str] | None = None, mention: str | None = None) -> str:

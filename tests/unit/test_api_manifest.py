@@ -102,7 +102,7 @@ def test_yaml_syntax_error_names_file_document_and_line():
     assert docs[1].index == 1
     assert docs[1].error == (
         "error parsing web.yaml (document 2): error converting YAML to JSON: "
-        "yaml: line 12: mapping values are not allowed here"
+        "yaml: line 12: mapping values are not allowed in this context"
     )
 
 

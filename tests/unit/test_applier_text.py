@@ -210,3 +210,18 @@ def test_owned_lines_with_chains_but_no_mention_keeps_only_chains_and_jumps():
 -A KUBE-SERVICES -d 10.96.0.20/32 -p tcp -m comment --comment "default/db:pg cluster IP" -m tcp --dport 5432 -j KUBE-SVC-DB
 COMMIT
 """
+
+
+def test_missing_jumps_adds_only_what_is_missing():
+    from pathlib import Path
+
+    from kproxy.proxy.applier import missing_jumps
+    ref = (Path(__file__).resolve().parents[3] / "shared/reference/kube-proxy-iptables/kernel-save.txt")
+    if ref.exists():  # a real node's dump has every jump and canary: nothing to add
+        assert missing_jumps(ref.read_text()) == ""
+    text = missing_jumps("*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -m comment --comment "
+                         "\"kubernetes service portals\" -j KUBE-SERVICES\nCOMMIT\n")
+    nat = text.split("*nat\n", 1)[1].split("COMMIT", 1)[0].splitlines()
+    assert nat == [":KUBE-PROXY-CANARY - [0:0]",
+                   '-I POSTROUTING 1 -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
+                   '-I OUTPUT 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES']
