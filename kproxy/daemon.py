@@ -656,12 +656,16 @@ class Daemon:
         pools = self._pools()
         announce: set[str] = set()
         l2ads = list(self.objects["L2Advertisement"].values())
+        held: dict[str, list[str]] = {}  # owner -> LB IPs it holds, read once for the pass
+        for k, owner in self.store.list(loadbalancer.LB_IPS):
+            held.setdefault(owner, []).append(k.rsplit("/", 1)[1])
         for key, svc in self.objects["Service"].items():
             owner = f"{svc['metadata']['namespace']}/{svc['metadata']['name']}"
             ingress_now = svc.get("status", {}).get("loadBalancer", {}).get("ingress", [])
             if not loadbalancer.wants_ip(svc):  # not (or no longer) a LoadBalancer of ours
-                with self.store.transaction() as txn:
-                    loadbalancer.release(txn, owner)
+                if owner in held:
+                    with self.store.transaction() as txn:
+                        loadbalancer.release(txn, owner)
                 if ingress_now and svc["spec"].get("type") != "LoadBalancer":
                     svc["status"]["loadBalancer"] = {}
                     self._save(svc)
@@ -669,7 +673,7 @@ class Daemon:
             if not pools:  # no pools: a status written in the manifest stands, like a cloud's
                 announce |= {i["ip"] for i in ingress_now if i.get("ip")}
                 continue
-            current = sorted(k.rsplit("/", 1)[1] for k, v in self.store.list(loadbalancer.LB_IPS) if v == owner)
+            current = sorted(held.get(owner, []))
             try:
                 with self.store.transaction() as txn:
                     ips = loadbalancer.allocate(txn, svc, pools, current)
