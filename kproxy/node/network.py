@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -200,6 +201,11 @@ class NodeNetwork:
             for idx in ipr.link_lookup(ifname=veth):
                 ipr.link("del", index=idx)
         if pod_ns in list_netns():
+            for pid in netns_pids(pod_ns):  # never leave a process behind in a namespace we drop
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             pr_netns.remove(pod_ns)
         dnsconfig.remove_pod_files(pod_ns)  # its /etc/netns/<netns>/ resolv.conf and hosts
 
