@@ -356,13 +356,12 @@ class _Table:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.declared: list[str] = []
+        self.declared: dict[str, None] = {}  # an ordered set: 70,000 chains at 10,000 Services
         self.rules: dict[str, list[str]] = {}
         self.deleted: list[str] = []
 
     def declare(self, chain: str) -> None:
-        if chain not in self.declared:
-            self.declared.append(chain)
+        self.declared.setdefault(chain, None)
 
     def add(self, chain: str, *args: str | Iterable[str]) -> None:
         words: list[str] = []
@@ -379,7 +378,7 @@ class _Table:
         if undeclared:
             raise AssertionError(f"rules for undeclared {self.name} chains: {sorted(undeclared)}")
         out = [f"*{self.name}"]
-        out += [f":{c} - [0:0]" for c in self.declared + self.deleted]
+        out += [f":{c} - [0:0]" for c in [*self.declared, *self.deleted]]
         for chain in self.declared:
             out += self.rules.get(chain, [])
         out += [f"-X {c}" for c in self.deleted]
