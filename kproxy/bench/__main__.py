@@ -1,0 +1,5 @@
+import sys
+
+from kproxy.bench.run import main
+
+sys.exit(main())

@@ -1,0 +1,433 @@
+"""The benchmark's pure parts (kproxy/bench): generators, statistics, restore-text handling,
+wrk parsing, the table and the PNG writer. No root, no network namespaces, fast.
+"""
+from __future__ import annotations
+
+import ipaddress
+import math
+import struct
+import zlib
+
+import pytest
+import yaml
+
+from kproxy.bench import gen, stats
+from kproxy.bench.dataplane import parse_wrk
+from kproxy.bench.plot import Canvas, bar_panel, line_panel, png_bytes
+import copy
+
+from kproxy.bench.prototypes import EventSync, fast_declare
+from kproxy.bench.restore import DiffRestore, batches, parse, with_listing
+from kproxy.bench.run import _repeat, parse_args
+from kproxy.bench.table import fmt_ratio, fmt_seconds, format_table, verdict
+from kproxy.bench.worker import CFG
+from kproxy.proxy import render
+from kproxy.proxy.proxier import Proxier
+
+# ------------------------------------------------------------------------ generators
+
+
+def test_cluster_is_deterministic_and_in_range():
+    a = gen.cluster(300, seed=3)
+    assert a == gen.cluster(300, seed=3)
+    assert a != gen.cluster(300, seed=4)
+    services, slices = a
+    assert len(services) == len(slices) == 300
+    counts = [len(s["endpoints"]) for s in slices]
+    assert min(counts) >= 2 and max(counts) <= 10
+    assert len(set(counts)) > 5  # spread over 2..10, not one value
+    ips = [s["spec"]["clusterIP"] for s in services]
+    assert len(set(ips)) == 300
+    svc_net = ipaddress.ip_network("10.96.0.0/12")
+    assert all(ipaddress.ip_address(ip) in svc_net for ip in ips)
+    assert not {"10.96.0.1", "10.96.0.10"} & set(ips)
+    for svc, sl in zip(services, slices):
+        assert "selector" not in svc["spec"]
+        assert sl["metadata"]["labels"]["kubernetes.io/service-name"] == svc["metadata"]["name"]
+
+
+def test_cluster_ip_skips_network_gateway_and_broadcast_hosts():
+    hosts = {gen.cluster_ip(i).rsplit(".", 1)[1] for i in range(2000)}
+    assert not {"0", "1", "255"} & hosts
+    assert len({gen.cluster_ip(i) for i in range(20000)}) == 20000
+
+
+def test_endpoint_ips_are_valid_hosts_off_the_lab_node_cidr():
+    for j in (0, 253, 254, 63499, 63500, 10**6):
+        ip = ipaddress.ip_address(gen.endpoint_ip(j))
+        assert ip in ipaddress.ip_network("10.244.0.0/16")
+        assert ip not in ipaddress.ip_network("10.244.0.0/24")
+        assert str(ip).rsplit(".", 1)[1] not in ("0", "255")
+
+
+def test_change_endpoints_changes_exactly_one_service():
+    services, slices = gen.cluster(50, seed=1)
+    before = [list(map(str, s["endpoints"])) for s in slices]
+    name = gen.change_endpoints(slices, 0)
+    after = [list(map(str, s["endpoints"])) for s in slices]
+    changed = [i for i in range(50) if before[i] != after[i]]
+    assert len(changed) == 1
+    assert slices[changed[0]]["metadata"]["labels"]["kubernetes.io/service-name"] == name
+    eps = [e["addresses"][0] for e in slices[changed[0]]["endpoints"]]
+    assert len(eps) == len(set(eps)) and 2 <= len(eps) <= 10
+
+
+def test_rendered_cluster_has_a_chain_per_endpoint():
+    services, slices = gen.cluster(20, seed=2)
+    res = render.render(services, slices, render.ProxyConfig(**CFG))
+    sep = [c for c in res.nat_chains if c.startswith("KUBE-SEP-")]
+    assert len(sep) == sum(len(s["endpoints"]) for s in slices)
+    assert all(f"-d {s['spec']['clusterIP']} --dport 80" in res.text for s in services)
+
+
+def test_manifest_is_a_selector_less_service_and_its_slice():
+    docs = list(yaml.safe_load_all(gen.manifest(5, ["10.244.0.2", "10.244.0.3"])))
+    assert [d["kind"] for d in docs] == ["Service", "EndpointSlice"]
+    svc, sl = docs
+    assert svc["spec"]["clusterIP"] == gen.cluster_ip(5) and "selector" not in svc["spec"]
+    assert sl["metadata"]["labels"]["kubernetes.io/service-name"] == svc["metadata"]["name"]
+    assert [e["addresses"][0] for e in sl["endpoints"]] == ["10.244.0.2", "10.244.0.3"]
+    dep = yaml.safe_load(gen.deployment("web", 3))
+    assert dep["spec"]["replicas"] == 3 and dep["spec"]["template"]["metadata"]["labels"] == {"app": "web"}
+
+
+# ------------------------------------------------------------------------ statistics
+
+
+def test_percentile_interpolates_like_numpy():
+    assert stats.percentile([1, 2, 3, 4], 50) == 2.5
+    assert stats.percentile([5], 99) == 5
+    xs = list(range(1, 21))  # 1..20
+    assert stats.percentile(xs, 0) == 1 and stats.percentile(xs, 100) == 20
+    assert stats.percentile(xs, 99) == pytest.approx(19.81)
+    assert stats.percentile(reversed(xs), 90) == pytest.approx(18.1)
+    with pytest.raises(ValueError):
+        stats.percentile([], 50)
+
+
+def test_summary():
+    s = stats.summary([0.3, 0.1, 0.2])
+    assert s["n"] == 3 and s["min"] == 0.1 and s["max"] == 0.3 and s["p50"] == 0.2
+    assert s["mean"] == pytest.approx(0.2)
+    assert stats.summary([]) == {"n": 0}
+
+
+@pytest.mark.parametrize("x, df, expected", [
+    (3.841458820694124, 1, 0.05),        # chi2.sf(3.84, 1) = 0.05 (the 95% critical value)
+    (3.84, 1, 0.050043521248705),
+    (10.0, 5, 0.0752352461),             # chi2.sf(10, 5)
+    (0.5, 3, 0.9188914116546758),
+    (100.0, 50, 3.4549e-05),
+    (2.0, 2, math.exp(-1.0)),            # df 2 is exponential: exp(-x/2)
+    (18.307, 10, 0.05),                  # the tables' critical values for df 10
+    (29.588, 10, 0.001),
+    (0.0, 4, 1.0),
+])
+def test_chi2_sf_known_values(x, df, expected):
+    assert stats.chi2_sf(x, df) == pytest.approx(expected, rel=2e-4)
+
+
+def test_gamma_q_both_branches_agree_with_closed_forms():
+    for x in (0.1, 0.9, 1.5, 3.0, 12.0):  # Q(1, x) = exp(-x); series below a+1, fraction above
+        assert stats.gamma_q(1.0, x) == pytest.approx(math.exp(-x), rel=1e-10)
+        # Q(1/2, x) = erfc(sqrt(x))
+        assert stats.gamma_q(0.5, x) == pytest.approx(math.erfc(math.sqrt(x)), rel=1e-9)
+
+
+def test_balance_uniform_and_skewed():
+    even = stats.balance([2000, 2000, 2000, 2000, 2000])
+    assert even["chi2"] == 0 and even["p_value"] == 1.0 and even["max_min_ratio"] == 1.0
+    skew = stats.balance([3000, 2000, 2000, 1500, 1500])
+    assert skew["chi2"] == pytest.approx(750.0) and skew["df"] == 4 and skew["p_value"] < 1e-100
+    assert skew["max_min_ratio"] == 2.0
+    assert stats.balance([10, 0])["max_min_ratio"] == math.inf
+
+
+def test_fit_power_recovers_exponent():
+    c, k = stats.fit_power([(100, 0.01 * 100 ** 2), (1000, 0.01 * 1000 ** 2), (5000, 0.01 * 5000 ** 2)])
+    assert k == pytest.approx(2.0) and c == pytest.approx(0.01)
+    assert stats.fit_power([(100, 1.0)]) is None
+
+
+# ------------------------------------------------------------------------ restore text
+
+TEXT = """*filter
+:KUBE-SERVICES - [0:0]
+COMMIT
+*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-SVC-AAA - [0:0]
+:KUBE-SEP-A1 - [0:0]
+:KUBE-SEP-A2 - [0:0]
+:KUBE-SVC-BBB - [0:0]
+:KUBE-SEP-B1 - [0:0]
+:KUBE-SEP-OLD - [0:0]
+-A KUBE-SERVICES -d 10.96.0.2/32 -j KUBE-SVC-AAA
+-A KUBE-SERVICES -d 10.96.0.3/32 -j KUBE-SVC-BBB
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+-A KUBE-SVC-AAA -m statistic --mode random --probability 0.5 -j KUBE-SEP-A1
+-A KUBE-SVC-AAA -j KUBE-SEP-A2
+-A KUBE-SEP-A1 -s 10.244.1.1/32 -j KUBE-MARK-MASQ
+-A KUBE-SEP-A2 -s 10.244.1.2/32 -j KUBE-MARK-MASQ
+-A KUBE-SVC-BBB -j KUBE-SEP-B1
+-A KUBE-SEP-B1 -s 10.244.1.3/32 -j KUBE-MARK-MASQ
+-X KUBE-SEP-OLD
+COMMIT
+"""
+
+
+def _effect(texts: list[str]) -> dict:
+    """What a sequence of restores leaves, simulated: chain -> rules per table."""
+    state: dict = {}
+    for text in texts:
+        for t in parse(text):
+            tab = state.setdefault(t.name, {})
+            for c in t.declared:
+                tab[c] = []
+            for c, rules in t.rules.items():
+                assert c in tab, f"rule for a chain that does not exist: {c}"
+                for r in rules:
+                    target = r.split("-j ")[1].split()[0] if "-j " in r else None
+                    assert target is None or not target.startswith("KUBE-") or target in tab, \
+                        f"jump to a chain that does not exist yet: {target}"
+                tab[c] += rules
+            for c in t.deleted:
+                del tab[c]
+    return state
+
+
+def test_parse():
+    filt, nat = parse(TEXT)
+    assert filt.name == "filter" and filt.declared == ["KUBE-SERVICES"]
+    assert nat.deleted == ["KUBE-SEP-OLD"]
+    assert nat.rules["KUBE-SVC-AAA"][1] == "-A KUBE-SVC-AAA -j KUBE-SEP-A2"
+
+
+def test_with_listing_adds_a_chainless_command_per_table():
+    out = with_listing(TEXT).splitlines()
+    assert [out[i + 1] for i, line in enumerate(out) if line.startswith("*")] == ["-S", "-S"]
+    assert [line for line in out if line != "-S"] == TEXT.splitlines()
+
+
+def test_batches_keep_services_together_and_have_the_same_effect():
+    parts = batches(TEXT, chains_per_batch=1)
+    assert _effect(parts) == _effect([TEXT])
+    # the KUBE-MARK-MASQ the SEP chains jump to comes first; KUBE-SERVICES and the deletion last
+    assert ":KUBE-MARK-MASQ" in parts[0]
+    assert "-X KUBE-SEP-OLD" in parts[-1] and ":KUBE-SERVICES" in parts[-1]
+    svc_a = next(p for p in parts if ":KUBE-SVC-AAA" in p)
+    assert ":KUBE-SEP-A1" in svc_a and ":KUBE-SEP-A2" in svc_a
+
+
+def test_batches_of_a_rendered_cluster_have_the_same_effect():
+    services, slices = gen.cluster(40, seed=5)
+    text = render.render(services, slices, render.ProxyConfig(**CFG)).text
+    parts = batches(text, chains_per_batch=30)
+    assert len(parts) > 3
+    assert _effect(parts) == _effect([text])
+
+
+def test_diff_restore_applies_only_changed_chains():
+    applied = []
+    diff = DiffRestore(apply=applied.append)
+    diff(TEXT)
+    assert _effect(applied) == _effect([TEXT])
+    diff(TEXT)  # nothing changed: nothing restored
+    assert len(applied) == 1
+    changed = TEXT.replace("-A KUBE-SVC-BBB -j KUBE-SEP-B1", "-A KUBE-SVC-BBB -j KUBE-SEP-A1")
+    diff(changed)
+    assert len(applied) == 2
+    assert ":KUBE-SVC-BBB" in applied[1] and ":KUBE-SVC-AAA" not in applied[1]
+    assert ":KUBE-SERVICES" not in applied[1]
+    assert _effect(applied) == _effect([TEXT, changed])
+
+
+def test_diff_restore_follows_the_proxier_and_resets_after_a_failure():
+    services, slices = gen.cluster(30, seed=4)
+    kernel: list[str] = []
+    fail = [False]
+
+    def apply(text):
+        if fail[0]:
+            raise RuntimeError("restore failed")
+        kernel.append(text)
+
+    diff = DiffRestore(apply=apply)
+    plain: list[str] = []
+    p1 = Proxier(render.ProxyConfig(**CFG), restore=diff, list_chains=lambda: set())
+    p2 = Proxier(render.ProxyConfig(**CFG), restore=plain.append, list_chains=lambda: set())
+    for p in (p1, p2):
+        p.applier.ensure_jumps = lambda: None
+        p.conntrack.execute = lambda commands: []
+    for c in range(6):
+        for p in (p1, p2):
+            p.sync(services, slices)
+        assert _effect(kernel) == _effect(plain)
+        gen.change_endpoints(slices, c)
+    assert sum(t.count("\n") for t in kernel[1:]) < sum(t.count("\n") for t in plain[1:]) / 2
+    fail[0] = True
+    gen.change_endpoints(slices, 99)
+    with pytest.raises(RuntimeError):
+        p1.sync(services, slices)
+    assert diff.chains is None  # the next restore applies everything again
+
+
+def test_fast_declare_renders_the_same_text_and_is_undone():
+    services, slices = gen.cluster(60, seed=6)
+    cfg = render.ProxyConfig(**CFG)
+    original = render._Table.declare
+    with fast_declare():
+        fast = render.render(services, slices, cfg).text
+    assert render._Table.declare is original
+    assert fast == render.render(services, slices, cfg).text
+
+
+def test_event_sync_programs_what_a_partial_sync_would():
+    for n in (30, 400):  # small, and past the large-cluster threshold (no endpoint comments)
+        services, slices = gen.cluster(n, seed=8)
+        cfg = render.ProxyConfig(**CFG)
+        plain: list[str] = []
+        proxier = Proxier(cfg, restore=plain.append, list_chains=lambda: set())
+        proxier.applier.ensure_jumps = lambda: None
+        proxier.conntrack.execute = lambda commands: []
+        first = proxier.sync(services, slices, full=True)
+        large = render.digest(services, slices, cfg).total_endpoints > render.LARGE_CLUSTER_ENDPOINTS_THRESHOLD
+        assert large == (n == 400)
+        event: list[str] = [plain[0]]
+        ev = EventSync(cfg, large, first.result.service_chains, event.append)
+        by_name = {s["metadata"]["name"]: s for s in services}
+        for c in range(8):
+            old = copy.deepcopy(slices)
+            name = gen.change_endpoints(slices, c)
+            mine = [sl for sl in slices if sl["metadata"]["labels"]["kubernetes.io/service-name"] == name]
+            was = [sl for sl in old if sl["metadata"]["labels"]["kubernetes.io/service-name"] == name]
+            text = ev.endpoints_changed(by_name[name], was, mine)
+            assert text is not None and "KUBE-SERVICES" not in text
+            proxier.sync(services, slices)
+            assert _effect(event) == _effect(plain)
+
+
+def test_event_sync_falls_back_when_the_fixed_chains_change():
+    services, slices = gen.cluster(5, seed=9)
+    cfg = render.ProxyConfig(**CFG)
+    ev = EventSync(cfg, False, {}, lambda text: None)
+    emptied = copy.deepcopy(slices[0])
+    emptied["endpoints"] = []  # no endpoints: KUBE-SERVICES gets a REJECT instead of the jump
+    assert ev.endpoints_changed(services[0], [slices[0]], [emptied]) is None
+
+
+# ------------------------------------------------------------------------ wrk, table, plot
+
+WRK = """Running 10s test @ http://10.100.0.2/
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     4.12ms    1.03ms  28.50ms   90.12%
+    Req/Sec     3.88k   210.33     4.20k    70.00%
+  Latency Distribution
+     50%    3.98ms
+     75%    4.40ms
+     90%    5.01ms
+     99%    8.20ms
+  38612 requests in 10.00s, 7.10MB read
+  Socket errors: connect 0, read 3, write 0, timeout 0
+Requests/sec:   3860.41
+Transfer/sec:    726.97KB
+"""
+
+
+def test_parse_wrk():
+    r = parse_wrk(WRK)
+    assert r["requests_per_second"] == 3860.41 and r["requests"] == 38612
+    assert r["duration_seconds"] == 10.0
+    assert r["latency"]["avg"] == pytest.approx(0.00412) and r["latency"]["p99"] == pytest.approx(0.0082)
+    assert r["latency"]["max"] == pytest.approx(0.0285)
+    assert r["errors"] == {"connect": 0, "read": 3, "write": 0, "timeout": 0}
+    assert parse_wrk(WRK.replace("4.12ms", "900.00us"))["latency"]["avg"] == pytest.approx(0.0009)
+    with pytest.raises(ValueError):
+        parse_wrk("unable to connect to 10.100.0.2:80 Connection refused")
+
+
+def test_formatting_and_verdicts():
+    assert fmt_seconds(None) == "-"
+    assert fmt_seconds(0.00123) == "1.23 ms"
+    assert fmt_seconds(0.5) == "500 ms"
+    assert fmt_seconds(2.5) == "2.50 s"
+    assert fmt_seconds(95.12) == "95.1 s"
+    assert fmt_ratio(1.234) == "1.23x" and fmt_ratio(None) == "-" and fmt_ratio(math.inf) == "-"
+    assert verdict(0.09, 0.1) == "PASS" and verdict(0.11, 0.1) == "FAIL" and verdict(None, 0.1) == "n/a"
+    assert verdict(0.95, 0.9, higher_is_better=True) == "PASS"
+    assert verdict(0.85, 0.9, higher_is_better=True) == "FAIL"
+
+
+def test_format_table_aligns_columns():
+    text = format_table([("render", [("100 Services", "62 ms", "", "")]),
+                         ("change", [("10000: partial sync p99", "3.20 s", "<= 100 ms", "FAIL")])])
+    lines = text.splitlines()
+    assert lines[0].startswith("measurement") and set(lines[1]) == {"-"}
+    assert "== render" in lines and "== change" in lines
+    body = [line for line in lines[2:] if not line.startswith("==")]
+    assert len({line.index("|") for line in body}) == 1  # the value column lines up
+    assert body[-1].endswith("| FAIL")
+
+
+def _decode_png(data: bytes) -> tuple[int, int, bytes]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, size = 8, b"", None
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
+        if kind == b"IHDR":
+            size = struct.unpack(">II", body[:8])
+            assert body[8:10] == b"\x08\x02"  # 8-bit RGB
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    w, h = size
+    raw = zlib.decompress(idat)
+    assert len(raw) == h * (1 + 3 * w)
+    return w, h, raw
+
+
+def test_png_bytes_round_trip():
+    w, h = 3, 2
+    px = bytes([255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 20, 30, 40, 50, 60, 70, 80, 90])
+    dw, dh, raw = _decode_png(png_bytes(w, h, px))
+    assert (dw, dh) == (3, 2)
+    assert raw == b"\x00" + px[:9] + b"\x00" + px[9:]
+    with pytest.raises(ValueError):
+        png_bytes(2, 2, b"\x00" * 3)
+
+
+def test_charts_draw_something():
+    c = Canvas(600, 400)
+    line_panel(c, (0, 0, 300, 400), "SYNC", [{"label": "a", "points": [(100, 0.1), (1000, 1.0), (10000, 60, True)]}],
+               "SERVICES", "SECONDS")
+    bar_panel(c, (300, 0, 300, 400), "PODS", [("10", [("s", 1.5)]), ("100", [("s", 9.0)])], "SECONDS")
+    w, h, raw = _decode_png(c.png())
+    assert (w, h) == (600, 400)
+    assert sum(1 for i in range(0, len(c.px), 3) if c.px[i:i + 3] != b"\xff\xff\xff") > 5000  # not blank
+
+
+def test_args_smoke_and_skip():
+    a = parse_args(["--smoke"])
+    assert a.sizes == [100] and a.pods == [10] and a.e2e_sizes == [100]
+    b = parse_args(["--sizes", "1000,100", "--skip", "pods,balance"])
+    assert b.sizes == [100, 1000] and b.skip == {"pods", "balance"}
+    assert parse_args([]).sizes == [100, 1000, 5000, 10000]
+    with pytest.raises(SystemExit):
+        parse_args(["--skip", "nope"])
+
+
+def test_repeat_keeps_the_median_and_every_run():
+    r = _repeat(None, {"ok": True, "seconds": 5.0})
+    r = _repeat(r, {"ok": True, "seconds": 1.0})
+    r = _repeat(r, {"ok": True, "seconds": 2.0})
+    assert r["seconds"] == 2.0 and [x["seconds"] for x in r["runs"]] == [5.0, 1.0, 2.0]
+    first = {"ok": True, "seconds": 4.0, "render": 1.0}  # a result without "runs" yet
+    two = _repeat(first, {"ok": True, "seconds": 2.0, "render": 3.0}, keys=("seconds", "render"))
+    assert two["seconds"] == 3.0 and two["render"] == 2.0 and len(two["runs"]) == 2
+    kept = _repeat(two, {"ok": False, "timed_out": True})
+    assert kept["seconds"] == 3.0 and len(kept["runs"]) == 3
