@@ -15,7 +15,8 @@ from kproxy.config import LabConfig
 from kproxy.node.network import NodeConfig, NodeNetwork, list_netns, netns_pids
 
 
-def _kill(pids: list[int]) -> None:
+def kill_pids(pids: list[int]) -> None:
+    """SIGTERM, then SIGKILL what is still alive after 3 s: processes this instance started."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         alive = []
         for pid in pids:
@@ -44,7 +45,7 @@ def remove_leftovers(cfg: LabConfig) -> list[str]:
     ours.sort(key=lambda ns: ns in (naming.node_netns, naming.outside_netns))
     for ns in ours:
         pids = [p for p in netns_pids(ns) if p != os.getpid()]
-        _kill(pids)
+        kill_pids(pids)
         os.system(f"ip netns delete {ns} 2>/dev/null")
         removed.append(ns)
     from kproxy.node import dnsconfig
