@@ -690,9 +690,13 @@ class Bench:
             {"label": "bare restore, listing proto", "points": pts(bare("listing"))},
             {"label": "bare restore, batched proto", "points": pts(bare("batched"))},
             {"label": "Proxier full sync, listing", "points": pts(lambda n, v: v["proxier"].get("listing", {}).get("seconds"))},
-            {"label": "render, set-based declare", "points": [(n, v["fast_declare_seconds"]) for n, v in sorted(r["render"].items())]},
-            {"label": "Proxier full sync, both protos", "points": pts(lambda n, v: v["proxier"].get("prototypes", {}).get("seconds"))},
         ]
+        if not all(v.get("declare_already_set_based") for v in r["render"].values()):
+            series += [
+                {"label": "render, set-based declare",
+                 "points": [(n, v["fast_declare_seconds"]) for n, v in sorted(r["render"].items())]},
+                {"label": "Proxier full sync, both protos",
+                 "points": pts(lambda n, v: v["proxier"].get("prototypes", {}).get("seconds"))}]
         line_panel(c, (10, 40, 680, 470), "FULL SYNC (SECONDS)", series, "SERVICES", "SECONDS, LOG; TRIANGLE = KILLED AT LIMIT")
 
         def change(key, q):
