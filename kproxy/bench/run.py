@@ -549,7 +549,7 @@ class Bench:
         rows = []
         for n, v in sorted(r["sync"].items()):
             bp, bl = v["bare"].get("plain", {}), v["bare"].get("listing", {})
-            pp, pl = v["proxier"].get("plain", {}), v["proxier"].get("listing", {})
+            pp = v["proxier"].get("plain", {})
             rows.append((f"{n}: bare iptables-restore --noflush, fresh netns", bare(bp), "", ""))
             if pp:
                 ratio = pp["seconds"] / bp["seconds"] if pp.get("ok") and bp.get("ok") else None

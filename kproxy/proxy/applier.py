@@ -2,13 +2,13 @@
 
 `iptables-restore --noflush` swaps every KUBE-* chain kproxy declares in one atomic commit and
 leaves every other chain alone; the machine's `iptables` (nf_tables on Debian 12) is used so
-`iptables-save` shows what kproxy did. The jumps from the built-in chains are added with
-`-C`/`-I` exactly as kube-proxy (and the kubelet, for KUBE-FIREWALL) add them.
+`iptables-save` shows what kproxy did. The restores themselves are the Proxier's; this module
+adds what kube-proxy (and the kubelet, for KUBE-FIREWALL) keep around them: the jumps from the
+built-in chains, in a real node's order, and the canary chains; and removes it all on a host.
 """
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import subprocess
 
@@ -43,8 +43,6 @@ JUMPS: list[tuple[str, str, list[str]]] = [
 ]
 CANARY = "KUBE-PROXY-CANARY"
 TABLES = ("filter", "nat", "mangle")
-# chains that exist per Service or endpoint and must be deleted when it goes away
-_DYNAMIC = re.compile(r"^KUBE-(SVC|SVL|EXT|FW|SEP)-")
 
 
 class IptablesError(RuntimeError):
@@ -80,55 +78,14 @@ def kube_chains(saved: str) -> dict[str, set[str]]:
     return out
 
 
-def with_stale_chains_deleted(text: str, stale: dict[str, set[str]]) -> str:
-    """Add `:CHAIN` + `-X CHAIN` for chains that no longer exist in the rendered rules.
-
-    Declaring a chain in a restore flushes it, and only an empty chain can be deleted, so each
-    stale chain is declared after its table's header and deleted just before COMMIT.
-    """
-    if not any(stale.values()):
-        return text
-    out: list[str] = []
-    header = 0
-    table = None
-    for line in text.splitlines():
-        if line.startswith("*"):
-            table, header = line[1:], len(out)
-        elif line == "COMMIT" and stale.get(table):
-            chains = sorted(stale[table])
-            out[header + 1:header + 1] = [f":{c} - [0:0]" for c in chains]
-            out.extend(f"-X {c}" for c in chains)
-        out.append(line)
-    return "\n".join(out) + "\n"
-
-
 class Applier:
-    """Applies whole rulesets atomically; knows which dynamic chains it created."""
-
-    def __init__(self):
-        self.applied_text: str | None = None
-        self.jumps_ok = False
-
-    def sync(self, text: str, force: bool = False) -> bool:
-        """Make the kernel's KUBE-* chains equal `text`; returns False when nothing changed."""
-        if text == self.applied_text and not force:
-            return False
-        current = kube_chains(save())
-        wanted = kube_chains(text)
-        stale = {t: {c for c in current.get(t, set()) - wanted.get(t, set()) if _DYNAMIC.match(c)}
-                 for t in ("filter", "nat")}
-        _run(["iptables-restore", "-w", "--noflush"], stdin=with_stale_chains_deleted(text, stale))
-        if force or not self.jumps_ok:
-            self.ensure_jumps()
-        self.applied_text = text
-        return True
+    """What kproxy adds around the Proxier's restores: jumps, canaries, and their removal."""
 
     def ensure_jumps(self) -> None:
         """Add the missing canary chains and jumps: one iptables-save, at most one restore."""
         text = missing_jumps(save())
         if text:
             _run(["iptables-restore", "-w", "--noflush"], stdin=text)
-        self.jumps_ok = True
 
     def canary_present(self) -> bool:
         """kube-proxy's flush detector: a canary chain goes when someone wipes its table."""
@@ -147,7 +104,6 @@ class Applier:
                 lines += [f"*{table}", *[f":{c} - [0:0]" for c in names], *[f"-X {c}" for c in names], "COMMIT"]
         if lines:
             _run(["iptables-restore", "-w", "--noflush"], stdin="\n".join(lines) + "\n")
-        self.applied_text, self.jumps_ok = None, False
 
 
 def _jump_present(saved_table: list[str], chain: str, args: list[str]) -> bool:
