@@ -83,8 +83,38 @@ def control(state_dir: str, request: dict, timeout: float = 90) -> dict | None:
 
 
 def open_store(state_dir: str) -> SqliteStore | None:
+    """The lab's store: its SQLite file, or the etcd of a multi-node lab (read from its node)."""
+    cfg = LabConfig.load(state_dir)
+    if cfg is not None and cfg.store_url:
+        from kproxy.cluster.lab import lab_store
+        return lab_store(cfg)
     p = Path(state_dir) / "store.db"
     return SqliteStore(p) if p.exists() else None
+
+
+def proxy_status(store) -> dict:
+    """The last rules sync; in a multi-node lab the oldest of the nodes' (every node has it)."""
+    one = store.get(PROXY_STATUS)
+    if one:
+        return one
+    per_node = [v for k, v in store.list(PROXY_STATUS + "/")]
+    if not per_node:
+        return {}
+    oldest = min(per_node, key=lambda v: v.get("lastSync", ""))
+    services = set.intersection(*(set(v.get("services") or []) for v in per_node))
+    return {**oldest, "services": sorted(services)}
+
+
+def node_netns(cfg: LabConfig, store, name: str | None) -> str | None:
+    """Where node NAME's commands run: its sandbox netns (None on a real host)."""
+    if not cfg.sandbox:
+        return None
+    if name is None or (name == cfg.node_name and not cfg.store_url):
+        return cfg.naming.node_netns
+    node = store.get(object_key("Node", None, name))
+    if node is None:
+        fail(f'nodes "{name}" not found')
+    return (node["metadata"].get("annotations") or {}).get("kproxy.io/netns") or cfg.naming.node_netns
 
 
 def parse_time(ts: str | None) -> float | None:
@@ -270,17 +300,28 @@ def main() -> None:
 @click.option("--dns-upstream", "dns_upstreams", multiple=True,
               help="Where cluster DNS forwards other names (IP[:PORT]); none: it answers REFUSED.")
 @click.option("--foreground", is_flag=True, help="Run the daemon in this process (for systemd).")
+@click.option("--nodes", default=1, show_default=True, type=click.IntRange(1, 50),
+              help="Emulated nodes (with --sandbox): etcd, a controller and one agent per node.")
 @click.option("--timeout", default=180, show_default=True, help="Seconds to wait for the initial reconcile.")
 @state_dir_option
 def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node_name, iptables_sync_period,
        masquerade_all, healthz_bind_address, metrics_bind_address, lb_pools, cluster_dns, dns_upstreams,
-       foreground, timeout, state_dir):
+       foreground, nodes, timeout, state_dir):
     """Start the lab daemon; returns once the initial manifests are reconciled."""
     need_root()
     state_dir = state_dir_from_env(state_dir)
     if daemon_pid(state_dir):
         fail(f"a lab already runs in {state_dir} (pid {daemon_pid(state_dir)}); `kproxy down` first")
+    if nodes > 1 and not sandbox:
+        fail("--nodes emulates nodes on this host and needs --sandbox; for real machines see vagrant/README.md")
+    if nodes > 1 and foreground:
+        fail("--foreground runs one node; a multi-node lab runs `kproxy controller` and `kproxy agent`")
     cfg = LabConfig.load(state_dir) or LabConfig(state_dir=state_dir)
+    # a multi-node lab's settings are its own: `up` starts from the lab-wide ones
+    cfg.nodes, cfg.store_url, cfg.node_index, cfg.node_ip, cfg.pod_cidr = nodes, "", 0, "", ""
+    cfg.lab_prefix, cfg.logs_dir = "", ""
+    if nodes > 1 and not node_name:
+        cfg.node_name = "node-1"
     if manifests:
         cfg.manifests = os.path.abspath(manifests)
     cfg.sandbox = sandbox
@@ -313,6 +354,9 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
         from kproxy.daemon import main as daemon_main
         daemon_main(["--state-dir", state_dir])
         return
+    if nodes > 1:
+        _up_cluster(cfg, timeout)
+        return
     log = open(Path(state_dir) / "daemon.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "kproxy.daemon", "--state-dir", state_dir],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -328,6 +372,54 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
         time.sleep(0.2)
     else:
         fail(f"the daemon did not finish its first reconcile in {timeout}s; see {state_dir}/daemon.log")
+    for problem in reply.get("errors", []):
+        click.echo(f"warning: {problem['message']}", err=True)
+    if cfg.cluster_dns:
+        _wait_for_cluster_dns(cfg, deadline)
+    _print_summary(cfg)
+
+
+def _up_cluster(cfg: LabConfig, timeout: float) -> None:
+    """`up --sandbox --nodes N`: the lab network, etcd, the controller and N agents."""
+    from kproxy.cluster import lab as cluster
+    deadline = time.monotonic() + timeout
+    click.echo(f"building {cfg.nodes} nodes on the lab network {cfg.lab_cidr} ...", err=True)
+    cluster.build_network(cfg)
+    click.echo("starting etcd on node-1 ...", err=True)
+    cluster.start_etcd(cfg)
+    ctl_cfg = cluster.controller_config(cfg)
+    try:
+        cluster.wait_for_etcd(ctl_cfg)
+    except RuntimeError as e:
+        fail(str(e))
+    procs = {"controller": (cluster.start_controller(cfg), Path(cfg.state_dir) / "daemon.log")}
+    for i in range(1, cfg.nodes + 1):
+        procs[f"agent node-{i}"] = (cluster.start_agent(cfg, i),
+                                    Path(cfg.state_dir) / "nodes" / f"node-{i}" / "agent.log")
+    click.echo(f"started the controller and {cfg.nodes} agents "
+               f"({', '.join(f'{k} pid {p.pid}' for k, (p, _) in procs.items())})", err=True)
+    cfg = ctl_cfg
+    store, shown, reply = open_store(cfg.state_dir), None, None
+    while True:
+        for role, (proc, log_path) in procs.items():
+            if proc.poll() is not None:
+                tail = log_path.read_text().splitlines()[-20:] if log_path.exists() else []
+                fail(f"the {role} exited:\n  " + "\n  ".join(tail))
+        try:
+            ready = [n["metadata"]["name"] for n in store.values(object_key("Node", None, ""))
+                     if tables.node_ready(n)]
+        except Exception:  # noqa: BLE001 - etcd busy starting
+            ready = []
+        reply = reply if reply and reply.get("ready") else control(cfg.state_dir, {"op": "sync"}, timeout=5)
+        line = f"nodes Ready: {len(ready)}/{cfg.nodes}"
+        if line != shown:
+            click.echo(line, err=True)
+            shown = line
+        if len(ready) == cfg.nodes and reply and reply.get("ready"):
+            break
+        if time.monotonic() > deadline:
+            fail(f"the lab did not come up in {timeout}s; see {cfg.state_dir}/daemon.log and nodes/*/agent.log")
+        time.sleep(0.3)
     for problem in reply.get("errors", []):
         click.echo(f"warning: {problem['message']}", err=True)
     if cfg.cluster_dns:
@@ -352,7 +444,14 @@ def _print_summary(cfg: LabConfig) -> None:
     store = open_store(cfg.state_dir)
     node = store.get(object_key("Node", None, cfg.node_name)) if store else None
     ip = next((a["address"] for a in (node or {}).get("status", {}).get("addresses", []) if a["type"] == "InternalIP"), "?")
-    click.echo(f"kproxy is up: node {cfg.node_name} ({ip}), manifests in {cfg.manifests}")
+    if cfg.store_url:
+        nodes = [(n["metadata"]["name"], tables.node_ip(n), n["spec"].get("podCIDR"))
+                 for n in store.values(object_key("Node", None, ""))]
+        click.echo(f"kproxy is up: {len(nodes)} nodes, etcd at {cfg.store_url}, manifests in {cfg.manifests}")
+        for name, nip, cidr in nodes:
+            click.echo(f"  {name}: {nip}, pods {cidr}")
+    else:
+        click.echo(f"kproxy is up: node {cfg.node_name} ({ip}), manifests in {cfg.manifests}")
     if cfg.cluster_dns:
         click.echo(f"  cluster DNS: kube-system/kube-dns, zone {cfg.cluster_domain}")
     if cfg.lb_pools:
@@ -373,6 +472,14 @@ def down(purge, state_dir):
     state_dir = state_dir_from_env(state_dir)
     cfg = lab(state_dir)
     pid = daemon_pid(state_dir)
+    if cfg.store_url:  # a multi-node lab: agents, then the controller, then etcd
+        from kproxy.cluster.lab import process_pids
+        from kproxy.teardown import kill_pids
+        pids = process_pids(cfg)
+        kill_pids([p for role, p in pids.items() if role.startswith("agent")])
+        kill_pids([p for role, p in pids.items() if role == "controller"])
+        kill_pids([p for role, p in pids.items() if role == "etcd"])
+        pid = None
     if pid:
         os.kill(pid, signal.SIGTERM)
         for _ in range(300):
@@ -385,9 +492,10 @@ def down(purge, state_dir):
     from kproxy import teardown
     removed = teardown.remove_leftovers(cfg)
     if purge:
-        for name in ("store.db", "store.db-wal", "store.db-shm", "daemon.log", "config.json"):
+        for name in ("store.db", "store.db-wal", "store.db-shm", "daemon.log", "config.json", "etcd.log", "etcd.pid"):
             (Path(state_dir) / name).unlink(missing_ok=True)
-        shutil.rmtree(Path(state_dir) / "logs", ignore_errors=True)
+        for name in ("logs", "etcd", "nodes"):
+            shutil.rmtree(Path(state_dir) / name, ignore_errors=True)
     click.echo("kproxy is down" + (f" (also removed: {', '.join(removed)})" if removed else "")
                + ("; allocations forgotten" if purge else ""))
 
@@ -573,7 +681,7 @@ def _wait_live(cfg: LabConfig, store: SqliteStore, objs: list[dict], started: fl
     deadline = time.monotonic() + timeout
     shown: set[str] = set()
     while True:
-        status = store.get(PROXY_STATUS) or {}
+        status = proxy_status(store)
         pending = sorted(why for obj in objs if (why := not_live(store, obj, started, status, synced)))
         if not pending:
             return 0
@@ -962,7 +1070,7 @@ def exec_(target, command, stdin, tty, container, namespace, state_dir):
     elif word and resolve_kind(word) == "Node":
         if store.get(object_key("Node", None, name)) is None and name != cfg.node_name:
             fail(f'nodes "{name}" not found')
-        netns = cfg.naming.node_netns if cfg.sandbox else None
+        netns = node_netns(cfg, store, name)
     else:
         pod, _ = resolve_pod(store, target, namespace, "exec into")
         pname = pod["metadata"]["name"]
@@ -1050,7 +1158,7 @@ def logs(target, container_arg, namespace, container, follow, tail, state_dir):
     if count > 1:
         click.echo(f"Found {count} pods, using pod/{pname}", err=True)
     cname = _container_of(pod, container or container_arg)
-    path = Path(cfg.state_dir) / "logs" / f"{namespace}_{pname}" / f"{cname}.log"
+    path = cfg.logs / f"{namespace}_{pname}" / f"{cname}.log"
     if not path.exists():
         statuses = {cs.get("name"): cs for cs in pod.get("status", {}).get("containerStatuses") or []}
         reason = ((statuses.get(cname) or {}).get("state", {}).get("waiting") or {}).get("reason", "ContainerCreating")
@@ -1079,8 +1187,8 @@ def logs(target, container_arg, namespace, container, follow, tail, state_dir):
 
 
 # -- rules --------------------------------------------------------------------------------
-def _node_save(cfg: LabConfig) -> str:
-    prefix = ["ip", "netns", "exec", cfg.naming.node_netns] if cfg.sandbox else []
+def _node_save(cfg: LabConfig, netns: str | None) -> str:
+    prefix = ["ip", "netns", "exec", netns] if netns else []
     res = subprocess.run([*prefix, "iptables-save"], capture_output=True, text=True)
     if res.returncode != 0:
         fail(f"iptables-save failed: {res.stderr.strip()}")
@@ -1125,7 +1233,9 @@ def _node_port_hint(obj: dict, node_port_range: tuple[int, int]) -> str | None:
 @click.option("--node-ip", default="192.168.49.2")
 @click.option("--service-node-port-range", default="30000-32767")
 @state_dir_option
-def rules(target, render_only, path, namespace, cluster_cidr, node_name, node_ip, service_node_port_range, state_dir):
+@click.option("--node", default=None, help="Whose rules (a multi-node lab; default: the first node).")
+def rules(target, render_only, path, namespace, cluster_cidr, node_name, node_ip, service_node_port_range, node,
+          state_dir):
     """Print the live rules kproxy owns (iptables-save form), or --render them offline."""
     from kproxy.proxy import applier, render
     if render_only:
@@ -1164,9 +1274,10 @@ def rules(target, render_only, path, namespace, cluster_cidr, node_name, node_ip
         sys.exit(rc)
     need_root()
     cfg, store = running_lab(state_dir)
-    if cfg.sandbox and not netns_exists(cfg.naming.node_netns):
+    netns = node_netns(cfg, store, node)
+    if netns and not netns_exists(netns):
         fail(not_running(cfg.state_dir))
-    saved = _node_save(cfg)
+    saved = _node_save(cfg, netns)
     if not target:
         click.echo(applier.owned_lines(saved), nl=False)
         return
@@ -1178,7 +1289,7 @@ def rules(target, render_only, path, namespace, cluster_cidr, node_name, node_ip
         click.echo(not_found("Service", name), err=True)
         sys.exit(1)
     slices = [s for _, s in store.list(object_key("EndpointSlice", namespace, ""))]
-    pcfg = render.ProxyConfig(cluster_cidr=cfg.cluster_cidr, node_name=cfg.node_name, node_ips=["0.0.0.0"])
+    pcfg = render.ProxyConfig(cluster_cidr=cfg.cluster_cidr, node_name=node or cfg.node_name, node_ips=["0.0.0.0"])
     chains = render.render([svc], slices, pcfg).service_chains.get(f"{namespace}/{name}", set())
     click.echo(applier.owned_lines(saved, chains, mention=f"{namespace}/{name}"), nl=False)
 
@@ -1196,9 +1307,13 @@ def status(state_dir):
     if not pid:
         click.echo(f"start it with: kproxy up --state-dir {state_dir}" + (" --sandbox" if cfg.sandbox else ""))
         sys.exit(1)
+    if cfg.store_url:
+        from kproxy.cluster.lab import process_pids
+        for role, p in process_pids(cfg).items():
+            click.echo(f"{role}: running, pid {p}")
     store = open_store(state_dir)
     if store:
-        ps = store.get(PROXY_STATUS) or {}
+        ps = proxy_status(store)
         detail = ""
         if ps:
             detail = (f" ({'full' if ps.get('full') else 'partial'}, {ps.get('servicesWritten', 0)} Services "
@@ -1206,6 +1321,54 @@ def status(state_dir):
         click.echo(f"last rules sync: {ps.get('lastSync', 'never')}{detail}")
         for e in store.get(MANIFEST_ERRORS) or []:
             click.echo(f"error: {e['message']}")
+
+
+# -- multi-node processes ------------------------------------------------------------------
+def _process_config(state_dir: str | None, store_url: str, **settings) -> LabConfig:
+    """The settings of one cluster process: saved ones (an emulated lab wrote them) + flags."""
+    state_dir = state_dir_from_env(state_dir)
+    cfg = LabConfig.load(state_dir) or LabConfig(state_dir=state_dir)
+    cfg.store_url = store_url
+    for attr, value in settings.items():
+        if value not in (None, (), ""):
+            setattr(cfg, attr, list(value) if isinstance(value, tuple) else value)
+    Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
+    cfg.save()
+    return cfg
+
+
+@main.command()
+@click.option("--store", "store_url", required=True, help="The cluster's etcd, e.g. http://192.168.56.11:2379.")
+@click.option("--manifests", default=None, type=click.Path(file_okay=False), help="Folder of Kubernetes YAML.")
+@click.option("--name", default=None, help="This controller's name (default: the node name, node-1).")
+@click.option("--node-ip", default=None, help="This machine's address: the `kubernetes` Service's endpoint.")
+@click.option("--lb-pool", "lb_pools", multiple=True, help="LoadBalancer IPs for a pool named `default`.")
+@state_dir_option
+def controller(store_url, manifests, name, node_ip, lb_pools, state_dir):
+    """Run the control plane of a multi-node lab in the foreground: admission of the manifests,
+    allocation, Deployments -> pods, scheduling, endpoints, LoadBalancer IPs, node lifecycle."""
+    cfg = _process_config(state_dir, store_url, manifests=manifests and os.path.abspath(manifests),
+                          node_name=name, node_ip=node_ip, lb_pools=lb_pools)
+    Path(cfg.manifests).mkdir(parents=True, exist_ok=True)
+    from kproxy.daemon import main as daemon_main
+    daemon_main(["--state-dir", cfg.state_dir, "--role", "controller"])
+
+
+@main.command()
+@click.option("--store", "store_url", required=True, help="The cluster's etcd, e.g. http://192.168.56.11:2379.")
+@click.option("--node", "node_name", required=True, help="This node's name.")
+@click.option("--node-ip", required=True, help="This node's address on the node network.")
+@click.option("--pod-cidr", default=None, help="This node's pod CIDR (e.g. 10.244.2.0/24).")
+@click.option("--sandbox", is_flag=True, default=None, help="An emulated node (its own netns), as `up --nodes` makes.")
+@state_dir_option
+def agent(store_url, node_name, node_ip, pod_cidr, sandbox, state_dir):
+    """Run one node of a multi-node lab in the foreground: its pods, iptables rules, layer-2
+    announcements and routes to the other nodes' pods."""
+    need_root()
+    cfg = _process_config(state_dir, store_url, node_name=node_name, node_ip=node_ip, pod_cidr=pod_cidr,
+                          sandbox=sandbox)
+    from kproxy.daemon import main as daemon_main
+    daemon_main(["--state-dir", cfg.state_dir, "--role", "agent"])
 
 
 if __name__ == "__main__":

@@ -35,6 +35,14 @@ class LabConfig:
     healthz_bind_address: str = "0.0.0.0:10256"
     metrics_bind_address: str = "127.0.0.1:10249"
     extra: dict = field(default_factory=dict)
+    # multi-node: the cluster's etcd, the node count of an emulated lab, and this node's part
+    store_url: str = ""                          # etcd (http://IP:2379); "" = the embedded SQLite store
+    nodes: int = 1                               # emulated nodes of `up --sandbox --nodes N`
+    node_index: int = 0                          # this node's number in a multi-node lab (0: single)
+    node_ip: str = ""                            # this node's address ("" = derived)
+    pod_cidr: str = ""                           # this node's pod CIDR ("" = the first /24)
+    lab_prefix: str = ""                         # the lab's prefix, shared by its nodes' state dirs
+    logs_dir: str = ""                           # pod logs ("" = STATE/logs)
 
     def __post_init__(self):
         self.state_dir = os.path.abspath(self.state_dir)
@@ -45,13 +53,24 @@ class LabConfig:
 
     @property
     def node_pod_cidr(self) -> str:
-        """This node's pod CIDR: the first /24 of the cluster CIDR (10.244.0.0/24)."""
+        """This node's pod CIDR: as configured, else the first /24 of the cluster CIDR (10.244.0.0/24)."""
+        if self.pod_cidr:
+            return self.pod_cidr
         net = ipaddress.ip_network(self.cluster_cidr)
         return str(next(net.subnets(new_prefix=max(24, net.prefixlen))))
 
     @property
     def naming(self) -> Naming:
-        return Naming(instance_prefix(self.state_dir))
+        return Naming(self.lab_prefix or instance_prefix(self.state_dir),
+                      str(self.node_index) if self.node_index else "")
+
+    @property
+    def multi_node(self) -> bool:
+        return bool(self.store_url)
+
+    @property
+    def logs(self) -> Path:
+        return Path(self.logs_dir or Path(self.state_dir) / "logs")
 
     @property
     def path(self) -> Path:

@@ -1,9 +1,18 @@
-"""The kproxy daemon: API server, controllers, kubelet and kube-proxy of one node, in one loop.
+"""The kproxy daemon: API server, controllers, kubelet and kube-proxy, in one loop.
 
 Every pass: load the manifests folder if it changed (the desired state), admit each object
-(defaults, validation, allocation), let Deployments make pods, let the kubelet run them,
-derive EndpointSlices from Ready pods, and render + apply the iptables rules when they
-changed. A bad manifest is reported as an event and skipped; everything else keeps working.
+(defaults, validation, allocation), let Deployments make pods and schedule them to nodes, let
+the kubelet run them, derive EndpointSlices from Ready pods, and render + apply the iptables
+rules when they changed. A bad manifest is reported as an event and skipped; everything else
+keeps working.
+
+The daemon has two roles, split the way Kubernetes splits them: the *controller* (API server
+admission, allocation, Deployments, scheduling, endpoints, LoadBalancer IPs, node lifecycle)
+and the *agent* of one node (kubelet, kube-proxy, layer-2 announcements, host-gw routes).
+`kproxy up` runs both in one process on the embedded SQLite store; a multi-node lab runs one
+controller and one agent per node, all on etcd: each process keeps a cache of the store,
+refreshed when its watch reports a change (re-listing when the watch breaks), and writes
+what others also write (pods) in read-modify-write transactions.
 """
 from __future__ import annotations
 
@@ -29,7 +38,8 @@ from kproxy.node.kubelet import Kubelet, now_iso
 from kproxy.node.l2announce import Announcer
 from kproxy.node.network import NodeConfig, NodeNetwork, enter_netns
 from kproxy.proxy import applier, healthcheck, metrics, proxier, render
-from kproxy.store.base import object_key
+from kproxy.store.base import Store, kind_prefix, object_key
+from kproxy.store.etcd import retry
 from kproxy.store.sqlite import SqliteStore
 
 log = logging.getLogger("kproxy")
@@ -38,8 +48,13 @@ SYSTEM_NAMESPACES = meta.SYSTEM_NAMESPACES
 USER_KINDS = meta.ADMITTED_KINDS
 MANIFEST_KEYS = "/kproxy/manifest-keys"      # objects that came from the manifests folder
 MANIFEST_ERRORS = "/kproxy/manifest-errors"
-PROXY_STATUS = "/kproxy/proxy-status"
+PROXY_STATUS = "/kproxy/proxy-status"        # single node; a multi-node agent adds /<node>
+NODE_LEASES = "/registry/leases/kube-node-lease/"  # a node's heartbeat, where Kubernetes keeps it
+NODE_LEASE_SECONDS = 6                        # lease TTL: a node silent this long is NotReady
+HEARTBEAT_SECONDS = 1.5
+LEADER_LEASE = "/registry/leases/kube-system/kproxy-controller"  # who runs the controllers now
 POLL_PERIOD = 0.25
+REFRESH_PERIOD = 5.0                         # re-list this often even when the watch is quiet
 
 
 def obj_id(obj: dict) -> tuple[str, str, str]:
@@ -72,16 +87,27 @@ def host_ip() -> str:
     return parts[parts.index("src") + 1] if "src" in parts else "127.0.0.1"
 
 
+def open_store(cfg: LabConfig) -> Store:
+    """etcd when the lab has one (multi-node), else the embedded SQLite file."""
+    if cfg.store_url:
+        from kproxy.store.etcd import EtcdStore
+        return EtcdStore(cfg.store_url)
+    return SqliteStore(Path(cfg.state_dir) / "store.db")
+
+
 class Daemon:
-    def __init__(self, cfg: LabConfig):
+    def __init__(self, cfg: LabConfig, controller: bool = True, agent: bool = True):
         self.cfg = cfg
+        self.is_controller, self.is_agent = controller, agent
+        self.shared = cfg.multi_node  # other processes write the store too
         self.state = Path(cfg.state_dir)
-        self.store = SqliteStore(self.state / "store.db")
+        self.store = open_store(cfg)
         self.naming = cfg.naming
         self.node_cfg = NodeConfig(node_name=cfg.node_name, sandbox=cfg.sandbox, pod_cidr=cfg.node_pod_cidr,
                                    cluster_cidr=cfg.cluster_cidr, service_cidr=cfg.service_cidr,
-                                   lab_cidr=cfg.lab_cidr)
-        self.node_ip = self.node_cfg.node_ip if cfg.sandbox else host_ip()
+                                   lab_cidr=cfg.lab_cidr, node_host=1 + cfg.node_index if cfg.node_index else 2,
+                                   switch=cfg.node_index > 0)
+        self.node_ip = cfg.node_ip or (self.node_cfg.node_ip if cfg.sandbox else host_ip())
         self.network = NodeNetwork(self.naming, self.node_cfg, self.state / "host-sysctls.json")
         self.ranges = allocation.ServiceRanges(cfg.service_cidr, tuple(cfg.node_port_range))
         self.rng = random.Random()
@@ -110,6 +136,12 @@ class Daemon:
         self.dirty = True
         self.last_full_sync = 0.0
         self.last_canary = 0.0
+        self.stale = threading.Event()  # the store changed under us (multi-node): re-list
+        self.last_refresh = 0.0
+        self.leases: set[str] = set()    # nodes whose heartbeat lease is alive (multi-node)
+        self.routes: dict[str, str] = {}  # host-gw routes last set
+        self.lease: int | None = None     # this process's lease: node heartbeat or leadership
+        self.leader = not self.shared     # controllers: only the leader reconciles (admission: all)
 
     # -- start and stop -------------------------------------------------------------------
     def run(self) -> None:
@@ -118,18 +150,28 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         try:
-            self.network.setup()
+            if self.is_agent:
+                self.network.setup()
             if self.cfg.sandbox:
                 enter_netns(self.naming.node_netns)  # before any thread: all of them live there
-            self.kubelet = Kubelet(self.network, self.node_ip, self.state / "logs", self._pod_event,
-                                   cluster_dns=self.ranges.nth_ip(10), domain=self.cfg.cluster_domain)
-            self.proxier = proxier.Proxier(render.ProxyConfig(
-                cluster_cidr=self.cfg.cluster_cidr, node_name=self.cfg.node_name, node_ips=[self.node_ip],
-                masquerade_all=self.cfg.masquerade_all), applier=self.applier)
-            self.http.start("healthz", self.cfg.healthz_bind_address, self.health.answer)
-            self.http.start("metrics", self.cfg.metrics_bind_address, self._metrics_answer)
+            if self.is_agent:
+                self.kubelet = Kubelet(self.network, self.node_ip, self.cfg.logs, self._pod_event,
+                                       cluster_dns=self.ranges.nth_ip(10), domain=self.cfg.cluster_domain)
+                self.proxier = proxier.Proxier(render.ProxyConfig(
+                    cluster_cidr=self.cfg.cluster_cidr, node_name=self.cfg.node_name, node_ips=[self.node_ip],
+                    masquerade_all=self.cfg.masquerade_all), applier=self.applier)
+                self.http.start("healthz", self.cfg.healthz_bind_address, self.health.answer)
+                self.http.start("metrics", self.cfg.metrics_bind_address, self._metrics_answer)
+            if self.shared:
+                self._wait_for_store()
+                threading.Thread(target=self._watch_store, daemon=True, name="watch").start()
             self._load_store()
-            self._ensure_system_objects()
+            if self.is_controller:
+                self._ensure_system_objects()
+            if self.is_agent:
+                self._register_node()
+            if self.shared:
+                threading.Thread(target=self._heartbeat, daemon=True, name="heartbeat").start()
             threading.Thread(target=self._serve_control, daemon=True, name="control").start()
             self._loop()
         finally:
@@ -142,13 +184,20 @@ class Daemon:
             self.announcer.stop()
         if self.kubelet:
             self.kubelet.shutdown()
-        for pod in self.objects["Pod"].values():  # pods are gone: so are their addresses
-            pod["status"] = {"phase": "Pending"}
-        try:
-            if not self.cfg.sandbox and applier.have_iptables():
-                self.applier.cleanup()
-        finally:
-            self.network.teardown()
+        if self.shared and self.lease is not None:  # the node goes NotReady now, not in a TTL
+            try:
+                self.store.revoke(self.lease)
+            except Exception as e:  # noqa: BLE001 - etcd may be gone already
+                log.warning("cannot revoke the node lease: %s", e)
+        if not self.shared:
+            for pod in self.objects["Pod"].values():  # pods are gone: so are their addresses
+                pod["status"] = {"phase": "Pending"}
+        if self.is_agent:  # a stopped node takes its links, rules and (sandbox) namespace with it
+            try:
+                if not self.cfg.sandbox and applier.have_iptables():
+                    self.applier.cleanup()
+            finally:
+                self.network.teardown()
         for f in ("daemon.pid", "kproxy.sock"):
             (self.state / f).unlink(missing_ok=True)
 
@@ -158,13 +207,16 @@ class Daemon:
         while not self.stopping.is_set():
             now = time.monotonic()
             try:
-                if now >= next_poll:
+                if now >= next_poll and self.is_controller:
                     next_poll = now + POLL_PERIOD
                     self._poll_manifests()
                 self._pass(now)
             except Exception as e:  # noqa: BLE001 - the node keeps running; the next pass retries
                 log.exception("reconcile pass failed")
-                self.event("Node", "", self.cfg.node_name, "ReconcileFailed", f"{type(e).__name__}: {e}")
+                try:
+                    self.event("Node", "", self.cfg.node_name, "ReconcileFailed", f"{type(e).__name__}: {e}")
+                except Exception:  # noqa: BLE001 - the store itself is away (etcd restarting)
+                    self.stale.set()
                 self.dirty = True
                 time.sleep(1)
             with self.cond:
@@ -186,13 +238,24 @@ class Daemon:
         self._load_manifests()
 
     def _pass(self, now: float) -> None:
+        if self.shared and (self.stale.is_set() or now - self.last_refresh > REFRESH_PERIOD):
+            self._refresh(now)
         self._handle_requests()
-        self._run_pods()
+        if self.is_controller and self.leader:
+            self._reconcile_pods()
+        if self.is_agent:
+            self._run_local_pods()
         if self.dirty:
             self.dirty = False
-            self._sync_load_balancers()
-            self._sync_endpoints()
-            self._sync_proxy()
+            if self.is_controller and self.leader:
+                self._sync_load_balancers()
+                self._sync_endpoints()
+            if self.is_agent:
+                self._announce_load_balancers()
+                self._sync_routes()
+                self._sync_proxy()
+        elif not self.is_agent:
+            pass
         elif now - self.last_full_sync > self.cfg.iptables_sync_period:
             self._sync_proxy(force=True)  # restores rules flushed or deleted by hand
         elif now - self.last_canary > 5.0:
@@ -202,22 +265,129 @@ class Daemon:
                 self._sync_proxy(force=True)
 
     # -- store ----------------------------------------------------------------------------
+    @property
+    def manifest_keys(self) -> str:
+        """Where this controller remembers what its folder held (one key per controller)."""
+        return MANIFEST_KEYS if not self.shared else f"{MANIFEST_KEYS}/{self.cfg.node_name}"
+
     def _load_store(self) -> None:
+        self._list_all()
+        if self.is_agent:
+            for key, pod in list(self.objects["Pod"].items()):  # restarted: this node's pods start afresh
+                if pod["spec"].get("nodeName") not in (None, self.cfg.node_name):
+                    continue
+                if pod["metadata"].get("deletionTimestamp"):  # it was going away: it is gone
+                    self._forget_pod(key, pod)
+                    continue
+                if not self.shared:
+                    pod["status"] = {"phase": "Pending", "podIP": pod.get("status", {}).get("podIP")}
+        if self.is_controller:
+            saved = self.store.get(self.manifest_keys) or {}
+            self.file_keys = {f: set(keys) for f, keys in saved.get("files", {}).items()}
+            self.sources = saved.get("sources", {})
+
+    def _list_all(self) -> bool:
+        """Read every kind the daemon caches from the store; True when something changed."""
+        changed = False
         for kind in self.objects:
-            prefix = object_key(kind, None, "")
-            for _, obj in self.store.list(prefix):
+            fresh = {}
+            for _, obj in self.store.list(kind_prefix(kind)):
                 m = obj["metadata"]
-                self.objects[kind][key_of(kind, m.get("namespace", ""), m["name"])] = obj
-        for key, pod in list(self.objects["Pod"].items()):  # the daemon restarted: pods start afresh
-            if pod["metadata"].get("deletionTimestamp"):  # it was going away: it is gone
-                with self.store.transaction() as txn:
-                    allocation.release_pod_ip(txn, pod.get("status", {}).get("podIP"))
-                self._remove("Pod", key)
+                fresh[key_of(kind, m.get("namespace", ""), m["name"])] = obj
+            if fresh != self.objects[kind]:
+                self.objects[kind], changed = fresh, True
+        if self.shared:
+            leases = {k[len(NODE_LEASES):] for k, _ in self.store.list(NODE_LEASES)}
+            changed |= leases != self.leases
+            self.leases = leases
+        return changed
+
+    def _refresh(self, now: float) -> None:
+        """Multi-node: bring the cache up to date with what the other processes wrote."""
+        self.stale.clear()
+        self.last_refresh = now
+        if self._list_all():
+            self.dirty = True
+            self.triggers.append(time.time())
+
+    def _wait_for_store(self) -> None:
+        """Multi-node: etcd may start after us (or restart): wait for it, saying so."""
+        while not self.stopping.is_set():
+            try:
+                self.store.revision()
+                return
+            except Exception as e:  # noqa: BLE001 - any failure to reach it means: not yet
+                log.warning("waiting for the store at %s: %s", self.cfg.store_url, e)
+                self.stopping.wait(1)
+
+    def _watch_store(self) -> None:
+        """Watch everything (resuming from the last revision seen); any change marks the cache
+        stale. A broken watch resumes; a compacted one starts afresh; both force a re-list."""
+        from kproxy.store.etcd import RevisionCompacted, WatchBroken
+        rev = None
+        while not self.stopping.is_set():
+            try:
+                if rev is None:
+                    rev = self.store.revision() + 1
+                    self.stale.set()
+                with self.store.watch("/", rev, idle_timeout=10) as w:
+                    for ev in w:
+                        if not ev.key.startswith(("/registry/events/", PROXY_STATUS)):
+                            self.stale.set()
+                            self.poke.set()
+                    rev = w.resume_revision
+            except RevisionCompacted:
+                rev = None
+            except WatchBroken as e:
+                log.warning("%s; re-listing", e)
+                rev = e.resume_revision
+                self.stale.set()
+                self.stopping.wait(1)
+            except Exception as e:  # noqa: BLE001 - etcd away: try again
+                log.warning("watch failed: %s", e)
+                rev = None
+                self.stopping.wait(1)
+
+    def _heartbeat(self) -> None:
+        """Hold a lease: an agent's is its node's heartbeat (kube-node-lease/<node>); a
+        controller's is its claim to lead (one runs the controllers, as kube-controller-manager's
+        leader election; every controller admits manifests, as API servers all do)."""
+        from kproxy.store.etcd import LeaseExpired
+        me = self.cfg.node_name
+        key = NODE_LEASES + me if self.is_agent else LEADER_LEASE
+        ns = "kube-node-lease" if self.is_agent else "kube-system"
+        while not self.stopping.is_set():
+            try:
+                if self.lease is None:
+                    self.lease = self.store.grant_lease(NODE_LEASE_SECONDS)
+                    self.leader = False
+                else:
+                    self.store.keepalive(self.lease)
+                lease = self.lease
+                value = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                         "metadata": {"name": key.rsplit("/", 1)[1], "namespace": ns},
+                         "spec": {"holderIdentity": me, "leaseDurationSeconds": NODE_LEASE_SECONDS,
+                                  "renewTime": now_iso()}}
+
+                def claim(txn):
+                    cur = txn.get(key)
+                    if cur is None or (self.is_agent and cur["spec"]["holderIdentity"] == me
+                                       and cur.get("_lease") != lease):
+                        txn.put(key, {**value, "_lease": lease}, lease=lease)
+                        return True
+                    return cur["spec"]["holderIdentity"] == me and cur.get("_lease") == lease
+                held = retry(self.store, claim)
+                if held != self.leader:
+                    log.info("%s the %s lease", "holding" if held else "not holding", key)
+                    self.leader = held
+                    self.poke.set()
+            except LeaseExpired:
+                log.warning("the lease expired; taking a new one")
+                self.lease = None
                 continue
-            pod["status"] = {"phase": "Pending", "podIP": pod.get("status", {}).get("podIP")}
-        saved = self.store.get(MANIFEST_KEYS) or {}
-        self.file_keys = {f: set(keys) for f, keys in saved.get("files", {}).items()}
-        self.sources = saved.get("sources", {})
+            except Exception as e:  # noqa: BLE001 - etcd away: keep trying, the lease may survive
+                log.warning("heartbeat failed: %s", e)
+            self.stopping.wait(HEARTBEAT_SECONDS)
 
     def _save(self, obj: dict) -> None:
         kind, ns, name = obj_id(obj)
@@ -262,16 +432,6 @@ class Daemon:
                        "status": {"phase": "Active"}}
                 self._new_meta(obj, None)
                 self._save(obj)
-        node = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": self.cfg.node_name, "labels": {"kubernetes.io/hostname": self.cfg.node_name,
-                                                                    "kubernetes.io/os": "linux"}},
-                "spec": {"podCIDR": self.cfg.node_pod_cidr, "podCIDRs": [self.cfg.node_pod_cidr]},
-                "status": {"addresses": [{"type": "InternalIP", "address": self.node_ip},
-                                         {"type": "Hostname", "address": self.cfg.node_name}],
-                           "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
-                           "nodeInfo": {"kubeProxyVersion": "kproxy", "kubeletVersion": "kproxy"}}}
-        self._new_meta(node, self.objects["Node"].get(key_of("Node", "", self.cfg.node_name)))
-        self._save(node)
         kubernetes = {"apiVersion": "v1", "kind": "Service",
                       "metadata": {"name": "kubernetes", "namespace": "default",
                                    "labels": {"component": "apiserver", "provider": "kubernetes"}},
@@ -295,11 +455,30 @@ class Daemon:
         if self.cfg.cluster_dns:
             self._ensure_cluster_dns()
 
+    def _register_node(self) -> None:
+        """Agent: the Node object of this node (its address and pod CIDR), Ready."""
+        node = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": self.cfg.node_name, "labels": {"kubernetes.io/hostname": self.cfg.node_name,
+                                                                    "kubernetes.io/os": "linux"}},
+                "spec": {"podCIDR": self.cfg.node_pod_cidr, "podCIDRs": [self.cfg.node_pod_cidr]},
+                "status": {"addresses": [{"type": "InternalIP", "address": self.node_ip},
+                                         {"type": "Hostname", "address": self.cfg.node_name}],
+                           "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+                           "nodeInfo": {"kubeProxyVersion": "kproxy", "kubeletVersion": "kproxy"}}}
+        if self.shared:  # the node etcd (the control plane) runs on, as kubeadm labels it
+            from urllib.parse import urlsplit
+            role = "control-plane" if urlsplit(self.cfg.store_url).hostname == self.node_ip else "worker"
+            node["metadata"]["labels"][f"node-role.kubernetes.io/{role}"] = ""
+        if self.cfg.sandbox:  # where `kproxy exec node/NAME` and `kproxy rules --node` go
+            node["metadata"]["annotations"] = {"kproxy.io/netns": self.naming.node_netns}
+        self._new_meta(node, self.objects["Node"].get(key_of("Node", "", self.cfg.node_name)))
+        self._save(node)
+
     def _ensure_cluster_dns(self) -> None:
         """kube-system/kube-dns in front of a `coredns` Deployment, as kubeadm sets them up; the
         pods run kproxy's DNS server, which reads the store the way CoreDNS watches the API."""
         labels = {"k8s-app": "kube-dns"}
-        command = [sys.executable, "-m", "kproxy.dns.server", "--store", str(self.state / "store.db"),
+        command = [sys.executable, "-m", "kproxy.dns.server", "--store", self.cfg.store_url or str(self.state / "store.db"),
                    "--listen", "0.0.0.0:53", "--domain", self.cfg.cluster_domain, "--ttl", "30"]
         for upstream in self.cfg.dns_upstreams:
             command += ["--upstream", upstream]
@@ -404,7 +583,7 @@ class Daemon:
         previous = set(self.sources)
         for key in previous - set(desired) - keep:
             self._delete_user_object(key)
-        self.store.put(MANIFEST_KEYS, {"files": {f: sorted(k) for f, k in self.file_keys.items()},
+        self.store.put(self.manifest_keys, {"files": {f: sorted(k) for f, k in self.file_keys.items()},
                                        "sources": self.sources})
         self.store.put(MANIFEST_ERRORS, problems)
 
@@ -440,8 +619,7 @@ class Daemon:
                 self._remove("Pod", key)
             self._new_meta(obj, None)
             obj["status"] = {"phase": "Pending"}
-            obj["spec"].setdefault("nodeName", self.cfg.node_name)
-            self._save(obj)
+            self._schedule(obj)
         else:
             if kind == "Namespace":
                 obj["status"] = {"phase": "Active"}
@@ -488,8 +666,8 @@ class Daemon:
         self.dirty = True
 
     # -- pods -----------------------------------------------------------------------------
-    def _run_pods(self) -> None:
-        """Deployments -> pods, pods -> running processes, process state -> pod status."""
+    def _reconcile_pods(self) -> None:
+        """Controller: Deployments -> pods, scheduled to nodes; pods of a gone owner terminate."""
         pods = self.objects["Pod"]
         taken = {p["metadata"]["name"] for p in pods.values()}
         for dkey, deploy in list(self.objects["Deployment"].items()):
@@ -499,11 +677,8 @@ class Daemon:
             create, delete = replicas.reconcile_deployment(deploy, owned, self.rng, now_iso(), taken)
             self._scaling_events(deploy, owned, create, delete)
             for pod in create:
-                pod["spec"]["nodeName"] = self.cfg.node_name
                 self._new_meta(pod, None)
-                self._save(pod)
-                self.event("Pod", ns, pod["metadata"]["name"], "Scheduled",
-                           f"Successfully assigned {ns}/{pod['metadata']['name']} to {self.cfg.node_name}", "Normal")
+                self._schedule(pod)
             for pod in delete:
                 self._terminate_pod(key_of("Pod", ns, pod["metadata"]["name"]))
         live_deploys = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in self.objects["Deployment"].values()}
@@ -511,23 +686,128 @@ class Daemon:
             owner = replicas.owner_deployment(pod)
             if owner and (pod["metadata"]["namespace"], owner) not in live_deploys:
                 self._terminate_pod(key)
-            elif not pod["metadata"].get("deletionTimestamp") and key not in self.kubelet.pods \
-                    and self.start_failures.get(key, 0) <= time.monotonic():
-                self._start_pod(key, pod)
+            elif not pod["spec"].get("nodeName") and not pod["metadata"].get("deletionTimestamp"):
+                self._schedule(pod)  # no node was Ready when it was made
         self._deployment_status()
+        if self.shared:
+            self._node_lifecycle()
+
+    def _ready_nodes(self) -> list[str]:
+        """Nodes that take pods and announce IPs: every Node whose heartbeat is alive."""
+        if not self.shared:
+            return [self.cfg.node_name]
+        return sorted(n["metadata"]["name"] for n in self.objects["Node"].values()
+                      if n["metadata"]["name"] in self.leases)
+
+    def _schedule(self, pod: dict) -> None:
+        """The scheduler, in brief: the Ready node with the fewest pods (ties by name)."""
+        if not pod["spec"].get("nodeName"):
+            # spread a Deployment's pods first (the default topology spread), then all pods
+            load = {n: [0, 0] for n in self._ready_nodes()}
+            owner = (pod["metadata"]["namespace"], replicas.owner_deployment(pod))
+            for p in self.objects["Pod"].values():
+                if p["spec"].get("nodeName") in load and not p["metadata"].get("deletionTimestamp"):
+                    load[p["spec"]["nodeName"]][0] += (p["metadata"]["namespace"], replicas.owner_deployment(p)) == owner
+                    load[p["spec"]["nodeName"]][1] += 1
+            if not load:
+                self._save(pod)  # Pending until a node is Ready
+                return
+            pod["spec"]["nodeName"] = min(load, key=lambda n: (*load[n], n))
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        self._save(pod)
+        self.event("Pod", ns, name, "Scheduled",
+                   f"Successfully assigned {ns}/{name} to {pod['spec']['nodeName']}", "Normal")
+
+    def _node_lifecycle(self) -> None:
+        """Controller (multi-node): a Node whose lease lapsed turns Ready=Unknown and its pods
+        NotReady (so their endpoints go), as Kubernetes' node lifecycle controller does."""
+        for key, node in list(self.objects["Node"].items()):
+            name = node["metadata"]["name"]
+            alive = name in self.leases
+            cond = next((c for c in node.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
+            if cond is not None and (cond["status"] == "True") != alive:
+                new = {"status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"} \
+                    if alive else {"status": "Unknown", "reason": "NodeStatusUnknown",
+                                   "message": "Kubelet stopped posting node status."}
+
+                def mark(txn, key=key, new=new):
+                    cur = txn.get(key)
+                    if cur is not None:
+                        for c in cur.get("status", {}).get("conditions", []):
+                            if c["type"] == "Ready":
+                                c.update(new)
+                        txn.put(key, cur)
+                    return cur
+                node = retry(self.store, mark) or node
+                self.objects["Node"][key] = node
+                word = "NodeReady" if alive else "NodeNotReady"
+                self.event("Node", "", name, word, f"Node {name} status is now: {word}", "Normal")
+                self.dirty = True
+            if alive:
+                continue
+            for pkey, pod in list(self.objects["Pod"].items()):
+                if pod["spec"].get("nodeName") == name and replicas.is_ready(pod):
+                    self._write_pod_status(pkey, None, not_ready=True)
+                    self.dirty = True
+
+    def _run_local_pods(self) -> None:
+        """Agent: run this node's pods, report their status, finish the terminating ones."""
+        pods = self.objects["Pod"]
+        for key, pod in list(pods.items()):
+            if pod["spec"].get("nodeName") != self.cfg.node_name:
+                continue
+            rt = self.kubelet.pods.get(key)
+            if rt is not None and rt.pod["metadata"].get("uid") != pod["metadata"].get("uid"):
+                self.kubelet.stop_pod(key, grace=2)  # replaced by a new pod of the same name
+                continue
+            if pod["metadata"].get("deletionTimestamp"):
+                if key in self.kubelet.pods:
+                    self.kubelet.stop_pod(key)
+                else:  # never started here (or the agent restarted): nothing to wait for
+                    self.network.remove_pod(pod["metadata"]["namespace"], pod["metadata"]["name"])
+                    self._forget_pod(key, pod)
+            elif key not in self.kubelet.pods and self.start_failures.get(key, 0) <= time.monotonic():
+                self._start_pod(key, pod)
+        for key in [k for k in self.kubelet.pods if k not in pods]:  # deleted from the store
+            self.kubelet.stop_pod(key, grace=2)
         for key, status in self.kubelet.tick().items():
-            if key in pods:
-                pods[key]["status"] = status
-                self._save(pods[key])
+            rt = self.kubelet.pods.get(key)
+            if key in pods and rt and rt.pod["metadata"].get("uid") == pods[key]["metadata"].get("uid"):
+                self._write_pod_status(key, status)
                 self.dirty = True
                 self.triggers.append(time.time())
         for key in self.kubelet.finished_pods():
             pod = pods.get(key)
             if pod is not None and pod["metadata"].get("deletionTimestamp"):
-                with self.store.transaction() as txn:
-                    allocation.release_pod_ip(txn, pod.get("status", {}).get("podIP"))
-                self._remove("Pod", key)
+                self._forget_pod(key, pod)
                 self.dirty = True
+
+    def _write_pod_status(self, key: str, status: dict | None, not_ready: bool = False) -> None:
+        """Write a pod's status (or only turn it NotReady) over whatever else changed it since:
+        the controller writes the same object (deletionTimestamp), so read-modify-write."""
+        def write(txn):
+            cur = txn.get(key)
+            if cur is None:
+                return None
+            if not_ready:
+                for c in cur.get("status", {}).get("conditions", []):
+                    if c["type"] in ("Ready", "ContainersReady"):
+                        c["status"] = "False"
+            else:
+                cur["status"] = status
+            txn.put(key, cur)
+            return cur
+        pod = retry(self.store, write)
+        if pod is not None:
+            self.objects["Pod"][key] = pod
+
+    def _forget_pod(self, key: str, pod: dict) -> None:
+        """A pod that is gone: free its IP and delete it, in one transaction."""
+        def forget(txn):
+            allocation.release_pod_ip(txn, pod.get("status", {}).get("podIP"))
+            txn.delete(key)
+        retry(self.store, forget)
+        self.objects["Pod"].pop(key, None)
 
     def _scaling_events(self, deploy: dict, owned: list[dict], create: list[dict], delete: list[dict]) -> None:
         """The Deployment controller's ScalingReplicaSet events, one per ReplicaSet that changes."""
@@ -565,41 +845,58 @@ class Daemon:
 
     def _start_pod(self, key: str, pod: dict) -> None:
         ip = pod.get("status", {}).get("podIP")
-        with self.store.transaction() as txn:
-            if not ip or txn.get(f"{allocation.POD_IPS}{ip}") not in (None, key):
-                ip = allocation.allocate_pod_ip(txn, self.cfg.node_pod_cidr, key)
-            else:
+        def take(txn):
+            if ip and txn.get(f"{allocation.POD_IPS}{ip}") in (None, key) \
+                    and allocation.in_cidr(ip, self.cfg.node_pod_cidr):
                 txn.put(f"{allocation.POD_IPS}{ip}", key)
-        pod["status"] = {"phase": "Pending", "podIP": ip, "hostIP": self.node_ip}
+                return ip
+            return allocation.allocate_pod_ip(txn, self.cfg.node_pod_cidr, key)
+        ip = retry(self.store, take)
+        status = {"phase": "Pending", "podIP": ip, "hostIP": self.node_ip}
         try:
-            self.kubelet.start_pod(key, pod)
-            pod["status"] = self.kubelet.status(self.kubelet.pods[key])
+            self.kubelet.start_pod(key, {**pod, "status": status})
+            status = self.kubelet.status(self.kubelet.pods[key])
         except Exception as e:  # noqa: BLE001 - one pod failing to start must not stop the node
             log.exception("cannot start pod %s", key)
             self.start_failures[key] = time.monotonic() + 5  # retry later, not every pass
             self.event("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], "FailedCreatePodSandBox", str(e))
-        self._save(pod)
+        self._write_pod_status(key, status)
         self.dirty = True
 
     def _terminate_pod(self, key: str) -> None:
+        """Controller: mark the pod terminating (NotReady); its node's agent stops it. One
+        process doing both takes the endpoints away first, then stops the processes."""
         pod = self.objects["Pod"].get(key)
         if pod is None or pod["metadata"].get("deletionTimestamp"):
             return
-        pod["metadata"]["deletionTimestamp"] = now_iso()
-        for cond in pod.get("status", {}).get("conditions", []):
-            if cond["type"] in ("Ready", "ContainersReady"):
-                cond["status"] = "False"
-        self._save(pod)
+        uid, stamp = pod["metadata"].get("uid"), now_iso()
+
+        def mark(txn):
+            cur = txn.get(key)
+            if cur is None or cur["metadata"].get("uid") != uid:
+                return None
+            cur["metadata"]["deletionTimestamp"] = stamp
+            for cond in cur.get("status", {}).get("conditions", []):
+                if cond["type"] in ("Ready", "ContainersReady"):
+                    cond["status"] = "False"
+            txn.put(key, cur)
+            return cur
+        pod = retry(self.store, mark)
+        if pod is None:
+            self.objects["Pod"].pop(key, None)
+            return
+        self.objects["Pod"][key] = pod
         self.dirty = True
+        if not self.is_agent:
+            return
         # endpoints go first (this pass), the processes after: no request meets a dying pod
         self._sync_endpoints()
         self._sync_proxy()
         if key in self.kubelet.pods:
             self.kubelet.stop_pod(key)
-        else:
-            self.kubelet.pods.pop(key, None)
+        elif pod["spec"].get("nodeName") in (None, self.cfg.node_name):
             self.network.remove_pod(pod["metadata"]["namespace"], pod["metadata"]["name"])
-            self._remove("Pod", key)
+            self._forget_pod(key, pod)
 
     # -- endpoints and rules --------------------------------------------------------------
     def _sync_endpoints(self) -> None:
@@ -651,11 +948,9 @@ class Daemon:
         return pools
 
     def _sync_load_balancers(self) -> None:
-        """Give each LoadBalancer Service an IP from the pools (or leave it <pending> with an
-        event saying why), free the IPs of the others, and announce them on the node network."""
+        """Controller: give each LoadBalancer Service an IP from the pools (or leave it <pending>
+        with an event saying why) and free the IPs of the others."""
         pools = self._pools()
-        announce: set[str] = set()
-        l2ads = list(self.objects["L2Advertisement"].values())
         held: dict[str, list[str]] = {}  # owner -> LB IPs it holds, read once for the pass
         for k, owner in self.store.list(loadbalancer.LB_IPS):
             held.setdefault(owner, []).append(k.rsplit("/", 1)[1])
@@ -671,7 +966,6 @@ class Daemon:
                     self._save(svc)
                 continue
             if not pools:  # no pools: a status written in the manifest stands, like a cloud's
-                announce |= {i["ip"] for i in ingress_now if i.get("ip")}
                 continue
             current = sorted(held.get(owner, []))
             try:
@@ -688,9 +982,24 @@ class Daemon:
                 if ips:
                     self.event("Service", svc["metadata"]["namespace"], svc["metadata"]["name"], "IPAllocated",
                                f"Assigned IP {json.dumps(ips)}", "Normal")
-            for ip in ips:
+
+    def _announce_load_balancers(self) -> None:
+        """Agent: answer ARP for the LoadBalancer IPs this node is elected to announce (MetalLB's
+        layer-2 mode: one node per IP, the same choice on every node; another when it goes)."""
+        pools = self._pools()
+        l2ads = list(self.objects["L2Advertisement"].values())
+        ready = self._ready_nodes()
+        announce: set[str] = set()
+        for svc in self.objects["Service"].values():
+            if svc["spec"].get("type") != "LoadBalancer":
+                continue
+            for ing in svc.get("status", {}).get("loadBalancer", {}).get("ingress", []):
+                ip = ing.get("ip")
+                if not ip or loadbalancer.announcing_node(ip, ready) != self.cfg.node_name:
+                    continue
                 pool = next((p for p in pools if p.contains(ip)), None)
-                if pool and (pool.name == "default" and self.cfg.lb_pools or loadbalancer.advertised(pool.name, l2ads)):
+                if not pools or pool and (pool.name == "default" and self.cfg.lb_pools
+                                          or loadbalancer.advertised(pool.name, l2ads)):
                     announce.add(ip)
         if announce or self.announcer is not None:
             if self.announcer is None:
@@ -698,8 +1007,28 @@ class Daemon:
             self.announcer.set_ips(announce)
 
     def _host_iface(self) -> str:
+        """The interface holding the node's address (a VM's private network, not its NAT)."""
+        for line in subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout.splitlines():
+            parts = line.split()
+            if len(parts) > 3 and parts[3].split("/")[0] == self.node_ip:
+                return parts[1]
         out = subprocess.run(["ip", "-4", "route", "get", "192.0.2.1"], capture_output=True, text=True).stdout.split()
         return out[out.index("dev") + 1] if "dev" in out else "lo"
+
+    def _sync_routes(self) -> None:
+        """Agent (multi-node): host-gw routes to the other nodes' pod CIDRs."""
+        if not self.shared:
+            return
+        routes = {}
+        for node in self.objects["Node"].values():
+            addr = next((a["address"] for a in node.get("status", {}).get("addresses", [])
+                         if a["type"] == "InternalIP"), None)
+            cidr = node.get("spec", {}).get("podCIDR")
+            if node["metadata"]["name"] != self.cfg.node_name and addr and cidr:
+                routes[cidr] = addr
+        if routes != self.routes:
+            self.network.set_peer_routes(routes)
+            self.routes = routes
 
     def _sync_proxy(self, force: bool = False) -> None:
         """Render and apply (a partial sync unless `force`); feeds metrics and /healthz."""
@@ -731,7 +1060,7 @@ class Daemon:
         for t in self.triggers:  # change seen (file written, pod ready) -> rules live
             self.metrics.programming.observe(max(0.0, now - t))
         self.triggers.clear()
-        self.store.put(PROXY_STATUS, {"lastSync": now_iso(), "full": res.full,
+        self.store.put(PROXY_STATUS + (f"/{self.cfg.node_name}" if self.shared else ""), {"lastSync": now_iso(), "full": res.full,
                                       "durationSeconds": round(res.duration, 4),
                                       "servicesWritten": res.services_written,
                                       "services": sorted(res.result.service_chains)})
@@ -790,8 +1119,11 @@ class Daemon:
                     target = self.generation + 2  # a whole pass that began after this request
                     self.poke.set()
                     self.cond.wait_for(lambda: self.generation >= target or self.stopping.is_set(), timeout=60)
-            reply = {"ready": self.ready, "generation": self.generation, "pid": os.getpid(),
-                     "errors": self.store.get(MANIFEST_ERRORS) or []}
+            try:
+                errs = self.store.get(MANIFEST_ERRORS) or []
+            except Exception as e:  # noqa: BLE001 - the store is away: say so
+                errs = [{"message": f"the store is unreachable: {e}"}]
+            reply = {"ready": self.ready, "generation": self.generation, "pid": os.getpid(), "errors": errs}
             conn.sendall(json.dumps(reply).encode() + b"\n")
 
 
@@ -799,12 +1131,13 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     ap = argparse.ArgumentParser(description="run the kproxy daemon in the foreground")
     ap.add_argument("--state-dir", required=True)
+    ap.add_argument("--role", choices=("all", "controller", "agent"), default="all")
     args = ap.parse_args(argv)
     cfg = LabConfig.load(args.state_dir)
     if cfg is None:
         raise SystemExit(f"no lab configured in {args.state_dir}: run `kproxy up` first")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    Daemon(cfg).run()
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [{args.role}] %(message)s")
+    Daemon(cfg, controller=args.role in ("all", "controller"), agent=args.role in ("all", "agent")).run()
 
 
 if __name__ == "__main__":

@@ -34,6 +34,15 @@ def age(ts: str | None) -> str:
     return (f"{years}y{rest}d" if rest else f"{years}y") if years < 8 else f"{years}y"
 
 
+def node_ready(node: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in node.get("status", {}).get("conditions", []))
+
+
+def node_ip(node: dict) -> str:
+    return next((x["address"] for x in node.get("status", {}).get("addresses", []) if x["type"] == "InternalIP"),
+                "<none>")
+
+
 def pod_ready(pod: dict) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in pod.get("status", {}).get("conditions", []))
@@ -206,11 +215,9 @@ def _row(kind: str, o: dict, wide: bool) -> list[str]:
         ports = ",".join(str(p.get("port")) for p in o.get("ports", [])) or "<unset>"
         return [m["name"], o.get("addressType", "IPv4"), ports, _slice_endpoints(o), a]
     if kind == "Node":
-        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions", []))
-        row = [m["name"], "Ready" if ready else "NotReady", node_roles(o), a, NODE_VERSION]
+        row = [m["name"], "Ready" if node_ready(o) else "NotReady", node_roles(o), a, NODE_VERSION]
         if wide:
-            ip = next((x["address"] for x in st.get("addresses", []) if x["type"] == "InternalIP"), "<none>")
-            row += [ip, "<none>", spec.get("podCIDR", "<none>")]
+            row += [node_ip(o), "<none>", spec.get("podCIDR", "<none>")]
         return row
     if kind == "ReplicaSet":
         row = [m["name"], str(spec.get("replicas", 1)), str(st.get("replicas", 0)), str(st.get("readyReplicas", 0)), a]

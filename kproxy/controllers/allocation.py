@@ -169,13 +169,19 @@ def allocate_service(txn: Txn, svc: dict, old: dict | None, ranges: ServiceRange
 def allocate_pod_ip(txn: Txn, pod_cidr: str, owner: str) -> str:
     """The lowest free address of the node's pod CIDR (.1 is the bridge), like host-local IPAM."""
     net = ipaddress.ip_network(pod_cidr)
-    used = {k.rsplit("/", 1)[1] for k, _ in txn.list(POD_IPS)}
+    # only this node's share is read, so nodes allocating at once never conflict
+    octets = str(net.network_address).split(".")[:min(3, net.prefixlen // 8)]
+    used = {k.rsplit("/", 1)[1] for k, _ in txn.list(POD_IPS + "".join(o + "." for o in octets))}
     for addr in list(net.hosts())[1:]:
         ip = str(addr)
         if ip not in used:
             txn.put(f"{POD_IPS}{ip}", owner)
             return ip
     raise AllocationError("status.podIP", "", f"no free address in pod CIDR {pod_cidr}")
+
+
+def in_cidr(ip: str, cidr: str) -> bool:
+    return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr)
 
 
 def release_pod_ip(txn: Txn, ip: str | None) -> None:

@@ -129,6 +129,31 @@ class StoreReader:
             self._conn = None
 
 
+class EtcdReader:
+    """Reads a multi-node lab's etcd (`http://IP:2379`): the same snapshots, one revision each."""
+
+    def __init__(self, url: str):
+        from kproxy.store.etcd import EtcdStore
+        self.store = EtcdStore(url, timeout=3)
+
+    def revision(self) -> int | None:
+        try:
+            return self.store.revision()
+        except Exception:  # noqa: BLE001 - etcd away: keep serving what we have
+            return None
+
+    def snapshot(self) -> Snapshot | None:
+        try:
+            with self.store.transaction() as txn:  # every list reads the first one's revision
+                objects = {kind: [v for _, v in txn.list(prefix)] for kind, prefix in PREFIXES.items()}
+                return Snapshot(txn.read_revision, objects)
+        except Exception:  # noqa: BLE001
+            return None
+
+    def close(self) -> None:
+        self.store.close()
+
+
 # ------------------------------------------------------------------ addresses
 
 
@@ -194,7 +219,8 @@ class DnsServer:
                  metrics_port: int | None = 9153, http_host: str | None = None,
                  pod_mode: str = "insecure", poll_interval: float = POLL_INTERVAL,
                  forward_timeout: float = FORWARD_TIMEOUT, log: TextIO | None = None):
-        self.reader = store if isinstance(store, StoreReader) else StoreReader(store)
+        self.reader = store if isinstance(store, (StoreReader, EtcdReader)) else \
+            EtcdReader(store) if str(store).startswith("http") else StoreReader(store)
         self.host, self.port = parse_hostport(listen, 53)
         self.domain, self.ttl, self.pod_mode = domain, ttl, pod_mode
         self.upstreams = [parse_hostport(u, 53) for u in upstreams]
@@ -519,7 +545,7 @@ def _cluster_reply(query: dns.message.Message, answer: Answer) -> dns.message.Me
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m kproxy.dns.server", description=__doc__.split("\n")[0])
-    p.add_argument("--store", required=True, help="the lab's SQLite store (read only)")
+    p.add_argument("--store", required=True, help="the lab's SQLite store, or its etcd (http://IP:2379); read only")
     p.add_argument("--listen", default="0.0.0.0:53", help="IP:PORT for UDP and TCP")
     p.add_argument("--domain", default="cluster.local")
     p.add_argument("--ttl", type=int, default=30)

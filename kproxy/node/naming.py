@@ -18,10 +18,24 @@ def instance_prefix(state_dir: str) -> str:
 @dataclass(frozen=True)
 class Naming:
     prefix: str
+    node: str = ""  # a node's index in a multi-node lab ("" for the single node)
 
     @property
     def node_netns(self) -> str:
-        return f"{self.prefix}-node"
+        return f"{self.prefix}-node{self.node}"
+
+    def for_node(self, index: int) -> "Naming":
+        return Naming(self.prefix, str(index))
+
+    @property
+    def switch(self) -> str:
+        """The lab network's bridge (multi-node), in the `outside` namespace."""
+        return f"{self.prefix}-sw"
+
+    @property
+    def switch_port(self) -> str:
+        """The switch's end of this node's lab link (multi-node)."""
+        return f"{self.prefix}-n{self.node}"
 
     @property
     def outside_netns(self) -> str:

@@ -4,6 +4,10 @@ Sandbox layout (everything inside namespaces this instance created, nothing in t
 
     outside (192.168.49.100) --veth-- node (192.168.49.2)  [bridge 10.244.0.1/24] --veth-- pods
 
+Multi-node (`switch`): `outside` holds the lab switch (a bridge carrying its 192.168.49.100) and
+node N (192.168.49.N+1, pods 10.244.N.0/24) plugs its lab link into it; nodes reach each other's
+pods through host-gw routes (`set_peer_routes`), as in Kubernetes the Hard Way.
+
 The service CIDR is routed to the bridge, so a packet to a VIP with no rule stays on the node.
 """
 from __future__ import annotations
@@ -37,6 +41,7 @@ class NodeConfig:
     lab_cidr: str = "192.168.49.0/24"      # the sandbox's node network
     node_host: int = 2                     # node IP = lab_cidr + node_host
     outside_host: int = 100
+    switch: bool = False                   # multi-node: the lab link goes to the lab switch
 
     @property
     def gateway(self) -> str:
@@ -95,7 +100,7 @@ class NodeNetwork:
     def setup(self) -> None:
         n, cfg = self.naming, self.cfg
         if cfg.sandbox:
-            for name in (n.node_netns, n.outside_netns):
+            for name in (n.node_netns,) if cfg.switch else (n.node_netns, n.outside_netns):
                 if name not in list_netns():
                     pr_netns.create(name)
         with _ipr(self.node_ns) as ipr:
@@ -110,13 +115,17 @@ class NodeNetwork:
                        for r in ipr.get_routes(oif=br)):
                 ipr.route("add", dst=cfg.service_cidr, oif=br)
             if cfg.sandbox and not ipr.link_lookup(ifname=n.lab_link):
-                ipr.link("add", ifname=n.lab_link, kind="veth",
-                         peer={"ifname": n.lab_link, "net_ns_fd": n.outside_netns})
+                peer = n.switch_port if cfg.switch else n.lab_link
+                ipr.link("add", ifname=n.lab_link, kind="veth", peer={"ifname": peer, "net_ns_fd": n.outside_netns})
                 idx = ipr.link_lookup(ifname=n.lab_link)[0]
                 ipr.addr("add", index=idx, address=cfg.node_ip,
                          prefixlen=ipaddress.ip_network(cfg.lab_cidr).prefixlen)
                 _up(ipr, n.lab_link)
-        if cfg.sandbox:
+        if cfg.sandbox and cfg.switch:
+            with _ipr(n.outside_netns) as ipr:
+                port = ipr.link_lookup(ifname=n.switch_port)[0]
+                ipr.link("set", index=port, master=ipr.link_lookup(ifname=n.switch)[0], state="up")
+        elif cfg.sandbox:
             with _ipr(n.outside_netns) as ipr:
                 _up(ipr, "lo")
                 idx = ipr.link_lookup(ifname=n.lab_link)[0]
@@ -155,7 +164,7 @@ class NodeNetwork:
         """Remove the node's links and routes (host mode) or its namespaces (sandbox)."""
         n = self.naming
         if self.cfg.sandbox:
-            for name in (n.outside_netns, n.node_netns):
+            for name in (n.node_netns,) if self.cfg.switch else (n.outside_netns, n.node_netns):
                 if name in list_netns():
                     pr_netns.remove(name)
             return
@@ -171,6 +180,18 @@ class NodeNetwork:
                 except OSError as e:
                     log.warning("cannot restore sysctl %s=%s: %s", key, value, e)
             self.saved_sysctls.unlink()
+
+    def set_peer_routes(self, routes: dict[str, str]) -> None:
+        """host-gw: route each other node's pod CIDR via that node's address; drop stale ones."""
+        cluster = ipaddress.ip_network(self.cfg.cluster_cidr)
+        with _ipr(self.node_ns) as ipr:
+            for r in ipr.get_routes(family=2, table=254):
+                dst, gw = r.get_attr("RTA_DST"), r.get_attr("RTA_GATEWAY")
+                if dst and gw and r["dst_len"] and ipaddress.ip_network(f"{dst}/{r['dst_len']}").subnet_of(cluster) \
+                        and routes.get(f"{dst}/{r['dst_len']}") != gw:
+                    ipr.route("del", dst=f"{dst}/{r['dst_len']}", gateway=gw)
+            for cidr, via in routes.items():
+                ipr.route("replace", dst=cidr, gateway=via)
 
     # -- pods ---------------------------------------------------------------------------
     def add_pod(self, namespace: str, name: str, ip: str) -> str:

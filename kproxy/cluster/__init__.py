@@ -1,0 +1,1 @@
+"""Multi-node kproxy: a control plane and node agents sharing one etcd."""
