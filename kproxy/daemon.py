@@ -632,13 +632,15 @@ class Daemon:
     def _admit_service(self, svc: dict) -> str | None:
         kind, ns, name = obj_id(svc)
         key = key_of(kind, ns, name)
-        old = self.objects["Service"].get(key)
+        def admit(txn):  # may run again when another controller won a race (etcd)
+            old = txn.get(key)
+            new = allocation.allocate_service(txn, copy.deepcopy(svc), old, self.ranges, self.rng)
+            self._new_meta(new, old)
+            new.setdefault("status", (old or {}).get("status") or {"loadBalancer": {}})
+            txn.put(key, new)
+            return new
         try:
-            with self.store.transaction() as txn:
-                svc = allocation.allocate_service(txn, svc, old, self.ranges, self.rng)
-                self._new_meta(svc, old)
-                svc.setdefault("status", {"loadBalancer": {}})
-                txn.put(key, svc)
+            svc = retry(self.store, admit)
         except allocation.AllocationError as e:
             err = errors.invalid(e.field, e.value, e.detail)
             msg = str(errors.InvalidError("Service", name, [err]))
@@ -660,9 +662,7 @@ class Daemon:
         obj = self._remove(kind, key)
         if kind == "Service" and obj:
             owner = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
-            with self.store.transaction() as txn:
-                allocation.release_owner(txn, owner)
-                loadbalancer.release(txn, owner)
+            retry(self.store, lambda txn: (allocation.release_owner(txn, owner), loadbalancer.release(txn, owner)))
         self.dirty = True
 
     # -- pods -----------------------------------------------------------------------------
@@ -959,8 +959,7 @@ class Daemon:
             ingress_now = svc.get("status", {}).get("loadBalancer", {}).get("ingress", [])
             if not loadbalancer.wants_ip(svc):  # not (or no longer) a LoadBalancer of ours
                 if owner in held:
-                    with self.store.transaction() as txn:
-                        loadbalancer.release(txn, owner)
+                    retry(self.store, lambda txn: loadbalancer.release(txn, owner))
                 if ingress_now and svc["spec"].get("type") != "LoadBalancer":
                     svc["status"]["loadBalancer"] = {}
                     self._save(svc)
@@ -969,8 +968,7 @@ class Daemon:
                 continue
             current = sorted(held.get(owner, []))
             try:
-                with self.store.transaction() as txn:
-                    ips = loadbalancer.allocate(txn, svc, pools, current)
+                ips = retry(self.store, lambda txn: loadbalancer.allocate(txn, svc, pools, current))
             except loadbalancer.PoolError as e:
                 ips = []
                 self.event("Service", svc["metadata"]["namespace"], svc["metadata"]["name"], "AllocationFailed",
