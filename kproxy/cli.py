@@ -105,6 +105,19 @@ def proxy_status(store) -> dict:
     return {**oldest, "services": sorted(services)}
 
 
+def pod_netns(cfg: LabConfig, namespace: str, name: str) -> str:
+    """A pod's netns on this machine. On a real node of a multi-node lab the agent's state dir
+    (so its prefix) is not the CLI's: then the one `kp*-NS-NAME` namespace here is the pod's."""
+    netns = cfg.naming.pod_netns(namespace, name)
+    if cfg.store_url and not cfg.sandbox and not netns_exists(netns):
+        from kproxy.node.network import list_netns
+        found = [n for n in list_netns() if n.startswith("kp") and n.endswith(f"-{namespace}-{name}")
+                 and n[:n.index("-")].isalnum()]
+        if len(found) == 1:
+            return found[0]
+    return netns
+
+
 def node_netns(cfg: LabConfig, store, name: str | None) -> str | None:
     """Where node NAME's commands run: its sandbox netns (None on a real host)."""
     if not cfg.sandbox:
@@ -1078,7 +1091,7 @@ def exec_(target, command, stdin, tty, container, namespace, state_dir):
         phase = pod.get("status", {}).get("phase")
         if phase in ("Succeeded", "Failed"):
             fail(f"cannot exec into a container in a completed pod; current phase is {phase}")
-        netns = cfg.naming.pod_netns(namespace, pname)
+        netns = pod_netns(cfg, namespace, pname)
         hostname = pod["spec"].get("hostname") or pname
         running = any(cs.get("name") == cname and "running" in (cs.get("state") or {})
                       for cs in pod.get("status", {}).get("containerStatuses") or [])
@@ -1159,6 +1172,8 @@ def logs(target, container_arg, namespace, container, follow, tail, state_dir):
         click.echo(f"Found {count} pods, using pod/{pname}", err=True)
     cname = _container_of(pod, container or container_arg)
     path = cfg.logs / f"{namespace}_{pname}" / f"{cname}.log"
+    if not path.exists() and cfg.store_url:  # a real node's agent keeps them in its own state dir
+        path = next(Path(cfg.state_dir).glob(f"nodes/*/logs/{namespace}_{pname}/{cname}.log"), path)
     if not path.exists():
         statuses = {cs.get("name"): cs for cs in pod.get("status", {}).get("containerStatuses") or []}
         reason = ((statuses.get(cname) or {}).get("state", {}).get("waiting") or {}).get("reason", "ContainerCreating")
@@ -1370,6 +1385,10 @@ def agent(store_url, node_name, node_ip, pod_cidr, sandbox, state_dir):
     from kproxy.daemon import main as daemon_main
     daemon_main(["--state-dir", cfg.state_dir, "--role", "agent"])
 
+
+from kproxy.cluster.units import units  # noqa: E402 - `kproxy units`, for the Vagrant lab's provisioning
+
+main.add_command(units)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,116 @@
+"""systemd units for a cluster of real machines (the Vagrant lab): etcd, the controller, the agents.
+
+Each unit runs a command line of commands.py, so real nodes run exactly what the emulated
+nodes of `kproxy up --sandbox --nodes N` run, with the emulated lab's state layout, which is
+what the CLI expects under its state dir (`KPROXY_STATE_DIR`, default /var/lib/kproxy):
+
+- first node: STATE is the controller (so `kproxy apply/get` there talk to it), STATE/etcd
+  holds etcd's data, STATE/nodes/<node> is this node's agent;
+- every other node: STATE is the node's agent (so `kproxy get` works there too).
+"""
+from __future__ import annotations
+
+import ipaddress
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from . import commands
+
+ETCD_UNIT = "kproxy-etcd.service"
+CONTROLLER_UNIT = "kproxy-controller.service"
+AGENT_UNIT = "kproxy-agent.service"
+DEFAULT_STATE_DIR = "/var/lib/kproxy"
+
+
+def exec_line(argv: list[str]) -> str:
+    """argv as systemd parses ExecStart: shell quoting, with `%` and `$` escaped (specifiers,
+    variables). systemd also C-unescapes backslashes, which shell quoting cannot express."""
+    if any("\\" in a or "\n" in a for a in argv):
+        raise ValueError(f"cannot put a backslash or newline in ExecStart: {argv!r}")
+    return shlex.join(argv).replace("%", "%%").replace("$", "$$")
+
+
+def unit_text(description: str, argv: list[str], after=(), requires=(), wants=(), service_type: str = "simple",
+              kill_mode: str = "control-group", environment=("PYTHONUNBUFFERED=1",)) -> str:
+    """One service that systemd restarts forever (StartLimitIntervalSec=0: a node whose etcd is
+    not up yet keeps retrying instead of giving up after 5 quick failures)."""
+    unit = [f"Description={description}", "StartLimitIntervalSec=0"]
+    unit += [f"{key}={' '.join(names)}" for key, names in
+             (("After", after), ("Requires", requires), ("Wants", wants)) if names]
+    service = [f"Type={service_type}", f"ExecStart={exec_line(argv)}", "Restart=always", "RestartSec=2",
+               f"KillMode={kill_mode}", *(f"Environment={e}" for e in environment)]
+    return "\n".join(["[Unit]", *unit, "", "[Service]", *service, "", "[Install]",
+                      "WantedBy=multi-user.target", ""])
+
+
+def node_units(role_first_node: bool, node: str, node_ip: str, first_ip: str, pod_cidr: str, kproxy_bin: str,
+               state_dir: str = DEFAULT_STATE_DIR, manifests: str | None = None) -> dict[str, str]:
+    """The unit files of one node: etcd + controller + agent on the first node, an agent elsewhere."""
+    state = Path(state_dir)
+    store = commands.store_url(first_ip)
+    online = ("network-online.target",)  # etcd and the agent use the node's address: wait for it
+    files = {}
+    if role_first_node:
+        files[ETCD_UNIT] = unit_text(
+            f"kproxy cluster store (etcd) on {node}", commands.etcd_argv(node, str(state / "etcd"), node_ip),
+            after=online, wants=online, service_type="notify", environment=())  # etcd tells systemd when it serves
+        files[CONTROLLER_UNIT] = unit_text(
+            "kproxy controller (admission, allocation, Deployments, scheduling, endpoints)",
+            commands.controller_argv(kproxy_bin, str(state), store, manifests or str(state / "manifests"),
+                                     ["--name", node, "--node-ip", node_ip]),
+            after=(ETCD_UNIT,), requires=(ETCD_UNIT,))
+    # KillMode=mixed: SIGTERM to the agent alone, which stops its pods and removes its rules itself
+    agent_state = state / "nodes" / node if role_first_node else state
+    files[AGENT_UNIT] = unit_text(
+        f"kproxy agent of {node} (pods, iptables rules, routes)",
+        commands.agent_argv(kproxy_bin, str(agent_state), store, node, node_ip, pod_cidr),
+        after=online + ((ETCD_UNIT,) if role_first_node else ()), wants=online, kill_mode="mixed")
+    return files
+
+
+def _ip(ctx, param, value):
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _cidr(ctx, param, value):
+    try:
+        return str(ipaddress.ip_network(value))
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@click.command("units")
+@click.option("--node", required=True, help="This node's name, e.g. node-2.")
+@click.option("--node-ip", required=True, callback=_ip, help="This node's address on the node network.")
+@click.option("--first-node-ip", required=True, callback=_ip, help="The first node's address: etcd's.")
+@click.option("--pod-cidr", required=True, callback=_cidr, help="This node's pod CIDR, e.g. 10.244.2.0/24.")
+@click.option("--control-plane/--no-control-plane", default=None,
+              help="Also etcd and the controller (default: when --node-ip is --first-node-ip).")
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, help="The CLI's state dir.")
+@click.option("--manifests", default=None, help="The controller's manifests folder (default STATE/manifests).")
+@click.option("--kproxy", "kproxy_bin", default=None, help="The kproxy command (default: next to this Python).")
+@click.option("--write", "write_dir", default=None, type=click.Path(file_okay=False),
+              help="Write the unit files into DIR (e.g. /etc/systemd/system) instead of printing them.")
+def units(node, node_ip, first_node_ip, pod_cidr, control_plane, state_dir, manifests, kproxy_bin, write_dir):
+    """Render the systemd units of one real node of a multi-node lab (see vagrant/README.md)."""
+    if control_plane is None:
+        control_plane = node_ip == first_node_ip
+    kproxy_bin = kproxy_bin or str(Path(sys.executable).with_name("kproxy"))
+    files = node_units(control_plane, node, node_ip, first_node_ip, pod_cidr, kproxy_bin, state_dir, manifests)
+    for name, text in files.items():
+        if write_dir:
+            Path(write_dir).mkdir(parents=True, exist_ok=True)
+            (Path(write_dir) / name).write_text(text)
+            click.echo(str(Path(write_dir) / name))
+        else:
+            click.echo(f"# {name}\n{text}")
+
+
+if __name__ == "__main__":  # usable before `kproxy units` is registered: python -m kproxy.cluster.units
+    units()
