@@ -214,6 +214,62 @@ def test_killed_agent_loses_its_endpoints_and_gets_them_back(app):
     assert "node-2" in {pod_nodes(app, "web").get(a[0]) for a in answers}
 
 
+LB = """
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: lab, namespace: metallb-system}
+spec:
+  addresses: [192.168.49.240-192.168.49.250]
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata: {name: lab, namespace: metallb-system}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-lb}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
+
+def lab_mac(lab, index: int) -> str:
+    naming = lab.cfg.naming.for_node(index)
+    return subprocess.run(["ip", "netns", "exec", naming.node_netns, "cat", f"/sys/class/net/{naming.lab_link}/address"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def answered_by_mac(lab, ip: str) -> str | None:
+    """Forget the neighbour, fetch through the LB IP, and say which MAC answered ARP for it."""
+    outside = lab.cfg.naming.outside_netns
+    subprocess.run(["ip", "netns", "exec", outside, "ip", "neigh", "flush", "all"], check=True)
+    if from_outside(lab, f"http://{ip}/", 1)[0][0].startswith("ERR"):
+        return None
+    neigh = subprocess.run(["ip", "netns", "exec", outside, "ip", "neigh", "show", ip],
+                           capture_output=True, text=True).stdout.split()
+    return neigh[neigh.index("lladdr") + 1] if "lladdr" in neigh else None
+
+
+def test_the_load_balancer_ip_moves_when_its_node_goes(app):
+    app.apply(LB)
+    ip = app.wait_for(lambda: app.get("svc", "web-lb").get("status", {}).get("loadBalancer", {}).get("ingress"))[0]["ip"]
+    macs = {i: lab_mac(app, i) for i in (1, 2, 3)}
+    speaker = app.wait_for(lambda: answered_by_mac(app, ip), timeout=10)
+    index = next(i for i, mac in macs.items() if mac == speaker)  # exactly one node answers
+    pid = int((Path(app.state_dir) / "nodes" / f"node-{index}" / "daemon.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    try:
+        moved = app.wait_for(lambda: (m := answered_by_mac(app, ip)) not in (None, speaker) and m, timeout=20,
+                             interval=0.5)
+        assert moved in macs.values()
+    finally:
+        cluster.start_agent(app.cfg, index)
+    app.wait_for(lambda: all(any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
+                             for n in app.get("nodes")["items"]), timeout=20)
+
+
 def test_etcd_restart_loses_nothing(app):
     before = {s["metadata"]["name"]: (s["spec"]["clusterIP"], [p.get("nodePort") for p in s["spec"]["ports"]])
               for s in app.get("svc")["items"]}

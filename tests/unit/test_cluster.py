@@ -1,0 +1,123 @@
+"""Multi-node logic without root: the emulated lab's addressing, the scheduler, node lifecycle
+and the controller/agent split of the daemon over one store (SQLite standing in for etcd)."""
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from kproxy.cluster import commands, lab
+from kproxy.config import LabConfig
+from kproxy.daemon import NODE_LEASES, Daemon, key_of
+
+
+def test_emulated_nodes_get_their_own_address_pod_cidr_and_state(tmp_path):
+    cfg = LabConfig(state_dir=str(tmp_path), sandbox=True, nodes=3)
+    ctl = lab.controller_config(cfg)
+    assert (ctl.node_name, ctl.node_ip, ctl.store_url) == ("node-1", "192.168.49.2", "http://192.168.49.2:2379")
+    nodes = [lab.node_config(ctl, i) for i in (1, 2, 3)]
+    assert [n.node_ip for n in nodes] == ["192.168.49.2", "192.168.49.3", "192.168.49.4"]
+    assert [n.node_pod_cidr for n in nodes] == ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]
+    assert {n.naming.prefix for n in nodes} == {cfg.naming.prefix}  # one lab, one prefix
+    assert [n.naming.node_netns for n in nodes] == [f"{cfg.naming.prefix}-node{i}" for i in (1, 2, 3)]
+    assert len({n.state_dir for n in nodes} | {ctl.state_dir}) == 4
+    assert nodes[1].naming.switch_port == f"{cfg.naming.prefix}-n2" and len(nodes[1].naming.switch_port) <= 15
+
+
+def test_command_lines_are_the_units_command_lines(tmp_path):
+    argv = commands.agent_argv("/opt/kproxy/.venv/bin/kproxy", "/var/lib/kproxy", "http://10.0.0.1:2379",
+                               "node-2", "10.0.0.2", "10.244.2.0/24")
+    assert argv[1:4] == ["agent", "--state-dir", "/var/lib/kproxy"] and "--sandbox" not in argv
+    etcd = commands.etcd_argv("node-1", "/d", "10.0.0.1")
+    assert "http://10.0.0.1:2379,http://127.0.0.1:2379" in etcd
+
+
+def _daemon(tmp_path, role: str, node: str = "node-1") -> Daemon:
+    cfg = LabConfig(state_dir=str(tmp_path), sandbox=True, node_name=node)
+    d = Daemon(cfg, controller=role == "controller", agent=role == "agent")
+    d.shared, d.leader = True, True  # as on etcd: other processes write the store too
+    return d
+
+
+def _node(name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "spec": {"podCIDR": "10.244.1.0/24"},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}
+
+
+def _pod(name: str, owner: str | None = None, node: str | None = None) -> dict:
+    meta = {"name": name, "namespace": "default", "labels": {"app": owner or name}}
+    if owner:
+        meta["ownerReferences"] = [{"kind": "ReplicaSet", "name": f"{owner}-abc", "controller": True}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "spec": {"containers": [{"name": "c"}], **({"nodeName": node} if node else {})}, "status": {}}
+
+
+@pytest.fixture
+def controller(tmp_path):
+    d = _daemon(tmp_path, "controller")
+    for n in ("node-1", "node-2", "node-3"):
+        d._save(_node(n))
+    d.leases = {"node-1", "node-2", "node-3"}
+    return d
+
+
+def test_the_scheduler_spreads_a_deployment_first(controller):
+    controller._save(_pod("other-1", node="node-1"))  # another app's pod already on node-1
+    controller._save(_pod("other-2", node="node-1"))
+    for i in range(6):
+        controller._schedule(_pod(f"web-{i}", owner="web"))
+    web = [p for p in controller.objects["Pod"].values() if p["metadata"]["name"].startswith("web-")]
+    assert collections.Counter(p["spec"]["nodeName"] for p in web) == {"node-1": 2, "node-2": 2, "node-3": 2}
+    events = [e for _, e in controller.store.list("/registry/events/") if e["reason"] == "Scheduled"]
+    assert len(events) == 6
+
+
+def test_a_pod_waits_for_a_ready_node(controller):
+    controller.leases = set()
+    controller._schedule(_pod("lonely"))
+    stored = controller.store.get(key_of("Pod", "default", "lonely"))
+    assert "nodeName" not in stored["spec"]
+    controller.leases = {"node-2"}
+    controller._reconcile_pods()  # a later pass places it
+    assert controller.store.get(key_of("Pod", "default", "lonely"))["spec"]["nodeName"] == "node-2"
+
+
+def test_a_node_whose_lease_lapsed_goes_not_ready_with_its_pods(controller):
+    pod = _pod("p", node="node-2")
+    pod["status"] = {"phase": "Running", "podIP": "10.244.2.2",
+                     "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}]}
+    controller._save(pod)
+    controller.leases = {"node-1", "node-3"}
+    controller._node_lifecycle()
+    node = controller.store.get(key_of("Node", "", "node-2"))
+    assert node["status"]["conditions"][0]["status"] == "Unknown"
+    assert node["status"]["conditions"][0]["reason"] == "NodeStatusUnknown"
+    stored = controller.store.get(key_of("Pod", "default", "p"))
+    assert {c["type"]: c["status"] for c in stored["status"]["conditions"]} == {"Ready": "False",
+                                                                                "ContainersReady": "False"}
+    assert controller._ready_nodes() == ["node-1", "node-3"]
+    controller.leases = {"node-1", "node-2", "node-3"}  # the agent is back
+    controller._node_lifecycle()
+    assert controller.store.get(key_of("Node", "", "node-2"))["status"]["conditions"][0]["status"] == "True"
+
+
+def test_an_agent_writes_status_over_the_controllers_deletion_mark(tmp_path):
+    """Both roles write a pod: the agent's status write keeps the controller's deletionTimestamp."""
+    ctl, agent = _daemon(tmp_path, "controller"), _daemon(tmp_path, "agent", "node-2")
+    ctl._save(_pod("p", node="node-2"))
+    agent._list_all()
+    ctl._terminate_pod(key_of("Pod", "default", "p"))
+    agent._write_pod_status(key_of("Pod", "default", "p"), {"phase": "Running", "podIP": "10.244.2.9"})
+    stored = ctl.store.get(key_of("Pod", "default", "p"))
+    assert stored["metadata"].get("deletionTimestamp") and stored["status"]["podIP"] == "10.244.2.9"
+
+
+def test_the_cache_follows_other_writers_and_leases(tmp_path):
+    a, b = _daemon(tmp_path, "controller"), _daemon(tmp_path, "agent", "node-2")
+    a._list_all()
+    b._save(_node("node-2"))
+    b.store.put(NODE_LEASES + "node-2", {"kind": "Lease"})
+    a.dirty = False
+    a._refresh(0.0)
+    assert a.dirty and "node-2" in a.leases and key_of("Node", "", "node-2") in a.objects["Node"]
