@@ -235,7 +235,11 @@ class Daemon:
         if self.signature is not None:  # when the change was written, for programming latency
             self.triggers.append(max((s[3] for s in sig), default=time.time_ns()) / 1e9)
         self.signature, self.dirty = sig, True
-        self._load_manifests()
+        try:
+            self._load_manifests()
+        except Exception:
+            self.signature = None  # load it all again next time: nothing of it may be lost
+            raise
 
     def _pass(self, now: float) -> None:
         if self.shared and (self.stale.is_set() or now - self.last_refresh > REFRESH_PERIOD):

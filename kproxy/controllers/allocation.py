@@ -59,14 +59,16 @@ def allocate_cluster_ip(txn: Txn, ranges: ServiceRanges, owner: str, requested: 
                                   f"failed to allocate IP {requested}: provided IP is already allocated")
         txn.put(f"{CLUSTER_IPS}{requested}", owner)
         return requested
-    used = {k.rsplit("/", 1)[1] for k, _ in txn.list(CLUSTER_IPS)}
     size = net.num_addresses - 2
     reserved = {ranges.nth_ip(1), ranges.nth_ip(10)}  # default/kubernetes and kube-dns
-    for _ in range(64):  # random like the API server; fall back to a scan when the range is full-ish
+    # Random like the API server, reading only the address tried (as it creates an IPAddress
+    # object): two controllers then conflict only when they pick the same address.
+    for _ in range(64):
         ip = str(net.network_address + rng.randint(1, size))
-        if ip not in used and ip not in reserved:
+        if ip not in reserved and _owner(txn, CLUSTER_IPS, ip) is None:
             break
-    else:
+    else:  # the range is full-ish: scan it
+        used = {k.rsplit("/", 1)[1] for k, _ in txn.list(CLUSTER_IPS)}
         ip = next((str(a) for a in net.hosts() if str(a) not in used and str(a) not in reserved), None)
         if ip is None:
             raise AllocationError(field, [], "failed to allocate a serviceIP: range is full")
@@ -83,15 +85,18 @@ def allocate_node_port(txn: Txn, ranges: ServiceRanges, owner: str, requested: i
             raise AllocationError(field, requested, "provided port is already allocated")
         txn.put(f"{NODE_PORTS}{requested}", owner)
         return requested
-    used = {int(k.rsplit("/", 1)[1]) for k, _ in txn.list(NODE_PORTS)}
-    free = hi - lo + 1 - len(used)
-    if free <= 0:
-        raise AllocationError(field, 0, "failed to allocate a nodePort: range is full")
-    while True:
+    for _ in range(64):  # one key read per try, as for ClusterIPs: concurrent writers rarely meet
         port = rng.randint(lo, hi)
-        if port not in used:
+        if _owner(txn, NODE_PORTS, port) is None:
             txn.put(f"{NODE_PORTS}{port}", owner)
             return port
+    used = {int(k.rsplit("/", 1)[1]) for k, _ in txn.list(NODE_PORTS)}
+    free = [p for p in range(lo, hi + 1) if p not in used]
+    if not free:
+        raise AllocationError(field, 0, "failed to allocate a nodePort: range is full")
+    port = rng.choice(free)
+    txn.put(f"{NODE_PORTS}{port}", owner)
+    return port
 
 
 def release_owner(txn: Txn, owner: str, keep_ips: set[str] = frozenset(), keep_ports: set[int] = frozenset()) -> None:
@@ -162,7 +167,14 @@ def allocate_service(txn: Txn, svc: dict, old: dict | None, ranges: ServiceRange
     else:
         spec.pop("healthCheckNodePort", None)
 
-    release_owner(txn, owner, keep_ips, keep_ports)
+    # free what the previous version held and this one does not (only those keys are read)
+    for ip in old_spec.get("clusterIPs") or [old_spec.get("clusterIP")]:
+        if ip and ip != "None" and ip not in keep_ips and _owner(txn, CLUSTER_IPS, ip) == owner:
+            txn.delete(f"{CLUSTER_IPS}{ip}")
+    held_ports = [p.get("nodePort") for p in old_spec.get("ports", [])] + [old_spec.get("healthCheckNodePort")]
+    for port in held_ports:
+        if port and port not in keep_ports and _owner(txn, NODE_PORTS, port) == owner:
+            txn.delete(f"{NODE_PORTS}{port}")
     return svc
 
 

@@ -331,7 +331,13 @@ def test_two_controllers_racing_never_hand_out_one_cluster_ip(app):
         def admitted():
             items = [s for s in app.get("svc")["items"] if s["metadata"]["name"].startswith("race-")]
             return items if len(items) == 80 and all(s["spec"].get("clusterIP") for s in items) else None
-        items = app.wait_for(admitted, timeout=60, interval=0.5)
+        try:
+            items = app.wait_for(admitted, timeout=60, interval=0.5)
+        except AssertionError:
+            names = {s["metadata"]["name"]: s["spec"].get("clusterIP") for s in app.get("svc")["items"]}
+            raise AssertionError(f"not admitted: {sorted(n for n in names if n.startswith('race-'))}\n"
+                                 + (second / "controller.log").read_text()[-3000:]
+                                 + (Path(app.state_dir) / "daemon.log").read_text()[-3000:]) from None
         ips = [s["spec"]["clusterIP"] for s in items]
         assert len(set(ips)) == 80, collections.Counter(ips).most_common(3)
         assert proc.poll() is None, (second / "controller.log").read_text()[-2000:]
