@@ -315,11 +315,13 @@ def main() -> None:
 @click.option("--foreground", is_flag=True, help="Run the daemon in this process (for systemd).")
 @click.option("--nodes", default=1, show_default=True, type=click.IntRange(1, 50),
               help="Emulated nodes (with --sandbox): etcd, a controller and one agent per node.")
+@click.option("--overlay", type=click.Choice(["host-gw", "vxlan"]), default="host-gw", show_default=True,
+              help="How nodes reach each other's pods: routes via the node (host-gw) or a VXLAN overlay.")
 @click.option("--timeout", default=180, show_default=True, help="Seconds to wait for the initial reconcile.")
 @state_dir_option
 def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node_name, iptables_sync_period,
        masquerade_all, healthz_bind_address, metrics_bind_address, lb_pools, cluster_dns, dns_upstreams,
-       foreground, nodes, timeout, state_dir):
+       foreground, nodes, overlay, timeout, state_dir):
     """Start the lab daemon; returns once the initial manifests are reconciled."""
     need_root()
     state_dir = state_dir_from_env(state_dir)
@@ -332,7 +334,7 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
     cfg = LabConfig.load(state_dir) or LabConfig(state_dir=state_dir)
     # a multi-node lab's settings are its own: `up` starts from the lab-wide ones
     cfg.nodes, cfg.store_url, cfg.node_index, cfg.node_ip, cfg.pod_cidr = nodes, "", 0, "", ""
-    cfg.lab_prefix, cfg.logs_dir = "", ""
+    cfg.lab_prefix, cfg.logs_dir, cfg.overlay = "", "", overlay
     if nodes > 1 and not node_name:
         cfg.node_name = "node-1"
     if manifests:
@@ -1375,13 +1377,15 @@ def controller(store_url, manifests, name, node_ip, lb_pools, state_dir):
 @click.option("--node-ip", required=True, help="This node's address on the node network.")
 @click.option("--pod-cidr", default=None, help="This node's pod CIDR (e.g. 10.244.2.0/24).")
 @click.option("--sandbox", is_flag=True, default=None, help="An emulated node (its own netns), as `up --nodes` makes.")
+@click.option("--overlay", type=click.Choice(["host-gw", "vxlan"]), default=None,
+              help="How this node reaches the other nodes' pods (default host-gw; the same on every node).")
 @state_dir_option
-def agent(store_url, node_name, node_ip, pod_cidr, sandbox, state_dir):
+def agent(store_url, node_name, node_ip, pod_cidr, sandbox, overlay, state_dir):
     """Run one node of a multi-node lab in the foreground: its pods, iptables rules, layer-2
     announcements and routes to the other nodes' pods."""
     need_root()
     cfg = _process_config(state_dir, store_url, node_name=node_name, node_ip=node_ip, pod_cidr=pod_cidr,
-                          sandbox=sandbox)
+                          sandbox=sandbox, overlay=overlay)
     from kproxy.daemon import main as daemon_main
     daemon_main(["--state-dir", cfg.state_dir, "--role", "agent"])
 

@@ -43,6 +43,7 @@ class LabConfig:
     pod_cidr: str = ""                           # this node's pod CIDR ("" = the first /24)
     lab_prefix: str = ""                         # the lab's prefix, shared by its nodes' state dirs
     logs_dir: str = ""                           # pod logs ("" = STATE/logs)
+    overlay: str = "host-gw"                     # how nodes reach each other's pods: host-gw or vxlan
 
     def __post_init__(self):
         self.state_dir = os.path.abspath(self.state_dir)

@@ -256,7 +256,11 @@ class Daemon:
                 self._sync_endpoints()
             if self.is_agent:
                 self._announce_load_balancers()
-                self._sync_routes()
+                try:
+                    self._sync_routes()
+                except Exception as e:  # noqa: BLE001 - no routes to other nodes must not stop the rules
+                    log.exception("routes to the other nodes failed")
+                    self.event("Node", "", self.cfg.node_name, "FailedRoutes", f"{type(e).__name__}: {e}")
                 self._sync_proxy()
         elif not self.is_agent:
             pass
@@ -473,8 +477,14 @@ class Daemon:
             from urllib.parse import urlsplit
             role = "control-plane" if urlsplit(self.cfg.store_url).hostname == self.node_ip else "worker"
             node["metadata"]["labels"][f"node-role.kubernetes.io/{role}"] = ""
+        annotations = node["metadata"].setdefault("annotations", {})
         if self.cfg.sandbox:  # where `kproxy exec node/NAME` and `kproxy rules --node` go
-            node["metadata"]["annotations"] = {"kproxy.io/netns": self.naming.node_netns}
+            annotations["kproxy.io/netns"] = self.naming.node_netns
+        if self.shared and self.cfg.overlay == "vxlan":  # what flannel publishes for its peers
+            mac = self.network.setup_vxlan(self.node_ip)
+            annotations.update({"flannel.alpha.coreos.com/backend-type": "vxlan",
+                                "flannel.alpha.coreos.com/backend-data": json.dumps({"VNI": 1, "VtepMAC": mac}),
+                                "flannel.alpha.coreos.com/public-ip": self.node_ip})
         self._new_meta(node, self.objects["Node"].get(key_of("Node", "", self.cfg.node_name)))
         self._save(node)
 
@@ -1018,7 +1028,7 @@ class Daemon:
         return out[out.index("dev") + 1] if "dev" in out else "lo"
 
     def _sync_routes(self) -> None:
-        """Agent (multi-node): host-gw routes to the other nodes' pod CIDRs."""
+        """Agent (multi-node): routes to the other nodes' pod CIDRs, host-gw or over VXLAN."""
         if not self.shared:
             return
         routes = {}
@@ -1026,10 +1036,19 @@ class Daemon:
             addr = next((a["address"] for a in node.get("status", {}).get("addresses", [])
                          if a["type"] == "InternalIP"), None)
             cidr = node.get("spec", {}).get("podCIDR")
-            if node["metadata"]["name"] != self.cfg.node_name and addr and cidr:
+            if node["metadata"]["name"] == self.cfg.node_name or not addr or not cidr:
+                continue
+            if self.cfg.overlay == "vxlan":
+                data = (node["metadata"].get("annotations") or {}).get("flannel.alpha.coreos.com/backend-data")
+                if data:
+                    routes[cidr] = (addr, json.loads(data)["VtepMAC"])
+            else:
                 routes[cidr] = addr
         if routes != self.routes:
-            self.network.set_peer_routes(routes)
+            if self.cfg.overlay == "vxlan":
+                self.network.set_vxlan_peers(routes)
+            else:
+                self.network.set_peer_routes(routes)
             self.routes = routes
 
     def _sync_proxy(self, force: bool = False) -> None:

@@ -12,6 +12,7 @@ The service CIDR is routed to the bridge, so a packet to a VIP with no rule stay
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import logging
@@ -24,11 +25,15 @@ from pathlib import Path
 from typing import Iterator
 
 from pyroute2 import IPRoute, NetNS, netns as pr_netns
+from pyroute2.netlink.exceptions import NetlinkError
 
 from . import dnsconfig
 from .naming import Naming
 
 log = logging.getLogger(__name__)
+
+VXLAN_VNI, VXLAN_PORT = 1, 4789  # flannel's defaults
+ONLINK = 4                       # RTNH_F_ONLINK: the VTEP address is reached on the device
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,47 @@ class NodeNetwork:
                     ipr.route("del", dst=f"{dst}/{r['dst_len']}", gateway=gw)
             for cidr, via in routes.items():
                 ipr.route("replace", dst=cidr, gateway=via)
+
+    # -- VXLAN overlay (like flannel's vxlan backend) -------------------------------------
+    @property
+    def vxlan(self) -> str:
+        return f"{self.naming.prefix}-vx"
+
+    def setup_vxlan(self, node_ip: str) -> str:
+        """This node's VTEP: VNI 1 on UDP 4789 over the node's address, holding the pod CIDR's
+        network address (10.244.N.0/32, as flannel.1 does); returns its MAC for the others."""
+        net = ipaddress.ip_network(self.cfg.pod_cidr)
+        with _ipr(self.node_ns) as ipr:
+            if not ipr.link_lookup(ifname=self.vxlan):
+                under = next((a["index"] for a in ipr.get_addr(family=2) if a.get_attr("IFA_ADDRESS") == node_ip), None)
+                ipr.link("add", ifname=self.vxlan, kind="vxlan", vxlan_id=VXLAN_VNI, vxlan_port=VXLAN_PORT,
+                         vxlan_local=node_ip, vxlan_learning=0, **({"vxlan_link": under} if under else {}))
+                idx = ipr.link_lookup(ifname=self.vxlan)[0]
+                ipr.addr("add", index=idx, address=str(net.network_address), prefixlen=32)
+            idx = _up(ipr, self.vxlan)
+            return ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+
+    def set_vxlan_peers(self, peers: dict[str, tuple[str, str]]) -> None:
+        """Each other node's pod CIDR -> (its address, its VTEP MAC): a route via its VTEP
+        address on the VXLAN device, the neighbour entry for it, and the FDB entry saying
+        which node to tunnel that MAC to. Stale routes of the cluster CIDR go."""
+        cluster = ipaddress.ip_network(self.cfg.cluster_cidr)
+        with _ipr(self.node_ns) as ipr:
+            vx = ipr.link_lookup(ifname=self.vxlan)[0]
+            for r in ipr.get_routes(family=2, table=254):
+                dst = r.get_attr("RTA_DST")
+                if dst and r["dst_len"] and ipaddress.ip_network(f"{dst}/{r['dst_len']}").subnet_of(cluster) \
+                        and r.get_attr("RTA_OIF") == vx and f"{dst}/{r['dst_len']}" not in peers:
+                    ipr.route("del", dst=f"{dst}/{r['dst_len']}", oif=vx)
+            for cidr, (node_ip, mac) in peers.items():
+                vtep = str(ipaddress.ip_network(cidr).network_address)
+                ipr.neigh("replace", dst=vtep, lladdr=mac, ifindex=vx, state="permanent")
+                try:  # `bridge fdb append`: the kernel has no replace for VXLAN FDB entries
+                    ipr.fdb("append", ifindex=vx, lladdr=mac, dst=node_ip)
+                except NetlinkError as e:
+                    if e.code != errno.EEXIST:
+                        raise
+                ipr.route("replace", dst=cidr, gateway=vtep, oif=vx, flags=ONLINK)
 
     # -- pods ---------------------------------------------------------------------------
     def add_pod(self, namespace: str, name: str, ip: str) -> str:
