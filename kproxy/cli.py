@@ -121,6 +121,8 @@ def pod_netns(cfg: LabConfig, namespace: str, name: str) -> str:
 def node_netns(cfg: LabConfig, store, name: str | None) -> str | None:
     """Where node NAME's commands run: its sandbox netns (None on a real host)."""
     if not cfg.sandbox:
+        if name and cfg.store_url and name != cfg.node_name:
+            fail(f"node {name} is another machine: run this there (`vagrant ssh {name}`)")
         return None
     if name is None or (name == cfg.node_name and not cfg.store_url):
         return cfg.naming.node_netns
@@ -487,11 +489,14 @@ def down(purge, state_dir):
     state_dir = state_dir_from_env(state_dir)
     cfg = lab(state_dir)
     pid = daemon_pid(state_dir)
+    if cfg.store_url and not cfg.sandbox:
+        fail("this is a node of a multi-node lab run by systemd: "
+             "`systemctl stop kproxy-agent kproxy-controller kproxy-etcd` (see vagrant/README.md)")
     if cfg.store_url:  # a multi-node lab: agents, then the controller, then etcd
         from kproxy.cluster.lab import process_pids
         from kproxy.teardown import kill_pids
         pids = process_pids(cfg)
-        kill_pids([p for role, p in pids.items() if role.startswith("agent")])
+        kill_pids([p for role, p in pids.items() if role.startswith("agent")], grace=10)
         kill_pids([p for role, p in pids.items() if role == "controller"])
         kill_pids([p for role, p in pids.items() if role == "etcd"])
         pid = None
@@ -610,6 +615,9 @@ def apply(path, wait, timeout, state_dir):
     started = time.time()
     state_dir = state_dir_from_env(state_dir)
     cfg = lab(state_dir)
+    if cfg.extra.get("role") == "agent":
+        fail("this node runs only an agent: apply and delete on the control-plane node, where the "
+             "controller reads its manifests folder")
     running = daemon_pid(state_dir) is not None
     if wait and not running:
         fail(f"--wait needs a running lab: {not_running(state_dir)}")
@@ -808,6 +816,9 @@ def delete(args, path, namespace, state_dir):
     need_root()
     state_dir = state_dir_from_env(state_dir)
     cfg = lab(state_dir)
+    if cfg.extra.get("role") == "agent":
+        fail("this node runs only an agent: apply and delete on the control-plane node, where the "
+             "controller reads its manifests folder")
     running = daemon_pid(state_dir) is not None
     store = open_store(state_dir) if running else None
     rc = 0
@@ -1143,7 +1154,7 @@ def port_forward(target, ports, address, namespace, state_dir):
         listeners.append((srv, pod_ip, port))
     if cfg.sandbox:  # connections to the pod are made from the node, where pod IPs route
         from pyroute2 import netns as pr_netns
-        pr_netns.setns(cfg.naming.node_netns)
+        pr_netns.setns(cfg.naming.node_netns, flags=0)
     portforward.serve(listeners, lambda msg: click.echo(msg, err=msg.startswith("E:")))
 
 
@@ -1385,7 +1396,7 @@ def agent(store_url, node_name, node_ip, pod_cidr, sandbox, overlay, state_dir):
     announcements and routes to the other nodes' pods."""
     need_root()
     cfg = _process_config(state_dir, store_url, node_name=node_name, node_ip=node_ip, pod_cidr=pod_cidr,
-                          sandbox=sandbox, overlay=overlay)
+                          sandbox=sandbox, overlay=overlay, extra={"role": "agent"})
     from kproxy.daemon import main as daemon_main
     daemon_main(["--state-dir", cfg.state_dir, "--role", "agent"])
 

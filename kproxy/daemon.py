@@ -165,30 +165,45 @@ class Daemon:
             if self.shared:
                 self._wait_for_store()
                 threading.Thread(target=self._watch_store, daemon=True, name="watch").start()
-            self._load_store()
-            if self.is_controller:
-                self._ensure_system_objects()
-            if self.is_agent:
-                self._register_node()
-            if self.shared:
                 threading.Thread(target=self._heartbeat, daemon=True, name="heartbeat").start()
+                if self.is_agent:  # a Node is written Ready only while its lease is held
+                    deadline = time.monotonic() + 10
+                    while not self.leader and time.monotonic() < deadline and not self.stopping.is_set():
+                        time.sleep(0.05)
+            self._start_up(self._load_store)
+            if self.is_controller:
+                self._start_up(self._ensure_system_objects)
+            if self.is_agent:
+                self._start_up(self._register_node)
             threading.Thread(target=self._serve_control, daemon=True, name="control").start()
             self._loop()
         finally:
             self.shutdown()
 
+    def _start_up(self, step) -> None:
+        """A start-up step, again until it works: etcd may hiccup right after it answered."""
+        while True:
+            try:
+                return step()
+            except Exception as e:  # noqa: BLE001
+                if not self.shared or self.stopping.is_set():
+                    raise
+                log.warning("%s failed (%s); again in 1 s", step.__name__, e)
+                self.stopping.wait(1)
+
     def shutdown(self) -> None:
         log.info("shutting down")
+        self.stopping.set()
+        if self.shared and self.lease is not None:  # NotReady now (endpoints go), not in a TTL
+            try:
+                self.store.revoke(self.lease)
+            except Exception as e:  # noqa: BLE001 - etcd may be gone already
+                log.warning("cannot revoke the lease: %s", e)
         self.http.stop()
         if self.announcer:
             self.announcer.stop()
         if self.kubelet:
             self.kubelet.shutdown()
-        if self.shared and self.lease is not None:  # the node goes NotReady now, not in a TTL
-            try:
-                self.store.revoke(self.lease)
-            except Exception as e:  # noqa: BLE001 - etcd may be gone already
-                log.warning("cannot revoke the node lease: %s", e)
         if not self.shared:
             for pod in self.objects["Pod"].values():  # pods are gone: so are their addresses
                 pod["status"] = {"phase": "Pending"}
@@ -232,7 +247,7 @@ class Daemon:
         sig = manifest_signature(Path(self.cfg.manifests))
         if sig == self.signature:
             return
-        if self.signature is not None:  # when the change was written, for programming latency
+        if self.signature is not None and self.is_agent:  # when the change was written (programming latency)
             self.triggers.append(max((s[3] for s in sig), default=time.time_ns()) / 1e9)
         self.signature, self.dirty = sig, True
         try:
@@ -243,7 +258,11 @@ class Daemon:
 
     def _pass(self, now: float) -> None:
         if self.shared and (self.stale.is_set() or now - self.last_refresh > REFRESH_PERIOD):
-            self._refresh(now)
+            try:
+                self._refresh(now)
+            except Exception as e:  # noqa: BLE001 - etcd away: go on with the cache (pods, probes, rules)
+                log.warning("cannot refresh from the store: %s", e)
+                self.stale.set()
         self._handle_requests()
         if self.is_controller and self.leader:
             self._reconcile_pods()
@@ -285,6 +304,7 @@ class Daemon:
                 if pod["spec"].get("nodeName") not in (None, self.cfg.node_name):
                     continue
                 if pod["metadata"].get("deletionTimestamp"):  # it was going away: it is gone
+                    self.network.remove_pod(pod["metadata"]["namespace"], pod["metadata"]["name"])
                     self._forget_pod(key, pod)
                     continue
                 if not self.shared:
@@ -316,7 +336,8 @@ class Daemon:
         self.last_refresh = now
         if self._list_all():
             self.dirty = True
-            self.triggers.append(time.time())
+            if self.is_agent:
+                self.triggers.append(time.time())
 
     def _wait_for_store(self) -> None:
         """Multi-node: etcd may start after us (or restart): wait for it, saying so."""
@@ -388,6 +409,8 @@ class Daemon:
                 if held != self.leader:
                     log.info("%s the %s lease", "holding" if held else "not holding", key)
                     self.leader = held
+                    self.dirty = True  # a new leader recomputes everything
+                    self.stale.set()
                     self.poke.set()
             except LeaseExpired:
                 log.warning("the lease expired; taking a new one")
@@ -414,13 +437,16 @@ class Daemon:
         ev_ns = ns or "default"
         ident = f"{name}.{abs(hash((kind, reason, message))) & 0xffffffff:08x}"
         key = f"/registry/events/{ev_ns}/{ident}"
-        old = self.store.get(key)
-        ev = {"apiVersion": "v1", "kind": "Event", "type": etype, "reason": reason, "message": message,
-              "metadata": {"name": ident, "namespace": ev_ns},
-              "involvedObject": {"kind": kind, "namespace": ns, "name": name},
-              "count": (old or {}).get("count", 0) + 1,
-              "firstTimestamp": (old or {}).get("firstTimestamp", now_iso()), "lastTimestamp": now_iso()}
-        self.store.put(key, ev)
+        try:
+            old = self.store.get(key)
+            ev = {"apiVersion": "v1", "kind": "Event", "type": etype, "reason": reason, "message": message,
+                  "metadata": {"name": ident, "namespace": ev_ns},
+                  "involvedObject": {"kind": kind, "namespace": ns, "name": name},
+                  "count": (old or {}).get("count", 0) + 1,
+                  "firstTimestamp": (old or {}).get("firstTimestamp", now_iso()), "lastTimestamp": now_iso()}
+            self.store.put(key, ev)
+        except Exception as e:  # noqa: BLE001 - an event is not worth stopping the node for
+            log.warning("cannot record the event: %s", e)
 
     def _pod_event(self, pod: dict, reason: str, message: str, etype: str) -> None:
         m = pod["metadata"]
@@ -629,8 +655,10 @@ class Daemon:
             self.metrics.service_changes.inc()
         elif kind == "Pod":
             if old is not None:
-                self._terminate_pod(key)  # a changed bare Pod is replaced
-                self._remove("Pod", key)
+                self._terminate_pod(key)  # a changed bare Pod is replaced, on the same node
+                self.objects["Pod"].pop(key, None)
+                if old["spec"].get("nodeName"):
+                    obj["spec"].setdefault("nodeName", old["spec"]["nodeName"])
             self._new_meta(obj, None)
             obj["status"] = {"phase": "Pending"}
             self._schedule(obj)
@@ -664,19 +692,23 @@ class Daemon:
         return None
 
     def _delete_user_object(self, key: str) -> None:
-        self.sources.pop(key, None)
         for kind, objs in self.objects.items():
             if key in objs:
                 break
         else:
+            self.sources.pop(key, None)
             return
         if kind == "Pod":
             self._terminate_pod(key)
-            return
-        obj = self._remove(kind, key)
-        if kind == "Service" and obj:
+        elif kind == "Service":  # the object and what it held go together, or not at all
+            obj = objs[key]
             owner = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
-            retry(self.store, lambda txn: (allocation.release_owner(txn, owner), loadbalancer.release(txn, owner)))
+            retry(self.store, lambda txn: (txn.delete(key), allocation.release_owner(txn, owner),
+                                           loadbalancer.release(txn, owner)), attempts=30)
+            objs.pop(key, None)
+        else:
+            self._remove(kind, key)
+        self.sources.pop(key, None)
         self.dirty = True
 
     # -- pods -----------------------------------------------------------------------------
@@ -766,35 +798,41 @@ class Daemon:
 
     def _run_local_pods(self) -> None:
         """Agent: run this node's pods, report their status, finish the terminating ones."""
-        pods = self.objects["Pod"]
+        pods, me = self.objects["Pod"], self.cfg.node_name
+        for key, rt in list(self.kubelet.pods.items()):  # what runs here and should not any more
+            cur = pods.get(key)
+            if cur is None or cur["metadata"].get("uid") != rt.pod["metadata"].get("uid") \
+                    or cur["spec"].get("nodeName") != me:
+                self.kubelet.stop_pod(key, grace=2)  # deleted, or replaced by a new pod of that name
         for key, pod in list(pods.items()):
-            if pod["spec"].get("nodeName") != self.cfg.node_name:
+            if pod["spec"].get("nodeName") != me:
                 continue
             rt = self.kubelet.pods.get(key)
-            if rt is not None and rt.pod["metadata"].get("uid") != pod["metadata"].get("uid"):
-                self.kubelet.stop_pod(key, grace=2)  # replaced by a new pod of the same name
-                continue
             if pod["metadata"].get("deletionTimestamp"):
-                if key in self.kubelet.pods:
+                if rt is not None:
                     self.kubelet.stop_pod(key)
                 else:  # never started here (or the agent restarted): nothing to wait for
                     self.network.remove_pod(pod["metadata"]["namespace"], pod["metadata"]["name"])
                     self._forget_pod(key, pod)
-            elif key not in self.kubelet.pods and self.start_failures.get(key, 0) <= time.monotonic():
+            elif rt is None and self.start_failures.get(key, 0) <= time.monotonic():
                 self._start_pod(key, pod)
-        for key in [k for k in self.kubelet.pods if k not in pods]:  # deleted from the store
-            self.kubelet.stop_pod(key, grace=2)
-        for key, status in self.kubelet.tick().items():
-            rt = self.kubelet.pods.get(key)
-            if key in pods and rt and rt.pod["metadata"].get("uid") == pods[key]["metadata"].get("uid"):
-                self._write_pod_status(key, status)
-                self.dirty = True
-                self.triggers.append(time.time())
+            elif rt is not None and rt.pod["metadata"].get("uid") == pod["metadata"].get("uid") \
+                    and rt.terminating_since is None:
+                want = self.kubelet.status(rt)  # what the store says may have been lost or
+                if pod.get("status") != want:   # overwritten (etcd away, node marked NotReady)
+                    self._write_pod_status(key, want)
+                    self.dirty = True
+                    self.triggers.append(time.time())
+        self.kubelet.tick()  # probes and restarts; the statuses are compared above, every pass
+        ran = {k: rt.pod for k, rt in self.kubelet.pods.items()}
         for key in self.kubelet.finished_pods():
-            pod = pods.get(key)
-            if pod is not None and pod["metadata"].get("deletionTimestamp"):
-                self._forget_pod(key, pod)
-                self.dirty = True
+            old, cur = ran[key], pods.get(key)
+            if cur is not None and cur["metadata"].get("uid") == old["metadata"].get("uid"):
+                if cur["metadata"].get("deletionTimestamp"):
+                    self._forget_pod(key, cur)
+            elif old.get("status", {}).get("podIP") != (cur or {}).get("status", {}).get("podIP"):
+                retry(self.store, lambda txn, ip=old.get("status", {}).get("podIP"): allocation.release_pod_ip(txn, ip))
+            self.dirty = True
 
     def _write_pod_status(self, key: str, status: dict | None, not_ready: bool = False) -> None:
         """Write a pod's status (or only turn it NotReady) over whatever else changed it since:
@@ -816,12 +854,33 @@ class Daemon:
             self.objects["Pod"][key] = pod
 
     def _forget_pod(self, key: str, pod: dict) -> None:
-        """A pod that is gone: free its IP and delete it, in one transaction."""
+        """A pod that is gone: free its IP and delete it (this very pod, not a successor of the
+        same name), in one transaction."""
         def forget(txn):
             allocation.release_pod_ip(txn, pod.get("status", {}).get("podIP"))
-            txn.delete(key)
+            cur = txn.get(key)
+            if cur is not None and cur["metadata"].get("uid") == pod["metadata"].get("uid"):
+                txn.delete(key)
         retry(self.store, forget)
-        self.objects["Pod"].pop(key, None)
+        if (self.objects["Pod"].get(key) or {}).get("metadata", {}).get("uid") == pod["metadata"].get("uid"):
+            self.objects["Pod"].pop(key, None)
+
+    def _write_status(self, obj: dict, status: dict) -> None:
+        """Controller: write an object's status over what another writer changed since (its
+        spec may have been re-admitted by another controller meanwhile)."""
+        kind, ns, name = obj_id(obj)
+        key, uid = key_of(kind, ns, name), obj["metadata"].get("uid")
+
+        def write(txn):
+            cur = txn.get(key)
+            if cur is None or cur["metadata"].get("uid") != uid:
+                return None
+            cur["status"] = status
+            txn.put(key, cur)
+            return cur
+        cur = retry(self.store, write)
+        if cur is not None:
+            self.objects[kind][key] = cur
 
     def _scaling_events(self, deploy: dict, owned: list[dict], create: list[dict], delete: list[dict]) -> None:
         """The Deployment controller's ScalingReplicaSet events, one per ReplicaSet that changes."""
@@ -854,8 +913,7 @@ class Daemon:
                       "availableReplicas": ready,
                       "updatedReplicas": sum(1 for p in owned if p["metadata"]["labels"].get("pod-template-hash") == h)}
             if deploy.get("status") != status:
-                deploy["status"] = status
-                self._save(deploy)
+                self._write_status(deploy, status)
 
     def _start_pod(self, key: str, pod: dict) -> None:
         ip = pod.get("status", {}).get("podIP")
@@ -882,6 +940,9 @@ class Daemon:
         process doing both takes the endpoints away first, then stops the processes."""
         pod = self.objects["Pod"].get(key)
         if pod is None or pod["metadata"].get("deletionTimestamp"):
+            return
+        if not pod["spec"].get("nodeName"):  # never bound to a node: gone at once, as the API server does
+            self._forget_pod(key, pod)
             return
         uid, stamp = pod["metadata"].get("uid"), now_iso()
 
@@ -975,8 +1036,7 @@ class Daemon:
                 if owner in held:
                     retry(self.store, lambda txn: loadbalancer.release(txn, owner))
                 if ingress_now and svc["spec"].get("type") != "LoadBalancer":
-                    svc["status"]["loadBalancer"] = {}
-                    self._save(svc)
+                    self._write_status(svc, {**svc["status"], "loadBalancer": {}})
                 continue
             if not pools:  # no pools: a status written in the manifest stands, like a cloud's
                 continue
@@ -989,8 +1049,7 @@ class Daemon:
                            str(e))
             ingress = [{"ip": ip, "ipMode": "VIP"} for ip in ips]
             if svc.get("status", {}).get("loadBalancer", {}).get("ingress") != ingress:
-                svc.setdefault("status", {})["loadBalancer"] = {"ingress": ingress} if ingress else {}
-                self._save(svc)
+                self._write_status(svc, {**svc.get("status", {}), "loadBalancer": {"ingress": ingress} if ingress else {}})
                 if ips:
                     self.event("Service", svc["metadata"]["namespace"], svc["metadata"]["name"], "IPAllocated",
                                f"Assigned IP {json.dumps(ips)}", "Normal")
@@ -1003,11 +1062,14 @@ class Daemon:
         ready = self._ready_nodes()
         announce: set[str] = set()
         for svc in self.objects["Service"].values():
-            if svc["spec"].get("type") != "LoadBalancer":
+            if not loadbalancer.wants_ip(svc):
                 continue
+            nodes = ready
+            if svc["spec"].get("externalTrafficPolicy") == "Local":  # MetalLB: only where endpoints live
+                nodes = sorted(set(ready) & self._endpoint_nodes(svc))
             for ing in svc.get("status", {}).get("loadBalancer", {}).get("ingress", []):
                 ip = ing.get("ip")
-                if not ip or loadbalancer.announcing_node(ip, ready) != self.cfg.node_name:
+                if not ip or loadbalancer.announcing_node(ip, nodes) != self.cfg.node_name:
                     continue
                 pool = next((p for p in pools if p.contains(ip)), None)
                 if not pools or pool and (pool.name == "default" and self.cfg.lb_pools
@@ -1017,6 +1079,14 @@ class Daemon:
             if self.announcer is None:
                 self.announcer = Announcer(self.naming.lab_link if self.cfg.sandbox else self._host_iface())
             self.announcer.set_ips(announce)
+
+    def _endpoint_nodes(self, svc: dict) -> set[str]:
+        """Nodes with a ready endpoint of `svc`."""
+        ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+        return {ep.get("nodeName") for sl in self.objects["EndpointSlice"].values()
+                if sl["metadata"].get("namespace") == ns
+                and sl["metadata"].get("labels", {}).get(endpoints.SERVICE_NAME) == name
+                for ep in sl.get("endpoints", []) if ep.get("conditions", {}).get("ready", True)}
 
     def _host_iface(self) -> str:
         """The interface holding the node's address (a VM's private network, not its NAT)."""
@@ -1081,10 +1151,16 @@ class Daemon:
         for t in self.triggers:  # change seen (file written, pod ready) -> rules live
             self.metrics.programming.observe(max(0.0, now - t))
         self.triggers.clear()
-        self.store.put(PROXY_STATUS + (f"/{self.cfg.node_name}" if self.shared else ""), {"lastSync": now_iso(), "full": res.full,
-                                      "durationSeconds": round(res.duration, 4),
-                                      "servicesWritten": res.services_written,
-                                      "services": sorted(res.result.service_chains)})
+        status_key = PROXY_STATUS + (f"/{self.cfg.node_name}" if self.shared else "")
+        status = {"lastSync": now_iso(), "full": res.full, "durationSeconds": round(res.duration, 4),
+                  "servicesWritten": res.services_written, "services": sorted(res.result.service_chains)}
+        try:
+            if self.shared:  # the key goes with the node's lease: a dead node holds no `apply --wait`
+                self.store.put(status_key, status, lease=self.lease)
+            else:
+                self.store.put(status_key, status)
+        except Exception as e:  # noqa: BLE001 - the rules are live; only the report is lost
+            log.warning("cannot record the sync: %s", e)
 
     def _metrics_answer(self, req) -> tuple[int, str, str]:
         if req.path.split("?")[0] != "/metrics":

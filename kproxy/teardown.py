@@ -15,8 +15,8 @@ from kproxy.config import LabConfig
 from kproxy.node.network import NodeConfig, NodeNetwork, list_netns, netns_pids
 
 
-def kill_pids(pids: list[int]) -> None:
-    """SIGTERM, then SIGKILL what is still alive after 3 s: processes this instance started."""
+def kill_pids(pids: list[int], grace: float = 3) -> None:
+    """SIGTERM, then SIGKILL what is still alive after `grace` s: processes this instance started."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         alive = []
         for pid in pids:
@@ -27,7 +27,7 @@ def kill_pids(pids: list[int]) -> None:
                 pass
         if not alive:
             return
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             alive = [p for p in alive if os.path.exists(f"/proc/{p}")]
             if not alive:

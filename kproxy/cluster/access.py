@@ -13,12 +13,16 @@ from pyroute2 import netns as pr_netns
 T = TypeVar("T")
 
 
+def _enter(netns: str) -> None:
+    pr_netns.setns(netns, flags=0)  # never create it: a missing lab is an error, not an empty netns
+
+
 class NetnsCaller:
     """Runs calls in one thread living in `netns` (None: an ordinary thread)."""
 
     def __init__(self, netns: str | None):
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="netns", initializer=pr_netns.setns if netns else None,
+            max_workers=1, thread_name_prefix="netns", initializer=_enter if netns else None,
             initargs=(netns,) if netns else ())
 
     def __call__(self, fn: Callable[..., T], *args, **kwargs) -> T:

@@ -34,13 +34,14 @@ def exec_line(argv: list[str]) -> str:
 
 
 def unit_text(description: str, argv: list[str], after=(), requires=(), wants=(), service_type: str = "simple",
-              kill_mode: str = "control-group", environment=("PYTHONUNBUFFERED=1",)) -> str:
+              kill_mode: str = "control-group", environment=("PYTHONUNBUFFERED=1",), pre=()) -> str:
     """One service that systemd restarts forever (StartLimitIntervalSec=0: a node whose etcd is
     not up yet keeps retrying instead of giving up after 5 quick failures)."""
     unit = [f"Description={description}", "StartLimitIntervalSec=0"]
     unit += [f"{key}={' '.join(names)}" for key, names in
              (("After", after), ("Requires", requires), ("Wants", wants)) if names]
-    service = [f"Type={service_type}", f"ExecStart={exec_line(argv)}", "Restart=always", "RestartSec=2",
+    service = [f"Type={service_type}", *(f"ExecStartPre={exec_line(p)}" for p in pre),
+               f"ExecStart={exec_line(argv)}", "Restart=always", "RestartSec=2",
                f"KillMode={kill_mode}", *(f"Environment={e}" for e in environment)]
     return "\n".join(["[Unit]", *unit, "", "[Service]", *service, "", "[Install]",
                       "WantedBy=multi-user.target", ""])
@@ -67,7 +68,8 @@ def node_units(role_first_node: bool, node: str, node_ip: str, first_ip: str, po
     files[AGENT_UNIT] = unit_text(
         f"kproxy agent of {node} (pods, iptables rules, routes)",
         commands.agent_argv(kproxy_bin, str(agent_state), store, node, node_ip, pod_cidr),
-        after=online + ((ETCD_UNIT,) if role_first_node else ()), wants=online, kill_mode="mixed")
+        after=online + ((ETCD_UNIT,) if role_first_node else ()), wants=online, kill_mode="mixed",
+        pre=[["-/sbin/modprobe", "br_netfilter"]])  # bridged pod traffic must meet iptables, after a reboot too
     return files
 
 

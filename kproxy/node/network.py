@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 VXLAN_VNI, VXLAN_PORT = 1, 4789  # flannel's defaults
 ONLINK = 4                       # RTNH_F_ONLINK: the VTEP address is reached on the device
+RTPROT_STATIC = 4                # how pyroute2 marks the routes we add (and `ip route` shows)
 
 
 @dataclass(frozen=True)
@@ -168,11 +169,14 @@ class NodeNetwork:
     def teardown(self) -> None:
         """Remove the node's links and routes (host mode) or its namespaces (sandbox)."""
         n = self.naming
+        if self.cfg.sandbox and self.cfg.switch:
+            return  # an emulated node's netns may hold etcd and the controller: `kproxy down` removes it
         if self.cfg.sandbox:
-            for name in (n.node_netns,) if self.cfg.switch else (n.outside_netns, n.node_netns):
+            for name in (n.outside_netns, n.node_netns):
                 if name in list_netns():
                     pr_netns.remove(name)
             return
+        self.set_peer_routes({})  # host-gw routes to other nodes' pods (VXLAN's go with its link)
         with _ipr(None) as ipr:
             for link in ipr.get_links():
                 name = link.get_attr("IFLA_IFNAME")
@@ -192,7 +196,8 @@ class NodeNetwork:
         with _ipr(self.node_ns) as ipr:
             for r in ipr.get_routes(family=2, table=254):
                 dst, gw = r.get_attr("RTA_DST"), r.get_attr("RTA_GATEWAY")
-                if dst and gw and r["dst_len"] and ipaddress.ip_network(f"{dst}/{r['dst_len']}").subnet_of(cluster) \
+                if dst and gw and r["dst_len"] and r["proto"] == RTPROT_STATIC \
+                        and ipaddress.ip_network(f"{dst}/{r['dst_len']}").subnet_of(cluster) \
                         and routes.get(f"{dst}/{r['dst_len']}") != gw:
                     ipr.route("del", dst=f"{dst}/{r['dst_len']}", gateway=gw)
             for cidr, via in routes.items():
