@@ -53,6 +53,7 @@ NODE_LEASES = "/registry/leases/kube-node-lease/"  # a node's heartbeat, where K
 NODE_LEASE_SECONDS = 6                        # lease TTL: a node silent this long is NotReady
 HEARTBEAT_SECONDS = 1.5
 LEADER_LEASE = "/registry/leases/kube-system/kproxy-controller"  # who runs the controllers now
+LEASE_ID = "kproxy.io/etcd-lease"
 POLL_PERIOD = 0.25
 REFRESH_PERIOD = 5.0                         # re-list this often even when the watch is quiet
 
@@ -398,13 +399,15 @@ class Daemon:
                          "spec": {"holderIdentity": me, "leaseDurationSeconds": NODE_LEASE_SECONDS,
                                   "renewTime": now_iso()}}
 
+                value["metadata"]["annotations"] = {LEASE_ID: str(lease)}  # the etcd lease behind it
+
                 def claim(txn):
                     cur = txn.get(key)
-                    if cur is None or (self.is_agent and cur["spec"]["holderIdentity"] == me
-                                       and cur.get("_lease") != lease):
-                        txn.put(key, {**value, "_lease": lease}, lease=lease)
+                    held_by = (cur or {}).get("metadata", {}).get("annotations", {}).get(LEASE_ID)
+                    if cur is None or (self.is_agent and cur["spec"]["holderIdentity"] == me and held_by != str(lease)):
+                        txn.put(key, value, lease=lease)
                         return True
-                    return cur["spec"]["holderIdentity"] == me and cur.get("_lease") == lease
+                    return cur["spec"]["holderIdentity"] == me and held_by == str(lease)
                 held = retry(self.store, claim)
                 if held != self.leader:
                     log.info("%s the %s lease", "holding" if held else "not holding", key)
