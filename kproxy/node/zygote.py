@@ -39,13 +39,15 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _child(req: dict, keep: set[int]) -> None:
+def _child(req: dict, keep: set[int], started: int) -> None:
     """In the forked child: become the container, run the pod server, never return."""
     code = 0
     try:
         os.setsid()
-        for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGTERM, signal.SIGINT):
+        os.close(started)  # the zygote answers once this process leads its own group
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as Python starts: EPIPE, not death
         log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -93,13 +95,20 @@ def main() -> None:
                 if not line.strip():
                     continue
                 req = json.loads(line)
+                r, w = os.pipe()
                 try:
                     pid = os.fork()
                 except OSError as e:
+                    os.close(r)
+                    os.close(w)
                     out.write(json.dumps({"id": req.get("id"), "error": str(e)}) + "\n")
                     continue
                 if pid == 0:
-                    _child(req, {0, 1})
+                    os.close(r)
+                    _child(req, {0, 1}, w)
+                os.close(w)
+                os.read(r, 1)  # EOF once the child called setsid: killpg(pid) works from then on
+                os.close(r)
                 out.write(json.dumps({"id": req.get("id"), "pid": pid}) + "\n")
         while True:
             try:
