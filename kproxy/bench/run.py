@@ -2,9 +2,10 @@
 
 Sections (each can be skipped with --skip):
   render   render.render() of N generated Services
-  sync     the same text loaded alone into fresh netns (plain / listing / batched), and a real
-           Proxier full sync into another fresh netns; identity check of the three rulesets
-  change   one-Service changes as Proxier partial syncs (plain, and the DiffRestore prototype)
+  sync     a real Proxier full sync into a fresh netns, then the very input it restored loaded
+           alone into fresh netns (with its -S listing line, and without it for reference)
+  change   one-Service changes as Proxier partial syncs (complete lists, and with a change
+           hint), the one-chain restore floor, a full resync of the loaded table
   e2e      a sandboxed lab: N Services in its manifests folder, then one new Service file at a
            time: time to its rules in iptables-save and to the first answered connection
   dataplane wrk through a ClusterIP vs straight to the pod IP, from the node netns
