@@ -75,6 +75,7 @@ KUBELET_JUMP_RULES: tuple[JumpRule, ...] = (
 
 
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_B32_PAIRS = [a + b for a in _B32 for b in _B32]  # 10 bits -> 2 characters
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -85,7 +86,9 @@ def _hash16(text: str) -> str:
     instead of base64.b32encode, which is pure Python in 3.11 (a quarter of a render's time),
     and cached, since a render names each chain several times."""
     n = int.from_bytes(hashlib.sha256(text.encode()).digest()[:10], "big")
-    return "".join(_B32[(n >> shift) & 31] for shift in range(75, -1, -5))
+    return (_B32_PAIRS[n >> 70] + _B32_PAIRS[(n >> 60) & 1023] + _B32_PAIRS[(n >> 50) & 1023]
+            + _B32_PAIRS[(n >> 40) & 1023] + _B32_PAIRS[(n >> 30) & 1023] + _B32_PAIRS[(n >> 20) & 1023]
+            + _B32_PAIRS[(n >> 10) & 1023] + _B32_PAIRS[n & 1023])
 
 
 def service_port_chain(prefix: str, svc_port_name: str, protocol: str) -> str:

@@ -51,9 +51,11 @@ from kproxy.proxy.render import (
     ProxyConfig,
     RenderResult,
     ServiceRules,
-    digest_service,
+    _Renderer,
+    digest,
     fixed_chains,
     render_service,
+    split_digest,
 )
 
 log = logging.getLogger(__name__)
@@ -192,6 +194,7 @@ class Proxier:
         self._pending_fixed: dict[tuple[str, str], list[str]] = {}
         self._pending_owners: dict[tuple[str, str], list[tuple]] = {}
         self._render_done = 0.0
+        self._renderer: _Renderer | None = None
         self.last_listing: bool | None = None  # whether the last full sync had the listing line
 
     def request_full_sync(self) -> None:
@@ -223,6 +226,8 @@ class Proxier:
                 slices.setdefault(key, []).append(sl)
         keys = (svcs.keys() | slices.keys() | self._sigs.keys()) if wanted is None else wanted
         out: dict[str, tuple[bytes | None, Digest | None]] = {}
+        changed_svcs: list[Mapping] = []
+        changed_slices: list[Mapping] = []
         for key in keys:
             svc, own = svcs.get(key), slices.get(key, [])
             if svc is None and not own:
@@ -233,7 +238,19 @@ class Proxier:
                 own.sort(key=lambda s: str((s.get("metadata") or {}).get("name")))
             sig = _signature((svc, own))
             if sig != self._sigs.get(key):
-                out[key] = (sig, digest_service(svc, own, self.cfg))
+                out[key] = (sig, None)
+                if svc is not None:
+                    changed_svcs.append(svc)
+                changed_slices += own
+        if changed_svcs or changed_slices:
+            # one digest of everything that changed (Services digest independently of each other)
+            whole = digest(changed_svcs, changed_slices, self.cfg)
+            parts = split_digest(whole)
+            for key, (sig, _) in out.items():
+                if sig is not None:
+                    d = parts.get(key) or Digest([], {}, {})
+                    d.skipped = {key: whole.skipped[key]} if key in whole.skipped else {}
+                    out[key] = (sig, d)
         return out
 
     # ------------------------------------------------------------------ sync
@@ -306,7 +323,7 @@ class Proxier:
         self._ports = {k: v for states in self._port_states.values() for k, v in states.items()}
         self._large_cluster = large_cluster
         self._total_endpoints = total
-        self._last = self._result(text)
+        self._last = self._result(text, full)
         # Only now that the rules are in: entries deleted earlier could be recreated stale.
         commands = self.conntrack.cleanup(old_ports, self._ports)
         return SyncResult(
@@ -330,7 +347,9 @@ class Proxier:
     def _render(self, item, large_cluster: bool) -> ServiceRules:
         if isinstance(item, ServiceRules):
             item = Digest(item.ports, {_pk(sp): eps for sp, eps in zip(item.ports, item.endpoints)}, {})
-        out = render_service(item, self.cfg, large_cluster)
+        if self._renderer is None or self._renderer.large_cluster != large_cluster:
+            self._renderer = _Renderer(self.cfg, large_cluster)
+        out = render_service(item, self.cfg, large_cluster, self._renderer)
         assert out is not None
         return out
 
@@ -477,14 +496,20 @@ class Proxier:
             log.error("listing nat chains failed, only known stale chains will be deleted: %s", e)
             return remembered
 
-    def _result(self, text: str) -> RenderResult:
+    def _result(self, text: str, full: bool) -> RenderResult:
         declared: dict[str, list[str]] = {"filter": [], "nat": []}
-        table = None
-        for line in text.splitlines():
-            if line.startswith("*"):
-                table = line[1:]
-            elif line.startswith(":") and table in declared:
-                declared[table].append(line[1:].split()[0])
+        if full:  # known without reading 200,000 lines
+            declared["filter"] = list(self._fixed.declared["filter"])
+            declared["nat"] = list(self._fixed.declared["nat"])
+            for key in sorted(self._rules, key=_order):
+                declared["nat"] += self._rules[key].chains
+        else:
+            table = None
+            for line in text.splitlines():
+                if line.startswith("*"):
+                    table = line[1:]
+                elif line.startswith(":") and table in declared:
+                    declared[table].append(line[1:].split()[0])
         deleted = set(self._deleted)
         return RenderResult(
             text=text,

@@ -891,11 +891,28 @@ def digest_service(
     return digest([service] if service is not None else [], endpoint_slices, cfg)
 
 
-def render_service(d: Digest, cfg: ProxyConfig, large_cluster: bool) -> ServiceRules | None:
-    """Render the one Service of ``d`` (digest_service); None when it has no proxied port."""
+def split_digest(d: Digest) -> dict[str, Digest]:
+    """One digest per proxied Service ("ns/name") of a digest of several (ports stay in order)."""
+    out: dict[str, Digest] = {}
+    for sp in d.ports:
+        one = out.get(sp.service_key)
+        if one is None:
+            one = out[sp.service_key] = Digest([], {}, {})
+        one.ports.append(sp)
+        one.endpoints[_port_key(sp)] = d.endpoints.get(_port_key(sp), [])
+    return out
+
+
+def render_service(d: Digest, cfg: ProxyConfig, large_cluster: bool, r: "_Renderer | None" = None
+                   ) -> ServiceRules | None:
+    """Render the one Service of ``d`` (digest_service); None when it has no proxied port.
+    ``r``: a renderer to reuse (its tables are replaced), saving its set-up per Service."""
     if not d.ports:
         return None
-    r = _Renderer(cfg, large_cluster=large_cluster)
+    if r is None or r.large_cluster != large_cluster:
+        r = _Renderer(cfg, large_cluster=large_cluster)
+    else:
+        r.filter, r.nat, r.service_chains, r.active_nat = _Table("filter"), _Table("nat"), {}, set()
     eps = [d.port_endpoints(sp) for sp in d.ports]
     for sp, endpoints in zip(d.ports, eps):
         r.write_service_port(sp, endpoints)
