@@ -3,9 +3,11 @@
 lands there. Prints one JSON object.
 
 Tasks:
-- ``bare``: time a restore text (a file) loaded alone, in a given mode (see restore.py).
-- ``proxier``: a real Proxier (kproxy/proxy/proxier.py) full sync of N generated Services, then
-  one-Service changes as partial syncs: kproxy's own restore, then the DiffRestore prototype.
+- ``bare``: time a restore text (a file) loaded alone: ``kproxy`` (the Proxier's exact input),
+  ``nolisting`` (without the listing line) or ``batched`` (see restore.py).
+- ``proxier``: a real Proxier (kproxy/proxy/proxier.py, its own restore) full sync of N generated
+  Services, one-Service changes as partial syncs (with and without a change hint), the restore
+  floor, then a full resync of the loaded table.
 - ``save``: ``iptables-save`` without comments and counters, for an identity check.
 """
 from __future__ import annotations
@@ -16,13 +18,10 @@ import subprocess
 import sys
 import time
 
-import copy
-from contextlib import nullcontext
-
 from kproxy.bench import gen
-from kproxy.bench.prototypes import EventSync, fast_declare
-from kproxy.bench.restore import RestoreError, RestoreTimeout, SwitchableRestore, batches, run_restore, with_listing
+from kproxy.bench.restore import RestoreError, RestoreTimeout, batches, run_restore
 from kproxy.bench.stats import summary
+from kproxy.proxy.applier import Applier, IptablesError, restore_input
 from kproxy.proxy.proxier import Proxier
 from kproxy.proxy.render import LARGE_CLUSTER_ENDPOINTS_THRESHOLD, ProxyConfig, digest
 
@@ -34,11 +33,11 @@ def bare(args: dict) -> dict:
     mode, timeout = args.get("mode", "plain"), args.get("timeout")
     start = time.monotonic()
     try:
-        if mode == "plain":
-            run_restore(text, timeout)
+        if mode == "kproxy":  # exactly what the Proxier's restore was fed (the listing line or not)
+            run_restore(restore_input(text, args.get("listing")), timeout)
             parts = 1
-        elif mode == "listing":
-            run_restore(with_listing(text), timeout)
+        elif mode == "nolisting":  # the same text without the listing line (kproxy before issue 7)
+            run_restore(text, timeout)
             parts = 1
         elif mode == "batched":
             chunks = batches(text, args.get("chains_per_batch", 2000))
@@ -55,14 +54,29 @@ def bare(args: dict) -> dict:
     return {"ok": True, "seconds": time.monotonic() - start, "restores": parts}
 
 
-def _sync_record(res, sw: SwitchableRestore, name: str | None = None) -> dict:
+class TimedApplier(Applier):
+    """The real applier, timing its jump and canary check (part of every full sync)."""
+
+    def __init__(self):
+        self.jump_seconds = 0.0
+
+    def ensure_jumps(self) -> None:
+        t = time.monotonic()
+        super().ensure_jumps()
+        self.jump_seconds = time.monotonic() - t
+
+
+def _sync_record(res, name: str | None = None) -> dict:
     return {"service": name, "seconds": res.duration, "render": res.render_seconds,
-            "restore": res.restore_seconds, "lines_restored": sw.last_lines, "applied": res.applied,
+            "restore": res.restore_seconds, "lines_restored": res.result.text.count("\n"), "applied": res.applied,
             "full": res.full}
 
 
-def _changes(proxier: Proxier, sw: SwitchableRestore, services, slices, count: int, budget: float,
-             first: int, kind: str) -> list[dict]:
+def _changes(proxier: Proxier, services, slices, count: int, budget: float, first: int, kind: str,
+             hint: bool) -> list[dict]:
+    """``count`` one-Service changes, each followed by a Proxier sync with the complete lists
+    (``hint`` False: the Proxier compares every object's signature, as the daemon calls it) or
+    with the changed key as well (``hint`` True: informer-style)."""
     out = []
     deadline = time.monotonic() + budget
     for c in range(count):
@@ -72,95 +86,74 @@ def _changes(proxier: Proxier, sw: SwitchableRestore, services, slices, count: i
             name = gen.change_endpoints(slices, first + c)
         else:  # a new Service with two endpoints
             i = len(services)
-            svc = gen.service(i, prefix="added", target_port=8080)
+            svc = gen.service(i, prefix="added" if not hint else "hinted", target_port=8080)
             services.append(svc)
             name = svc["metadata"]["name"]
             slices.append(gen.endpoint_slice(name, [gen.endpoint_ip(i), gen.endpoint_ip(i + 1)], port=8080))
-        res = proxier.sync(services, slices)
-        out.append(_sync_record(res, sw, name))
+        changed = {f"{gen.NAMESPACE}/{name}"} if hint else None
+        res = proxier.sync(services, slices, changed=changed)
+        out.append(_sync_record(res, name))
     return out
 
 
-def _event_changes(proxier: Proxier, services, slices, count: int, budget: float, timeout) -> dict:
-    """One-Service endpoint changes through the EventSync prototype (prototypes.py)."""
-    last = proxier.sync(services, slices)  # in step; its result indexes every Service's chains
-    cfg = proxier.cfg
-    large = digest(services, slices, cfg).total_endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
-    ev = EventSync(cfg, large, last.result.service_chains, lambda text: run_restore(text, timeout))
-    by_name = {s["metadata"]["name"]: s for s in services}
-    samples, fallbacks = [], 0
-    deadline = time.monotonic() + budget
-    for c in range(count):
-        if time.monotonic() > deadline:
-            break
-        old = copy.deepcopy(slices)
-        name = gen.change_endpoints(slices, 5000 + c)
-        old_mine = [sl for sl in old if sl["metadata"]["labels"]["kubernetes.io/service-name"] == name]
-        new_mine = [sl for sl in slices if sl["metadata"]["labels"]["kubernetes.io/service-name"] == name]
-        start = time.monotonic()
-        text = ev.endpoints_changed(by_name[name], old_mine, new_mine)
-        seconds = time.monotonic() - start
-        if text is None:
-            fallbacks += 1
-            continue
-        samples.append({"service": name, "seconds": seconds, "restore": ev.last_restore_seconds,
-                        "lines_restored": text.count("\n")})
-    # The floor: rewriting one endpoint chain with the same two rules, the smallest restore that
-    # still carries a jump; at 10,000 Services it is mostly the kernel's commit (see README).
+def _floor(services, slices, timeout) -> dict:
+    """The smallest restore that carries a jump: one endpoint chain rewritten with its same two
+    rules. At 10,000 Services it is mostly the kernel's commit (see README)."""
     from kproxy.bench.restore import emit
+    from kproxy.proxy import render
     svc = services[0]
     mine = [sl for sl in slices if sl["metadata"]["labels"]["kubernetes.io/service-name"] == svc["metadata"]["name"]]
-    r = ev._render_one(svc, mine)
-    sep = next(c for c in r.nat.declared if c.startswith("KUBE-SEP-"))
-    text = emit("nat", [sep], r.nat.rules, [sep])
-    floor = [run_restore(text, timeout) for _ in range(5)]
+    cfg = ProxyConfig(**CFG)
+    large = digest(services, slices, cfg).total_endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
+    r = render.render_service(render.digest_service(svc, mine, cfg), cfg, large)
+    sep = next(c for c in r.chains if c.startswith("KUBE-SEP-"))
+    text = emit("nat", [sep], r.chains, [sep])
+    return summary([run_restore(text, timeout) for _ in range(5)])
+
+
+def _summ(samples: list[dict]) -> dict:
     return {"samples": samples, "summary": summary([s["seconds"] for s in samples]),
-            "restore": summary([s["restore"] for s in samples]), "fallbacks": fallbacks,
-            "one_chain_restore": summary(floor)}
+            "render": summary([s["render"] for s in samples]), "restore": summary([s["restore"] for s in samples])}
 
 
 def proxier_task(args: dict) -> dict:
+    """A real Proxier (its own restore: streamed, listing line, per-chain jump checks) in this
+    netns: a full sync of N Services, then one-Service changes, then a full resync of the
+    loaded table."""
     n, seed = args["n"], args.get("seed", 7)
     t0 = time.monotonic()
     services, slices = gen.cluster(n, seed)
     out: dict = {"n": n, "generate_seconds": time.monotonic() - t0}
-    sw = SwitchableRestore(args.get("full_mode", "plain"), timeout=args.get("timeout"))
-    proxier = Proxier(ProxyConfig(**CFG), restore=sw)
+    applier = TimedApplier()
+    proxier = Proxier(ProxyConfig(**CFG), applier=applier)
     try:
-        with fast_declare() if args.get("fast_declare_full") else nullcontext():
-            res = proxier.sync(services, slices, full=True)
-    except RestoreTimeout as e:
-        out["full"] = {"ok": False, "timed_out": True, "mode": sw.mode, "error": str(e)}
+        res = proxier.sync(services, slices, full=True)
+    except IptablesError as e:
+        out["full"] = {"ok": False, "timed_out": False, "error": str(e)[:800]}
         return out
-    except RestoreError as e:
-        out["full"] = {"ok": False, "timed_out": False, "mode": sw.mode, "error": str(e)}
-        return out
-    out["full"] = {"ok": True, "mode": sw.mode, **_sync_record(res, sw),
-                   "rules": res.rules, "lines": res.result.text.count("\n"),
-                   "restore_only": sw.last_seconds}
+    out["full"] = {"ok": True, **_sync_record(res), "rules": res.rules, "lines": res.result.text.count("\n"),
+                   "jumps": applier.jump_seconds, "restore_only": res.restore_seconds - applier.jump_seconds,
+                   "listing": proxier.last_listing}
     if args.get("text_out"):
         with open(args["text_out"], "w") as f:
             f.write(res.result.text)
     budget = args.get("budget", 120.0)
     changes = args.get("changes", 20)
+    if not changes:
+        return out
     try:
-        sw.mode = "plain"
-        eps = _changes(proxier, sw, services, slices, changes, budget, 0, "endpoints")
-        out["partial_endpoints"] = {"samples": eps, "summary": summary([s["seconds"] for s in eps]),
-                                    "render": summary([s["render"] for s in eps]),
-                                    "restore": summary([s["restore"] for s in eps])}
-        adds = _changes(proxier, sw, services, slices, args.get("adds", 0), budget / 2, 0, "add")
-        out["partial_add"] = {"samples": adds, "summary": summary([s["seconds"] for s in adds])}
-        sw.mode = "diff"
-        diff = _changes(proxier, sw, services, slices, changes + 1, budget, 1000, "endpoints")[1:]  # 1st seeds
-        out["diff_endpoints"] = {"samples": diff, "summary": summary([s["seconds"] for s in diff]),
-                                 "render": summary([s["render"] for s in diff]),
-                                 "restore": summary([s["restore"] for s in diff])}
-        dadds = _changes(proxier, sw, services, slices, args.get("adds", 0), budget / 2, 0, "add")
-        out["diff_add"] = {"samples": dadds, "summary": summary([s["seconds"] for s in dadds])}
-        out["event_endpoints"] = _event_changes(proxier, services, slices, changes, budget, args.get("timeout"))
-    except RestoreError as e:
-        out["partial_error"] = str(e)
+        out["partial_endpoints"] = _summ(_changes(proxier, services, slices, changes, budget, 0, "endpoints", False))
+        out["hinted_endpoints"] = _summ(_changes(proxier, services, slices, changes, budget, 1000, "endpoints", True))
+        adds = args.get("adds", 0)
+        out["partial_add"] = _summ(_changes(proxier, services, slices, adds, budget / 2, 0, "add", False))
+        out["hinted_add"] = _summ(_changes(proxier, services, slices, adds, budget / 2, 0, "add", True))
+        out["floor"] = _floor(services, slices, args.get("timeout"))
+        t = time.monotonic()
+        res = proxier.sync(services, slices, full=True)
+        out["resync"] = {"ok": True, "seconds": time.monotonic() - t, "render": res.render_seconds,
+                         "restore": res.restore_seconds, "jumps": applier.jump_seconds}
+    except IptablesError as e:
+        out["partial_error"] = str(e)[:800]
     return out
 
 

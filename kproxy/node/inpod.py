@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 # sets the hostname (and $HOSTNAME, as a container sees it), then becomes the command; a command
 # that does not exist fails with the container runtime's words, not a Python traceback
@@ -14,9 +15,20 @@ except OSError as e:
 """
 
 
+PODSERVER = [sys.executable, "-m", "kproxy.node.podserver"]
+PODSERVER_FILE = str(Path(__file__).with_name("podserver.py"))
+
+
 def in_pod(netns: str, hostname: str, argv: list[str]) -> list[str]:
     """Run argv in the pod's network namespace and in a UTS namespace of its own whose hostname
     is the pod's name (`ip netns exec` also binds /etc/netns/<netns>/* over /etc, as the kubelet
-    mounts a pod's resolv.conf and hosts)."""
+    mounts a pod's resolv.conf and hosts).
+
+    The hostname is set by a small Python step that then becomes the command; the built-in pod
+    server sets it itself and starts as `python -S -I podserver.py` (it needs only the standard
+    library): one interpreter start per pod instead of two, without site-packages."""
+    if argv[:3] == PODSERVER:
+        return ["ip", "netns", "exec", netns, "unshare", "--uts", "--",
+                sys.executable, "-S", "-I", PODSERVER_FILE, "--hostname", hostname, *argv[3:]]
     return ["ip", "netns", "exec", netns, "unshare", "--uts", "--",
-            sys.executable, "-c", _SET_HOSTNAME, hostname, *argv]
+            sys.executable, "-S", "-I", "-c", _SET_HOSTNAME, hostname, *argv]

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import dnsconfig
-from .inpod import in_pod
+from .inpod import PODSERVER, in_pod
+from .launcher import Launcher
 from .network import NodeNetwork
 from .probes import ProbeState, ports_accept, run_probe
 
@@ -111,6 +112,9 @@ class Kubelet:
         self.event = event  # (pod, reason, message, type): the kubelet's events
         self.pods: dict[str, PodRuntime] = {}
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="probe")
+        # Built-in pod servers are forked from one preloaded interpreter (launcher.py); set
+        # KPROXY_NO_ZYGOTE=1 to start each as its own process instead.
+        self.launcher = None if os.environ.get("KPROXY_NO_ZYGOTE") else Launcher()
 
     # -- lifecycle ------------------------------------------------------------------------
     def start_pod(self, key: str, pod: dict) -> None:
@@ -134,8 +138,19 @@ class Kubelet:
         meta = rt.pod["metadata"]
         logdir = self.log_dir / f"{meta['namespace']}_{meta['name']}"
         logdir.mkdir(parents=True, exist_ok=True)
+        hostname = rt.pod["spec"].get("hostname") or meta["name"]
+        argv = container_argv(rt.pod, c.spec)
+        if self.launcher is not None and argv[:3] == PODSERVER:
+            try:
+                c.proc = self.launcher.spawn(rt.netns, hostname, argv[3:], container_env(rt.pod, c.spec),
+                                             str(logdir / f"{c.spec['name']}.log"), c.spec.get("workingDir") or "/")
+                c.started_at = now_iso()
+                self.event(rt.pod, "Started", f"Started container {c.spec['name']}", "Normal")
+                return
+            except OSError as e:
+                log.warning("forking the pod server failed (%s); starting it as its own process", e)
         out = open(logdir / f"{c.spec['name']}.log", "ab")
-        argv = in_pod(rt.netns, rt.pod["spec"].get("hostname") or meta["name"], container_argv(rt.pod, c.spec))
+        argv = in_pod(rt.netns, hostname, argv)
         try:
             c.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                       env=container_env(rt.pod, c.spec), start_new_session=True,
@@ -201,6 +216,8 @@ class Kubelet:
             self.finished_pods()
             time.sleep(0.05)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.launcher is not None:
+            self.launcher.stop()
 
     # -- the periodic pass ----------------------------------------------------------------
     def tick(self) -> dict[str, dict]:

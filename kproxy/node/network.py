@@ -12,6 +12,7 @@ The service CIDR is routed to the bridge, so a packet to a VIP with no rule stay
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import ipaddress
 import json
@@ -86,6 +87,77 @@ def _ipr(netns: str | None) -> Iterator[IPRoute]:
         yield ipr
     finally:
         ipr.close()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+MS_BIND = 0x1000
+NETNS_RUN_DIR = "/run/netns"
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextmanager
+def _thread_in_netns(name: str | None) -> Iterator[None]:
+    """Move the calling thread (only it) into netns ``name`` for the block, and back. A netlink
+    socket opened inside stays bound to that netns: no helper process (pyroute2's NetNS forks
+    one per use, the larger part of a pod's network setup)."""
+    if name is None:
+        yield
+        return
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        fd = os.open(os.path.join(NETNS_RUN_DIR, name), os.O_RDONLY)
+        try:
+            _setns(fd)
+        finally:
+            os.close(fd)
+        try:
+            yield
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+
+
+@contextmanager
+def _ipr_here(netns: str | None) -> Iterator[IPRoute]:
+    """An IPRoute bound to ``netns`` (None: the calling thread's own), without forking."""
+    with _thread_in_netns(netns):
+        ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _create_netns(name: str) -> None:
+    """`ip netns add` in the calling thread: a new netns for this thread, bind-mounted on
+    /run/netns/NAME, then back to where it was. Falls back to pyroute2's (forking) create."""
+    path = os.path.join(NETNS_RUN_DIR, name)
+    if not os.path.isdir(NETNS_RUN_DIR) or not os.listdir(NETNS_RUN_DIR):
+        pr_netns.create(name)  # the first one also sets up /run/netns as a shared mount
+        return
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+        try:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "unshare")
+            try:
+                if _libc.mount(b"/proc/thread-self/ns/net", path.encode(), None, MS_BIND, None) != 0:
+                    raise OSError(ctypes.get_errno(), "mount")
+            finally:
+                _setns(own)
+        except OSError:
+            os.unlink(path)
+            pr_netns.create(name)
+    finally:
+        os.close(own)
 
 
 def _up(ipr, ifname: str) -> int:
@@ -251,14 +323,14 @@ class NodeNetwork:
         pod_ns, veth = n.pod_netns(namespace, name), n.pod_veth(namespace, name)
         if pod_ns in list_netns():
             self.remove_pod(namespace, name)
-        pr_netns.create(pod_ns)
-        with _ipr(self.node_ns) as ipr:
+        _create_netns(pod_ns)
+        with _ipr_here(self.node_ns) as ipr:
             ipr.link("add", ifname=veth, kind="veth", peer={"ifname": "eth0", "net_ns_fd": pod_ns})
             idx = ipr.link_lookup(ifname=veth)[0]
             br = ipr.link_lookup(ifname=n.bridge)[0]
             ipr.link("set", index=idx, master=br, state="up")
             ipr.brport("set", index=idx, mode=1)  # hairpin: a pod reaches itself via its Service
-        with _ipr(pod_ns) as ipr:
+        with _ipr_here(pod_ns) as ipr:
             _up(ipr, "lo")
             idx = ipr.link_lookup(ifname="eth0")[0]
             ipr.addr("add", index=idx, address=ip, prefixlen=ipaddress.ip_network(cfg.pod_cidr).prefixlen)
@@ -269,7 +341,7 @@ class NodeNetwork:
     def remove_pod(self, namespace: str, name: str) -> None:
         n = self.naming
         pod_ns, veth = n.pod_netns(namespace, name), n.pod_veth(namespace, name)
-        with _ipr(self.node_ns) as ipr:
+        with _ipr_here(self.node_ns) as ipr:
             for idx in ipr.link_lookup(ifname=veth):
                 ipr.link("del", index=idx)
         if pod_ns in list_netns():

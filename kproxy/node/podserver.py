@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
+import socket
 
 HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ")
 
@@ -106,8 +108,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pod", required=True)
     ap.add_argument("--namespace", default="default")
     ap.add_argument("--ip", required=True)
+    ap.add_argument("--hostname", help="set this hostname (and $HOSTNAME) first: the pod's own UTS namespace")
     ap.add_argument("ports", nargs="*", help="PORT[/TCP|UDP]; none means 80/TCP")
     args = ap.parse_args(argv)
+    if args.hostname:
+        socket.sethostname(args.hostname)
+        os.environ["HOSTNAME"] = args.hostname
     ports = [parse_port(p) for p in args.ports] or [(80, "TCP")]
     asyncio.run(serve(Identity(args.pod, args.namespace, args.ip), ports))
 

@@ -11,6 +11,7 @@ Only the IPv4 family is rendered (the labs are single-stack IPv4).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
@@ -134,6 +135,11 @@ def _ipv4(text: Any) -> str | None:
     """Parse an IPv4 address like Go's ParseIPSloppy (leading zeros are decimal)."""
     if not isinstance(text, str):
         return None
+    return _ipv4_str(text)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ipv4_str(text: str) -> str | None:
     parts = text.strip().split(".")
     if len(parts) != 4 or not all(p.isascii() and p.isdigit() and int(p) <= 255 for p in parts):
         return None
@@ -364,10 +370,16 @@ class _Table:
         self.declared.setdefault(chain, None)
 
     def add(self, chain: str, *args: str | Iterable[str]) -> None:
-        words: list[str] = []
+        words = ["-A", chain]
         for arg in args:
-            words.extend([arg] if isinstance(arg, str) else arg)
-        self.rules.setdefault(chain, []).append(" ".join(["-A", chain, *words]))
+            if isinstance(arg, str):
+                words.append(arg)
+            else:
+                words.extend(arg)
+        rules = self.rules.get(chain)
+        if rules is None:
+            rules = self.rules[chain] = []
+        rules.append(" ".join(words))
 
     def delete(self, chain: str) -> None:
         """Flush (via the declaration) and delete a stale chain."""
@@ -841,3 +853,137 @@ def render_digest(
         deleted_chains=list(r.nat.deleted),
         skipped_services=dict(d.skipped),
     )
+
+
+# ------------------------------------------------------------- per-Service rendering
+
+
+@dataclass
+class ServiceRules:
+    """What one Service puts into the ruleset, rendered alone (the Proxier keeps one per Service
+    and re-renders only the Services that changed).
+
+    ``fixed`` holds its rules in the fixed chains ((table, chain) -> rules, in order), ``chains``
+    its own KUBE-SVC/SVL/EXT/FW/SEP nat chains in declaration order with their rules. A full
+    render is the base rules, then every Service's block in (namespace, name) order, then the
+    trailer: ``assemble`` builds the very text render_digest() writes.
+    """
+
+    key: str
+    order: tuple[str, str]  # (namespace, name): the render order
+    ports: list[ServicePort]
+    endpoints: list[list[Endpoint]]  # per port, as digested
+    fixed: dict[tuple[str, str], list[str]]
+    chains: dict[str, list[str]]
+
+    @property
+    def endpoint_count(self) -> int:
+        return sum(len(eps) for eps in self.endpoints)
+
+    def same_input(self, other: "ServiceRules | None") -> bool:
+        return other is not None and self.ports == other.ports and self.endpoints == other.endpoints
+
+
+def digest_service(
+    service: Mapping[str, Any] | None, endpoint_slices: Iterable[Mapping[str, Any]], cfg: ProxyConfig
+) -> Digest:
+    """The digest of one Service (None: deleted) and its EndpointSlices."""
+    return digest([service] if service is not None else [], endpoint_slices, cfg)
+
+
+def split_digest(d: Digest) -> dict[str, Digest]:
+    """One digest per proxied Service ("ns/name") of a digest of several (ports stay in order)."""
+    out: dict[str, Digest] = {}
+    for sp in d.ports:
+        one = out.get(sp.service_key)
+        if one is None:
+            one = out[sp.service_key] = Digest([], {}, {})
+        one.ports.append(sp)
+        one.endpoints[_port_key(sp)] = d.endpoints.get(_port_key(sp), [])
+    return out
+
+
+def render_service(d: Digest, cfg: ProxyConfig, large_cluster: bool, r: "_Renderer | None" = None
+                   ) -> ServiceRules | None:
+    """Render the one Service of ``d`` (digest_service); None when it has no proxied port.
+    ``r``: a renderer to reuse (its tables are replaced), saving its set-up per Service."""
+    if not d.ports:
+        return None
+    if r is None or r.large_cluster != large_cluster:
+        r = _Renderer(cfg, large_cluster=large_cluster)
+    else:
+        r.filter, r.nat, r.service_chains, r.active_nat = _Table("filter"), _Table("nat"), {}, set()
+    eps = [d.port_endpoints(sp) for sp in d.ports]
+    for sp, endpoints in zip(d.ports, eps):
+        r.write_service_port(sp, endpoints)
+    fixed: dict[tuple[str, str], list[str]] = {}
+    for table in (r.filter, r.nat):
+        for chain, rules in table.rules.items():
+            if chain not in table.declared:
+                fixed[(table.name, chain)] = rules
+    sp = d.ports[0]
+    return ServiceRules(
+        key=sp.service_key, order=(sp.namespace, sp.name), ports=list(d.ports), endpoints=eps, fixed=fixed,
+        chains={c: r.nat.rules.get(c, []) for c in r.nat.declared},
+    )
+
+
+@dataclass
+class FixedChains:
+    """The fixed chains of both tables, in declaration order, with their base and trailer rules."""
+
+    declared: dict[str, list[str]]  # table -> fixed chains in declaration order
+    base: dict[tuple[str, str], list[str]]
+    trailer: dict[tuple[str, str], list[str]]
+
+    def rules(self, services: Iterable[ServiceRules]) -> dict[tuple[str, str], list[str]]:
+        """Every fixed chain's rules with ``services`` (in render order) in them."""
+        out = {(t, c): list(self.base.get((t, c), [])) for t, chains in self.declared.items() for c in chains}
+        for s in services:
+            for tc, rules in s.fixed.items():
+                out[tc].extend(rules)
+        for tc, rules in self.trailer.items():
+            out[tc].extend(rules)
+        return out
+
+
+def fixed_chains(cfg: ProxyConfig) -> FixedChains:
+    base = _Renderer(cfg, large_cluster=False)
+    base.write_base()
+    trailer = _Renderer(cfg, large_cluster=False)
+    trailer.write_trailer()
+    return FixedChains(
+        declared={t.name: list(t.declared) for t in (base.filter, base.nat)},
+        base={(t.name, c): list(r) for t in (base.filter, base.nat) for c, r in t.rules.items()},
+        trailer={(t.name, c): list(r) for t in (trailer.filter, trailer.nat) for c, r in t.rules.items()},
+    )
+
+
+def assemble(
+    fixed: FixedChains,
+    services: list[ServiceRules],
+    deleted: Iterable[str] = (),
+    fixed_rules: dict[tuple[str, str], list[str]] | None = None,
+) -> str:
+    """The full restore text of ``services`` (in render order), deleting ``deleted`` nat chains:
+    the same text render_digest() writes for the same objects."""
+    rules = fixed_rules if fixed_rules is not None else fixed.rules(services)
+    deleted = list(deleted)
+    out = ["*filter"]
+    out += [f":{c} - [0:0]" for c in fixed.declared["filter"]]
+    for c in fixed.declared["filter"]:
+        out += rules[("filter", c)]
+    out.append("COMMIT")
+    out.append("*nat")
+    out += [f":{c} - [0:0]" for c in fixed.declared["nat"]]
+    for s in services:
+        out += [f":{c} - [0:0]" for c in s.chains]
+    out += [f":{c} - [0:0]" for c in deleted]
+    for c in fixed.declared["nat"]:
+        out += rules[("nat", c)]
+    for s in services:
+        for chain_rules in s.chains.values():
+            out += chain_rules
+    out += [f"-X {c}" for c in deleted]
+    out.append("COMMIT")
+    return "\n".join(out) + "\n"

@@ -170,3 +170,20 @@ def test_missing_jumps_adds_only_what_is_missing():
     assert nat == [":KUBE-PROXY-CANARY - [0:0]",
                    '-I POSTROUTING 1 -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
                    '-I OUTPUT 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES']
+
+
+def test_listing_line_after_each_table_header():
+    from kproxy.proxy.applier import with_listing
+    text = "*filter\n:KUBE-X - [0:0]\nCOMMIT\n*nat\n:KUBE-Y - [0:0]\n-A KUBE-Y -j RETURN\nCOMMIT\n"
+    assert with_listing(text) == ("*filter\n-S\n:KUBE-X - [0:0]\nCOMMIT\n*nat\n-S\n:KUBE-Y - [0:0]\n"
+                                  "-A KUBE-Y -j RETURN\nCOMMIT\n")
+
+
+def test_restore_input_lists_only_large_restores():
+    from kproxy.proxy.applier import LISTING_MIN_CHAINS, restore_input
+    small = "*nat\n:KUBE-SEP-A - [0:0]\n-A KUBE-SEP-A -j RETURN\nCOMMIT\n"
+    big = "*nat\n" + "".join(f":KUBE-SEP-{i} - [0:0]\n" for i in range(LISTING_MIN_CHAINS)) + "COMMIT\n"
+    assert restore_input(small) == small
+    assert restore_input(big).startswith("*nat\n-S\n:KUBE-SEP-0 ")
+    assert restore_input(small, listing=True).startswith("*nat\n-S\n")
+    assert restore_input(big, listing=False) == big

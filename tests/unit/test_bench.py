@@ -265,7 +265,8 @@ def test_diff_restore_follows_the_proxier_and_resets_after_a_failure():
             p.sync(services, slices)
         assert _effect(kernel) == _effect(plain)
         gen.change_endpoints(slices, c)
-    assert sum(t.count("\n") for t in kernel[1:]) < sum(t.count("\n") for t in plain[1:]) / 2
+    # The Proxier itself now writes only the chains whose rules changed: nothing left to save.
+    assert sum(t.count("\n") for t in kernel[1:]) <= sum(t.count("\n") for t in plain[1:])
     fail[0] = True
     gen.change_endpoints(slices, 99)
     with pytest.raises(RuntimeError):

@@ -51,6 +51,16 @@ class FakeKernel:
                 table[line[1:].split()[0]] = []
             elif line.startswith("-A "):
                 table[line.split()[1]].append(line)
+            elif line.startswith("-I "):
+                _, chain, pos, rest = line.split(" ", 3)
+                if not 1 <= int(pos) <= len(table[chain]) + 1:
+                    raise IptablesError(f"iptables-restore -w --noflush failed: index {pos} too big")
+                table[chain].insert(int(pos) - 1, f"-A {chain} {rest}")
+            elif line.startswith("-D "):
+                rule = "-A " + line[3:]
+                if rule not in table[line.split()[1]]:
+                    raise IptablesError("iptables-restore -w --noflush failed: Bad rule (does a matching rule exist in that chain?)")
+                table[line.split()[1]].remove(rule)
             elif line.startswith("-X "):
                 self._delete(table, line.split()[1])
         self.tables = tables
@@ -149,6 +159,22 @@ def assert_rules(expected: str, got: str) -> None:
     assert sort_restore_text(got) == sort_restore_text(dedent(expected))
 
 
+def assert_partial(expected: str, lab: "Lab") -> None:
+    """A partial sync against upstream's restore input for it: the kernel ends up as after a full
+    sync (which is what upstream's restore leads to), kproxy declares no Service chain upstream
+    would not (only those whose rules changed) and deletes the same ones; it edits the fixed
+    chains in place instead of rewriting them."""
+    exp = dedent(expected)
+    assert service_chains_in(lab.text) <= service_chains_in(exp)
+    assert deleted(lab.text) == deleted(exp)
+    assert not declared(lab.text) & FIXED_CHAINS
+    assert lab.kernel.tables == lab.full_render_state()
+
+
+def deleted(text: str) -> set[str]:
+    return {line.split()[1] for line in text.splitlines() if line.startswith("-X ")}
+
+
 def declared(text: str) -> set[str]:
     return {line[1:].split()[0] for line in text.splitlines() if line.startswith(":")}
 
@@ -230,7 +256,7 @@ def test_sync_proxy_rules_repeated_like_upstream():
             endpoint_slice("ns3", "svc3", 80, "10.0.3.1", port_name="p80"))
     second = lab.sync()
     assert not second.full and second.services_written == 1
-    assert_rules(_text(FILTER, NAT_HEAD, """\
+    assert_partial(_text(FILTER, NAT_HEAD, """\
         :KUBE-SEP-BSWRHOQ77KEXZLNL - [0:0]
         :KUBE-SVC-X27LE4BHSL4DOUIK - [0:0]
         """, SVC1, SVC2, SVC3, NAT_FIXED, """\
@@ -239,31 +265,31 @@ def test_sync_proxy_rules_repeated_like_upstream():
         -A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 cluster IP" -m tcp -p tcp -d 172.30.0.43 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
         -A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 -> 10.0.3.1:80" -j KUBE-SEP-BSWRHOQ77KEXZLNL
         COMMIT
-        """), lab.text)
+        """), lab)
 
     # Delete a service (won't update the other services).
     lab.delete("Service", "ns2/svc2")
     lab.sync()
-    assert_rules(_text(FILTER, NAT_HEAD, """\
+    assert_partial(_text(FILTER, NAT_HEAD, """\
         :KUBE-SEP-UHEGFW77JX3KXTOV - [0:0]
         :KUBE-SVC-2VJB64SDSIJUP5T6 - [0:0]
         """, SVC1, SVC3, NAT_FIXED, """\
         -X KUBE-SEP-UHEGFW77JX3KXTOV
         -X KUBE-SVC-2VJB64SDSIJUP5T6
         COMMIT
-        """), lab.text)
+        """), lab)
 
     # Add a service, sync, then add its endpoints: first only the REJECT rule...
     lab.add(service("ns4", "svc4", "172.30.0.44", 80, port_name="p80"))
     lab.sync()
     reject = '-A KUBE-SERVICES -m comment --comment "ns4/svc4:p80 has no endpoints" -m tcp -p tcp -d 172.30.0.44 --dport 80 -j REJECT\n'
-    assert_rules(_text(FILTER.replace("COMMIT\n", reject + "COMMIT\n"), NAT_HEAD, SVC1, SVC3, NAT_FIXED, "COMMIT\n"),
-                 lab.text)
+    assert_partial(_text(FILTER.replace("COMMIT\n", reject + "COMMIT\n"), NAT_HEAD, SVC1, SVC3, NAT_FIXED, "COMMIT\n"),
+                 lab)
 
     # ... then the new service's chains.
     lab.add(endpoint_slice("ns4", "svc4", 80, "10.0.4.1", port_name="p80"))
     lab.sync()
-    assert_rules(_text(FILTER, NAT_HEAD, """\
+    assert_partial(_text(FILTER, NAT_HEAD, """\
         :KUBE-SEP-AYCN5HPXMIRJNJXU - [0:0]
         :KUBE-SVC-4SW47YFZTEDKD3PK - [0:0]
         """, SVC1, SVC3, SVC4, NAT_FIXED, """\
@@ -272,12 +298,12 @@ def test_sync_proxy_rules_repeated_like_upstream():
         -A KUBE-SVC-4SW47YFZTEDKD3PK -m comment --comment "ns4/svc4:p80 cluster IP" -m tcp -p tcp -d 172.30.0.44 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
         -A KUBE-SVC-4SW47YFZTEDKD3PK -m comment --comment "ns4/svc4:p80 -> 10.0.4.1:80" -j KUBE-SEP-AYCN5HPXMIRJNJXU
         COMMIT
-        """), lab.text)
+        """), lab)
 
     # Change an endpoint of an existing service: its SVC and SEP chains are rewritten.
     lab.add(endpoint_slice("ns3", "svc3", 80, "10.0.3.2", port_name="p80"))
     lab.sync()
-    assert_rules(_text(FILTER, NAT_HEAD, """\
+    assert_partial(_text(FILTER, NAT_HEAD, """\
         :KUBE-SEP-BSWRHOQ77KEXZLNL - [0:0]
         :KUBE-SEP-DKCFIS26GWF2WLWC - [0:0]
         :KUBE-SVC-X27LE4BHSL4DOUIK - [0:0]
@@ -288,12 +314,12 @@ def test_sync_proxy_rules_repeated_like_upstream():
         -A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 -> 10.0.3.2:80" -j KUBE-SEP-DKCFIS26GWF2WLWC
         -X KUBE-SEP-BSWRHOQ77KEXZLNL
         COMMIT
-        """), lab.text)
+        """), lab)
 
     # Add an endpoint to a service: its SVC and SEP chains are rewritten.
     lab.add(endpoint_slice("ns3", "svc3", 80, "10.0.3.2", "10.0.3.3", port_name="p80"))
     lab.sync()
-    assert_rules(_text(FILTER, NAT_HEAD, """\
+    assert_partial(_text(FILTER, NAT_HEAD, """\
         :KUBE-SEP-DKCFIS26GWF2WLWC - [0:0]
         :KUBE-SEP-JVVZVJ7BSEPPRNBS - [0:0]
         :KUBE-SVC-X27LE4BHSL4DOUIK - [0:0]
@@ -306,7 +332,7 @@ def test_sync_proxy_rules_repeated_like_upstream():
         -A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 -> 10.0.3.2:80" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-DKCFIS26GWF2WLWC
         -A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 -> 10.0.3.3:80" -j KUBE-SEP-JVVZVJ7BSEPPRNBS
         COMMIT
-        """), lab.text)
+        """), lab)
 
     # Sync with no new changes: upstream restores only the fixed chains; kproxy restores nothing.
     restores = len(lab.kernel.restores)
@@ -376,10 +402,11 @@ def test_changing_one_of_three_services_declares_only_its_chains():
     result = lab.sync()
     assert (result.full, result.applied, result.services_written) == (False, True, 1)
     new_sep = chains.endpoint_chain("ns/s2:p", "tcp", "10.0.2.3:80")
-    assert declared(lab.text) == FIXED_CHAINS | s2 | {new_sep}
-    # Every service still gets its rules in the fixed chains.
-    for i in (1, 2, 3):
-        assert f"-d 172.30.0.{i} --dport 80" in lab.text
+    svc = next(c for c in s2 if c.startswith("KUBE-SVC-"))
+    # Only the chains whose rules changed: the SVC chain and the new endpoint's; the others and
+    # the fixed chains stay as they are (upstream rewrites the fixed chains on every sync).
+    assert declared(lab.text) == {svc, new_sep}
+    assert "KUBE-SERVICES" not in lab.text
     assert result.rules == lab.text.count("\n-A ")
     assert lab.kernel.tables == lab.full_render_state()
 
@@ -564,3 +591,59 @@ def test_tcp_services_need_no_conntrack_cleanup():
     lab.delete("EndpointSlice", "ns/s1-1")
     assert lab.sync().conntrack_commands == []
     assert lab.conntrack_run.calls == []
+
+
+# ------------------------------------------------------------------ in-place edits, change hints
+
+
+def test_fixed_chains_are_edited_in_place_and_match_a_full_sync():
+    import random
+
+    lab = Lab()
+    for i in range(0, 40, 2):
+        lab.add(service("ns", f"s{i:02d}", f"172.30.1.{i}", 80, type="NodePort", nodePort=30000 + i),
+                endpoint_slice("ns", f"s{i:02d}", 80, f"10.0.{i}.1"))
+    lab.sync()
+    rng = random.Random(5)
+    for step in range(40):
+        i = rng.randrange(40)
+        what = rng.choice(["add", "endpoints", "none", "delete", "ports"])
+        if what == "add":
+            lab.add(service("ns", f"s{i:02d}", f"172.30.1.{i}", 80))
+        elif what == "endpoints":
+            lab.add(endpoint_slice("ns", f"s{i:02d}", 80, *[f"10.0.{i}.{k}" for k in range(1, rng.randrange(1, 4) + 1)]))
+        elif what == "none":
+            lab.slices.pop(f"ns/s{i:02d}-1", None)
+        elif what == "delete":
+            lab.services.pop(f"ns/s{i:02d}", None)
+        else:
+            svc = service("ns", f"s{i:02d}", f"172.30.1.{i}", 80, type="NodePort", nodePort=30000 + i)
+            svc["spec"]["ports"].append({"name": "q", "port": 81, "protocol": "UDP"})
+            lab.add(svc)
+        result = lab.sync()
+        assert not result.full
+        if result.applied:
+            assert not declared(lab.text) & FIXED_CHAINS  # edited, never rewritten
+        assert lab.kernel.tables == lab.full_render_state(), (step, what, i)
+
+
+def test_a_change_hint_limits_the_sync_to_those_services():
+    lab = three_services()
+    lab.slices["ns/s1-1"]["endpoints"].append({"addresses": ["10.0.1.9"]})
+    lab.slices["ns/s2-1"]["endpoints"].append({"addresses": ["10.0.2.9"]})
+    result = lab.proxier.sync(list(lab.services.values()), list(lab.slices.values()), changed={"ns/s1"})
+    assert result.services_written == 1 and "10.0.2.9" not in lab.text
+    result = lab.sync()  # no hint: every object is compared, s2's change is found
+    assert result.services_written == 1 and "10.0.2.9" in lab.text
+    assert lab.kernel.tables == lab.full_render_state()
+
+
+def test_a_rule_missing_from_the_kernel_fails_the_partial_sync_and_the_next_is_full():
+    lab = three_services()
+    lab.kernel.tables["nat"]["KUBE-SERVICES"] = [r for r in lab.kernel.tables["nat"]["KUBE-SERVICES"]
+                                                 if "172.30.0.2" not in r]
+    lab.delete("Service", "ns/s2")
+    with pytest.raises(IptablesError):
+        lab.sync()
+    assert lab.sync().full
+    assert lab.kernel.tables == lab.full_render_state()

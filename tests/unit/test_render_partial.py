@@ -141,3 +141,26 @@ def test_partial_deletes_a_deleted_services_chains():
     assert sorted(after.deleted_chains) == sorted(before.service_chains["ns1/b"])
     assert "ns1/b" not in after.service_chains
     assert not [c for c in after.nat_chains if chains.is_service_chain(c)]
+
+
+def test_services_rendered_alone_and_assembled_give_the_render_text():
+    from kproxy.bench import gen
+    from kproxy.bench.worker import CFG
+    from kproxy.proxy import render as R
+    cfg = R.ProxyConfig(**CFG)
+    services, slices = gen.cluster(40, seed=3)
+    services.append({"kind": "Service", "metadata": {"name": "np", "namespace": "a"},
+                     "spec": {"clusterIP": "10.100.9.9", "type": "NodePort", "externalTrafficPolicy": "Local",
+                              "ports": [{"name": "u", "port": 53, "protocol": "UDP", "nodePort": 30053}]}})
+    full = R.render(services, slices, cfg, existing_nat_chains=["KUBE-SEP-GONE"])
+    d = R.digest(services, slices, cfg)
+    large = d.total_endpoints > R.LARGE_CLUSTER_ENDPOINTS_THRESHOLD
+    alone = []
+    for svc in services:
+        name = svc["metadata"]["name"]
+        mine = [s for s in slices if s["metadata"]["labels"]["kubernetes.io/service-name"] == name]
+        r = R.render_service(R.digest_service(svc, mine, cfg), cfg, large)
+        if r is not None:
+            alone.append(r)
+    alone.sort(key=lambda r: r.order)
+    assert R.assemble(R.fixed_chains(cfg), alone, ["KUBE-SEP-GONE"]) == full.text
