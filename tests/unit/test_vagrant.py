@@ -120,9 +120,12 @@ def test_provision_syntax():
 
 
 @pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed")
-def test_vagrant_validate():
-    """--ignore-provider: without it vagrant needs a usable provider (a VirtualBox or libvirt host)."""
+def test_vagrant_validate(tmp_path):
+    """--ignore-provider: without it vagrant needs a usable provider (a VirtualBox or libvirt host).
+    Vagrant's home and the lab's .vagrant folder go to tmp_path: the test leaves nothing behind."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KPROXY_")}
+    clean |= {"VAGRANT_HOME": str(tmp_path / "home"), "VAGRANT_DOTFILE_PATH": str(tmp_path / "dot"),
+              "VAGRANT_CHECKPOINT_DISABLE": "1"}
     res = subprocess.run(["vagrant", "validate", "--ignore-provider"], cwd=VAGRANT, env=clean, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0 and "validated successfully" in res.stdout, res.stdout + res.stderr
