@@ -16,7 +16,6 @@ Results: results/bench-<time>.json, .png and .txt (the table), also copied to be
 from __future__ import annotations
 
 import argparse
-import hashlib
 import ipaddress
 import json
 import math
@@ -94,6 +93,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 REPEATS = 3          # a measurement under REPEAT_BELOW seconds is taken 3 times, the median kept
 REPEAT_BELOW = 10.0
+
+
+def _kube_rules(path: Path) -> str:
+    """The KUBE chains and their rules of an iptables-save, per table, without the canaries: the
+    Proxier's input also adds the jumps from the built-in chains and the canaries (a mangle
+    table), render.render()'s text does not."""
+    out = []
+    for line in path.read_text().splitlines():
+        if line.startswith("*"):
+            out.append(line)
+        elif line.startswith((":KUBE-", "-A KUBE-")) and "KUBE-PROXY-CANARY" not in line:
+            out.append(line)
+    return "\n".join(line for i, line in enumerate(out)
+                     if not line.startswith("*") or (i + 1 < len(out) and not out[i + 1].startswith("*")))
 
 
 def _repeat(prev: dict | None, new: dict, keys: tuple[str, ...] = ("seconds",)) -> dict:
@@ -174,9 +187,8 @@ class Bench:
                 continue
             path = self.tmp / f"restore-{n}.txt"
             path.write_text(text)
-            sha = hashlib.sha256(text.encode()).hexdigest()
             del text
-            self.sync_size(n, path, sha)
+            self.sync_size(n, path)
             path.unlink(missing_ok=True)
 
     def fit_notes(self) -> None:
@@ -193,10 +205,12 @@ class Bench:
             self.note(f"restore without the listing line: t ~ n^{fit[1]:.2f} up to {n0} Services, then killed at "
                       f"{self.args.restore_timeout:.0f} s at {n1}: from {n0} to {n1} it grows at least as n^{k_min:.2f}")
 
-    def sync_size(self, n: int, path: Path, sha: str) -> None:
+    def sync_size(self, n: int, path: Path) -> None:
         """A real Proxier full sync (+ one-Service changes + a resync of the loaded table) into a
-        fresh netns, then the very text it restored, loaded alone (``kproxy``: with the listing
-        line as the Proxier sent it; ``nolisting``: without it) into fresh netns."""
+        fresh netns, then into fresh netns each: the very input it restored, loaded alone
+        (``kproxy``); render.render()'s text of the same objects as one commit with the listing
+        line (``onecommit``: kproxy before the sections, upstream's shape) and without it
+        (``nolisting``: kproxy before issue 7)."""
         a = self.args
         T = a.restore_timeout
         r: dict = {"bare": {}, "proxier": {}, "identical": {}}
@@ -215,9 +229,6 @@ class Bench:
             self.cleanup.del_netns(ns)
         full = out.get("full", out)
         listing = full.get("listing")
-        if text_out.exists():
-            full["same_text_as_render"] = hashlib.sha256(text_out.read_bytes()).hexdigest() == sha
-            path = text_out  # from here on the bare restores load the Proxier's own text
         if changes:
             self.res["change"][n] = {k: out.get(k) for k in ("partial_endpoints", "hinted_endpoints", "partial_add",
                                                             "hinted_add", "floor", "resync", "partial_error")}
@@ -233,20 +244,19 @@ class Bench:
                 self.cleanup.del_netns(ns)
             full = _repeat(full, again.get("full", again), keys=("seconds", "render", "restore", "restore_only", "jumps"))
         r["proxier"]["kproxy"] = full
-        if "sync" not in a.skip:
+        if "sync" not in a.skip and text_out.exists():
             saved: dict[str, Path] = {}
             smaller_killed = any(v["bare"].get("nolisting", {}).get("timed_out") for m, v in self.res["sync"].items()
                                  if m < n)
-            for mode in ("kproxy", "nolisting"):
-                if mode == "nolisting" and (smaller_killed or not listing):
-                    if smaller_killed:
-                        r["bare"][mode] = {"ok": False, "skipped": True}
+            for mode, text_path in (("kproxy", text_out), ("onecommit", path), ("nolisting", path)):
+                if mode == "nolisting" and smaller_killed:
+                    r["bare"][mode] = {"ok": False, "skipped": True}
                     continue
                 for rep in range(REPEATS):
                     log(f"{n} Services: bare {mode} restore into a fresh netns" + (f" (again, {rep + 1})" if rep else ""))
                     ns = self.cleanup.new_netns(f"{mode[:4]}{n}")
                     try:
-                        got = run_worker(self.cleanup, ns, {"task": "bare", "text": str(path), "mode": mode,
+                        got = run_worker(self.cleanup, ns, {"task": "bare", "text": str(text_path), "mode": mode,
                                                             "listing": listing, "timeout": T}, T + 120)
                         if rep == 0 and n <= 1000 and got.get("ok"):
                             out_path = self.tmp / f"save-{mode}-{n}.txt"
@@ -257,8 +267,9 @@ class Bench:
                     r["bare"][mode] = _repeat(r["bare"].get(mode), got)
                     if not got.get("ok") or got["seconds"] >= REPEAT_BELOW:
                         break
-            if "kproxy" in saved and "nolisting" in saved:
-                r["identical"]["nolisting"] = saved["nolisting"].read_text() == saved["kproxy"].read_text()
+            for mode in ("onecommit", "nolisting"):
+                if "kproxy" in saved and mode in saved:
+                    r["identical"][mode] = _kube_rules(saved[mode]) == _kube_rules(saved["kproxy"])
             for p in saved.values():
                 p.unlink(missing_ok=True)
         text_out.unlink(missing_ok=True)
@@ -582,27 +593,30 @@ class Bench:
 
         rows = []
         for n, v in sorted(r["sync"].items()):
-            bk, bn = v["bare"].get("kproxy", {}), v["bare"].get("nolisting", {})
+            bk, bo, bn = (v["bare"].get(m, {}) for m in ("kproxy", "onecommit", "nolisting"))
             pk = v["proxier"].get("kproxy", {})
-            lst = pk.get("listing")
-            rows.append((f"{n}: bare iptables-restore --noflush of the Proxier's input"
-                         + (" (with its -S listing line)" if lst else " (no listing line: < 50 Services)"),
+            how = f"{pk.get('sections', 1)} commits" + (", with its -S listing line" if pk.get("listing") else "")
+            rows.append((f"{n}: bare iptables-restore --noflush of the Proxier's input ({how}; jumps)",
                          bare(bk), "", ""))
             if pk.get("ok"):
                 ratio = pk["seconds"] / bk["seconds"] if bk.get("ok") else None
-                rows.append((f"{n}: Proxier full sync (render, streamed {fmt_seconds(pk.get('render'))}; restore "
-                             f"{fmt_seconds(pk.get('restore_only'))}; jumps {fmt_seconds(pk.get('jumps'))})",
-                             fmt_seconds(pk.get("seconds")), "", ""))
+                rows.append((f"{n}: Proxier full sync (render, streamed {fmt_seconds(pk.get('render'))}; rest of the "
+                             f"restore {fmt_seconds(pk.get('restore_only'))}; jump listing alongside "
+                             f"{fmt_seconds(pk.get('jumps'))})", fmt_seconds(pk.get("seconds")), "", ""))
                 rows.append((f"{n}: full sync / bare restore of the same input", fmt_ratio(ratio),
                              f"<= {TARGET_FULL_RATIO}x", verdict(ratio, TARGET_FULL_RATIO)))
             else:
                 rows.append((f"{n}: Proxier full sync", pk.get("error", "n/a")[:60], "", "FAIL"))
-            if bn:
-                same = v["identical"].get("nolisting")
-                label = f"{n}: bare, same text without the listing line (kproxy before)"
-                if same is not None:
-                    label += f", same ruleset: {same}"
-                rows.append((label, "not run (a smaller size was killed)" if bn.get("skipped") else bare(bn), "", ""))
+            for b, mode, what in ((bo, "onecommit", "render.render()'s text in one commit, listing line (kproxy before)"),
+                                  (bn, "nolisting", "that text without the listing line (before issue 7)")):
+                if not b:
+                    continue
+                same = v["identical"].get(mode)
+                label = f"{n}: bare, {what}" + (f", same KUBE rules: {same}" if same is not None else "")
+                rows.append((label, "not run (a smaller size was killed)" if b.get("skipped") else bare(b), "", ""))
+                if mode == "onecommit" and pk.get("ok") and b.get("ok"):
+                    rows.append((f"{n}: full sync / bare one-commit restore of the same rules",
+                                 fmt_ratio(pk["seconds"] / b["seconds"]), "", "info"))
             rs = (r["change"].get(n) or {}).get("resync") or {}
             if rs.get("ok"):
                 rows.append((f"{n}: full resync of the loaded table (restore {fmt_seconds(rs.get('restore'))})",
@@ -713,6 +727,7 @@ class Bench:
         series = [
             {"label": "render.render", "points": [(n, v["seconds"]) for n, v in sorted(r["render"].items())]},
             {"label": "bare restore, Proxier's input", "points": pts(bare("kproxy"))},
+            {"label": "bare restore, one commit", "points": pts(bare("onecommit"))},
             {"label": "bare restore, no listing line", "points": pts(bare("nolisting"))},
             {"label": "Proxier full sync", "points": pts(lambda n, v: v["proxier"].get("kproxy", {}).get("seconds"))},
             {"label": "full resync, loaded table",

@@ -4,7 +4,8 @@ lands there. Prints one JSON object.
 
 Tasks:
 - ``bare``: time a restore text (a file) loaded alone: ``kproxy`` (the Proxier's exact input),
-  ``nolisting`` (without the listing line) or ``batched`` (see restore.py).
+  ``onecommit`` (render.render()'s text in one commit, with the listing line) or ``nolisting``
+  (that text without it).
 - ``proxier``: a real Proxier (kproxy/proxy/proxier.py, its own restore) full sync of N generated
   Services, one-Service changes as partial syncs (with and without a change hint), the restore
   floor, then a full resync of the loaded table.
@@ -19,7 +20,7 @@ import sys
 import time
 
 from kproxy.bench import gen
-from kproxy.bench.restore import RestoreError, RestoreTimeout, batches, run_restore
+from kproxy.bench.restore import RestoreError, RestoreTimeout, run_restore
 from kproxy.bench.stats import summary
 from kproxy.proxy.applier import Applier, IptablesError, restore_input
 from kproxy.proxy.proxier import Proxier
@@ -30,40 +31,36 @@ CFG = dict(cluster_cidr="10.244.0.0/16", node_name="node-1", node_ips=["192.168.
 
 def bare(args: dict) -> dict:
     text = open(args["text"]).read()
-    mode, timeout = args.get("mode", "plain"), args.get("timeout")
+    mode, timeout = args.get("mode", "kproxy"), args.get("timeout")
     start = time.monotonic()
     try:
         if mode == "kproxy":  # exactly what the Proxier's restore was fed (the listing line or not)
             run_restore(restore_input(text, args.get("listing")), timeout)
-            parts = 1
-        elif mode == "nolisting":  # the same text without the listing line (kproxy before issue 7)
+        elif mode == "onecommit":  # render.render()'s text, one commit, with the listing line
+            run_restore(restore_input(text, True), timeout)
+        elif mode == "nolisting":  # the same without the listing line (kproxy before issue 7)
             run_restore(text, timeout)
-            parts = 1
-        elif mode == "batched":
-            chunks = batches(text, args.get("chains_per_batch", 2000))
-            deadline = start + (timeout or 1e9)
-            for chunk in chunks:
-                run_restore(chunk, max(1.0, deadline - time.monotonic()))
-            parts = len(chunks)
         else:
             raise ValueError(mode)
     except RestoreTimeout as e:
         return {"ok": False, "timed_out": True, "error": str(e), "seconds": time.monotonic() - start}
     except RestoreError as e:
         return {"ok": False, "timed_out": False, "error": str(e), "seconds": time.monotonic() - start}
-    return {"ok": True, "seconds": time.monotonic() - start, "restores": parts}
+    return {"ok": True, "seconds": time.monotonic() - start, "commits": text.count("\nCOMMIT")}
 
 
 class TimedApplier(Applier):
-    """The real applier, timing its jump and canary check (part of every full sync)."""
+    """The real applier, timing the listing of its jumps and canaries (a full sync runs it
+    alongside the render; the missing ones go into the sync's restore)."""
 
     def __init__(self):
         self.jump_seconds = 0.0
 
-    def ensure_jumps(self) -> None:
+    def missing_jumps(self, small: bool = False) -> dict[str, list[str]]:
         t = time.monotonic()
-        super().ensure_jumps()
+        out = super().missing_jumps(small)
         self.jump_seconds = time.monotonic() - t
+        return out
 
 
 def _sync_record(res, name: str | None = None) -> dict:
@@ -117,7 +114,7 @@ def _summ(samples: list[dict]) -> dict:
 
 
 def proxier_task(args: dict) -> dict:
-    """A real Proxier (its own restore: streamed, listing line, per-chain jump checks) in this
+    """A real Proxier (its own restore: streamed, in sections into the fresh netns, jumps included) in this
     netns: a full sync of N Services, then one-Service changes, then a full resync of the
     loaded table."""
     n, seed = args["n"], args.get("seed", 7)
@@ -132,8 +129,8 @@ def proxier_task(args: dict) -> dict:
         out["full"] = {"ok": False, "timed_out": False, "error": str(e)[:800]}
         return out
     out["full"] = {"ok": True, **_sync_record(res), "rules": res.rules, "lines": res.result.text.count("\n"),
-                   "jumps": applier.jump_seconds, "restore_only": res.restore_seconds - applier.jump_seconds,
-                   "listing": proxier.last_listing}
+                   "jumps": applier.jump_seconds, "restore_only": res.restore_seconds,
+                   "listing": proxier.last_listing, "sections": res.result.text.count("\nCOMMIT")}
     if args.get("text_out"):
         with open(args["text_out"], "w") as f:
             f.write(res.result.text)

@@ -14,15 +14,12 @@ import yaml
 from kproxy.bench import gen, stats
 from kproxy.bench.dataplane import parse_wrk
 from kproxy.bench.plot import Canvas, bar_panel, line_panel, png_bytes
-import copy
-
-from kproxy.bench.prototypes import EventSync, fast_declare
-from kproxy.bench.restore import DiffRestore, batches, parse, with_listing
+from kproxy.bench.restore import parse
+from kproxy.proxy.applier import with_listing
 from kproxy.bench.run import _repeat, parse_args
 from kproxy.bench.table import fmt_ratio, fmt_seconds, format_table, verdict
 from kproxy.bench.worker import CFG
 from kproxy.proxy import render
-from kproxy.proxy.proxier import Proxier
 
 # ------------------------------------------------------------------------ generators
 
@@ -177,26 +174,6 @@ COMMIT
 """
 
 
-def _effect(texts: list[str]) -> dict:
-    """What a sequence of restores leaves, simulated: chain -> rules per table."""
-    state: dict = {}
-    for text in texts:
-        for t in parse(text):
-            tab = state.setdefault(t.name, {})
-            for c in t.declared:
-                tab[c] = []
-            for c, rules in t.rules.items():
-                assert c in tab, f"rule for a chain that does not exist: {c}"
-                for r in rules:
-                    target = r.split("-j ")[1].split()[0] if "-j " in r else None
-                    assert target is None or not target.startswith("KUBE-") or target in tab, \
-                        f"jump to a chain that does not exist yet: {target}"
-                tab[c] += rules
-            for c in t.deleted:
-                del tab[c]
-    return state
-
-
 def test_parse():
     filt, nat = parse(TEXT)
     assert filt.name == "filter" and filt.declared == ["KUBE-SERVICES"]
@@ -208,114 +185,6 @@ def test_with_listing_adds_a_chainless_command_per_table():
     out = with_listing(TEXT).splitlines()
     assert [out[i + 1] for i, line in enumerate(out) if line.startswith("*")] == ["-S", "-S"]
     assert [line for line in out if line != "-S"] == TEXT.splitlines()
-
-
-def test_batches_keep_services_together_and_have_the_same_effect():
-    parts = batches(TEXT, chains_per_batch=1)
-    assert _effect(parts) == _effect([TEXT])
-    # the KUBE-MARK-MASQ the SEP chains jump to comes first; KUBE-SERVICES and the deletion last
-    assert ":KUBE-MARK-MASQ" in parts[0]
-    assert "-X KUBE-SEP-OLD" in parts[-1] and ":KUBE-SERVICES" in parts[-1]
-    svc_a = next(p for p in parts if ":KUBE-SVC-AAA" in p)
-    assert ":KUBE-SEP-A1" in svc_a and ":KUBE-SEP-A2" in svc_a
-
-
-def test_batches_of_a_rendered_cluster_have_the_same_effect():
-    services, slices = gen.cluster(40, seed=5)
-    text = render.render(services, slices, render.ProxyConfig(**CFG)).text
-    parts = batches(text, chains_per_batch=30)
-    assert len(parts) > 3
-    assert _effect(parts) == _effect([text])
-
-
-def test_diff_restore_applies_only_changed_chains():
-    applied = []
-    diff = DiffRestore(apply=applied.append)
-    diff(TEXT)
-    assert _effect(applied) == _effect([TEXT])
-    diff(TEXT)  # nothing changed: nothing restored
-    assert len(applied) == 1
-    changed = TEXT.replace("-A KUBE-SVC-BBB -j KUBE-SEP-B1", "-A KUBE-SVC-BBB -j KUBE-SEP-A1")
-    diff(changed)
-    assert len(applied) == 2
-    assert ":KUBE-SVC-BBB" in applied[1] and ":KUBE-SVC-AAA" not in applied[1]
-    assert ":KUBE-SERVICES" not in applied[1]
-    assert _effect(applied) == _effect([TEXT, changed])
-
-
-def test_diff_restore_follows_the_proxier_and_resets_after_a_failure():
-    services, slices = gen.cluster(30, seed=4)
-    kernel: list[str] = []
-    fail = [False]
-
-    def apply(text):
-        if fail[0]:
-            raise RuntimeError("restore failed")
-        kernel.append(text)
-
-    diff = DiffRestore(apply=apply)
-    plain: list[str] = []
-    p1 = Proxier(render.ProxyConfig(**CFG), restore=diff, list_chains=lambda: set())
-    p2 = Proxier(render.ProxyConfig(**CFG), restore=plain.append, list_chains=lambda: set())
-    for p in (p1, p2):
-        p.applier.ensure_jumps = lambda: None
-        p.conntrack.execute = lambda commands: []
-    for c in range(6):
-        for p in (p1, p2):
-            p.sync(services, slices)
-        assert _effect(kernel) == _effect(plain)
-        gen.change_endpoints(slices, c)
-    # The Proxier itself now writes only the chains whose rules changed: nothing left to save.
-    assert sum(t.count("\n") for t in kernel[1:]) <= sum(t.count("\n") for t in plain[1:])
-    fail[0] = True
-    gen.change_endpoints(slices, 99)
-    with pytest.raises(RuntimeError):
-        p1.sync(services, slices)
-    assert diff.chains is None  # the next restore applies everything again
-
-
-def test_fast_declare_renders_the_same_text_and_is_undone():
-    services, slices = gen.cluster(60, seed=6)
-    cfg = render.ProxyConfig(**CFG)
-    original = render._Table.declare
-    with fast_declare():
-        fast = render.render(services, slices, cfg).text
-    assert render._Table.declare is original
-    assert fast == render.render(services, slices, cfg).text
-
-
-def test_event_sync_programs_what_a_partial_sync_would():
-    for n in (30, 400):  # small, and past the large-cluster threshold (no endpoint comments)
-        services, slices = gen.cluster(n, seed=8)
-        cfg = render.ProxyConfig(**CFG)
-        plain: list[str] = []
-        proxier = Proxier(cfg, restore=plain.append, list_chains=lambda: set())
-        proxier.applier.ensure_jumps = lambda: None
-        proxier.conntrack.execute = lambda commands: []
-        first = proxier.sync(services, slices, full=True)
-        large = render.digest(services, slices, cfg).total_endpoints > render.LARGE_CLUSTER_ENDPOINTS_THRESHOLD
-        assert large == (n == 400)
-        event: list[str] = [plain[0]]
-        ev = EventSync(cfg, large, first.result.service_chains, event.append)
-        by_name = {s["metadata"]["name"]: s for s in services}
-        for c in range(8):
-            old = copy.deepcopy(slices)
-            name = gen.change_endpoints(slices, c)
-            mine = [sl for sl in slices if sl["metadata"]["labels"]["kubernetes.io/service-name"] == name]
-            was = [sl for sl in old if sl["metadata"]["labels"]["kubernetes.io/service-name"] == name]
-            text = ev.endpoints_changed(by_name[name], was, mine)
-            assert text is not None and "KUBE-SERVICES" not in text
-            proxier.sync(services, slices)
-            assert _effect(event) == _effect(plain)
-
-
-def test_event_sync_falls_back_when_the_fixed_chains_change():
-    services, slices = gen.cluster(5, seed=9)
-    cfg = render.ProxyConfig(**CFG)
-    ev = EventSync(cfg, False, {}, lambda text: None)
-    emptied = copy.deepcopy(slices[0])
-    emptied["endpoints"] = []  # no endpoints: KUBE-SERVICES gets a REJECT instead of the jump
-    assert ev.endpoints_changed(services[0], [slices[0]], [emptied]) is None
 
 
 # ------------------------------------------------------------------------ wrk, table, plot

@@ -82,8 +82,13 @@ class FakeApplier:
     def __init__(self) -> None:
         self.jumps = 0
 
-    def ensure_jumps(self) -> None:
+    def missing_jumps(self, small: bool = False) -> dict[str, list[str]]:  # noqa: ARG002
+        """Listed during every full sync; here nothing is missing."""
         self.jumps += 1
+        return {}
+
+    def ensure_jumps(self) -> None:
+        raise AssertionError("the jumps go into the full sync's restore")
 
 
 class FakeConntrackRun:
@@ -646,4 +651,130 @@ def test_a_rule_missing_from_the_kernel_fails_the_partial_sync_and_the_next_is_f
     with pytest.raises(IptablesError):
         lab.sync()
     assert lab.sync().full
+    assert lab.kernel.tables == lab.full_render_state()
+
+
+# ------------------------------------------------------------------ full syncs in sections
+
+
+def many_services(n: int = 80) -> Lab:
+    lab = Lab()
+    for i in range(n):
+        lab.add(service("ns", f"m{i:03d}", f"172.30.{i // 200}.{i % 200 + 1}", 80),
+                endpoint_slice("ns", f"m{i:03d}", 80, *[f"10.{i % 7}.{i // 200}.{i % 200 + k}" for k in range(1 + i % 4)]))
+    return lab
+
+
+def sections(text: str) -> list[tuple[str, list[str]]]:
+    out, cur = [], None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            cur = (line[1:], [])
+        elif line == "COMMIT":
+            out.append(cur)
+        else:
+            cur[1].append(line)
+    return out
+
+
+def test_the_first_full_sync_of_many_services_commits_in_sections():
+    lab = many_services()
+    lab.sync()
+    secs = sections(lab.text)
+    nat = [body for table, body in secs if table == "nat"]
+    assert [t for t, _ in secs][-2:] == ["filter", "nat"] and len(nat) > 4
+    # the fixed chains first, with none of the Services' rules
+    assert [line[1:].split()[0] for line in nat[0] if line.startswith(":")] == lab.proxier._fixed.declared["nat"]
+    assert not any("KUBE-SVC-" in line for line in nat[0])
+    # the Services' sections: growing from 16 chains, never over 256, whole Services each
+    sizes = [sum(line.startswith(":") for line in body) for body in nat[1:-1]]
+    assert sizes[0] >= 16 and max(sizes) <= 256 + 10 and sizes[1] >= sizes[0]
+    # no rule jumps to a chain not declared in its own or an earlier section; KUBE-SERVICES'
+    # Service rules, which make them reachable, come in the last section only
+    known: set[str] = set()
+    for body in nat:
+        known |= {line[1:].split()[0] for line in body if line.startswith(":")}
+        for line in body:
+            if " -j KUBE-" in line:
+                assert line.split(" -j ")[1].split()[0] in known, line
+    assert all(not line.startswith("-A KUBE-SERVICES") for body in nat[:-1] for line in body
+               if "KUBE-SVC-" in line)
+    assert lab.kernel.tables == lab.full_render_state()
+
+
+def test_a_resync_of_a_loaded_table_is_one_atomic_commit():
+    lab = many_services()
+    lab.sync()
+    lab.slices["ns/m001-1"]["endpoints"].append({"addresses": ["10.9.9.9"]})
+    result = lab.sync(full=True)
+    assert result.full and [t for t, _ in sections(lab.text)] == ["filter", "nat"]
+    assert lab.kernel.tables == lab.full_render_state()
+
+
+def test_a_few_services_are_one_commit_per_table():
+    lab = three_services()
+    assert [t for t, _ in sections(lab.text)] == ["filter", "nat"]
+
+
+class JumpsMissing(FakeApplier):
+    def missing_jumps(self, small: bool = False) -> dict[str, list[str]]:
+        super().missing_jumps(small)
+        return {"nat": ['-I PREROUTING 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'],
+                "mangle": [":KUBE-PROXY-CANARY - [0:0]"]}
+
+
+class ListingFails(FakeApplier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ensured = 0
+
+    def missing_jumps(self, small: bool = False) -> dict[str, list[str]]:  # noqa: ARG002
+        raise IptablesError("iptables -S failed")
+
+    def ensure_jumps(self) -> None:
+        self.ensured += 1
+
+
+@pytest.mark.parametrize("n", [3, 80])
+def test_missing_jumps_go_into_the_full_syncs_own_restore(n):
+    lab = many_services(n)
+    lab.proxier.applier = JumpsMissing()
+    lab.kernel.tables = {"nat": {"PREROUTING": []}}
+    lab.sync()
+    secs = sections(lab.text)
+    last_nat = [body for table, body in secs if table == "nat"][-1]
+    assert secs[-1] == ("mangle", [":KUBE-PROXY-CANARY - [0:0]"])
+    assert last_nat[-1].startswith("-I PREROUTING 1 ")  # after KUBE-SERVICES is declared and filled
+    assert lab.kernel.tables["nat"]["PREROUTING"] == [
+        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES']
+
+
+def test_a_failed_jump_listing_falls_back_to_ensuring_them_after_the_restore():
+    lab = many_services(3)
+    lab.proxier.applier = ListingFails()
+    lab.sync()
+    assert lab.proxier.applier.ensured == 1
+    assert lab.kernel.tables == lab.full_render_state()
+
+
+def test_a_first_sync_in_sections_is_followed_by_ordinary_partial_syncs():
+    lab = many_services()
+    lab.sync()
+    lab.slices["ns/m005-1"]["endpoints"].append({"addresses": ["10.9.9.9"]})
+    lab.delete("Service", "ns/m006")
+    result = lab.sync()
+    assert not result.full and result.services_written == 1
+    assert lab.kernel.tables == lab.full_render_state()
+
+
+def test_a_wrong_large_cluster_guess_is_rewritten_in_the_last_commit():
+    """Orphan slices count in the upper bound the guess is made from, not in the real total:
+    the sections go in with large-cluster comments, the last commit rewrites them all."""
+    lab = many_services(60)
+    orphan = endpoint_slice("ns", "nobody", 80, *[f"10.8.{i // 250}.{i % 250 + 1}" for i in range(1200)])
+    lab.add(orphan)
+    lab.sync()
+    nat = [body for t, body in sections(lab.text) if t == "nat"]
+    assert len(nat) > 3 and any(line.startswith(":KUBE-SVC-") for line in nat[-1])  # rewritten
+    assert not lab.proxier._large_cluster
     assert lab.kernel.tables == lab.full_render_state()
