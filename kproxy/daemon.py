@@ -37,7 +37,7 @@ from kproxy.controllers import allocation, endpoints, loadbalancer, replicas
 from kproxy.node.kubelet import Kubelet, now_iso
 from kproxy.node.l2announce import Announcer
 from kproxy.node.network import NodeConfig, NodeNetwork, enter_netns
-from kproxy.proxy import applier, healthcheck, metrics, proxier, render
+from kproxy.proxy import applier, changes, healthcheck, metrics, proxier, render
 from kproxy.store.base import Store, kind_prefix, object_key
 from kproxy.store.etcd import retry
 from kproxy.store.sqlite import SqliteStore
@@ -46,6 +46,7 @@ log = logging.getLogger("kproxy")
 
 SYSTEM_NAMESPACES = meta.SYSTEM_NAMESPACES
 USER_KINDS = meta.ADMITTED_KINDS
+PROXIED_KINDS = ("Service", "EndpointSlice")  # what the Proxier reads
 MANIFEST_KEYS = "/kproxy/manifest-keys"      # objects that came from the manifests folder
 MANIFEST_ERRORS = "/kproxy/manifest-errors"
 PROXY_STATUS = "/kproxy/proxy-status"        # single node; a multi-node agent adds /<node>
@@ -113,6 +114,9 @@ class Daemon:
         self.ranges = allocation.ServiceRanges(cfg.service_cidr, tuple(cfg.node_port_range))
         self.rng = random.Random()
         self.objects: dict[str, dict[str, dict]] = {k: {} for k in (*USER_KINDS, "Node")}
+        self.proxy_changes = changes.ChangeTracker()  # Services changed since the last proxy sync
+        for kind in PROXIED_KINDS:
+            self.objects[kind] = self.proxy_changes.tracked()
         self.sources: dict[str, dict] = {}       # key -> defaulted manifest object last admitted
         self.file_keys: dict[str, set[str]] = {}  # manifest file -> keys it held
         self.signature: tuple | None = None
@@ -325,7 +329,9 @@ class Daemon:
                 m = obj["metadata"]
                 fresh[key_of(kind, m.get("namespace", ""), m["name"])] = obj
             if fresh != self.objects[kind]:
-                self.objects[kind], changed = fresh, True
+                old = self.objects[kind]
+                self.objects[kind] = old.replace_with(fresh) if isinstance(old, changes.Tracked) else fresh
+                changed = True
         if self.shared:
             leases = {k[len(NODE_LEASES):] for k, _ in self.store.list(NODE_LEASES)}
             changed |= leases != self.leases
@@ -1141,13 +1147,18 @@ class Daemon:
         self.metrics.last_queued.set(time.time())
         services = list(self.objects["Service"].values())
         slices = list(self.objects["EndpointSlice"].values())
+        changed = self.proxy_changes.take()  # informer-style: only these Services are compared
         try:
-            res = self.proxier.sync(services, slices, full=force)
+            res = self.proxier.sync(services, slices, full=force, changed=changed)
         except applier.IptablesError as e:
+            self.proxy_changes.forget_all()  # the next sync is full anyway
             log.error("%s", e)
             self.metrics.restore_failures.inc()
             self.event("Node", "", self.cfg.node_name, "FailedSync", str(e))
             return
+        except BaseException:
+            self.proxy_changes.forget_all()
+            raise
         if res.full:
             self.last_full_sync = time.monotonic()
         self.health.updated()
