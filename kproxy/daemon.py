@@ -53,6 +53,7 @@ PROXY_STATUS = "/kproxy/proxy-status"        # single node; a multi-node agent a
 NODE_LEASES = "/registry/leases/kube-node-lease/"  # a node's heartbeat, where Kubernetes keeps it
 NODE_LEASE_SECONDS = 6                        # lease TTL: a node silent this long is NotReady
 HEARTBEAT_SECONDS = 1.5
+LEASE_RENEW_SECONDS = 10.0                     # the Lease object's renewTime (the kubelet's interval)
 LEADER_LEASE = "/registry/leases/kube-system/kproxy-controller"  # who runs the controllers now
 LEASE_ID = "kproxy.io/etcd-lease"
 POLL_PERIOD = 0.25
@@ -369,7 +370,10 @@ class Daemon:
                     self.stale.set()
                 with self.store.watch("/", rev, idle_timeout=10) as w:
                     for ev in w:
-                        if not ev.key.startswith(("/registry/events/", PROXY_STATUS)):
+                        # a Lease renewed by its holder changes nothing the cache holds
+                        renewal = ev.kind == "put" and (ev.key == LEADER_LEASE or ev.key.startswith(NODE_LEASES)
+                                                        and ev.key[len(NODE_LEASES):] in self.leases)
+                        if not renewal and not ev.key.startswith(("/registry/events/", PROXY_STATUS)):
                             self.stale.set()
                             self.poke.set()
                     rev = w.resume_revision
@@ -393,6 +397,7 @@ class Daemon:
         me = self.cfg.node_name
         key = NODE_LEASES + me if self.is_agent else LEADER_LEASE
         ns = "kube-node-lease" if self.is_agent else "kube-system"
+        renewed = 0.0
         while not self.stopping.is_set():
             try:
                 if self.lease is None:
@@ -408,14 +413,21 @@ class Daemon:
 
                 value["metadata"]["annotations"] = {LEASE_ID: str(lease)}  # the etcd lease behind it
 
+                renew = time.monotonic() - renewed >= LEASE_RENEW_SECONDS
+
                 def claim(txn):
                     cur = txn.get(key)
                     held_by = (cur or {}).get("metadata", {}).get("annotations", {}).get(LEASE_ID)
                     if cur is None or (self.is_agent and cur["spec"]["holderIdentity"] == me and held_by != str(lease)):
                         txn.put(key, value, lease=lease)
                         return True
-                    return cur["spec"]["holderIdentity"] == me and held_by == str(lease)
+                    mine = cur["spec"]["holderIdentity"] == me and held_by == str(lease)
+                    if mine and renew:  # spec.renewTime, as the kubelet renews its Lease
+                        txn.put(key, value, lease=lease)
+                    return mine
                 held = retry(self.store, claim)
+                if held and renew:
+                    renewed = time.monotonic()
                 if held != self.leader:
                     log.info("%s the %s lease", "holding" if held else "not holding", key)
                     self.leader = held

@@ -72,8 +72,8 @@ def _sync_record(res, name: str | None = None) -> dict:
 def _changes(proxier: Proxier, services, slices, count: int, budget: float, first: int, kind: str,
              hint: bool) -> list[dict]:
     """``count`` one-Service changes, each followed by a Proxier sync with the complete lists
-    (``hint`` False: the Proxier compares every object's signature, as the daemon calls it) or
-    with the changed key as well (``hint`` True: informer-style)."""
+    (``hint`` False: the Proxier compares every object's signature) or with the changed key as
+    well (``hint`` True: as the daemon calls it, from its ChangeTracker)."""
     out = []
     deadline = time.monotonic() + budget
     for c in range(count):

@@ -82,10 +82,13 @@ SECTION_CHAINS = 256
 class _Later:
     """A call run on a thread (a listing that waits on subprocesses while the render goes on)."""
 
-    def __init__(self, fn: Callable[[], Any]):
+    def __init__(self, fn: Callable[[], Any], thread: bool = True):
         self._fn, self._out, self.failed = fn, None, False
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        if thread:
+            self._thread.start()
+        else:
+            self._run()
 
     def _run(self) -> None:
         try:
@@ -95,7 +98,8 @@ class _Later:
             self.failed = True
 
     def get(self) -> Any:
-        self._thread.join()
+        if self._thread.ident is not None:
+            self._thread.join()
         return self._out
 
 
@@ -118,11 +122,6 @@ def iptables_restore(text: str) -> None:
     """Load ``text`` atomically; --noflush leaves every chain it does not declare alone. Large
     restores get the applier's listing line (applier.restore_input)."""
     iptables.restore(text)
-
-
-def kernel_nat_chains() -> set[str]:
-    """The KUBE-* chains the nat table holds now."""
-    return iptables.kube_chains(iptables.save("nat")).get("nat", set())
 
 
 def fingerprints(d: Digest) -> dict[str, str]:
@@ -237,7 +236,8 @@ class Proxier:
         self.conntrack = conntrack or Conntrack()
         # An injected restore gets the whole text; the real one is fed while the text is made.
         self._restore = restore
-        self._list_chains = list_chains or kernel_nat_chains
+        self._list_chains = list_chains or self._kernel_chains
+        self._saved: str | None = None  # the iptables-save the kernel's chains were read from
         self._fixed = fixed_chains(cfg)
         self._need_full = True
         # State of the last successful sync.
@@ -477,7 +477,10 @@ class Proxier:
         while the Services render). ``fixup`` may replace the rendered Services at the end."""
         done: list[ServiceRules] = []
         fresh = not any(is_service_chain(c) for c in existing)
-        jumps = _Later(lambda: self.applier.missing_jumps(small=fresh))
+        if fresh and self._saved is not None:  # the listing of the chains showed the jumps too
+            jumps = _Later(lambda saved=self._saved: iptables.missing_jump_lines(saved), thread=False)
+        else:
+            jumps = _Later(lambda: self.applier.missing_jumps(small=fresh))
         # Nothing of ours to replace (a node's first sync): load in sections (see module doc).
         sectioned = count >= SECTION_MIN_SERVICES and fresh
 
@@ -651,9 +654,16 @@ class Proxier:
             return text
         return iptables.restore_lines(lines, listing=listing)
 
+    def _kernel_chains(self) -> set[str]:
+        """The nat table's KUBE-* chains, from one iptables-save of every table: when it holds no
+        Service chain it is small, and the jumps are read from the same listing."""
+        self._saved = iptables.save()
+        return iptables.kube_chains(self._saved).get("nat", set())
+
     def _existing_chains(self) -> set[str]:
         """Chains stale ones are picked from: the kernel's (full syncs only)."""
         remembered = set().union(*self._service_chains.values()) if self._service_chains else set()
+        self._saved = None
         try:
             return self._list_chains()
         except IptablesError as e:

@@ -7,6 +7,7 @@ them back when it restarts; etcd restarts lose nothing; two controllers never ha
 """
 from __future__ import annotations
 
+import calendar
 import collections
 import json
 import os
@@ -345,3 +346,14 @@ def test_two_controllers_racing_never_hand_out_one_cluster_ip(app):
         kill_pids([proc.pid])
         (app.manifests / "race.yaml").unlink(missing_ok=True)
         shutil.rmtree(second, ignore_errors=True)
+
+
+def test_node_leases_are_renewed(app):
+    """Each node's Lease (kube-node-lease/<node>) is renewed like the kubelet's: its renewTime
+    stays recent however long the lab has run (the first test started it a minute or more ago)."""
+    store = cluster.lab_store(app.cfg)
+    for node in NODES:
+        lease = store.get(f"/registry/leases/kube-node-lease/{node}")
+        assert lease["spec"]["holderIdentity"] == node
+        renewed = calendar.timegm(time.strptime(lease["spec"]["renewTime"], "%Y-%m-%dT%H:%M:%SZ"))
+        assert time.time() - renewed < 16, (node, lease["spec"]["renewTime"])
