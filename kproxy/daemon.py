@@ -53,6 +53,7 @@ PROXY_STATUS = "/kproxy/proxy-status"        # single node; a multi-node agent a
 NODE_LEASES = "/registry/leases/kube-node-lease/"  # a node's heartbeat, where Kubernetes keeps it
 NODE_LEASE_SECONDS = 6                        # lease TTL: a node silent this long is NotReady
 HEARTBEAT_SECONDS = 1.5
+RESYNC_COST_FACTOR = 10  # full resyncs at most every 10x their own duration: under 10% of the time
 LEASE_RENEW_SECONDS = 10.0                     # the Lease object's renewTime (the kubelet's interval)
 LEADER_LEASE = "/registry/leases/kube-system/kproxy-controller"  # who runs the controllers now
 LEASE_ID = "kproxy.io/etcd-lease"
@@ -142,6 +143,7 @@ class Daemon:
         self.rs_size: dict[tuple[str, str], int] = {}  # (namespace, ReplicaSet) -> pods it last had  # objects kproxy itself keeps (default/kubernetes)  # pod key -> when to try starting it again
         self.dirty = True
         self.last_full_sync = 0.0
+        self.last_full_duration = 0.0
         self.last_canary = 0.0
         self.stale = threading.Event()  # the store changed under us (multi-node): re-list
         self.last_refresh = 0.0
@@ -290,7 +292,8 @@ class Daemon:
                 self._sync_proxy()
         elif not self.is_agent:
             pass
-        elif now - self.last_full_sync > self.cfg.iptables_sync_period:
+        elif now - self.last_full_sync > max(self.cfg.iptables_sync_period,
+                                             RESYNC_COST_FACTOR * self.last_full_duration):
             self._sync_proxy(force=True)  # restores rules flushed or deleted by hand
         elif now - self.last_canary > 5.0:
             self.last_canary = now
@@ -1173,6 +1176,7 @@ class Daemon:
             raise
         if res.full:
             self.last_full_sync = time.monotonic()
+            self.last_full_duration = res.duration
         self.health.updated()
         self.metrics.last_sync.set(time.time())
         self._sync_health_check_ports(services, slices)
