@@ -1347,6 +1347,10 @@ def status(state_dir):
             detail = (f" ({'full' if ps.get('full') else 'partial'}, {ps.get('servicesWritten', 0)} Services "
                       f"written, {ps.get('durationSeconds', 0) * 1000:.1f} ms)")
         click.echo(f"last rules sync: {ps.get('lastSync', 'never')}{detail}")
+        lp = ps.get("lastPartial") if ps and ps.get("full") else None
+        if lp:
+            click.echo(f"last partial sync: {lp['lastSync']} ({lp.get('servicesWritten', 0)} Services written, "
+                       f"{lp.get('durationSeconds', 0) * 1000:.1f} ms)")
         for e in store.get(MANIFEST_ERRORS) or []:
             click.echo(f"error: {e['message']}")
 

@@ -144,6 +144,7 @@ class Daemon:
         self.dirty = True
         self.last_full_sync = 0.0
         self.last_full_duration = 0.0
+        self.last_partial: dict | None = None  # the last partial sync's report
         self.last_canary = 0.0
         self.stale = threading.Event()  # the store changed under us (multi-node): re-list
         self.last_refresh = 0.0
@@ -1195,6 +1196,10 @@ class Daemon:
         status_key = PROXY_STATUS + (f"/{self.cfg.node_name}" if self.shared else "")
         status = {"lastSync": now_iso(), "full": res.full, "durationSeconds": round(res.duration, 4),
                   "servicesWritten": res.services_written, "services": sorted(res.result.service_chains)}
+        if not res.full:
+            self.last_partial = {k: status[k] for k in ("lastSync", "durationSeconds", "servicesWritten")}
+        if self.last_partial:  # a periodic full sync does not hide what the last change did
+            status["lastPartial"] = self.last_partial
         try:
             if self.shared:  # the key goes with the node's lease: a dead node holds no `apply --wait`
                 self.store.put(status_key, status, lease=self.lease)
