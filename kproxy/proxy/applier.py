@@ -123,9 +123,11 @@ def restore_lines(lines, listing: bool) -> str:
                 chunk.append(line)
                 if line[:1] == "*" and listing:
                     chunk.append("-S")
-                if len(chunk) >= 2000 or line == "COMMIT":  # a section commits as soon as it is in
+                if len(chunk) >= 2000 or line == "COMMIT":
                     proc.stdin.write("\n".join(chunk) + "\n")
                     chunk = []
+                    if line == "COMMIT":  # a section commits as soon as it is in
+                        proc.stdin.flush()
             if chunk:
                 proc.stdin.write("\n".join(chunk) + "\n")
             proc.stdin.close()
