@@ -142,13 +142,14 @@ def parse_time(ts: str | None) -> float | None:
 # -- kinds and names as kubectl spells them -------------------------------------------------
 _EXTRA_WORDS = {"rs": "ReplicaSet", "replicaset": "ReplicaSet", "replicasets": "ReplicaSet",
                 "replicaset.apps": "ReplicaSet", "replicasets.apps": "ReplicaSet",
-                "ev": "Event", "event": "Event", "events": "Event"}
+                "ev": "Event", "event": "Event", "events": "Event",
+                "lease": "Lease", "leases": "Lease", "leases.coordination.k8s.io": "Lease"}
 GET_ALL = ("Pod", "Service", "Deployment", "ReplicaSet")  # kubectl's `all` category, in its order
-_GROUPS = {"Deployment": "apps", "ReplicaSet": "apps", "EndpointSlice": "discovery.k8s.io"}
+_GROUPS = {"Deployment": "apps", "ReplicaSet": "apps", "EndpointSlice": "discovery.k8s.io", "Lease": "coordination.k8s.io"}
 
 
 def resolve_kind(word: str) -> str | None:
-    return meta.resolve_kind(word) or _EXTRA_WORDS.get(word.lower()) or (word if word in ("ReplicaSet", "Event") else None)
+    return meta.resolve_kind(word) or _EXTRA_WORDS.get(word.lower()) or (word if word in ("ReplicaSet", "Event", "Lease") else None)
 
 
 def resolve_kinds(words: str, allow_all: bool = True) -> list[str]:
@@ -890,7 +891,8 @@ def list_objects(store: SqliteStore, kind: str, namespace: str | None) -> list[d
 @state_dir_option
 def get(args, namespace, all_namespaces, output, selector, show_labels, state_dir):
     """Show objects like kubectl: pods (po), deployments (deploy), replicasets (rs), services (svc),
-    endpoints (ep), endpointslices, nodes (no), namespaces (ns), events (ev), `all`; several
+    endpoints (ep), endpointslices, nodes (no), namespaces (ns), events (ev), leases (node
+    heartbeats, multi-node), `all`; several
     kinds as `pods,svc`; names as `get pod NAME` or `get pod/NAME`."""
     need_root()
     cfg, store = running_lab(state_dir)

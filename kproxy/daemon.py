@@ -401,7 +401,7 @@ class Daemon:
         me = self.cfg.node_name
         key = NODE_LEASES + me if self.is_agent else LEADER_LEASE
         ns = "kube-node-lease" if self.is_agent else "kube-system"
-        renewed = 0.0
+        renewed, created = 0.0, now_iso()
         while not self.stopping.is_set():
             try:
                 if self.lease is None:
@@ -411,7 +411,7 @@ class Daemon:
                     self.store.keepalive(self.lease)
                 lease = self.lease
                 value = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                         "metadata": {"name": key.rsplit("/", 1)[1], "namespace": ns},
+                         "metadata": {"name": key.rsplit("/", 1)[1], "namespace": ns, "creationTimestamp": created},
                          "spec": {"holderIdentity": me, "leaseDurationSeconds": NODE_LEASE_SECONDS,
                                   "renewTime": now_iso()}}
 

@@ -228,6 +228,8 @@ def _row(kind: str, o: dict, wide: bool) -> list[str]:
         return row
     if kind == "Namespace":
         return [m["name"], st.get("phase", "Active"), a]
+    if kind == "Lease":
+        return [m["name"], spec.get("holderIdentity", ""), a]
     if kind == "Event":
         inv = o.get("involvedObject", {})
         return [age(o.get("lastTimestamp")), o.get("type", ""), o.get("reason", ""),
@@ -244,6 +246,7 @@ HEADERS = {
     "EndpointSlice": (["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"], []),
     "Node": (["NAME", "STATUS", "ROLES", "AGE", "VERSION"], ["INTERNAL-IP", "EXTERNAL-IP", "POD-CIDR"]),
     "Namespace": (["NAME", "STATUS", "AGE"], []),
+    "Lease": (["NAME", "HOLDER", "AGE"], []),
     "Event": (["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"], []),
 }
 

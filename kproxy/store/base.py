@@ -90,6 +90,7 @@ RESOURCE = {
     "Event": "events",
     "IPAddressPool": "ipaddresspools",
     "L2Advertisement": "l2advertisements",
+    "Lease": "leases",  # node heartbeats and the controller's leader lease (multi-node)
 }
 
 

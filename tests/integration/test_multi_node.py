@@ -357,3 +357,7 @@ def test_node_leases_are_renewed(app):
         assert lease["spec"]["holderIdentity"] == node
         renewed = calendar.timegm(time.strptime(lease["spec"]["renewTime"], "%Y-%m-%dT%H:%M:%SZ"))
         assert time.time() - renewed < 16, (node, lease["spec"]["renewTime"])
+    table = app.kproxy("get", "leases", "-n", "kube-node-lease").stdout.splitlines()
+    assert table[0].split() == ["NAME", "HOLDER", "AGE"]
+    assert sorted(line.split()[:2] for line in table[1:]) == [[n, n] for n in sorted(NODES)]
+    assert "kproxy-controller" in app.kproxy("get", "leases", "-A").stdout

@@ -202,3 +202,10 @@ def test_deployment_table(now):
         "NAME   READY   UP-TO-DATE   AVAILABLE   AGE",
         "web    2/3     3            2           10m",
     ]
+
+
+def test_leases_show_their_holder():
+    lease = {"kind": "Lease", "metadata": {"name": "node-2", "namespace": "kube-node-lease"},
+             "spec": {"holderIdentity": "node-2", "leaseDurationSeconds": 6}}
+    lines = tables.render("Lease", [lease]).splitlines()
+    assert lines[0].split() == ["NAME", "HOLDER", "AGE"] and lines[1].split()[:2] == ["node-2", "node-2"]
