@@ -391,7 +391,8 @@ class Proxier:
         keys = sorted(svcs.keys() | slices.keys(), key=_order)
         bound = sum(len(sl.get("endpoints") or ()) * len(sl.get("ports") or ()) for own in slices.values() for sl in own)
         guess = bound > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
-        changes: dict[str, tuple[bytes | None, Digest | None]] = {}
+        # keys remembered from before that are gone now (a lab of skipped Services only)
+        changes: dict[str, tuple[bytes | None, Digest | None]] = {k: (None, None) for k in self._sigs.keys() - set(keys)}
         skipped: dict[str, str] = {}
         total = 0
 

@@ -778,3 +778,15 @@ def test_a_wrong_large_cluster_guess_is_rewritten_in_the_last_commit():
     assert len(nat) > 3 and any(line.startswith(":KUBE-SVC-") for line in nat[-1])  # rewritten
     assert not lab.proxier._large_cluster
     assert lab.kernel.tables == lab.full_render_state()
+
+
+def test_a_first_sync_in_sections_forgets_services_that_are_gone():
+    """Only skipped Services before (no rules, so the next big full sync is a first one): their
+    signatures go when they go, so one that comes back the same is rendered again."""
+    lab = many_services()
+    ext = service("ns", "ext", "", 80, type="ExternalName", externalName="example.org")
+    lab.add(ext)
+    lab.proxier._sigs["ns/gone"] = b"remembered"
+    lab.sync()
+    assert "ns/gone" not in lab.proxier._sigs and "ns/ext" in lab.proxier._sigs
+    assert lab.kernel.tables == lab.full_render_state()
