@@ -79,6 +79,10 @@ class Tracked(dict):
         for key, value in dict(*args, **kw).items():
             self[key] = value
 
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
     def clear(self) -> None:
         self.tracker.note(*self.values())
         super().clear()

@@ -48,7 +48,7 @@ import logging
 import marshal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kproxy.proxy import applier as iptables
@@ -357,6 +357,10 @@ class Proxier:
         if not full and not dirty:
             for key, (sig, _) in changes.items():  # nothing to apply: remember the new objects
                 self._remember_sig(key, sig)
+            if skipped != self._skipped:  # e.g. ExternalName -> headless: why it is skipped changed
+                self._skipped = skipped
+                if self._last is not None:
+                    self._last = replace(self._last, skipped_services=dict(skipped))
             return self._nothing_to_do(time.monotonic() - start)
 
         self._need_full = True  # until this sync succeeds
@@ -528,6 +532,9 @@ class Proxier:
                 yield "*filter"
                 yield from (f":{c} - [0:0]" for c in fixed.declared["filter"])
                 done.extend(source)  # the filter rules need every Service: render them all first
+                redo = fixup(done) if fixup is not None else None
+                if redo is not None:
+                    done = redo
             fixed_rules, self._pending_owners = _fixed_with_owners(fixed, done)
             extra = jumps.get() or {}
             for c in fixed.declared["filter"]:

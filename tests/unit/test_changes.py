@@ -69,3 +69,11 @@ def test_after_a_failed_sync_everything_is_compared_again():
     t.forget_all()
     services["y"] = svc("ns", "y")
     assert t.take() is None
+
+
+def test_an_in_place_union_is_noted():
+    t = ChangeTracker()
+    services = t.tracked()
+    t.take()
+    services |= {"/s/ns/u": svc("ns", "u")}
+    assert t.take() == {"ns/u"} and "/s/ns/u" in services

@@ -790,3 +790,30 @@ def test_a_first_sync_in_sections_forgets_services_that_are_gone():
     lab.sync()
     assert "ns/gone" not in lab.proxier._sigs and "ns/ext" in lab.proxier._sigs
     assert lab.kernel.tables == lab.full_render_state()
+
+
+def test_a_wrong_large_cluster_guess_is_fixed_in_one_commit_too():
+    """49 Services given as 50 objects (one twice): too few to section, and an IPv6 slice counts
+    in the guess's upper bound but not in the total: the one commit holds the right comments."""
+    lab = Lab()
+    for i in range(49):
+        lab.add(service("ns", f"s{i:02d}", f"172.30.0.{i + 1}", 80),
+                endpoint_slice("ns", f"s{i:02d}", 80, f"10.0.0.{i + 1}"))
+    v6 = endpoint_slice("ns", "s01", 80, *[f"fd00::{i:x}" for i in range(1, 1002)])
+    v6["metadata"]["name"], v6["addressType"] = "s01-v6", "IPv6"
+    lab.add(v6)
+    services = list(lab.services.values()) + [lab.services["ns/s00"]]
+    lab.proxier.sync(services, list(lab.slices.values()), full=True)
+    assert not lab.proxier._large_cluster
+    assert lab.kernel.tables == lab.full_render_state()
+
+
+def test_why_a_service_is_skipped_follows_it_without_a_restore():
+    lab = three_services()
+    lab.add(service("ns", "x", "", 80, type="ExternalName", externalName="example.org"))
+    lab.sync()
+    assert "ExternalName" in lab.proxier._skipped["ns/x"]
+    lab.services["ns/x"] = service("ns", "x", "None", 80)
+    result = lab.sync()
+    assert not result.applied and "headless" in lab.proxier._skipped["ns/x"]
+    assert "headless" in result.result.skipped_services["ns/x"]
