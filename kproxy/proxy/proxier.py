@@ -71,7 +71,6 @@ from kproxy.proxy.render import (
 
 log = logging.getLogger(__name__)
 
-RESTORE = iptables.RESTORE
 # A full sync of this many Services into a kernel holding none of our Service chains is loaded in
 # sections: the first of SECTION_FIRST_CHAINS chains, doubling up to SECTION_CHAINS.
 SECTION_MIN_SERVICES = 50
@@ -118,12 +117,6 @@ class SyncResult:
     conntrack_commands: list[list[str]] = field(default_factory=list)  # run after the restore
 
 
-def iptables_restore(text: str) -> None:
-    """Load ``text`` atomically; --noflush leaves every chain it does not declare alone. Large
-    restores get the applier's listing line (applier.restore_input)."""
-    iptables.restore(text)
-
-
 def fingerprints(d: Digest) -> dict[str, str]:
     """A hash per proxied Service ("ns/name") of its ports and their endpoints, as digested
     for the renderer: equal hashes mean the Service's own chains would be written the same."""
@@ -131,11 +124,6 @@ def fingerprints(d: Digest) -> dict[str, str]:
     for sp in d.ports:
         parts.setdefault(sp.service_key, []).append(repr((sp, d.port_endpoints(sp))))
     return {key: hashlib.sha256("\n".join(items).encode()).hexdigest() for key, items in parts.items()}
-
-
-def changed_services(old: Mapping[str, str], new: Mapping[str, str]) -> set[str]:
-    """Keys added, deleted, or with a different fingerprint."""
-    return {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
 
 
 def _count_rules(text: str) -> int:
@@ -238,6 +226,7 @@ class Proxier:
         self._restore = restore
         self._list_chains = list_chains or self._kernel_chains
         self._saved: str | None = None  # the iptables-save the kernel's chains were read from
+        self._listed = False  # whether the last listing of the kernel's chains succeeded
         self._fixed = fixed_chains(cfg)
         self._need_full = True
         # State of the last successful sync.
@@ -258,7 +247,6 @@ class Proxier:
         self._render_done = 0.0
         self._renderer: _Renderer | None = None
         self.last_listing: bool | None = None  # whether the last full sync had the listing line
-        self.last_sections = False  # whether the last full sync was loaded in sections
 
     def request_full_sync(self) -> None:
         """Make the next sync full, e.g. after someone flushed or cleaned up the rules."""
@@ -320,7 +308,7 @@ class Proxier:
         existing = None
         if full and not self._rules and len(services) >= SECTION_MIN_SERVICES:
             existing = self._existing_chains()
-            if not any(is_service_chain(c) for c in existing):
+            if self._listed and not any(is_service_chain(c) for c in existing):
                 return self._first_sync(services, endpoint_slices, existing, start)
         changes = self._changes(services, endpoint_slices, None if full else changed)
         rules = dict(self._rules)
@@ -481,9 +469,11 @@ class Proxier:
         ``count`` Services; the missing jumps and canaries go into the same restore (listed
         while the Services render). ``fixup`` may replace the rendered Services at the end."""
         done: list[ServiceRules] = []
-        fresh = not any(is_service_chain(c) for c in existing)
-        if fresh and self._saved is not None:  # the listing of the chains showed the jumps too
-            jumps = _Later(lambda saved=self._saved: iptables.missing_jump_lines(saved), thread=False)
+        # a kernel without our Service chains (as listed: a failed listing proves nothing)
+        fresh = self._listed and not any(is_service_chain(c) for c in existing)
+        saved, self._saved = self._saved, None  # (the listing can be big: not kept)
+        if fresh and saved is not None:  # the listing of the chains showed the jumps too
+            jumps = _Later(lambda: iptables.missing_jump_lines(saved), thread=False)
         else:
             jumps = _Later(lambda: self.applier.missing_jumps(small=fresh))
         # Nothing of ours to replace (a node's first sync): load in sections (see module doc).
@@ -541,9 +531,11 @@ class Proxier:
                 yield from fixed_rules[("filter", c)]
             yield from extra.get("filter", [])
             yield "COMMIT"
-            yield "*nat"
-            yield from (f":{c} - [0:0]" for c in fixed.declared["nat"])
             active = {c for r in done for c in r.chains}
+            yield "*nat"
+            if rewrite and sectioned and len(active) >= iptables.LISTING_MIN_CHAINS:
+                yield "-S"  # a large-cluster guess gone wrong: every chain again, in one commit
+            yield from (f":{c} - [0:0]" for c in fixed.declared["nat"])
             deleted = sorted(c for c in existing - active if is_service_chain(c))
             self._deleted = deleted
             if rewrite:
@@ -570,7 +562,6 @@ class Proxier:
         # 50+ Services (some 350+ chains) in one commit: the listing line pays for itself
         # (applier.with_listing); sections are small enough not to need it
         self.last_listing = count >= 50 and not sectioned
-        self.last_sections = sectioned
         text = self._apply(lines(), listing=self.last_listing, full=True)
         # Streamed: "render" ends when the last line was handed over, the rest is the restore's.
         rendered_at = self._render_done
@@ -671,9 +662,11 @@ class Proxier:
     def _existing_chains(self) -> set[str]:
         """Chains stale ones are picked from: the kernel's (full syncs only)."""
         remembered = set().union(*self._service_chains.values()) if self._service_chains else set()
-        self._saved = None
+        self._saved, self._listed = None, False
         try:
-            return self._list_chains()
+            chains = self._list_chains()
+            self._listed = True
+            return chains
         except IptablesError as e:
             log.error("listing nat chains failed, only known stale chains will be deleted: %s", e)
             return remembered

@@ -880,9 +880,6 @@ class ServiceRules:
     def endpoint_count(self) -> int:
         return sum(len(eps) for eps in self.endpoints)
 
-    def same_input(self, other: "ServiceRules | None") -> bool:
-        return other is not None and self.ports == other.ports and self.endpoints == other.endpoints
-
 
 def digest_service(
     service: Mapping[str, Any] | None, endpoint_slices: Iterable[Mapping[str, Any]], cfg: ProxyConfig

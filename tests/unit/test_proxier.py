@@ -817,3 +817,17 @@ def test_why_a_service_is_skipped_follows_it_without_a_restore():
     result = lab.sync()
     assert not result.applied and "headless" in lab.proxier._skipped["ns/x"]
     assert "headless" in result.result.skipped_services["ns/x"]
+
+
+def test_a_failed_chain_listing_never_sections_a_sync():
+    """A restarted daemon whose listing fails cannot tell an empty kernel from a loaded one:
+    sections would empty KUBE-SERVICES until the last commit, so it writes one commit."""
+    lab = many_services()
+
+    def fail():
+        raise IptablesError("iptables-save failed")
+
+    lab.proxier._list_chains = fail
+    lab.sync()
+    assert [t for t, _ in sections(lab.text)] == ["filter", "nat"]
+    assert lab.kernel.tables == lab.full_render_state()
