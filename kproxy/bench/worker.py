@@ -56,9 +56,9 @@ class TimedApplier(Applier):
     def __init__(self):
         self.jump_seconds = 0.0
 
-    def missing_jumps(self, small: bool = False) -> dict[str, list[str]]:
+    def missing_jumps(self) -> dict[str, list[str]]:
         t = time.monotonic()
-        out = super().missing_jumps(small)
+        out = super().missing_jumps()
         self.jump_seconds = time.monotonic() - t
         return out
 

@@ -83,8 +83,8 @@ class _Later:
 
     def __init__(self, fn: Callable[[], Any], thread: bool = True):
         self._fn, self._out, self.failed = fn, None, False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        if thread:
+        self._thread = threading.Thread(target=self._run, daemon=True) if thread else None
+        if self._thread is not None:
             self._thread.start()
         else:
             self._run()
@@ -97,7 +97,7 @@ class _Later:
             self.failed = True
 
     def get(self) -> Any:
-        if self._thread.ident is not None:
+        if self._thread is not None:
             self._thread.join()
         return self._out
 
@@ -475,7 +475,7 @@ class Proxier:
         if fresh and saved is not None:  # the listing of the chains showed the jumps too
             jumps = _Later(lambda: iptables.missing_jump_lines(saved), thread=False)
         else:
-            jumps = _Later(lambda: self.applier.missing_jumps(small=fresh))
+            jumps = _Later(self.applier.missing_jumps)
         # Nothing of ours to replace (a node's first sync): load in sections (see module doc).
         sectioned = count >= SECTION_MIN_SERVICES and fresh
 
@@ -513,18 +513,13 @@ class Proxier:
                     yield "*nat"
                     yield from service_lines(batch)
                     yield "COMMIT"
-                redo = fixup(done) if fixup is not None else None
-                if redo is not None:
-                    done, rewrite = redo, True
-                yield "*filter"
-                yield from (f":{c} - [0:0]" for c in fixed.declared["filter"])
             else:
-                yield "*filter"
-                yield from (f":{c} - [0:0]" for c in fixed.declared["filter"])
                 done.extend(source)  # the filter rules need every Service: render them all first
-                redo = fixup(done) if fixup is not None else None
-                if redo is not None:
-                    done = redo
+            redo = fixup(done) if fixup is not None else None
+            if redo is not None:
+                done, rewrite = redo, True
+            yield "*filter"
+            yield from (f":{c} - [0:0]" for c in fixed.declared["filter"])
             fixed_rules, self._pending_owners = _fixed_with_owners(fixed, done)
             extra = jumps.get() or {}
             for c in fixed.declared["filter"]:

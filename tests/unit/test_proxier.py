@@ -82,7 +82,7 @@ class FakeApplier:
     def __init__(self) -> None:
         self.jumps = 0
 
-    def missing_jumps(self, small: bool = False) -> dict[str, list[str]]:  # noqa: ARG002
+    def missing_jumps(self) -> dict[str, list[str]]:
         """Listed during every full sync; here nothing is missing."""
         self.jumps += 1
         return {}
@@ -717,8 +717,8 @@ def test_a_few_services_are_one_commit_per_table():
 
 
 class JumpsMissing(FakeApplier):
-    def missing_jumps(self, small: bool = False) -> dict[str, list[str]]:
-        super().missing_jumps(small)
+    def missing_jumps(self) -> dict[str, list[str]]:
+        super().missing_jumps()
         return {"nat": ['-I PREROUTING 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'],
                 "mangle": [":KUBE-PROXY-CANARY - [0:0]"]}
 
@@ -728,7 +728,7 @@ class ListingFails(FakeApplier):
         super().__init__()
         self.ensured = 0
 
-    def missing_jumps(self, small: bool = False) -> dict[str, list[str]]:  # noqa: ARG002
+    def missing_jumps(self) -> dict[str, list[str]]:
         raise IptablesError("iptables -S failed")
 
     def ensure_jumps(self) -> None:
