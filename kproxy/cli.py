@@ -55,12 +55,35 @@ def lab(state_dir: str, required: bool = True) -> LabConfig | None:
 
 
 def daemon_pid(state_dir: str) -> int | None:
-    try:
-        pid = int((Path(state_dir) / "daemon.pid").read_text())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
+    """The lab's daemon pid when it really runs: not a zombie, not a reused pid (see control)."""
+    return control_socket.pid_file_alive(Path(state_dir) / "daemon.pid", state_dir)
+
+
+def up_command(cfg: LabConfig) -> str:
+    """The `kproxy up` that starts this lab again as it was: its node count, overlay and other
+    settings (a bare `up --sandbox` would replace a 3-node lab with one node)."""
+    parts = ["kproxy up", f"--state-dir {cfg.state_dir}"]
+    if cfg.sandbox:
+        parts.append("--sandbox")
+    if cfg.nodes > 1:
+        parts.append(f"--nodes {cfg.nodes}")
+    if cfg.overlay and cfg.overlay != "host-gw" and cfg.nodes > 1:
+        parts.append(f"--overlay {cfg.overlay}")
+    base = LabConfig(state_dir=cfg.state_dir)
+    if cfg.manifests != base.manifests:
+        parts.append(f"--manifests {cfg.manifests}")
+    for flag, attr in (("--service-cidr", "service_cidr"), ("--pod-cidr", "cluster_cidr")):
+        if getattr(cfg, attr) != getattr(base, attr):
+            parts.append(f"{flag} {getattr(cfg, attr)}")
+    if tuple(cfg.node_port_range) != tuple(base.node_port_range):
+        parts.append("--service-node-port-range %d-%d" % tuple(cfg.node_port_range))
+    if cfg.masquerade_all:
+        parts.append("--masquerade-all")
+    if not cfg.cluster_dns:
+        parts.append("--no-cluster-dns")
+    parts += [f"--lb-pool {r}" for r in cfg.lb_pools]
+    parts += [f"--dns-upstream {u}" for u in cfg.dns_upstreams]
+    return " ".join(parts)
 
 
 def not_running(state_dir: str) -> str:
@@ -292,7 +315,46 @@ state_dir_option = click.option("--state-dir", envvar="KPROXY_STATE_DIR", defaul
                                 help="The lab instance (default /var/lib/kproxy; env KPROXY_STATE_DIR).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def unexpected_error(e: BaseException, command: str | None) -> str:
+    """One line for a failure no command foresaw: what failed and why, never a traceback."""
+    from kproxy.store.manifests import WriteError
+    if isinstance(e, WriteError):
+        return f"error: {e}"
+    what = f"kproxy {command}" if command else "kproxy"
+    if isinstance(e, OSError) and e.filename:
+        cause = f"{e.filename}: {e.strerror or e}"
+    else:
+        cause = " ".join(str(e).split()) or type(e).__name__
+        if type(e).__module__ != "builtins" or isinstance(e, (KeyError, AttributeError, TypeError)):
+            cause = f"{type(e).__name__}: {cause}"
+    if len(cause) > 300:  # never a whole file (or anything secret) in a message
+        cause = cause[:300] + "..."
+    return f"error: {what} failed: {cause}"
+
+
+PASS_THROUGH: tuple = ()  # exceptions a test wants to see raised (a fake exec)
+
+
+class _Main(click.Group):
+    """Every command's unexpected exception ends as one `error:` line and exit code 1; the
+    traceback only with KPROXY_DEBUG=1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort,
+                SystemExit, KeyboardInterrupt, *PASS_THROUGH):
+            raise
+        except Exception as e:  # noqa: BLE001 - the CLI never shows a traceback
+            if os.environ.get("KPROXY_DEBUG") == "1":
+                import traceback
+                traceback.print_exc()
+            command = ctx.invoked_subcommand or (ctx.protected_args[0] if getattr(ctx, "protected_args", None) else None)
+            click.echo(unexpected_error(e, command), err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """A real-network kube-proxy emulator: Kubernetes Services as real iptables rules."""
 
@@ -1335,7 +1397,7 @@ def status(state_dir):
     click.echo(f"daemon: {'running, pid %d' % pid if pid else 'not running'}")
     click.echo(f"manifests: {cfg.manifests}")
     if not pid:
-        click.echo(f"start it with: kproxy up --state-dir {state_dir}" + (" --sandbox" if cfg.sandbox else ""))
+        click.echo(f"start it with: {up_command(cfg)}")
         sys.exit(1)
     if cfg.store_url:
         from kproxy.cluster.lab import process_pids
