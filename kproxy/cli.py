@@ -658,12 +658,22 @@ def server_error(msg: str, source: str, verb: str = "creating") -> str:
     return f'Error from server: error when {verb} "{source}": {msg}'
 
 
-def _namespace_exists(ns: str, cfg: LabConfig, store: SqliteStore | None, batch: set[str]) -> bool:
-    if ns in SYSTEM_NAMESPACES or ns in batch:
+def folder_session(cfg: LabConfig):
+    """The manifests folder locked for a read-decide-write, with its index in the state dir."""
+    return folder.session(Path(cfg.manifests), Path(cfg.state_dir) / "folder-index.json")
+
+
+def _namespace_exists(ns: str, f: folder.Folder, store: SqliteStore | None, batch: set[str]) -> bool:
+    """Whether namespace `ns` exists: a system one, in this apply, in the folder or in the store.
+    A store that does not answer (etcd down) is not asked again: the folder is the desired state."""
+    if ns in SYSTEM_NAMESPACES or ns in batch or f.find(("Namespace", "", ns), True) is not None:
         return True
-    if store is not None and store.get(object_key("Namespace", None, ns)) is not None:
-        return True
-    return folder.find(Path(cfg.manifests), ("Namespace", "", ns), True) is not None
+    if store is None:
+        return False
+    try:
+        return store.get(object_key("Namespace", None, ns)) is not None
+    except Exception:  # noqa: BLE001 - the store is down: the folder answered already
+        return False
 
 
 @main.command()
@@ -695,24 +705,31 @@ def apply(path, wait, timeout, state_dir):
             continue
         candidates.append((doc.obj, doc.source))
     batch_namespaces = {o["metadata"]["name"] for o, _ in candidates if o["kind"] == "Namespace"}
-    accepted = []
-    for obj, source in candidates:
-        _, ns, _ = _ident(obj)
-        if ns and not _namespace_exists(ns, cfg, store, batch_namespaces):
-            click.echo(server_error(f'namespaces "{ns}" not found', source), err=True)
-            rc = 1
-            continue
-        accepted.append((obj, source))
-    applied = {}  # position -> (object, source, result, the folder's version before)
-    # Namespaces go in first, so the daemon never sees an object before its namespace.
-    order = sorted(range(len(accepted)), key=lambda i: accepted[i][0]["kind"] != "Namespace")
-    for i in order:
-        obj, source = accepted[i]
-        scoped = obj["kind"] in CLUSTER_SCOPED
-        ident = (obj["kind"], "" if scoped else obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
-        before = folder.find(Path(cfg.manifests), ident, scoped)
-        applied[i] = (obj, source, folder.upsert(Path(cfg.manifests), obj, cluster_scoped=scoped), before)
-    applied = [applied[i] for i in sorted(applied)]
+    applied = []  # (object, source, result, the folder's version before), in the order given
+    # Everything is checked before anything is written; the folder is written under its lock
+    # (a concurrent apply waits, then sees this one's objects); only then is the lab asked.
+    try:
+        with folder_session(cfg) as f:
+            accepted = []
+            for obj, source in candidates:
+                _, ns, _ = _ident(obj)
+                if ns and not _namespace_exists(ns, f, store, batch_namespaces):
+                    click.echo(server_error(f'namespaces "{ns}" not found', source), err=True)
+                    rc = 1
+                    continue
+                accepted.append((obj, source))
+            # Namespaces go in first, so the daemon never sees an object before its namespace.
+            done = {}
+            for i in sorted(range(len(accepted)), key=lambda i: accepted[i][0]["kind"] != "Namespace"):
+                obj, source = accepted[i]
+                scoped = obj["kind"] in CLUSTER_SCOPED
+                before = f.find(_ident(obj), scoped)
+                done[i] = (obj, source, f.upsert(obj, cluster_scoped=scoped), before)
+                applied = [done[j] for j in sorted(done)]
+    except folder.WriteError as e:  # a full disk: what was written is said, then why it stopped
+        for obj, _, result, _ in applied:
+            click.echo(f"{_kubectl_name(obj)} {result}")
+        fail(str(e))
     if not running:
         for obj, _, result, _ in applied:
             click.echo(f"{_kubectl_name(obj)} {result}")
@@ -720,12 +737,20 @@ def apply(path, wait, timeout, state_dir):
             click.echo(f"warning: the lab in {state_dir} is not running: the change takes effect at `kproxy up`",
                        err=True)
         sys.exit(rc)
-    synced = control(state_dir, {"op": "sync"}) is not None
-    refused = _refused(store, [o for o, _, _, _ in applied])
+    try:
+        synced = control(state_dir, {"op": "sync"}) is not None
+        refused = _refused(store, [o for o, _, _, _ in applied])
+    except Exception as e:  # noqa: BLE001 - the objects are in the folder: say so, not "failed"
+        for obj, _, result, _ in applied:
+            click.echo(f"{_kubectl_name(obj)} {result}")
+        cause = " ".join(str(e).split())[:300] or type(e).__name__
+        fail(f"written to {cfg.manifests}, but the lab did not confirm it ({cause}); "
+             "`kproxy status` shows whether it was loaded")
     if refused:  # the API server would not have stored them: neither does the folder
-        for obj, _, _, before in applied:
-            if _ident(obj) in refused:
-                _undo(cfg, obj, before)
+        with folder_session(cfg) as f:
+            for obj, _, _, before in applied:
+                if _ident(obj) in refused:
+                    _undo(f, obj, before)
         control(state_dir, {"op": "sync"})
     live = []
     for obj, source, result, before in applied:
@@ -752,13 +777,13 @@ def _refused(store: SqliteStore | None, objs: list[dict]) -> dict[tuple, str]:
     return out
 
 
-def _undo(cfg: LabConfig, obj: dict, before: dict | None) -> None:
+def _undo(f: folder.Folder, obj: dict, before: dict | None) -> None:
     scoped = obj["kind"] in CLUSTER_SCOPED
     kind, ns, name = _ident(obj)
     if before is None:
-        folder.remove(Path(cfg.manifests), kind, ns, name, cluster_scoped=scoped)
+        f.remove(kind, ns, name, cluster_scoped=scoped)
     else:
-        folder.upsert(Path(cfg.manifests), before, cluster_scoped=scoped)
+        f.upsert(before, cluster_scoped=scoped)
 
 
 def _wait_live(cfg: LabConfig, store: SqliteStore, objs: list[dict], started: float, timeout: float,
@@ -847,10 +872,6 @@ def not_live(store, obj: dict, started: float, proxy_status: dict, synced: bool 
     return None
 
 
-def _folder_objects(cfg: LabConfig) -> list[dict]:
-    return [d.obj for d in manifest.read_path(Path(cfg.manifests)) if d.obj and isinstance(d.obj.get("metadata"), dict)]
-
-
 def _targets(args: tuple[str, ...], namespace: str, allow_all: bool = False) -> list[tuple[str, str, str]]:
     """`KIND NAME...`, `KIND[,KIND] NAME`, or `KIND/NAME...` -> (kind, namespace, name)."""
     if any("/" in a for a in args):
@@ -901,30 +922,35 @@ def delete(args, path, namespace, state_dir):
         fail("You must provide one or more resources by argument or filename.")
     changed = False
     swept: set[tuple[str, str, str]] = set()  # removed along with their namespace
-    for kind, ns, name, source in targets:
-        scoped = kind in CLUSTER_SCOPED
-        word = f'{singular_name(kind)} "{name}"'
-        if folder.remove(Path(cfg.manifests), kind, ns, name, cluster_scoped=scoped):
-            changed = True
-            if kind == "Namespace":  # as the namespace controller does: everything in it goes too
-                for o in _folder_objects(cfg):
-                    if o["kind"] not in CLUSTER_SCOPED and o["metadata"].get("namespace") == name:
-                        folder.remove(Path(cfg.manifests), o["kind"], name, o["metadata"]["name"])
-                        swept.add((o["kind"], name, o["metadata"]["name"]))
-            click.echo(f"{word} deleted")
-        elif (kind, ns, name) in swept:
-            click.echo(f"{word} deleted")
-        elif kind == "Pod" and store and store.get(object_key("Pod", ns, name)):
-            control(state_dir, {"op": "delete-pod", "namespace": ns, "name": name})
-            click.echo(f"{word} deleted")
-        elif kind == "Pod" and not running and source is None:
-            click.echo(f"error: {not_running(state_dir)} (a pod that is not in the manifests folder is "
-                       "deleted by the running lab)", err=True)
-            rc = 1
-        else:
-            where = f'error when deleting "{source}": ' if source else ""
-            click.echo(f'Error from server (NotFound): {where}{resource_name(kind)} "{name}" not found', err=True)
-            rc = 1
+    try:
+        with folder_session(cfg) as f:
+            for kind, ns, name, source in targets:
+                scoped = kind in CLUSTER_SCOPED
+                word = f'{singular_name(kind)} "{name}"'
+                if f.remove(kind, ns, name, cluster_scoped=scoped):
+                    changed = True
+                    if kind == "Namespace":  # as the namespace controller does: everything in it goes too
+                        for o_kind, o_ns, o_name in f.identities():
+                            if o_kind not in CLUSTER_SCOPED and o_ns == name:
+                                f.remove(o_kind, name, o_name)
+                                swept.add((o_kind, name, o_name))
+                    click.echo(f"{word} deleted")
+                elif (kind, ns, name) in swept:
+                    click.echo(f"{word} deleted")
+                elif kind == "Pod" and store and store.get(object_key("Pod", ns, name)):
+                    control(state_dir, {"op": "delete-pod", "namespace": ns, "name": name})
+                    click.echo(f"{word} deleted")
+                elif kind == "Pod" and not running and source is None:
+                    click.echo(f"error: {not_running(state_dir)} (a pod that is not in the manifests folder is "
+                               "deleted by the running lab)", err=True)
+                    rc = 1
+                else:
+                    where = f'error when deleting "{source}": ' if source else ""
+                    click.echo(f'Error from server (NotFound): {where}{resource_name(kind)} "{name}" not found',
+                               err=True)
+                    rc = 1
+    except folder.WriteError as e:
+        fail(str(e))
     if running:
         control(state_dir, {"op": "sync"})
     elif changed:

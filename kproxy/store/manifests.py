@@ -101,7 +101,11 @@ def _stamp(st: os.stat_result) -> list:
 def _idents_of(path: Path) -> list[list]:
     """(kind, namespace-as-written, name) of every object the reader accepts in `path`."""
     out = []
-    for doc in manifest.read_file(path):
+    try:
+        docs = manifest.read_file(path)
+    except (Exception, RecursionError):  # noqa: BLE001 - a file the reader cannot take holds nothing
+        return []
+    for doc in docs:
         obj = doc.obj
         if doc.error or not isinstance(obj, dict):
             continue
@@ -135,30 +139,37 @@ class Index:
         """Stat every manifest file; parse only the new and changed ones."""
         self.parsed = 0
         files = manifest.manifest_files(self.folder) if self.folder.is_dir() else []
-        now_ns = time.time_ns()
-        entries = {}
+        old, self.entries = self.entries, {}
         for path in files:
-            rel = str(path.relative_to(self.folder))
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            stamp = _stamp(st)
-            old = self.entries.get(rel)
-            if old and old.get("stamp") == stamp and not old.get("racy"):
-                entries[rel] = old
-                continue
-            if not stat.S_ISREG(st.st_mode):  # a FIFO or a device: never opened
-                idents = []
-            else:
-                self.parsed += 1
-                idents = _idents_of(path)
-            racy = now_ns - st.st_mtime_ns < RACY_SECONDS * 1e9 or now_ns - st.st_ctime_ns < RACY_SECONDS * 1e9
-            entries[rel] = {"stamp": stamp, "idents": idents, "racy": racy}
-        self.entries = entries
+            self._entry(path, old.get(str(path.relative_to(self.folder))))
 
-    def forget(self, path: Path) -> None:
-        self.entries.pop(str(Path(path).relative_to(self.folder)), None)
+    def _entry(self, path: Path, old: dict | None) -> None:
+        rel = str(path.relative_to(self.folder))
+        try:
+            st = path.stat()
+        except OSError:
+            self.entries.pop(rel, None)
+            return
+        stamp = _stamp(st)
+        if old and old.get("stamp") == stamp and not old.get("racy"):
+            self.entries[rel] = old
+            return
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device: never opened
+            idents = []
+        else:
+            self.parsed += 1
+            idents = _idents_of(path)
+        now_ns = time.time_ns()
+        racy = now_ns - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_SECONDS * 1e9
+        self.entries[rel] = {"stamp": stamp, "idents": idents, "racy": racy}
+
+    def update(self, path: Path) -> None:
+        """Index `path` again now: this session just wrote (or removed) it."""
+        self._entry(Path(path), None)
+
+    def identities(self) -> list[tuple]:
+        """(kind, namespace as written, name) of every object of the folder, in file order."""
+        return [tuple(i) for _, e in sorted(self.entries.items()) for i in e["idents"]]
 
     def files_with(self, ident: tuple, default_ns: str) -> list[Path]:
         kind, ns, name = ident
@@ -329,7 +340,7 @@ class Folder:
                 if chunks[0][0] == "" and kept[0][0].strip() == "---":
                     kept[0] = ["", kept[0][1]]  # the file did not start with `---`: keep it so
                 _write_atomic(path, _join(kept))
-            self.index.forget(path)
+            self.index.update(path)
         return first
 
     def upsert(self, obj: dict, cluster_scoped: bool = False) -> str:
@@ -349,7 +360,11 @@ class Folder:
             n += 1
             path = self.folder / f"{stem}-{n}.yaml"
         _write_atomic(path, _dump(obj))
+        self.index.update(path)
         return "created"
+
+    def identities(self) -> list[tuple]:
+        return self.index.identities()
 
     def remove(self, kind: str, namespace: str, name: str, cluster_scoped: bool = False) -> bool:
         """Remove every document holding the object; False when there was none."""
