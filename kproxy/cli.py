@@ -54,6 +54,15 @@ def lab(state_dir: str, required: bool = True) -> LabConfig | None:
     return cfg
 
 
+def _stale_pid(state_dir: str) -> int | None:
+    """The pid of a daemon.pid that names no live daemon of this lab (None: no such file)."""
+    try:
+        pid = int((Path(state_dir) / "daemon.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return None if control_socket.process_alive(pid, state_dir) else pid
+
+
 def daemon_pid(state_dir: str) -> int | None:
     """The lab's daemon pid when it really runs: not a zombie, not a reused pid (see control)."""
     return control_socket.pid_file_alive(Path(state_dir) / "daemon.pid", state_dir)
@@ -392,6 +401,9 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
     state_dir = state_dir_from_env(state_dir)
     if daemon_pid(state_dir):
         fail(f"a lab already runs in {state_dir} (pid {daemon_pid(state_dir)}); `kproxy down` first")
+    stale = _stale_pid(state_dir)
+    if stale:  # killed with -9 (maybe a zombie nobody reaped): what it left goes below, as `down` would
+        click.echo(f"the lab's daemon (pid {stale}) is gone; removing what it left behind", err=True)
     if nodes > 1 and not sandbox:
         fail("--nodes emulates nodes on this host and needs --sandbox; for real machines see vagrant/README.md")
     if nodes > 1 and foreground:
@@ -430,6 +442,9 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
     cfg.save()
     from kproxy import teardown
     teardown.remove_leftovers(cfg)  # a crashed earlier run of this instance
+    for name in ("daemon.pid", "kproxy.sock"):  # no daemon answers them now
+        (Path(state_dir) / name).unlink(missing_ok=True)
+    control_socket.register(cfg.naming.prefix, state_dir)  # for `kproxy cleanup`
     if foreground:
         from kproxy.daemon import main as daemon_main
         daemon_main(["--state-dir", state_dir])
@@ -574,6 +589,7 @@ def down(purge, state_dir):
             os.kill(pid, signal.SIGKILL)
     from kproxy import teardown
     removed = teardown.remove_leftovers(cfg)
+    control_socket.unregister(cfg.naming.prefix)
     if purge:
         for name in ("store.db", "store.db-wal", "store.db-shm", "daemon.log", "config.json", "etcd.log", "etcd.pid"):
             (Path(state_dir) / name).unlink(missing_ok=True)
@@ -582,6 +598,36 @@ def down(purge, state_dir):
     click.echo("kproxy is down" + (f" (also removed: {', '.join(removed)})" if removed else "")
                + ("; allocations forgotten" if purge else ""))
 
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--prefix", "prefixes", multiple=True, metavar="kpXXXX",
+              help="Only the leftovers of this instance prefix (repeatable; default: every lab's).")
+def cleanup(dry_run, prefixes):
+    """Remove every kproxy leftover that no live lab owns, as Mininet's `mn -c`: network
+    namespaces named kpXXXX-*, their /etc/netns folders and processes, kpXXXX links in the root
+    namespace, stale pid files and sockets. Never the root namespace's iptables."""
+    from kproxy import cleanup as c
+    need_root()
+    for p in prefixes:
+        if not re.fullmatch(r"kp[0-9a-f]{4}", p):
+            fail(f'--prefix "{p}": an instance prefix is kp and 4 hex digits (e.g. kp1a2b)')
+    found, live = c.find(set(prefixes) or None)
+    for line in c.lines(found, dry_run):
+        click.echo(line)
+    for state_dir in found.host_mode:
+        click.echo(f"warning: the lab in {state_dir} ran on the host: its iptables rules stay until "
+                   f"`kproxy down --state-dir {state_dir}`", err=True)
+    if found.empty():
+        click.echo("nothing to clean up" + (f" ({len(live)} live labs left alone)" if live else ""))
+        return
+    if dry_run:
+        return
+    problems = c.remove(found)
+    for p in problems:
+        click.echo(f"error: {p}", err=True)
+    sys.exit(1 if problems else 0)
 
 
 # -- apply / delete -----------------------------------------------------------------------
