@@ -772,6 +772,10 @@ def apply(path, wait, timeout, state_dir):
                 before = f.find(_ident(obj), scoped)
                 done[i] = (obj, source, f.upsert(obj, cluster_scoped=scoped), before)
                 applied = [done[j] for j in sorted(done)]
+                for dup in dict.fromkeys(f.dropped):
+                    click.echo(f"warning: {_kubectl_name(obj)} was also in {dup}: that copy was removed "
+                               "(an object lives in one place)", err=True)
+                f.dropped.clear()
     except folder.WriteError as e:  # a full disk: what was written is said, then why it stopped
         for obj, _, result, _ in applied:
             click.echo(f"{_kubectl_name(obj)} {result}")

@@ -280,6 +280,7 @@ class Folder:
         self.folder = Path(folder)
         self.index = Index(self.folder, index_path)
         self.index.refresh()
+        self.dropped: list[Path] = []  # files an upsert removed a duplicate copy of its object from
 
     def _each(self, ident: tuple, cluster_scoped: bool):
         """(path, chunks, chunk number, parsed document) of every document holding `ident`."""
@@ -306,27 +307,35 @@ class Folder:
         return None
 
     def _edit(self, ident: tuple, new_obj: dict | None, cluster_scoped: bool) -> dict | None:
-        """Replace (or with None, remove) every document holding the object; returns the first
-        old one. Each file is rewritten once, atomically; a file left empty is removed."""
+        """Replace (or with None, remove) the object's document; returns the first old one.
+
+        The object ends up in one place: the first document holding it is replaced, any other
+        copy (a duplicate identity in another file or document) is removed and its file noted
+        in `self.dropped`. Each file is rewritten once, atomically; a file left empty is removed."""
         default_ns = "" if cluster_scoped else "default"
         first, edited = None, {}
         for path, chunks, i, doc in self._each(ident, cluster_scoped):
             chunks = edited.setdefault(path, chunks)
             if _is_list(doc):
-                items = doc.get("items") or []
                 keep = []
-                for it in items:
-                    if _matches(it, ident, default_ns):
-                        first = it if first is None else first
+                for it in doc.get("items") or []:
+                    if not _matches(it, ident, default_ns):
+                        keep.append(it)
+                    elif first is None:
+                        first = it
                         if new_obj is not None:
                             keep.append(new_obj)
-                    else:
-                        keep.append(it)
+                    elif new_obj is not None:
+                        self.dropped.append(path)
                 doc["items"] = keep
                 chunks[i][1] = _dump(doc) if keep else ""
-            else:
-                first = doc if first is None else first
+            elif first is None:
+                first = doc
                 chunks[i][1] = "" if new_obj is None else _dump(new_obj)
+            else:
+                chunks[i][1] = ""
+                if new_obj is not None:
+                    self.dropped.append(path)
         for path, chunks in edited.items():
             kept = [c for c in chunks if c[1].strip()]
             if not kept:

@@ -300,3 +300,14 @@ def test_a_zombie_daemon_is_not_a_running_lab(tmp_path):
         child.wait()
     (tmp_path / "daemon.pid").write_text("garbage\n")
     assert cli.daemon_pid(str(tmp_path)) is None
+
+
+def test_apply_of_a_duplicated_identity_keeps_one_copy_and_says_so(lab, tmp_path):
+    folder = Path(lab.manifests)
+    (folder / "a.yaml").write_text(SVC.format(name="web", port=80))
+    (folder / "b.yaml").write_text(SVC.format(name="api", port=80) + "---\n" + SVC.format(name="web", port=81))
+    res = run(lab, "apply", "-f", write_input(tmp_path, port=82))
+    assert res.exit_code == 0 and res.stdout == "service/web configured\n"
+    assert f"warning: service/web was also in {folder / 'b.yaml'}: that copy was removed" in res.output
+    assert manifests.find(folder, ("Service", "default", "web"))["spec"]["ports"] == [{"port": 82}]
+    assert [d["metadata"]["name"] for d in yaml.safe_load_all((folder / "b.yaml").read_text())] == ["api"]
