@@ -675,19 +675,20 @@ def _unsupported(obj: dict, source: str) -> str | None:
             f'from "{source}": no matches for kind "{kind}" in version "{version}"\nensure CRDs are installed first')
 
 
-def _check(obj: dict, cfg: LabConfig | None) -> str | None:
-    """Validation as the API server does it on create, worded as kubectl prints it."""
-    try:
-        obj = defaults.apply_defaults(obj)
-    except Exception as e:  # noqa: BLE001
-        return f"error: {e}"
+def _check(obj: dict, cfg: LabConfig | None, source: str = "") -> str | None:
+    """Validation as the API server does it on create, worded as kubectl prints it. An object
+    the validation cannot even take (a field of the wrong type) is refused, naming it."""
     kw = {}
     if cfg:
         kw = {"node_port_range": tuple(cfg.node_port_range), "service_cidr": cfg.service_cidr}
-    errs = validation.validate(obj, **kw)
-    if errs:
-        return "The " + str(errors.InvalidError(obj["kind"], obj["metadata"].get("name", ""), errs))
-    return None
+    try:
+        obj = defaults.apply_defaults(obj)
+        errs = validation.validate(obj, **kw)
+        return "The " + str(errors.InvalidError(obj["kind"], obj["metadata"].get("name", ""), errs)) if errs else None
+    except Exception as e:  # noqa: BLE001 - one bad object is refused, not a traceback
+        m = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        cause = " ".join(str(e).split())[:300] or type(e).__name__
+        return f"error: error validating \"{source}\": {obj.get('kind')} \"{m.get('name', '')}\": {cause}"
 
 
 def _ident(obj: dict) -> tuple[str, str, str]:
@@ -744,7 +745,7 @@ def apply(path, wait, timeout, state_dir):
     candidates = []  # (object, source), valid so far
     docs, rc = _served_documents(path)
     for doc in docs:
-        msg = _check(doc.obj, cfg)
+        msg = _check(doc.obj, cfg, doc.source)
         if msg:
             click.echo(msg if msg.startswith(("The ", "error: ")) else f"error: {msg}", err=True)
             rc = 1

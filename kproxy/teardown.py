@@ -15,6 +15,12 @@ from kproxy.config import LabConfig
 from kproxy.node.network import NodeConfig, NodeNetwork, list_netns, netns_pids
 
 
+def _running(pid: int) -> bool:
+    """Still running: a zombie (dead, its parent not told yet) is done, not worth waiting for."""
+    from kproxy.control import _proc_state
+    return _proc_state(pid, "/proc") not in (None, "Z", "X", "x")
+
+
 def kill_pids(pids: list[int], grace: float = 3) -> None:
     """SIGTERM, then SIGKILL what is still alive after `grace` s: processes this instance started."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -29,7 +35,7 @@ def kill_pids(pids: list[int], grace: float = 3) -> None:
             return
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            alive = [p for p in alive if os.path.exists(f"/proc/{p}")]
+            alive = [p for p in alive if _running(p)]
             if not alive:
                 return
             time.sleep(0.05)

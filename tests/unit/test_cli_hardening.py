@@ -163,11 +163,22 @@ def test_an_unexpected_exception_is_one_line_and_exit_1(lab, tmp_path, monkeypat
     def boom(*a, **kw):
         raise KeyError("spec")
 
-    monkeypatch.setattr(cli.validation, "validate", boom)
+    monkeypatch.setattr(manifests.Index, "refresh", boom)
     res = run(lab, "apply", "-f", write_input(tmp_path))
     assert one_line_error(res) == "error: kproxy apply failed: KeyError: 'spec'"
     res = run(lab, "apply", "-f", write_input(tmp_path), env={"KPROXY_DEBUG": "1"})
     assert res.exit_code == 1 and "Traceback" in res.output
+
+
+def test_an_object_the_validation_cannot_take_is_refused_by_name(lab, tmp_path, monkeypatch):
+    def boom(obj, **kw):
+        raise TypeError("unhashable type: 'list'")
+
+    monkeypatch.setattr(cli.validation, "validate", boom)
+    src = write_input(tmp_path)
+    res = run(lab, "apply", "-f", src)
+    assert one_line_error(res) == f'error: error validating "{src}": Service "web": unhashable type: \'list\''
+    assert list(Path(lab.manifests).iterdir()) == []  # refused: nothing written
 
 
 def test_an_os_error_names_its_file(lab, monkeypatch):
@@ -311,3 +322,15 @@ def test_apply_of_a_duplicated_identity_keeps_one_copy_and_says_so(lab, tmp_path
     assert f"warning: service/web was also in {folder / 'b.yaml'}: that copy was removed" in res.output
     assert manifests.find(folder, ("Service", "default", "web"))["spec"]["ports"] == [{"port": 82}]
     assert [d["metadata"]["name"] for d in yaml.safe_load_all((folder / "b.yaml").read_text())] == ["api"]
+
+
+def test_kill_pids_does_not_wait_for_a_zombie():
+    from kproxy.teardown import kill_pids
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        started = time.monotonic()
+        kill_pids([child.pid], grace=3)  # SIGTERM ends it; unreaped, it stays a zombie
+        assert time.monotonic() - started < 2
+    finally:
+        child.kill()
+        child.wait()
