@@ -355,10 +355,12 @@ class _Main(click.Group):
                 SystemExit, KeyboardInterrupt, *PASS_THROUGH):
             raise
         except Exception as e:  # noqa: BLE001 - the CLI never shows a traceback
-            if os.environ.get("KPROXY_DEBUG") == "1":
+            command = ctx.invoked_subcommand
+            # a daemon run in the foreground (systemd) writes its log to stderr: keep the whole story
+            daemon = command in ("controller", "agent") or (command == "up" and "--foreground" in sys.argv)
+            if os.environ.get("KPROXY_DEBUG") == "1" or daemon:
                 import traceback
                 traceback.print_exc()
-            command = ctx.invoked_subcommand or (ctx.protected_args[0] if getattr(ctx, "protected_args", None) else None)
             click.echo(unexpected_error(e, command), err=True)
             sys.exit(1)
 
