@@ -333,8 +333,11 @@ def unexpected_error(e: BaseException, command: str | None) -> str:
     if isinstance(e, OSError) and e.filename:
         cause = f"{e.filename}: {e.strerror or e}"
     else:
-        cause = " ".join(str(e).split()) or type(e).__name__
-        if type(e).__module__ != "builtins" or isinstance(e, (KeyError, AttributeError, TypeError)):
+        detail = " ".join(str(e).split()) or " ".join(str(e.__cause__ or e.__context__ or "").split())
+        cause = detail or type(e).__name__
+        if type(e).__module__.split(".")[0] in ("etcd3gw", "requests", "urllib3"):
+            cause = f"the lab's etcd does not answer ({type(e).__name__}{': ' + detail if detail else ''})"
+        elif type(e).__module__ != "builtins" or isinstance(e, (KeyError, AttributeError, TypeError)):
             cause = f"{type(e).__name__}: {cause}"
     if len(cause) > 300:  # never a whole file (or anything secret) in a message
         cause = cause[:300] + "..."

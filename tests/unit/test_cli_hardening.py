@@ -334,3 +334,20 @@ def test_kill_pids_does_not_wait_for_a_zombie():
     finally:
         child.kill()
         child.wait()
+
+
+def test_etcd_down_is_one_line_that_says_so(lab, monkeypatch):
+    from etcd3gw import exceptions as etcd_exc
+
+    def down(state_dir):
+        try:
+            raise ConnectionRefusedError("[Errno 111] Connection refused")
+        except OSError:
+            raise etcd_exc.ConnectionFailedError()  # etcd3gw's errors carry no text: their context does
+
+    monkeypatch.setattr(cli, "open_store", down)
+    (Path(lab.state_dir) / "daemon.pid").write_text(f"{os.getpid()}\n")
+    monkeypatch.setattr(control, "process_alive", lambda pid, state_dir=None, proc="/proc": True)
+    res = run(lab, "get", "svc")
+    assert one_line_error(res) == ("error: kproxy get failed: the lab's etcd does not answer "
+                                   "(ConnectionFailedError: [Errno 111] Connection refused)")
