@@ -1261,6 +1261,40 @@ def _validate_slice_ports(ports: Any) -> Errors:
 
 
 # ==========================================================================
+# MetalLB address pools
+# ==========================================================================
+
+POOL_ADDRESS_FORMAT = "must be an IPv4 CIDR (192.168.10.0/24) or range (192.168.10.1-192.168.10.9)"
+
+
+def validate_ip_address_pool(obj: dict) -> Errors:
+    """The form of ``spec.addresses`` (what the pool parser reads); which ranges a lab allows is its own check."""
+    errs = validate_object_meta(obj, is_dns1123_subdomain, namespaced=True)
+    addresses = _dict(obj.get("spec")).get("addresses")
+    if not addresses:
+        return errs + [required("spec.addresses")]
+    for i, text in enumerate(addresses):
+        errs += _pool_address_errors(f"spec.addresses[{i}]", text)
+    return errs
+
+
+def _pool_address_errors(path: str, text: str) -> Errors:
+    if "-" in text:
+        first, _, last = text.partition("-")
+        a, b = parse_ip(first.strip()), parse_ip(last.strip())
+        if a is None or b is None or a.version != 4 or b.version != 4:
+            return [invalid(path, text, POOL_ADDRESS_FORMAT)]
+        if b < a:
+            return [invalid(path, text, "the range ends before it starts")]
+        return []
+    text = text.strip()
+    cidr = parse_cidr(text) if "/" in text else parse_ip(text)  # a bare address is a /32, as the parser reads it
+    if cidr is None or cidr.version != 4:
+        return [invalid(path, text, POOL_ADDRESS_FORMAT)]
+    return []
+
+
+# ==========================================================================
 # Public entry points
 # ==========================================================================
 
@@ -1272,6 +1306,7 @@ _VALIDATORS: dict[str, Callable[[dict], Errors]] = {
     "EndpointSlice": validate_endpoint_slice,
     "Namespace": validate_namespace,
     "Node": validate_node,
+    "IPAddressPool": validate_ip_address_pool,
 }
 
 
