@@ -294,7 +294,8 @@ class InvalidError(Exception):
 
     @property
     def message(self) -> str:
-        head = f"{self.qualified_kind} {go_quote(self.name)} is invalid"
+        name = self.name if len(self.name) <= 2 * 253 else self.name[:253] + f"... ({len(self.name)} characters)"
+        head = f"{self.qualified_kind} {go_quote(name)} is invalid"
         if not self.errors:
             return head
         return f"{head}: {aggregate_message(self.errors)}"

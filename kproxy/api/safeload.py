@@ -322,10 +322,14 @@ def yaml_documents(text: str) -> Iterator[tuple[Any, str | None]]:
 
 def _yaml_reason(exc: yaml.YAMLError, first_line: int) -> str:
     """PyYAML's message as ``line N: problem``, with N counted in the whole file."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a character libyaml refuses (NUL, other controls)
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+        return (f"unacceptable character #x{char:04x} at character {exc.position} of the document: "
+                f"{exc.reason}")
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
     if mark is None:
-        return problem
+        return problem.splitlines()[0] if problem else type(exc).__name__
     return f"line {first_line + mark.line}: {problem}"
 
 
