@@ -74,18 +74,31 @@ def read_path(path: str | os.PathLike) -> list[Document]:
 def read_file(path: str | os.PathLike) -> list[Document]:
     """Read every document of one manifest file (a regular file, not followed if a symlink)."""
     source = str(path)
+    text, error = read_manifest_text(source)
+    if error is not None:
+        return [Document(source, 0, error=error)]
+    return read_text(text, source)
+
+
+def read_manifest_text(path: str | os.PathLike) -> tuple[str | None, str | None]:
+    """(text, None) of a manifest file read safely, or (None, "error reading <file>: why").
+
+    For any code that needs a manifest's text (not its objects): a regular
+    file only (no symlink followed, no FIFO opened for reading, no device),
+    at most MAX_FILE_BYTES, UTF-8 (a byte-order mark dropped). Never raises.
+    """
+    source = str(path)
     try:
         data, problem = _read_regular(source)
     except (OSError, ValueError) as exc:
         data, problem = None, _os_reason(exc)
     if problem is not None:
-        return [Document(source, 0, error=f"error reading {source}: {problem}")]
+        return None, f"error reading {source}: {problem}"
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return [Document(source, 0, error=f"error reading {source}: invalid UTF-8 at byte {exc.start}: "
-                                          "manifests must be UTF-8 text")]
-    return read_text(text.removeprefix("\ufeff"), source)
+        return None, f"error reading {source}: invalid UTF-8 at byte {exc.start}: manifests must be UTF-8 text"
+    return text.removeprefix("\ufeff"), None
 
 
 def read_text(text: str, source: str = "<stdin>") -> list[Document]:

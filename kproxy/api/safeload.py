@@ -396,7 +396,7 @@ def check_json_value(value: Any) -> None:
     stack: list[tuple[Any, list]] = [(value, [])]
     while stack:
         node, parts = stack.pop()
-        if len(parts) > MAX_DEPTH:
+        if len(parts) >= MAX_DEPTH and isinstance(node, (dict, list)):  # the 101st nested collection
             raise Refused(f"nesting deeper than {MAX_DEPTH} levels is not accepted", None, field_path(parts[:MAX_DEPTH]))
         if isinstance(node, dict):
             if isinstance(node, _Duplicate):
