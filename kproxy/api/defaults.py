@@ -25,8 +25,13 @@ def apply_defaults(obj: dict) -> dict:
     (defaulting would paper over the type error) and ``validation.validate`` reports it.
     """
     out = copy.deepcopy(obj)
-    if not isinstance(out, dict) or type_errors(out):
-        return out  # the API server's decoder refuses it before defaulting: validate() says why
+    if not isinstance(out, dict):
+        return out
+    errs = type_errors(out)
+    if errs:  # the API server's decoder refuses it before defaulting: validate() says why
+        if not any(e.field.startswith(("metadata", "kind")) for e in errs):
+            _default_metadata(out)  # only its identity (kind, namespace, name) is completed, for reports
+        return out
     try:
         _default_metadata(out)
         defaulter = _DEFAULTERS.get(out.get("kind", ""))
