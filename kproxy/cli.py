@@ -676,8 +676,7 @@ def _unsupported(obj: dict, source: str) -> str | None:
     if kind in BUILTIN_NOT_SERVED:
         return (f'{kind} "{m.get("name", "")}" from "{source}" is not applied: the lab serves '
                 f'{", ".join(SUPPORTED_KINDS)}, not {kind}')
-    return (f'resource mapping not found for name: "{m.get("name", "")}" namespace: "{m.get("namespace", "")}" '
-            f'from "{source}": no matches for kind "{kind}" in version "{version}"\nensure CRDs are installed first')
+    return meta.no_match_error(obj, source)
 
 
 def _check(obj: dict, cfg: LabConfig | None, source: str = "") -> str | None:

@@ -13,19 +13,32 @@ import copy
 from typing import Any, Callable
 
 from kproxy.api import meta
+from kproxy.api.schema import type_errors
 
 DEFAULT_NAMESPACE = "default"
 
 
 def apply_defaults(obj: dict) -> dict:
-    """Return a defaulted deep copy of ``obj``; unknown kinds only get metadata."""
+    """Return a defaulted deep copy of ``obj``; unknown kinds only get metadata.
+
+    Never raises: an object with a field of the wrong type comes back undefaulted
+    (defaulting would paper over the type error) and ``validation.validate`` reports it.
+    """
     out = copy.deepcopy(obj)
     if not isinstance(out, dict):
         return out
-    _default_metadata(out)
-    defaulter = _DEFAULTERS.get(out.get("kind", ""))
-    if defaulter:
-        defaulter(out)
+    errs = type_errors(out)
+    if errs:  # the API server's decoder refuses it before defaulting: validate() says why
+        if not any(e.field.startswith(("metadata", "kind")) for e in errs):
+            _default_metadata(out)  # only its identity (kind, namespace, name) is completed, for reports
+        return out
+    try:
+        _default_metadata(out)
+        defaulter = _DEFAULTERS.get(out.get("kind", ""))
+        if defaulter:
+            defaulter(out)
+    except Exception:  # noqa: BLE001 - a kproxy bug: leave the object as given, validate() reports it
+        return copy.deepcopy(obj)
     return out
 
 

@@ -164,6 +164,16 @@ def render_value(value: Any) -> str:
     return _go_scalar(value)
 
 
+MAX_VALUE_CHARS = 1024  # a bad value is quoted up to this length in a message
+
+
+def _bounded(text: str) -> str:
+    """A rendered value cut to MAX_VALUE_CHARS: a 1 MB label must not make a 1 MB message."""
+    if len(text) <= MAX_VALUE_CHARS:
+        return text
+    return f"{text[:MAX_VALUE_CHARS]}... ({len(text)} characters)"
+
+
 # --------------------------------------------------------------------------
 # FieldError and constructors
 # --------------------------------------------------------------------------
@@ -181,7 +191,7 @@ class FieldError:
         """The message without the field path (upstream ``ErrorBody``)."""
         text = _TYPE_TEXT[self.type]
         if self.type not in _VALUELESS_TYPES and self.bad_value is not OMIT:
-            text += ": " + render_value(self.bad_value)
+            text += ": " + _bounded(render_value(self.bad_value))
         if self.detail:
             text += ": " + self.detail
         return text
@@ -284,7 +294,8 @@ class InvalidError(Exception):
 
     @property
     def message(self) -> str:
-        head = f"{self.qualified_kind} {go_quote(self.name)} is invalid"
+        name = self.name if len(self.name) <= 2 * 253 else self.name[:253] + f"... ({len(self.name)} characters)"
+        head = f"{self.qualified_kind} {go_quote(name)} is invalid"
         if not self.errors:
             return head
         return f"{head}: {aggregate_message(self.errors)}"

@@ -149,3 +149,28 @@ def _requirement_matches(req: Mapping[str, Any], labels: Mapping[str, str]) -> b
     if op == "DoesNotExist":
         return key not in labels
     return False
+
+
+def no_match_error(obj: Mapping[str, Any], source: str, hint: bool = True) -> str | None:
+    """kubectl's refusal of an object no served resource matches, or None when one does.
+
+    A kind the lab admits in one of its apiVersions matches; anything else,
+    including a known kind in an unknown version (``apps/v2``), is refused as
+    kubectl refuses it when discovery has no such resource::
+
+        resource mapping not found for name: "web" namespace: "" from "web.yaml":
+        no matches for kind "Deployment" in version "apps/v2"
+        ensure CRDs are installed first
+
+    (one line up to the hint). The CLI (``apply``) and the daemon (the
+    manifests folder) both call this, so the two refuse the same objects.
+    """
+    kind, version = obj.get("kind"), obj.get("apiVersion")
+    info = KINDS.get(kind) if isinstance(kind, str) else None
+    if info is not None and kind in ADMITTED_KINDS and version in info.api_versions:
+        return None
+    metadata = metadata_of(obj)
+    name, namespace = metadata.get("name") or "", metadata.get("namespace") or ""
+    message = (f'resource mapping not found for name: "{name}" namespace: "{namespace}" from "{source}": '
+               f'no matches for kind "{kind}" in version "{version}"')
+    return message + "\nensure CRDs are installed first" if hint else message

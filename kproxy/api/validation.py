@@ -31,9 +31,12 @@ from kproxy.api.errors import (
     invalid,
     not_supported,
     required,
+    internal_error,
+    too_long,
     too_many,
     type_invalid,
 )
+from kproxy.api.schema import type_errors
 
 Errors = list[FieldError]
 
@@ -50,6 +53,7 @@ TRAFFIC_POLICIES = ("Cluster", "Local")
 IP_FAMILIES = ("IPv4", "IPv6")
 IP_FAMILY_POLICIES = ("PreferDualStack", "RequireDualStack", "SingleStack")
 MAX_CLIENT_IP_AFFINITY_SECONDS = 86400
+TOTAL_ANNOTATION_SIZE = 256 * 1024  # bytes of keys and values (ValidateAnnotationsSize)
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
 DNS_POLICIES = ("ClusterFirstWithHostNet", "ClusterFirst", "Default", "None")
@@ -190,19 +194,28 @@ def is_valid_port_name(port: str) -> list[str]:
 
 
 def parse_ip(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """Parse like Go's ParseIPSloppy: IPv4 octets may carry leading zeros."""
-    if not isinstance(value, str) or not value or "%" in value:
+    """Parse like Go's netip.ParseAddr: IPv4 octets with leading zeros are not addresses.
+
+    (ParseIPSloppy read ``10.96.0.010`` as 10.96.0.10, but every later consumer,
+    Python's ipaddress included, refuses it; the API server's strict IP
+    validation refuses it too.) IPv4-mapped IPv6 addresses map to their IPv4.
+    """
+    if not isinstance(value, str) or not value or "%" in value or has_leading_zeros(value):
         return None
     try:
         ip = ipaddress.ip_address(value)
     except ValueError:
-        parts = value.split(".")
-        if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts):
-            return None
-        ip = ipaddress.IPv4Address(".".join(str(int(p)) for p in parts))
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         return ip.ipv4_mapped
     return ip
+
+
+def has_leading_zeros(value: str) -> bool:
+    """Whether a dotted IPv4 address (or CIDR) has an octet such as ``010``."""
+    address = value.partition("/")[0].rsplit(":", 1)[-1]
+    parts = address.split(".")
+    return len(parts) == 4 and any(len(p) > 1 and p.isdigit() and p[0] == "0" for p in parts)
 
 
 def parse_cidr(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
@@ -289,10 +302,18 @@ def _enum(errs: Errors, path: str, value: Any, valid: Sequence[str]) -> None:
 
 
 def validate_ip(path: str, value: Any) -> Errors:
-    """IsValidIP."""
+    """IsValidIP, with the API server's strict rule against leading zeros."""
+    if isinstance(value, str) and has_leading_zeros(value) and ipaddress_sloppy(value):
+        return [invalid(path, value, "must not have leading 0s")]
     if parse_ip(value) is None:
         return [invalid(path, value, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")]
     return []
+
+
+def ipaddress_sloppy(value: str) -> bool:
+    """Whether ParseIPSloppy would read ``value`` (dotted quad, octets up to 255)."""
+    parts = value.partition("/")[0].split(".")
+    return len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts)
 
 
 def validate_cidr(path: str, value: Any) -> Errors:
@@ -364,6 +385,9 @@ def validate_annotations(annotations: Any, path: str) -> Errors:
     errs: Errors = []
     for key in sorted(annotations, key=str):
         errs += [invalid(path, key, msg) for msg in is_qualified_name(str(key).lower())]
+    size = sum(len(str(k).encode()) + len(str(v or "").encode()) for k, v in annotations.items())
+    if size > TOTAL_ANNOTATION_SIZE:
+        errs.append(too_long(path, "", TOTAL_ANNOTATION_SIZE))
     return errs
 
 
@@ -1237,6 +1261,40 @@ def _validate_slice_ports(ports: Any) -> Errors:
 
 
 # ==========================================================================
+# MetalLB address pools
+# ==========================================================================
+
+POOL_ADDRESS_FORMAT = "must be an IPv4 CIDR (192.168.10.0/24) or range (192.168.10.1-192.168.10.9)"
+
+
+def validate_ip_address_pool(obj: dict) -> Errors:
+    """The form of ``spec.addresses`` (what the pool parser reads); which ranges a lab allows is its own check."""
+    errs = validate_object_meta(obj, is_dns1123_subdomain, namespaced=True)
+    addresses = _dict(obj.get("spec")).get("addresses")
+    if not addresses:
+        return errs + [required("spec.addresses")]
+    for i, text in enumerate(addresses):
+        errs += _pool_address_errors(f"spec.addresses[{i}]", text)
+    return errs
+
+
+def _pool_address_errors(path: str, text: str) -> Errors:
+    if "-" in text:
+        first, _, last = text.partition("-")
+        a, b = parse_ip(first.strip()), parse_ip(last.strip())
+        if a is None or b is None or a.version != 4 or b.version != 4:
+            return [invalid(path, text, POOL_ADDRESS_FORMAT)]
+        if b < a:
+            return [invalid(path, text, "the range ends before it starts")]
+        return []
+    text = text.strip()
+    cidr = parse_cidr(text) if "/" in text else parse_ip(text)  # a bare address is a /32, as the parser reads it
+    if cidr is None or cidr.version != 4:
+        return [invalid(path, text, POOL_ADDRESS_FORMAT)]
+    return []
+
+
+# ==========================================================================
 # Public entry points
 # ==========================================================================
 
@@ -1248,6 +1306,7 @@ _VALIDATORS: dict[str, Callable[[dict], Errors]] = {
     "EndpointSlice": validate_endpoint_slice,
     "Namespace": validate_namespace,
     "Node": validate_node,
+    "IPAddressPool": validate_ip_address_pool,
 }
 
 
@@ -1269,9 +1328,23 @@ def validate(obj: dict, *, node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_
              service_cidr: str | Sequence[str] = DEFAULT_SERVICE_CIDR) -> Errors:
     """Errors the API server would return when creating the (defaulted) ``obj``.
 
-    For a Service, allocation failures come alone and first, as upstream.
+    For a Service, allocation failures come alone and first, as upstream;
+    before both, fields of the wrong type come alone, as the API server's
+    decoder refuses them before anything else. A total function: any
+    JSON-compatible ``obj`` gives a list of errors, never an exception.
     """
-    return _allocation_errors(obj, node_port_range, service_cidr) or _object_errors(obj)
+    errs = type_errors(obj)
+    if errs:
+        return errs
+    try:
+        return _allocation_errors(obj, node_port_range, service_cidr) or _object_errors(obj)
+    except Exception as exc:  # noqa: BLE001 - a kproxy bug must refuse one object, not stop the caller
+        return [_internal(exc)]
+
+
+def _internal(exc: Exception) -> FieldError:
+    return internal_error("<object>", f"kproxy could not validate this object ({type(exc).__name__}); "
+                                      "please report it")
 
 
 def validate_update(old: dict, new: dict) -> Errors:
@@ -1350,12 +1423,17 @@ def check(obj: dict, *, old: dict | None = None,
     Returns the defaulted object, ready to store; raises InvalidError with the
     API server's message otherwise.
     """
+    errs = type_errors(obj)
     new = apply_defaults(obj)
-    if old is not None:
-        new = patch_allocated_values(old, new)
-    errs = _allocation_errors(new, node_port_range, service_cidr)
-    if not errs:
-        errs = (validate_update(old, new) if old is not None else []) + _object_errors(new)
+    try:
+        if not errs and old is not None:
+            new = patch_allocated_values(old, new)
+        errs = errs or _allocation_errors(new, node_port_range, service_cidr)
+        if not errs:
+            errs = (validate_update(old, new) if old is not None else []) + _object_errors(new)
+    except Exception as exc:  # noqa: BLE001 - see validate
+        errs = [_internal(exc)]
     if errs:
-        raise InvalidError(new.get("kind", ""), meta.name_of(new), errs)
+        name = meta.name_of(new) if isinstance(new, dict) else ""
+        raise InvalidError(str(new.get("kind", "")) if isinstance(new, dict) else "", str(name), errs)
     return new

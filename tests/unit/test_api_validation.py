@@ -451,3 +451,96 @@ def test_check_returns_the_defaulted_object():
 def test_wrong_types_are_reported_not_crashed_on():
     obj = service(ports=[{"port": "80"}])
     assert messages(obj)[0] == 'spec.ports[0].port: Invalid value: "80": must be of type integer'
+
+
+# --------------------------------------------------------------------------
+# issue 12 (#2, #3, #13): hostile objects are refused by field, never crash
+# --------------------------------------------------------------------------
+
+def test_a_string_port_is_reported_at_port_alone_not_at_target_port():
+    assert messages(service(ports=[{"port": "80"}])) == [
+        'spec.ports[0].port: Invalid value: "80": must be of type integer']
+    assert messages(service(ports=[{"port": [80]}])) == [
+        'spec.ports[0].port: Invalid value: []string{"80"}: must be of type integer']
+
+
+@pytest.mark.parametrize("obj, expected", [
+    (deployment(replicas="3"), 'spec.replicas: Invalid value: "3": must be of type integer'),
+    (service(ports={"port": 80}), 'spec.ports: Invalid value: map[string]string{"port":"80"}: must be of type array'),
+    (service(ports=[{"port": 80}], type=["ClusterIP"]),
+     'spec.type: Invalid value: []string{"ClusterIP"}: must be of type string'),
+    (service(ports=[{"port": 80}], clusterIPs=5), "spec.clusterIPs: Invalid value: 5: must be of type array"),
+    (service(ports=[{"port": 2 ** 40}]), "spec.ports[0].port: Invalid value: 1099511627776: "
+                                         "must fit in type int32 (-2147483648 to 2147483647)"),
+    (pod([{"name": "c", "image": "busybox", "command": ["sleep", 5]}]),
+     "spec.containers[0].command[1]: Invalid value: 5: must be of type string"),
+    (pod([None]), "spec.containers[0]: Invalid value: null: must be of type object"),
+])
+def test_wrong_types_are_field_errors_before_defaulting(obj, expected):
+    assert messages(obj) == [expected]
+    with pytest.raises(InvalidError):
+        check(obj)
+
+
+def test_defaults_never_raise_on_wrong_types():
+    for obj in (service(ports=[{"port": 80}], clusterIPs=5), service(sessionAffinity=["x"]), deployment(strategy=[1]),
+                {"apiVersion": "v1", "kind": "Service", "metadata": [1]}, ["not", "an", "object"]):
+        apply_defaults(obj)  # returns the object undefaulted; validate() says why
+        assert validate(apply_defaults(obj))
+
+
+def test_cluster_ips_with_leading_zeros_are_refused_as_the_api_server_does():
+    assert messages(service(ports=[{"port": 80}], clusterIP="10.96.0.010")) == [
+        'spec.clusterIPs[0]: Invalid value: "10.96.0.010": must not have leading 0s']
+    assert 'spec.externalIPs[0]: Invalid value: "192.0.2.01": must not have leading 0s' in messages(
+        service(ports=[{"port": 80}], externalIPs=["192.0.2.01"]))
+    assert messages(service(ports=[{"port": 80}], clusterIP="10.96.0.10")) == []
+
+
+def test_annotations_over_256_kib_are_too_long():
+    obj = service(ports=[{"port": 80}])
+    obj["metadata"]["annotations"] = {f"a{i}": "x" * 1024 for i in range(260)}
+    assert messages(obj) == ["metadata.annotations: Too long: must have at most 262144 bytes"]
+
+
+@pytest.mark.parametrize("obj, limit", [
+    (deployment(name="d" * 254), 253), (pod([{"name": "c", "image": "i"}], name="p" * 254), 253),
+    (service(name="s" * 64, ports=[{"port": 80}]), 63),
+    ({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n" * 64}}, 63),
+])
+def test_names_over_the_kinds_limit_are_refused(obj, limit):
+    name = obj["metadata"]["name"]
+    assert f'metadata.name: Invalid value: "{name}": must be no more than {limit} characters' in messages(obj)
+
+
+def test_huge_values_are_cut_in_messages():
+    obj = service(name="x" * 100_000, ports=[{"port": 80}])
+    with pytest.raises(InvalidError) as exc:
+        check(obj)
+    assert len(str(exc.value)) < 4000 and "(100000 characters)" in str(exc.value)
+
+
+def test_unknown_api_versions_are_not_served():
+    from kproxy.api.meta import no_match_error
+
+    obj = deployment()
+    assert no_match_error(obj, "d.yaml") is None
+    obj["apiVersion"] = "apps/v2"
+    assert no_match_error(obj, "d.yaml") == (
+        'resource mapping not found for name: "web" namespace: "" from "d.yaml": no matches for kind "Deployment" '
+        'in version "apps/v2"\nensure CRDs are installed first')
+    assert no_match_error({"apiVersion": "v1", "kind": "Frob"}, "f.yaml", hint=False).endswith(
+        'no matches for kind "Frob" in version "v1"')
+
+
+def test_address_pools_are_validated():
+    pool = {"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+            "metadata": {"name": "p", "namespace": "metallb-system"}, "spec": {"addresses": ["192.0.2.0/28"]}}
+    assert messages(pool) == []
+    pool["spec"]["addresses"] = ["192.0.2.9-192.0.2.1", "banana", "192.0.2.7", 5]
+    assert messages(pool) == ["spec.addresses[3]: Invalid value: 5: must be of type string"]
+    pool["spec"]["addresses"] = ["192.0.2.9-192.0.2.1", "banana", "192.0.2.7"]
+    assert messages(pool) == [
+        'spec.addresses[0]: Invalid value: "192.0.2.9-192.0.2.1": the range ends before it starts',
+        'spec.addresses[1]: Invalid value: "banana": must be an IPv4 CIDR (192.168.10.0/24) or range '
+        "(192.168.10.1-192.168.10.9)"]
