@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from kproxy.api import manifest
+from kproxy.api import manifest, safeload
 
 _SEPARATOR = re.compile(r"^---[ \t]*(#.*)?$", re.M)
 INDEX_VERSION = 1
@@ -216,10 +216,10 @@ def _join(chunks: list[list[str]]) -> str:
 
 def _load(body: str):
     """One document with the manifest reader's loader; None when it does not parse."""
-    try:
-        return yaml.load(body, Loader=manifest._Loader)
-    except Exception:  # noqa: BLE001 - any refusal of the reader: not an object we can edit
+    docs = list(safeload.yaml_documents(body))
+    if len(docs) != 1 or docs[0][1] is not None:  # refused by the reader: not an object we can edit
         return None
+    return docs[0][0]
 
 
 def _dump(obj) -> str:

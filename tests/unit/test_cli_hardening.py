@@ -351,3 +351,16 @@ def test_etcd_down_is_one_line_that_says_so(lab, monkeypatch):
     res = run(lab, "get", "svc")
     assert one_line_error(res) == ("error: kproxy get failed: the lab's etcd does not answer "
                                    "(ConnectionFailedError: [Errno 111] Connection refused)")
+
+
+def test_apply_edits_the_document_that_holds_the_object_in_place(tmp_path):
+    """The writer parses each document with the reader's safe loader: an edit lands in the
+    document that holds the object, and the file's other documents and comments stay."""
+    text = "# keep me\n" + SVC.format(name="api", port=80) + "---\n" + SVC.format(name="web", port=80)
+    (tmp_path / "both.yaml").write_text(text)
+    assert manifests.upsert(tmp_path, svc(port=81)) == "configured"
+    assert [p.name for p in tmp_path.iterdir()] == ["both.yaml"]
+    new = (tmp_path / "both.yaml").read_text()
+    assert new.startswith("# keep me\n")
+    docs = [d for d in yaml.safe_load_all(new) if d]
+    assert [(d["metadata"]["name"], d["spec"]["ports"][0]["port"]) for d in docs] == [("api", 80), ("web", 81)]
