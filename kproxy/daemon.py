@@ -1105,6 +1105,8 @@ class Daemon:
                 for c in cur.get("status", {}).get("conditions", []):
                     if c["type"] in ("Ready", "ContainersReady"):
                         c["status"] = "False"
+                for cs in cur.get("status", {}).get("containerStatuses", []):  # READY 0/1, as kubectl counts
+                    cs["ready"] = False
             else:
                 cur["status"] = status
             txn.put(key, cur)
@@ -1216,6 +1218,8 @@ class Daemon:
             for cond in cur.get("status", {}).get("conditions", []):
                 if cond["type"] in ("Ready", "ContainersReady"):
                     cond["status"] = "False"
+            for cs in cur.get("status", {}).get("containerStatuses", []):  # READY 0/1, as kubectl counts
+                cs["ready"] = False
             txn.put(key, cur)
             return cur
         pod = retry(self.store, mark)
