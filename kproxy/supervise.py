@@ -73,13 +73,20 @@ class Health:
             self._components[name] = {"state": "ok", "since": _now(), "restarts": restarts}
         self.changed.set()
 
-    def failed(self, name: str, message: str, restart: bool = False) -> None:
+    def failed(self, name: str, message: str) -> None:
         with self._lock:
             cur = self._components.get(name) or {"restarts": 0}
-            same = cur.get("state") == "failed" and cur.get("message") == message
+            if cur.get("state") == "failed" and cur.get("message") == message:
+                return
             self._components[name] = {"state": "failed", "message": message,
-                                      "since": cur["since"] if same else _now(),
-                                      "restarts": cur.get("restarts", 0) + (1 if restart else 0)}
+                                      "since": cur["since"] if cur.get("state") == "failed" else _now(),
+                                      "restarts": cur.get("restarts", 0)}
+        self.changed.set()
+
+    def restarted(self, name: str) -> None:
+        with self._lock:
+            cur = self._components.setdefault(name, {"state": "failed", "since": _now(), "restarts": 0})
+            cur["restarts"] = cur.get("restarts", 0) + 1
         self.changed.set()
 
     def forget(self, name: str) -> None:
@@ -109,7 +116,6 @@ def supervised(name: str, target: Callable[[], None], health: Health, stopping: 
     failed in `kproxy status` until it really works again."""
     def run() -> None:
         delay = BACKOFF_FIRST
-        restart = False
         while not stopping.is_set():
             started = time.monotonic()
             try:
@@ -117,11 +123,11 @@ def supervised(name: str, target: Callable[[], None], health: Health, stopping: 
                 if stopping.is_set():
                     return
                 message = "stopped unexpectedly"
-                log.error("%s %s; starting it again in %.0f s", name, message, delay)
+                log.error("%s %s; starting it again in %.3g s", name, message, delay)
             except Exception as e:  # noqa: BLE001 - any failure of a component is reported, then retried
                 message = describe(e)
-                log.exception("%s failed (%s); starting it again in %.0f s", name, message, delay)
-            health.failed(name, message, restart=restart)
+                log.exception("%s failed (%s); starting it again in %.3g s", name, message, delay)
+            health.failed(name, message)
             if on_failure is not None:
                 try:
                     on_failure(name, message)
@@ -129,9 +135,10 @@ def supervised(name: str, target: Callable[[], None], health: Health, stopping: 
                     log.exception("cannot report the failure of %s", name)
             if time.monotonic() - started > HEALTHY_RESET:
                 delay = BACKOFF_FIRST
-            stopping.wait(delay)
+            if stopping.wait(delay):
+                return
             delay = min(delay * 2, backoff_max)
-            restart = True
+            health.restarted(name)
     t = threading.Thread(target=run, daemon=True, name=name)
     t.start()
     return t
