@@ -752,7 +752,14 @@ class Daemon:
                 continue
             stamp = (st.st_mtime_ns, st.st_size)
             hit = self.file_cache.get(str(path))
-            cache[str(path)] = hit if hit and hit[0] == stamp else (stamp, manifest.read_file(path))
+            if not (hit and hit[0] == stamp):
+                try:
+                    hit = (stamp, manifest.read_file(path))
+                except Exception as e:  # noqa: BLE001 - one file that cannot be read stops no other
+                    log.warning("cannot read %s", path, exc_info=True)
+                    hit = (stamp, [manifest.Document(str(path), 0, error=f"error reading {path}: "
+                                                                         f"{supervise.describe(e)}")])
+            cache[str(path)] = hit
             docs += cache[str(path)][1]
         self.file_cache = cache
         return docs

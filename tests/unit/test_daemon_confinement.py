@@ -99,6 +99,24 @@ def test_an_object_whose_admission_raises_does_not_stop_the_others(tmp_path, mon
     assert not [p for p in d.store.get(MANIFEST_ERRORS) if p.get("name") == "bad"]
 
 
+def test_a_file_whose_reading_raises_does_not_stop_the_others(tmp_path, monkeypatch):
+    from kproxy.api import manifest
+    d = _daemon(tmp_path)
+    real = manifest.read_file
+
+    def read(path):
+        if path.name == "bad.yaml":
+            raise ValueError("Exceeds the limit (4300 digits) for integer string conversion")
+        return real(path)
+    monkeypatch.setattr(manifest, "read_file", read)
+    _write(d, "bad.yaml", SVC.format(name="bad", port=80))
+    _write(d, "good.yaml", SVC.format(name="good", port=80))
+    d._poll_manifests()
+    assert _svc(d, "good") is not None
+    (problem,) = d.store.get(MANIFEST_ERRORS)
+    assert problem["source"].endswith("bad.yaml") and "Exceeds the limit" in problem["message"]
+
+
 def test_a_deployment_whose_reconcile_raises_does_not_stop_the_others(tmp_path, monkeypatch):
     d = _daemon(tmp_path)
     _write(d, "a.yaml", DEPLOY.format(name="bad"))
