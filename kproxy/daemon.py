@@ -150,6 +150,7 @@ class Daemon:
         self.sig_changed_at = 0.0       # monotonic time the folder's signature last changed
         self.folder_settled = False     # `kproxy apply/delete` asked: the folder is complete now
         self.disk_error: str | None = None  # the last ENOSPC/EDQUOT of this pass
+        self.proxy_quarantine: dict[str, dict] = {}  # Service key -> the version its rules failed to render
         self.system_keys: set[str] = set()
         self.announcer: Announcer | None = None
         self.rs_size: dict[tuple[str, str], int] = {}  # (namespace, ReplicaSet) -> pods it last had  # objects kproxy itself keeps (default/kubernetes)  # pod key -> when to try starting it again
@@ -1422,7 +1423,11 @@ class Daemon:
         """Render and apply (a partial sync unless `force`); feeds metrics and /healthz."""
         self.health.queued()
         self.metrics.last_queued.set(time.time())
-        services = list(self.objects["Service"].values())
+        for key, bad in list(self.proxy_quarantine.items()):  # changed since: try its rules again
+            if self.objects["Service"].get(key) != bad:
+                del self.proxy_quarantine[key]
+                self.obj_problems.pop(("FailedProxyRules", "Service", *obj_id(bad)[1:]), None)
+        services = [svc for key, svc in self.objects["Service"].items() if key not in self.proxy_quarantine]
         slices = list(self.objects["EndpointSlice"].values())
         changed = self.proxy_changes.take()  # informer-style: only these Services are compared
         try:
@@ -1435,6 +1440,9 @@ class Daemon:
             return
         except BaseException:
             self.proxy_changes.forget_all()
+            if self._quarantine_services(services, slices):
+                self.dirty = True  # the next pass programs the others without them
+                return
             raise
         if res.full:
             self.last_full_sync = time.monotonic()
@@ -1468,6 +1476,24 @@ class Daemon:
                 self.store.put(status_key, status)
         except Exception as e:  # noqa: BLE001 - the rules are live; only the report is lost
             log.warning("cannot record the sync: %s", e)
+
+    def _quarantine_services(self, services: list[dict], slices: list[dict]) -> bool:
+        """The rules failed to render: find the Services whose own rules fail (each rendered
+        alone), report them (FailedProxyRules) and leave them out until they change, so every
+        other Service keeps being programmed. False when none is to blame (then the pass fails)."""
+        found = False
+        for svc in services:
+            ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+            own = [sl for sl in slices if sl["metadata"].get("namespace") == ns
+                   and sl["metadata"].get("labels", {}).get(endpoints.SERVICE_NAME) == name]
+            rendered = False
+            with self._confined("FailedProxyRules", "Service", ns, name):
+                render.render([svc], own, self.proxier.cfg)
+                rendered = True
+            if not rendered:
+                self.proxy_quarantine[key_of("Service", ns, name)] = svc
+                found = True
+        return found
 
     def _metrics_answer(self, req) -> tuple[int, str, str]:
         if req.path.split("?")[0] != "/metrics":

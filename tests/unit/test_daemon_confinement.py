@@ -162,6 +162,36 @@ def test_a_service_whose_endpoints_raise_keeps_its_slices_and_the_others_get_the
     assert ("FailedToUpdateEndpointSlices", "Service", "default", "bad") in d.obj_problems
 
 
+def test_a_service_whose_rules_fail_to_render_is_left_out_and_the_others_programmed(tmp_path, monkeypatch):
+    from kproxy.proxy import render
+    d = _daemon(tmp_path)
+    _write(d, "svc.yaml", SVC.format(name="bad", port=80) + "---\n" + SVC.format(name="good", port=80))
+    d._poll_manifests()
+    synced = []
+
+    def sync(services, slices, full=False, changed=None):
+        names = sorted(s["metadata"]["name"] for s in services)
+        if "bad" in names:
+            raise TypeError("'<' not supported between instances of 'str' and 'NoneType'")
+        synced.append(names)
+        return types.SimpleNamespace(full=full, duration=0.0, applied=False)
+    d.proxier = types.SimpleNamespace(cfg=render.ProxyConfig(cluster_cidr="10.244.0.0/16", node_name="node-1",
+                                                             node_ips=["192.168.49.2"]), sync=sync)
+    real = render.render
+
+    def render_one(services, *args, **kw):
+        if services[0]["metadata"]["name"] == "bad":
+            raise TypeError("'<' not supported between instances of 'str' and 'NoneType'")
+        return real(services, *args, **kw)
+    monkeypatch.setattr(render, "render", render_one)
+    d._sync_proxy()  # raised for every Service before
+    assert d.dirty and list(d.proxy_quarantine) == [key_of("Service", "default", "bad")]
+    d._sync_proxy()
+    assert synced == [["good"]]
+    assert ("FailedProxyRules", "Service", "default", "bad") in d.obj_problems
+    assert _events(d, "FailedProxyRules")[0]["involvedObject"]["name"] == "bad"
+
+
 def test_a_failing_pass_is_a_failed_component_in_the_health_record(tmp_path, monkeypatch):
     d = _daemon(tmp_path)
     monkeypatch.setattr("kproxy.daemon.time.sleep", lambda s: None)
