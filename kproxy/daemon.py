@@ -4,7 +4,9 @@ Every pass: load the manifests folder if it changed (the desired state), admit e
 (defaults, validation, allocation), let Deployments make pods and schedule them to nodes, let
 the kubelet run them, derive EndpointSlices from Ready pods, and render + apply the iptables
 rules when they changed. A bad manifest is reported as an event and skipped; everything else
-keeps working.
+keeps working: each object's step runs confined (`_confined`: its exception is logged, recorded
+as a problem and an event on it, the other objects go on), each background thread supervised
+(`supervise.supervised`: logged, an event, a failed component in `kproxy status`, restarted).
 
 The daemon has two roles, split the way Kubernetes splits them: the *controller* (API server
 admission, allocation, Deployments, scheduling, endpoints, LoadBalancer IPs, node lifecycle)
