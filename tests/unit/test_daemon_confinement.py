@@ -208,7 +208,7 @@ def test_a_failing_pass_is_a_failed_component_in_the_health_record(tmp_path, mon
 
 # -- #1 background threads -----------------------------------------------------------------
 def test_a_failing_thread_is_logged_reported_and_restarted(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(supervise, "BACKOFF_FIRST", 0.05)
+    monkeypatch.setattr(supervise, "BACKOFF_FIRST", 0.5)
     d = _daemon(tmp_path)
     runs = []
 
@@ -219,6 +219,10 @@ def test_a_failing_thread_is_logged_reported_and_restarted(tmp_path, monkeypatch
         d.components.ok("announcer")
         d.stopping.wait()
     t = d._supervise("announcer", target)
+    time.sleep(0.2)  # failed, waiting its back-off: the published health record says so
+    d._publish()
+    rec = d.store.get(HEALTH)["components"]["announcer"]
+    assert rec["state"] == "failed" and rec["message"] == "OSError: libpcap is not available"
     deadline = time.monotonic() + 5
     while len(runs) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
