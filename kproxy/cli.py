@@ -1470,7 +1470,9 @@ def rules(target, render_only, path, namespace, cluster_cidr, node_name, node_ip
 @main.command()
 @state_dir_option
 def status(state_dir):
-    """Is the daemon up, and what did the last manifests load report? Exits 1 when it is not up."""
+    """Is the daemon up, are its components healthy, and what problems do the manifests have?
+    Exits 1 when it is not up or while a component (a background thread, the reconcile pass,
+    the disk) is failed; problems of single objects are listed with exit 0."""
     need_root()
     state_dir = state_dir_from_env(state_dir)
     cfg = lab(state_dir)
@@ -1496,8 +1498,46 @@ def status(state_dir):
         if lp:
             click.echo(f"last partial sync: {lp['lastSync']} ({lp.get('servicesWritten', 0)} Services written, "
                        f"{lp.get('durationSeconds', 0) * 1000:.1f} ms)")
-        for e in store.get(MANIFEST_ERRORS) or []:
-            click.echo(f"error: {e['message']}")
+    # component health (exit 1 while one is failed) and problems: the daemon's own answer on its
+    # socket first (it works when the store cannot be written: a full disk), then the store's
+    reply = control(state_dir, {}, timeout=5) or {}
+    try:
+        records = dict(store.list("/kproxy/health")) if store else {}
+        stored_errors = store.get(MANIFEST_ERRORS) if store else None
+    except Exception as e:  # noqa: BLE001 - the store is away (etcd down): say so, without a traceback
+        click.echo(f"store: unreachable: {type(e).__name__}: {e}")
+        records, stored_errors = {}, None
+    records.update(reply.get("health") or {})
+    failed = False
+    for key, rec in sorted(records.items()):
+        who = "" if key == "/kproxy/health" else f"{rec.get('role', '')} {rec.get('node', '')}: "
+        comps = rec.get("components") or {}
+        healthy = [name for name, c in comps.items() if c.get("state") != "failed"]
+        if healthy:
+            click.echo(f"{who}components ok: {', '.join(healthy)}")
+        for name, c in comps.items():
+            if c.get("state") != "failed":
+                continue
+            failed = True
+            if name == "disk":
+                click.echo(f"{who}{c.get('message', 'disk full')} (since {c.get('since', '?')})")
+                continue
+            again = f", restarted {c['restarts']} times" if c.get("restarts") else ""
+            click.echo(f"{who}component {name}: failed since {c.get('since', '?')}{again}: {c.get('message', '')}")
+        for e in rec.get("problems") or []:
+            click.echo(f"{who}error: {_problem_line(e)}")
+    errs = reply.get("errors") if reply.get("errors") is not None else stored_errors
+    for e in errs or []:
+        click.echo(f"error: {_problem_line(e)}")
+    if failed:
+        click.echo(f"a component failed: its traceback is in {state_dir}/daemon.log (or the process's own log)")
+        sys.exit(1)
+
+
+def _problem_line(e: dict) -> str:
+    """One problem of `kproxy status`: the file (when one declares it), then the API's message."""
+    msg, source = e.get("message", ""), e.get("source")
+    return f"{source}: {msg}" if source and source not in msg else msg
 
 
 # -- multi-node processes ------------------------------------------------------------------

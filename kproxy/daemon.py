@@ -4,7 +4,9 @@ Every pass: load the manifests folder if it changed (the desired state), admit e
 (defaults, validation, allocation), let Deployments make pods and schedule them to nodes, let
 the kubelet run them, derive EndpointSlices from Ready pods, and render + apply the iptables
 rules when they changed. A bad manifest is reported as an event and skipped; everything else
-keeps working.
+keeps working: each object's step runs confined (`_confined`: its exception is logged, recorded
+as a problem and an event on it, the other objects go on), each background thread supervised
+(`supervise.supervised`: logged, an event, a failed component in `kproxy status`, restarted).
 
 The daemon has two roles, split the way Kubernetes splits them: the *controller* (API server
 admission, allocation, Deployments, scheduling, endpoints, LoadBalancer IPs, node lifecycle)
@@ -16,6 +18,7 @@ what others also write (pods) in read-modify-write transactions.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -30,6 +33,7 @@ import time
 import uuid
 from pathlib import Path
 
+from kproxy import supervise
 from kproxy.control import read_line
 from kproxy.api import defaults, errors, manifest, meta, validation
 from kproxy.config import LabConfig
@@ -49,6 +53,8 @@ USER_KINDS = meta.ADMITTED_KINDS
 PROXIED_KINDS = ("Service", "EndpointSlice")  # what the Proxier reads
 MANIFEST_KEYS = "/kproxy/manifest-keys"      # objects that came from the manifests folder
 MANIFEST_ERRORS = "/kproxy/manifest-errors"
+HEALTH = "/kproxy/health"                    # component health; multi-node adds /<role>/<node>
+REMOVAL_QUIET_SECONDS = 1.0                  # removals wait until the folder was this long unchanged
 PROXY_STATUS = "/kproxy/proxy-status"        # single node; a multi-node agent adds /<node>
 NODE_LEASES = "/registry/leases/kube-node-lease/"  # a node's heartbeat, where Kubernetes keeps it
 NODE_LEASE_SECONDS = 6                        # lease TTL: a node silent this long is NotReady
@@ -138,6 +144,15 @@ class Daemon:
         self.ready = False
         self.requests: list[dict] = []
         self.start_failures: dict[str, float] = {}
+        self.components = supervise.Health()  # background threads, passes, disk: `kproxy status`
+        self.load_problems: list[dict] = []  # the last manifests load's problems
+        self.obj_problems: dict[tuple, dict] = {}  # (reason, kind, ns, name) -> a confined failure
+        self.published: tuple | None = None  # (problems, health) last written to the store
+        self.removals_waiting = False  # objects gone from a folder still changing: removed once quiet
+        self.sig_changed_at = 0.0       # monotonic time the folder's signature last changed
+        self.folder_settled = False     # `kproxy apply/delete` asked: the folder is complete now
+        self.disk_error: str | None = None  # the last ENOSPC/EDQUOT of this pass
+        self.proxy_quarantine: dict[str, dict] = {}  # Service key -> the version its rules failed to render
         self.system_keys: set[str] = set()
         self.announcer: Announcer | None = None
         self.rs_size: dict[tuple[str, str], int] = {}  # (namespace, ReplicaSet) -> pods it last had  # objects kproxy itself keeps (default/kubernetes)  # pod key -> when to try starting it again
@@ -170,12 +185,14 @@ class Daemon:
                 self.proxier = proxier.Proxier(render.ProxyConfig(
                     cluster_cidr=self.cfg.cluster_cidr, node_name=self.cfg.node_name, node_ips=[self.node_ip],
                     masquerade_all=self.cfg.masquerade_all), applier=self.applier)
-                self.http.start("healthz", self.cfg.healthz_bind_address, self.health.answer)
-                self.http.start("metrics", self.cfg.metrics_bind_address, self._metrics_answer)
+                self._supervise("healthz-server", lambda: self._serve_http(
+                    "healthz", self.cfg.healthz_bind_address, self.health.answer))
+                self._supervise("metrics-server", lambda: self._serve_http(
+                    "metrics", self.cfg.metrics_bind_address, self._metrics_answer))
             if self.shared:
                 self._wait_for_store()
-                threading.Thread(target=self._watch_store, daemon=True, name="watch").start()
-                threading.Thread(target=self._heartbeat, daemon=True, name="heartbeat").start()
+                self._supervise("watch", self._watch_store)
+                self._supervise("heartbeat", self._heartbeat)
                 if self.is_agent:  # a Node is written Ready only while its lease is held
                     deadline = time.monotonic() + 10
                     while not self.leader and time.monotonic() < deadline and not self.stopping.is_set():
@@ -185,7 +202,7 @@ class Daemon:
                 self._start_up(self._ensure_system_objects)
             if self.is_agent:
                 self._start_up(self._register_node)
-            threading.Thread(target=self._serve_control, daemon=True, name="control").start()
+            self._supervise("control-socket", self._serve_control)
             self._loop()
         finally:
             self.shutdown()
@@ -226,6 +243,135 @@ class Daemon:
         for f in ("daemon.pid", "kproxy.sock"):
             (self.state / f).unlink(missing_ok=True)
 
+    # -- confinement and health -----------------------------------------------------------
+    def _supervise(self, name: str, target) -> threading.Thread:
+        """A background thread that cannot fail unseen (supervise.supervised): its failure is
+        logged, an event `<Name>Failed` on this Node, a failed component in `kproxy status`."""
+        return supervise.supervised(name, target, self.components, self.stopping, self._component_failed)
+
+    def _component_failed(self, name: str, message: str) -> None:
+        if message.startswith("disk full"):
+            self.components.failed("disk", message)
+        reason = "".join(w.title() for w in name.split("-")) + "Failed"  # AnnouncerFailed, WatchFailed
+        self.event("Node", "", self.cfg.node_name, reason, f"{name}: {message}")
+
+    def _serve_http(self, name: str, address: str, handler) -> None:
+        """Supervised: serve kube-proxy's /healthz or /metrics; a port in use is retried."""
+        self.http.start(name, address, handler)
+        if name not in self.http.servers:
+            raise OSError(f"cannot serve {name} on {address} (the address is in use or invalid)")
+        self.components.ok(f"{name}-server")
+        self.stopping.wait()
+
+    @contextlib.contextmanager
+    def _confined(self, reason: str, kind: str, ns: str, name: str, problems: list | None = None):
+        """One object's step: an exception in it stops that object only. It is logged with its
+        traceback, recorded as a problem {source, kind, namespace, name, message} (in
+        `problems` when given, else until that step works again) and as a `reason` event on the
+        object; the caller goes on with the other objects. Failures outside any object (the
+        store, the kernel) are not caught here: the pass fails, is retried, and shows in status."""
+        ident = (reason, kind, ns or "", name)
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - confined: the other objects keep being served
+            if supervise.store_failure(e):
+                raise  # the store, not this object: the pass fails (retried, shown in status)
+            log.exception("%s %s/%s failed (%s); the other objects go on", kind, ns, name, reason)
+            self._note_disk(e)
+            msg = f"Internal error occurred: {kind} {f'{ns}/' if ns else ''}{name}: {supervise.describe(e)}"
+            problem = {"kind": kind, "namespace": ns or "", "name": name, "reason": reason, "message": msg}
+            source = self._source_of(kind, ns, name)
+            if source:
+                problem["source"] = source
+            if problems is not None:
+                problems.append(problem)
+            else:
+                self.obj_problems[ident] = problem
+            self.event(kind, ns, name, reason, msg)
+        else:
+            if problems is None:
+                self.obj_problems.pop(ident, None)
+
+    def _source_of(self, kind: str, ns: str, name: str) -> str | None:
+        """The manifest file that declares an object, if one does."""
+        try:
+            key = key_of(kind, ns, name)
+        except Exception:  # noqa: BLE001 - a kind without a registry path
+            return None
+        return next((f for f, keys in sorted(self.file_keys.items()) if key in keys), None)
+
+    def _note_disk(self, e: BaseException) -> None:
+        """ENOSPC/EDQUOT anywhere: the `disk` component fails (status `disk full: ...`, an event
+        NodeHasDiskPressure); the lab goes on where it can, and it clears once writing works."""
+        if not supervise.disk_full(e):
+            return
+        msg = supervise.describe(e)
+        self.disk_error = msg
+        if not self.components.is_failed("disk"):
+            self.components.failed("disk", msg)
+            self.event("Node", "", self.cfg.node_name, "NodeHasDiskPressure", msg)
+
+    def _disk_writable(self) -> bool:
+        probe = self.state / ".disk-probe"
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.unlink(missing_ok=True)
+
+    @property
+    def health_key(self) -> str:
+        role = "all" if self.is_controller and self.is_agent else "controller" if self.is_controller else "agent"
+        return HEALTH if not self.shared else f"{HEALTH}/{role}/{self.cfg.node_name}"
+
+    def health_report(self) -> dict:
+        """This daemon's health record: what `kproxy status` prints (and exits 1 on a failed one)."""
+        role = "all" if self.is_controller and self.is_agent else "controller" if self.is_controller else "agent"
+        report = {"role": role, "node": self.cfg.node_name, "pid": os.getpid(),
+                  "components": self.components.snapshot()}
+        if not self.is_controller:  # an agent's confined failures (its pods): no MANIFEST_ERRORS of its own
+            report["problems"] = [self.obj_problems[k] for k in sorted(self.obj_problems)]
+        return report
+
+    def _publish(self) -> None:
+        """Write the problems (MANIFEST_ERRORS: the last load's and the confined failures of
+        the objects still there) and the health record when they changed."""
+        for ident in list(self.obj_problems):
+            _, kind, ns, name = ident
+            if key_of(kind, ns, name) not in self.objects.get(kind, {}):
+                del self.obj_problems[ident]  # the object is gone: so is its problem
+        problems = self.load_problems + [self.obj_problems[k] for k in sorted(self.obj_problems)]
+        report = self.health_report()
+        if self.published == (problems, report["components"]):
+            return
+        if self.is_controller:
+            self.store.put(MANIFEST_ERRORS, problems)
+        if self.shared and self.lease is not None:  # goes with the process: a dead one reports nothing
+            self.store.put(self.health_key, report, lease=self.lease)
+        else:
+            self.store.put(self.health_key, report)
+        self.published = (problems, report["components"])
+
+    def _folder_quiet(self) -> bool:
+        """No manifest file (nor the folder) changed in the last REMOVAL_QUIET_SECONDS, by its
+        mtime and by when this daemon saw the change (a clock ahead on a shared folder)."""
+        now = time.time()
+        sig = self.signature or ()
+        stamps = [s[3] / 1e9 for s in sig]
+        for d in {s[0] for s in sig} | {self.cfg.manifests}:
+            try:
+                stamps.append(os.stat(d).st_mtime)
+            except OSError:
+                pass
+        newest = max((t for t in stamps if t <= now + REMOVAL_QUIET_SECONDS), default=0.0)
+        return now - newest >= REMOVAL_QUIET_SECONDS and \
+            time.monotonic() - self.sig_changed_at >= REMOVAL_QUIET_SECONDS
+
     # -- the loop -------------------------------------------------------------------------
     def _loop(self) -> None:
         next_poll = 0.0
@@ -236,14 +382,26 @@ class Daemon:
                     next_poll = now + POLL_PERIOD
                     self._poll_manifests()
                 self._pass(now)
+                self.components.ok("reconcile")
             except Exception as e:  # noqa: BLE001 - the node keeps running; the next pass retries
+                # not one object's failure (those are confined): the store, the kernel
                 log.exception("reconcile pass failed")
+                self._note_disk(e)
+                self.components.failed("reconcile", supervise.describe(e))
                 try:
                     self.event("Node", "", self.cfg.node_name, "ReconcileFailed", f"{type(e).__name__}: {e}")
                 except Exception:  # noqa: BLE001 - the store itself is away (etcd restarting)
                     self.stale.set()
                 self.dirty = True
                 time.sleep(1)
+            if self.disk_error is None and self.components.is_failed("disk") and self._disk_writable():
+                self.components.ok("disk")  # writing works again
+            self.disk_error = None
+            try:
+                self._publish()
+            except Exception as e:  # noqa: BLE001 - the store away or full: status asks the socket then
+                self._note_disk(e)
+                log.warning("cannot record the problems and health: %s", e)
             with self.cond:
                 self.generation += 1
                 self.ready = True
@@ -256,7 +414,10 @@ class Daemon:
     def _poll_manifests(self) -> None:
         sig = manifest_signature(Path(self.cfg.manifests))
         if sig == self.signature:
+            if self.removals_waiting and (self.folder_settled or self._folder_quiet()):
+                self._load_manifests()  # the folder is quiet now: what vanished from it goes
             return
+        self.sig_changed_at = time.monotonic()
         if self.signature is not None and self.is_agent:  # when the change was written (programming latency)
             self.triggers.append(max((s[3] for s in sig), default=time.time_ns()) / 1e9)
         self.signature, self.dirty = sig, True
@@ -274,10 +435,12 @@ class Daemon:
                 log.warning("cannot refresh from the store: %s", e)
                 self.stale.set()
         self._handle_requests()
-        if self.is_controller and self.leader:
-            self._reconcile_pods()
-        if self.is_agent:
-            self._run_local_pods()
+        try:
+            if self.is_controller and self.leader:
+                self._reconcile_pods()
+        finally:  # probes and restarts go on when the store cannot be written (etcd away, disk full)
+            if self.is_agent:
+                self._run_local_pods()
         if self.dirty:
             self.dirty = False
             if self.is_controller and self.leader:
@@ -373,11 +536,12 @@ class Daemon:
                     rev = self.store.revision() + 1
                     self.stale.set()
                 with self.store.watch("/", rev, idle_timeout=10) as w:
+                    self.components.ok("watch")
                     for ev in w:
                         # a Lease renewed by its holder changes nothing the cache holds
                         renewal = ev.kind == "put" and (ev.key == LEADER_LEASE or ev.key.startswith(NODE_LEASES)
                                                         and ev.key[len(NODE_LEASES):] in self.leases)
-                        if not renewal and not ev.key.startswith(("/registry/events/", PROXY_STATUS)):
+                        if not renewal and not ev.key.startswith(("/registry/events/", PROXY_STATUS, HEALTH)):
                             self.stale.set()
                             self.poke.set()
                     rev = w.resume_revision
@@ -390,6 +554,7 @@ class Daemon:
                 self.stopping.wait(1)
             except Exception as e:  # noqa: BLE001 - etcd away: try again
                 log.warning("watch failed: %s", e)
+                self.components.failed("watch", supervise.describe(e))
                 rev = None
                 self.stopping.wait(1)
 
@@ -430,6 +595,7 @@ class Daemon:
                         txn.put(key, value, lease=lease)
                     return mine
                 held = retry(self.store, claim)
+                self.components.ok("heartbeat")
                 if held and renew:
                     renewed = time.monotonic()
                 if held != self.leader:
@@ -444,6 +610,7 @@ class Daemon:
                 continue
             except Exception as e:  # noqa: BLE001 - etcd away: keep trying, the lease may survive
                 log.warning("heartbeat failed: %s", e)
+                self.components.failed("heartbeat", supervise.describe(e))
             self.stopping.wait(HEARTBEAT_SECONDS)
 
     def _save(self, obj: dict) -> None:
@@ -588,18 +755,40 @@ class Daemon:
                 continue
             stamp = (st.st_mtime_ns, st.st_size)
             hit = self.file_cache.get(str(path))
-            cache[str(path)] = hit if hit and hit[0] == stamp else (stamp, manifest.read_file(path))
+            if not (hit and hit[0] == stamp):
+                try:
+                    hit = (stamp, manifest.read_file(path))
+                except Exception as e:  # noqa: BLE001 - one file that cannot be read stops no other
+                    log.warning("cannot read %s", path, exc_info=True)
+                    hit = (stamp, [manifest.Document(str(path), 0, error=f"error reading {path}: "
+                                                                         f"{supervise.describe(e)}")])
+            cache[str(path)] = hit
             docs += cache[str(path)][1]
         self.file_cache = cache
         return docs
 
     def _load_manifests(self) -> None:
+        """Admit what the folder declares, each object on its own (one that fails to admit is
+        reported and keeps its admitted version; the others go on).
+
+        Rules that keep a folder being edited from losing objects:
+        - additions and updates apply at once; removals (an object gone from the folder) wait
+          until no file of it changed for REMOVAL_QUIET_SECONDS (an editor saving a file in two
+          steps shows a half file for a moment), or until `kproxy apply/delete` says the folder
+          is complete; an object that comes back meanwhile keeps its ClusterIP and NodePorts;
+        - a file that does not parse keeps what it held before;
+        - one identity (kind, namespace, name) declared in two files is a problem for both
+          files; the version admitted before stays (the first file's when the object is new):
+          which one is served never depends on the order the files are read in."""
+        settled, self.folder_settled = self.folder_settled, False
         docs = self._read_folder()
         desired: dict[str, dict] = {}
         keep: set[str] = set()
         problems: list[dict] = []
         files: dict[str, set[str]] = {}
         broken_files = set()
+        candidates: dict[str, list[tuple[str, dict]]] = {}  # key -> (file, valid object), in file order
+        declared: dict[str, list[str]] = {}  # key -> the files that declare it
         # Namespaces of this load count at once, so a file may hold a Namespace and its objects.
         namespaces = {d.obj["metadata"].get("name") for d in docs
                       if d.obj and d.obj.get("kind") == "Namespace" and isinstance(d.obj.get("metadata"), dict)}
@@ -627,22 +816,45 @@ class Daemon:
                 try:
                     obj = defaults.apply_defaults(obj)
                     kind, ns, name = obj_id(obj)
+                    msg = self._check(obj, namespaces)
                 except Exception as e:  # noqa: BLE001 - a malformed object must not stop the others
+                    log.warning("cannot default or validate a document of %s", doc.source, exc_info=True)
                     problems.append({"source": doc.source, "message": f"{doc.source}: {e}"})
                     broken_files.add(doc.source)
                     continue
-                msg = self._check(obj, namespaces)
             memo[id(doc)] = (doc, namespaces, obj, msg)
             key = key_of(kind, ns, name)
             files.setdefault(doc.source, set()).add(key)
+            if doc.source not in declared.setdefault(key, []):
+                declared[key].append(doc.source)
             if msg:
                 problems.append({"source": doc.source, "message": msg, "kind": kind, "namespace": ns, "name": name})
                 self.event(kind, ns, name, "FailedCreate", msg)
                 if "not found" not in msg:
                     keep.add(key)
                 continue
-            desired[key] = obj
+            candidates.setdefault(key, []).append((doc.source, obj))
         self.doc_memo = memo
+        for key, objs in candidates.items():
+            if len(declared[key]) == 1:
+                desired[key] = objs[-1][1]  # twice in one file: the last, as applying it would
+                continue
+            # one identity in two files: serve what was admitted before, else the first file's
+            before = self.sources.get(key)
+            chosen = next(((f, o) for f, o in objs if o == before), None) if before is not None else objs[0]
+            if chosen is None:
+                keep.add(key)  # both changed: the admitted version stays until one file is fixed
+                served = "the version admitted before"
+            else:
+                desired[key] = chosen[1]
+                served = f"the one in {chosen[0]}"
+            kind, ns, name = obj_id(objs[0][1])
+            where = f" in namespace {ns}" if ns else ""
+            msg = (f'{kind} "{name}"{where} is declared in both {" and ".join(declared[key])}: '
+                   f"kproxy serves {served}; keep one object per identity")
+            for source in declared[key]:
+                problems.append({"source": source, "message": msg, "kind": kind, "namespace": ns, "name": name})
+            self.event(kind, ns, name, "DuplicateManifest", msg)
         for source in broken_files:  # a file that does not parse keeps what it held before
             keep |= self.file_keys.get(source, set())
             files.setdefault(source, set()).update(self.file_keys.get(source, set()))
@@ -651,17 +863,30 @@ class Daemon:
         order = {k: i for i, k in enumerate(USER_KINDS)}
         for key, obj in sorted(desired.items(), key=lambda kv: order[kv[1]["kind"]]):
             if self.sources.get(key) != obj or key not in self.objects[obj["kind"]]:
-                msg = self._admit(key, copy.deepcopy(obj))  # admission changes it; the memo keeps it
-                if msg:
-                    _, ns, name = obj_id(obj)
-                    problems.append({"message": msg, "kind": obj["kind"], "namespace": ns, "name": name})
-                    keep.add(key)  # an update the allocator refused keeps the admitted version
-        previous = set(self.sources)
-        for key in previous - set(desired) - keep:
-            self._delete_user_object(key)
+                kind, ns, name = obj_id(obj)
+                msg = None
+                with self._confined("FailedCreate", kind, ns, name, problems):
+                    msg = self._admit(key, copy.deepcopy(obj))  # admission changes it; the memo keeps it
+                    if msg:
+                        problems.append({"message": msg, "kind": kind, "namespace": ns, "name": name,
+                                         **({"source": self._source_of(kind, ns, name)}
+                                            if self._source_of(kind, ns, name) else {})})
+                if msg or self.sources.get(key) != obj:
+                    keep.add(key)  # an update refused (or failed) keeps the admitted version
+        gone = set(self.sources) - set(desired) - keep
+        self.removals_waiting = bool(gone) and not (settled or self._folder_quiet())
+        if self.removals_waiting:
+            log.info("%d object(s) gone from the manifests folder: removed once it is unchanged for %.0f s",
+                     len(gone), REMOVAL_QUIET_SECONDS)
+        else:
+            for key in sorted(gone):
+                kind, ns, name = obj_id(self.sources[key])
+                with self._confined("FailedDelete", kind, ns, name, problems):
+                    self._delete_user_object(key)
         self.store.put(self.manifest_keys, {"files": {f: sorted(k) for f, k in self.file_keys.items()},
                                        "sources": self.sources})
-        self.store.put(MANIFEST_ERRORS, problems)
+        self.load_problems = problems
+        self.store.put(MANIFEST_ERRORS, problems + [self.obj_problems[k] for k in sorted(self.obj_problems)])
 
     def _check(self, obj: dict, namespaces: set[str]) -> str | None:
         """Validation as the API server does it on create, as one message (None when valid)."""
@@ -754,15 +979,16 @@ class Daemon:
         taken = {p["metadata"]["name"] for p in pods.values()}
         for dkey, deploy in list(self.objects["Deployment"].items()):
             ns, dname = deploy["metadata"]["namespace"], deploy["metadata"]["name"]
-            owned = [p for p in pods.values() if p["metadata"]["namespace"] == ns
-                     and replicas.owner_deployment(p) == dname and not p["metadata"].get("deletionTimestamp")]
-            create, delete = replicas.reconcile_deployment(deploy, owned, self.rng, now_iso(), taken)
-            self._scaling_events(deploy, owned, create, delete)
-            for pod in create:
-                self._new_meta(pod, None)
-                self._schedule(pod)
-            for pod in delete:
-                self._terminate_pod(key_of("Pod", ns, pod["metadata"]["name"]))
+            with self._confined("FailedReconcile", "Deployment", ns, dname):  # one Deployment only
+                owned = [p for p in pods.values() if p["metadata"]["namespace"] == ns
+                         and replicas.owner_deployment(p) == dname and not p["metadata"].get("deletionTimestamp")]
+                create, delete = replicas.reconcile_deployment(deploy, owned, self.rng, now_iso(), taken)
+                self._scaling_events(deploy, owned, create, delete)
+                for pod in create:
+                    self._new_meta(pod, None)
+                    self._schedule(pod)
+                for pod in delete:
+                    self._terminate_pod(key_of("Pod", ns, pod["metadata"]["name"]))
         live_deploys = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in self.objects["Deployment"].values()}
         for key, pod in list(pods.items()):
             owner = replicas.owner_deployment(pod)
@@ -840,26 +1066,15 @@ class Daemon:
             if cur is None or cur["metadata"].get("uid") != rt.pod["metadata"].get("uid") \
                     or cur["spec"].get("nodeName") != me:
                 self.kubelet.stop_pod(key, grace=2)  # deleted, or replaced by a new pod of that name
-        for key, pod in list(pods.items()):
-            if pod["spec"].get("nodeName") != me:
-                continue
-            rt = self.kubelet.pods.get(key)
-            if pod["metadata"].get("deletionTimestamp"):
-                if rt is not None:
-                    self.kubelet.stop_pod(key)
-                else:  # never started here (or the agent restarted): nothing to wait for
-                    self.network.remove_pod(pod["metadata"]["namespace"], pod["metadata"]["name"])
-                    self._forget_pod(key, pod)
-            elif rt is None and self.start_failures.get(key, 0) <= time.monotonic():
-                self._start_pod(key, pod)
-            elif rt is not None and rt.pod["metadata"].get("uid") == pod["metadata"].get("uid") \
-                    and rt.terminating_since is None:
-                want = self.kubelet.status(rt)  # what the store says may have been lost or
-                if pod.get("status") != want:   # overwritten (etcd away, node marked NotReady)
-                    self._write_pod_status(key, want)
-                    self.dirty = True
-                    self.triggers.append(time.time())
-        self.kubelet.tick()  # probes and restarts; the statuses are compared above, every pass
+        try:
+            for key, pod in list(pods.items()):
+                if pod["spec"].get("nodeName") != me:
+                    continue
+                with self._confined("FailedSync", "Pod", pod["metadata"]["namespace"], pod["metadata"]["name"]):
+                    self._sync_local_pod(key, pod)
+        finally:  # probes and restarts of every pod, whatever happened above; one pod's failure is its own
+            self.kubelet.tick(guard=lambda p: self._confined("FailedSync", "Pod", p["metadata"]["namespace"],
+                                                             p["metadata"]["name"]))
         ran = {k: rt.pod for k, rt in self.kubelet.pods.items()}
         for key in self.kubelet.finished_pods():
             old, cur = ran[key], pods.get(key)
@@ -869,6 +1084,25 @@ class Daemon:
             elif old.get("status", {}).get("podIP") != (cur or {}).get("status", {}).get("podIP"):
                 retry(self.store, lambda txn, ip=old.get("status", {}).get("podIP"): allocation.release_pod_ip(txn, ip))
             self.dirty = True
+
+    def _sync_local_pod(self, key: str, pod: dict) -> None:
+        """Agent: one pod of this node: stop it, start it, or report its status."""
+        rt = self.kubelet.pods.get(key)
+        if pod["metadata"].get("deletionTimestamp"):
+            if rt is not None:
+                self.kubelet.stop_pod(key)
+            else:  # never started here (or the agent restarted): nothing to wait for
+                self.network.remove_pod(pod["metadata"]["namespace"], pod["metadata"]["name"])
+                self._forget_pod(key, pod)
+        elif rt is None and self.start_failures.get(key, 0) <= time.monotonic():
+            self._start_pod(key, pod)
+        elif rt is not None and rt.pod["metadata"].get("uid") == pod["metadata"].get("uid") \
+                and rt.terminating_since is None:
+            want = self.kubelet.status(rt)  # what the store says may have been lost or
+            if pod.get("status") != want:   # overwritten (etcd away, node marked NotReady)
+                self._write_pod_status(key, want)
+                self.dirty = True
+                self.triggers.append(time.time())
 
     def _write_pod_status(self, key: str, status: dict | None, not_ready: bool = False) -> None:
         """Write a pod's status (or only turn it NotReady) over whatever else changed it since:
@@ -881,6 +1115,8 @@ class Daemon:
                 for c in cur.get("status", {}).get("conditions", []):
                     if c["type"] in ("Ready", "ContainersReady"):
                         c["status"] = "False"
+                for cs in cur.get("status", {}).get("containerStatuses", []):  # READY 0/1, as kubectl counts
+                    cs["ready"] = False
             else:
                 cur["status"] = status
             txn.put(key, cur)
@@ -939,17 +1175,19 @@ class Daemon:
                            f"Scaled {word} replica set {rs} from {last} to {after}", "Normal")
 
     def _deployment_status(self) -> None:
-        for deploy in self.objects["Deployment"].values():
+        for deploy in list(self.objects["Deployment"].values()):
             ns, name = deploy["metadata"]["namespace"], deploy["metadata"]["name"]
-            h = replicas.pod_template_hash(deploy["spec"]["template"])
-            owned = [p for p in self.objects["Pod"].values() if p["metadata"]["namespace"] == ns
-                     and replicas.owner_deployment(p) == name and not p["metadata"].get("deletionTimestamp")]
-            ready = sum(1 for p in owned if replicas.is_ready(p))
-            status = {"observedGeneration": 1, "replicas": len(owned), "readyReplicas": ready,
-                      "availableReplicas": ready,
-                      "updatedReplicas": sum(1 for p in owned if p["metadata"]["labels"].get("pod-template-hash") == h)}
-            if deploy.get("status") != status:
-                self._write_status(deploy, status)
+            with self._confined("FailedUpdateStatus", "Deployment", ns, name):
+                h = replicas.pod_template_hash(deploy["spec"]["template"])
+                owned = [p for p in self.objects["Pod"].values() if p["metadata"]["namespace"] == ns
+                         and replicas.owner_deployment(p) == name and not p["metadata"].get("deletionTimestamp")]
+                ready = sum(1 for p in owned if replicas.is_ready(p))
+                status = {"observedGeneration": 1, "replicas": len(owned), "readyReplicas": ready,
+                          "availableReplicas": ready,
+                          "updatedReplicas": sum(1 for p in owned
+                                                 if p["metadata"]["labels"].get("pod-template-hash") == h)}
+                if deploy.get("status") != status:
+                    self._write_status(deploy, status)
 
     def _start_pod(self, key: str, pod: dict) -> None:
         ip = pod.get("status", {}).get("podIP")
@@ -990,6 +1228,8 @@ class Daemon:
             for cond in cur.get("status", {}).get("conditions", []):
                 if cond["type"] in ("Ready", "ContainersReady"):
                     cond["status"] = "False"
+            for cs in cur.get("status", {}).get("containerStatuses", []):  # READY 0/1, as kubectl counts
+                cs["ready"] = False
             txn.put(key, cur)
             return cur
         pod = retry(self.store, mark)
@@ -1017,18 +1257,19 @@ class Daemon:
         want_slices: dict[str, dict] = {}
         want_eps: dict[str, dict] = {}
         user_eps = {k for k in self.sources if k.startswith("/registry/endpoints/")}
-        for svc in self.objects["Service"].values():
-            spec, meta = svc["spec"], svc["metadata"]
-            if not spec.get("selector") or spec.get("type") == "ExternalName":
-                ep_key = key_of("Endpoints", meta["namespace"], meta["name"])
-                if ep_key in user_eps and ep_key in self.objects["Endpoints"]:
-                    for sl in endpoints.mirror_endpoints(self.objects["Endpoints"][ep_key]):
-                        want_slices[key_of("EndpointSlice", meta["namespace"], sl["metadata"]["name"])] = sl
-                continue
-            slices = endpoints.slices_for_service(svc, pods_by_ns.get(meta["namespace"], []), self.cfg.node_name)
-            for sl in slices:
-                want_slices[key_of("EndpointSlice", meta["namespace"], sl["metadata"]["name"])] = sl
-            want_eps[key_of("Endpoints", meta["namespace"], meta["name"])] = endpoints.endpoints_from_slices(svc, slices)
+        for svc in list(self.objects["Service"].values()):
+            ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+            got = None
+            with self._confined("FailedToUpdateEndpointSlices", "Service", ns, name):
+                got = self._endpoints_of(svc, pods_by_ns, user_eps)
+            if got is None:  # this Service failed: it keeps the endpoints it had
+                ep_key = key_of("Endpoints", ns, name)
+                got = ({k: sl for k, sl in self.objects["EndpointSlice"].items()
+                        if sl["metadata"].get("namespace") == ns
+                        and sl["metadata"].get("labels", {}).get(endpoints.SERVICE_NAME) == name},
+                       {ep_key: self.objects["Endpoints"][ep_key]} if ep_key in self.objects["Endpoints"] else {})
+            want_slices.update(got[0])
+            want_eps.update(got[1])
         managed = {k for k, sl in self.objects["EndpointSlice"].items()
                    if sl["metadata"].get("labels", {}).get(endpoints.MANAGED_BY)}
         for key in managed - set(want_slices):
@@ -1046,6 +1287,22 @@ class Daemon:
                 self._save(obj)
                 if kind == "EndpointSlice":
                     self.metrics.endpoint_changes.inc()
+
+    def _endpoints_of(self, svc: dict, pods_by_ns: dict, user_eps: set[str]) -> tuple[dict, dict]:
+        """One Service's wanted EndpointSlices and Endpoints, by key."""
+        spec, meta = svc["spec"], svc["metadata"]
+        want_slices, want_eps = {}, {}
+        if not spec.get("selector") or spec.get("type") == "ExternalName":
+            ep_key = key_of("Endpoints", meta["namespace"], meta["name"])
+            if ep_key in user_eps and ep_key in self.objects["Endpoints"]:
+                for sl in endpoints.mirror_endpoints(self.objects["Endpoints"][ep_key]):
+                    want_slices[key_of("EndpointSlice", meta["namespace"], sl["metadata"]["name"])] = sl
+            return want_slices, want_eps
+        slices = endpoints.slices_for_service(svc, pods_by_ns.get(meta["namespace"], []), self.cfg.node_name)
+        for sl in slices:
+            want_slices[key_of("EndpointSlice", meta["namespace"], sl["metadata"]["name"])] = sl
+        want_eps[key_of("Endpoints", meta["namespace"], meta["name"])] = endpoints.endpoints_from_slices(svc, slices)
+        return want_slices, want_eps
 
     def _pools(self) -> list[loadbalancer.Pool]:
         pools = []
@@ -1065,30 +1322,35 @@ class Daemon:
         held: dict[str, list[str]] = {}  # owner -> LB IPs it holds, read once for the pass
         for k, owner in self.store.list(loadbalancer.LB_IPS):
             held.setdefault(owner, []).append(k.rsplit("/", 1)[1])
-        for key, svc in self.objects["Service"].items():
-            owner = f"{svc['metadata']['namespace']}/{svc['metadata']['name']}"
-            ingress_now = svc.get("status", {}).get("loadBalancer", {}).get("ingress", [])
-            if not loadbalancer.wants_ip(svc):  # not (or no longer) a LoadBalancer of ours
-                if owner in held:
-                    retry(self.store, lambda txn: loadbalancer.release(txn, owner))
-                if ingress_now and svc["spec"].get("type") != "LoadBalancer":
-                    self._write_status(svc, {**svc["status"], "loadBalancer": {}})
-                continue
-            if not pools:  # no pools: a status written in the manifest stands, like a cloud's
-                continue
-            current = sorted(held.get(owner, []))
-            try:
-                ips = retry(self.store, lambda txn: loadbalancer.allocate(txn, svc, pools, current))
-            except loadbalancer.PoolError as e:
-                ips = []
-                self.event("Service", svc["metadata"]["namespace"], svc["metadata"]["name"], "AllocationFailed",
-                           str(e))
-            ingress = [{"ip": ip, "ipMode": "VIP"} for ip in ips]
-            if svc.get("status", {}).get("loadBalancer", {}).get("ingress") != ingress:
-                self._write_status(svc, {**svc.get("status", {}), "loadBalancer": {"ingress": ingress} if ingress else {}})
-                if ips:
-                    self.event("Service", svc["metadata"]["namespace"], svc["metadata"]["name"], "IPAllocated",
-                               f"Assigned IP {json.dumps(ips)}", "Normal")
+        for key, svc in list(self.objects["Service"].items()):
+            with self._confined("AllocationFailed", "Service", svc["metadata"]["namespace"], svc["metadata"]["name"]):
+                self._sync_load_balancer(svc, pools, held)
+
+    def _sync_load_balancer(self, svc: dict, pools: list, held: dict[str, list[str]]) -> None:
+        """One LoadBalancer Service: its IP from the pools, or none (and an event why)."""
+        owner = f"{svc['metadata']['namespace']}/{svc['metadata']['name']}"
+        ingress_now = svc.get("status", {}).get("loadBalancer", {}).get("ingress", [])
+        if not loadbalancer.wants_ip(svc):  # not (or no longer) a LoadBalancer of ours
+            if owner in held:
+                retry(self.store, lambda txn: loadbalancer.release(txn, owner))
+            if ingress_now and svc["spec"].get("type") != "LoadBalancer":
+                self._write_status(svc, {**svc["status"], "loadBalancer": {}})
+            return
+        if not pools:  # no pools: a status written in the manifest stands, like a cloud's
+            return
+        current = sorted(held.get(owner, []))
+        try:
+            ips = retry(self.store, lambda txn: loadbalancer.allocate(txn, svc, pools, current))
+        except loadbalancer.PoolError as e:
+            ips = []
+            self.event("Service", svc["metadata"]["namespace"], svc["metadata"]["name"], "AllocationFailed",
+                       str(e))
+        ingress = [{"ip": ip, "ipMode": "VIP"} for ip in ips]
+        if svc.get("status", {}).get("loadBalancer", {}).get("ingress") != ingress:
+            self._write_status(svc, {**svc.get("status", {}), "loadBalancer": {"ingress": ingress} if ingress else {}})
+            if ips:
+                self.event("Service", svc["metadata"]["namespace"], svc["metadata"]["name"], "IPAllocated",
+                           f"Assigned IP {json.dumps(ips)}", "Normal")
 
     def _announce_load_balancers(self) -> None:
         """Agent: answer ARP for the LoadBalancer IPs this node is elected to announce (MetalLB's
@@ -1097,23 +1359,25 @@ class Daemon:
         l2ads = list(self.objects["L2Advertisement"].values())
         ready = self._ready_nodes()
         announce: set[str] = set()
-        for svc in self.objects["Service"].values():
+        for svc in list(self.objects["Service"].values()):
             if not loadbalancer.wants_ip(svc):
                 continue
-            nodes = ready
-            if svc["spec"].get("externalTrafficPolicy") == "Local":  # MetalLB: only where endpoints live
-                nodes = sorted(set(ready) & self._endpoint_nodes(svc))
-            for ing in svc.get("status", {}).get("loadBalancer", {}).get("ingress", []):
-                ip = ing.get("ip")
-                if not ip or loadbalancer.announcing_node(ip, nodes) != self.cfg.node_name:
-                    continue
-                pool = next((p for p in pools if p.contains(ip)), None)
-                if not pools or pool and (pool.name == "default" and self.cfg.lb_pools
-                                          or loadbalancer.advertised(pool.name, l2ads)):
-                    announce.add(ip)
+            with self._confined("AnnounceFailed", "Service", svc["metadata"]["namespace"], svc["metadata"]["name"]):
+                nodes = ready
+                if svc["spec"].get("externalTrafficPolicy") == "Local":  # MetalLB: only where endpoints live
+                    nodes = sorted(set(ready) & self._endpoint_nodes(svc))
+                for ing in svc.get("status", {}).get("loadBalancer", {}).get("ingress", []):
+                    ip = ing.get("ip")
+                    if not ip or loadbalancer.announcing_node(ip, nodes) != self.cfg.node_name:
+                        continue
+                    pool = next((p for p in pools if p.contains(ip)), None)
+                    if not pools or pool and (pool.name == "default" and self.cfg.lb_pools
+                                              or loadbalancer.advertised(pool.name, l2ads)):
+                        announce.add(ip)
         if announce or self.announcer is not None:
-            if self.announcer is None:
+            if self.announcer is None:  # its own supervised thread: a failure is seen and retried
                 self.announcer = Announcer(self.naming.lab_link if self.cfg.sandbox else self._host_iface())
+                self._supervise("announcer", lambda: self.announcer.run(ready=lambda: self.components.ok("announcer")))
             self.announcer.set_ips(announce)
 
     def _endpoint_nodes(self, svc: dict) -> set[str]:
@@ -1161,7 +1425,11 @@ class Daemon:
         """Render and apply (a partial sync unless `force`); feeds metrics and /healthz."""
         self.health.queued()
         self.metrics.last_queued.set(time.time())
-        services = list(self.objects["Service"].values())
+        for key, bad in list(self.proxy_quarantine.items()):  # changed since: try its rules again
+            if self.objects["Service"].get(key) != bad:
+                del self.proxy_quarantine[key]
+                self.obj_problems.pop(("FailedProxyRules", "Service", *obj_id(bad)[1:]), None)
+        services = [svc for key, svc in self.objects["Service"].items() if key not in self.proxy_quarantine]
         slices = list(self.objects["EndpointSlice"].values())
         changed = self.proxy_changes.take()  # informer-style: only these Services are compared
         try:
@@ -1174,6 +1442,9 @@ class Daemon:
             return
         except BaseException:
             self.proxy_changes.forget_all()
+            if self._quarantine_services(services, slices):
+                self.dirty = True  # the next pass programs the others without them
+                return
             raise
         if res.full:
             self.last_full_sync = time.monotonic()
@@ -1207,6 +1478,24 @@ class Daemon:
                 self.store.put(status_key, status)
         except Exception as e:  # noqa: BLE001 - the rules are live; only the report is lost
             log.warning("cannot record the sync: %s", e)
+
+    def _quarantine_services(self, services: list[dict], slices: list[dict]) -> bool:
+        """The rules failed to render: find the Services whose own rules fail (each rendered
+        alone), report them (FailedProxyRules) and leave them out until they change, so every
+        other Service keeps being programmed. False when none is to blame (then the pass fails)."""
+        found = False
+        for svc in services:
+            ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+            own = [sl for sl in slices if sl["metadata"].get("namespace") == ns
+                   and sl["metadata"].get("labels", {}).get(endpoints.SERVICE_NAME) == name]
+            rendered = False
+            with self._confined("FailedProxyRules", "Service", ns, name):
+                render.render([svc], own, self.proxier.cfg)
+                rendered = True
+            if not rendered:
+                self.proxy_quarantine[key_of("Service", ns, name)] = svc
+                found = True
+        return found
 
     def _metrics_answer(self, req) -> tuple[int, str, str]:
         if req.path.split("?")[0] != "/metrics":
@@ -1243,6 +1532,7 @@ class Daemon:
         srv.bind(str(path))
         os.chmod(path, 0o600)
         srv.listen(16)
+        self.components.ok("control-socket")
         while not self.stopping.is_set():
             conn, _ = srv.accept()
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
@@ -1258,6 +1548,8 @@ class Daemon:
             if op in ("sync", "delete-pod"):
                 if op == "delete-pod":
                     self.requests.append(req)
+                else:  # `kproxy apply/delete` wrote the folder whole: removals need not wait
+                    self.folder_settled = True
                 with self.cond:
                     target = self.generation + 2  # a whole pass that began after this request
                     self.poke.set()
@@ -1266,8 +1558,12 @@ class Daemon:
                 errs = self.store.get(MANIFEST_ERRORS) or []
             except Exception as e:  # noqa: BLE001 - the store is away: say so
                 errs = [{"message": f"the store is unreachable: {e}"}]
-            reply = {"ready": self.ready, "generation": self.generation, "pid": os.getpid(), "errors": errs}
-            conn.sendall(json.dumps(reply).encode() + b"\n")
+            reply = {"ready": self.ready, "generation": self.generation, "pid": os.getpid(), "errors": errs,
+                     "health": {self.health_key: self.health_report()}}  # also when the store cannot be written
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError as e:  # the client went away (a ^C on `kproxy apply`)
+                log.info("control socket: cannot answer: %s", e)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,6 +48,18 @@ def pod_ready(pod: dict) -> bool:
                for c in pod.get("status", {}).get("conditions", []))
 
 
+def ready_containers(pod: dict) -> int:
+    """READY's numerator, as kubectl counts it: containerStatuses[].ready. A pod turned NotReady
+    over its kubelet's report (terminating, its node NotReady: the Ready condition False while
+    every container still says ready) has none ready: `get pods` never says 1/1 with Ready False."""
+    cs = pod.get("status", {}).get("containerStatuses", [])
+    ready = sum(1 for c in cs if c.get("ready"))
+    conds = {c.get("type"): c.get("status") for c in pod.get("status", {}).get("conditions", [])}
+    if cs and ready == len(cs) and conds.get("Ready") == "False":
+        return 0
+    return ready
+
+
 def pod_status(pod: dict) -> str:
     if pod["metadata"].get("deletionTimestamp"):
         return "Terminating"
@@ -193,7 +205,7 @@ def _row(kind: str, o: dict, wide: bool) -> list[str]:
     if kind == "Pod":
         cs = st.get("containerStatuses", [])
         total = len(spec.get("containers", []))
-        ready = sum(1 for c in cs if c.get("ready"))
+        ready = ready_containers(o)
         row = [m["name"], f"{ready}/{total}", pod_status(o), str(sum(c.get("restartCount", 0) for c in cs)), a]
         return row + ([st.get("podIP", "<none>"), spec.get("nodeName", "<none>"), "<none>", "<none>"] if wide else [])
     if kind == "Service":

@@ -7,6 +7,7 @@ kubelet's 10 s to 5 min so a lab recovers while you watch).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -220,18 +221,21 @@ class Kubelet:
             self.launcher.stop()
 
     # -- the periodic pass ----------------------------------------------------------------
-    def tick(self) -> dict[str, dict]:
-        """Restart exited containers, run due probes; returns the statuses that changed."""
+    def tick(self, guard=None) -> dict[str, dict]:
+        """Restart exited containers, run due probes; returns the statuses that changed.
+        `guard(pod)`: a context manager around each pod's turn (the daemon's confinement: one
+        pod failing to restart must not stop the probes and restarts of the others)."""
         changed = {}
         now = time.monotonic()
-        for key, rt in self.pods.items():
+        for key, rt in list(self.pods.items()):
             if rt.terminating_since is not None:
                 continue
-            dirty = self._check_containers(rt, now)
-            dirty |= self._check_readiness(rt, now)
-            dirty |= self._check_liveness(rt, now)
-            if dirty:
-                changed[key] = self.status(rt)
+            with guard(rt.pod) if guard else contextlib.nullcontext():
+                dirty = self._check_containers(rt, now)
+                dirty |= self._check_readiness(rt, now)
+                dirty |= self._check_liveness(rt, now)
+                if dirty:
+                    changed[key] = self.status(rt)
         return changed
 
     def _check_containers(self, rt: PodRuntime, now: float) -> bool:

@@ -4,13 +4,22 @@ The node answers ARP requests for the IPs it announces with the MAC of its node-
 and sends a gratuitous ARP when it starts announcing one, so clients on that network send
 traffic for the IP to this node without any configuration. The kernel never owns these IPs:
 kube-proxy's rules catch the packets in PREROUTING.
+
+All scapy work happens in `run`, which the daemon runs as a supervised thread: when it fails
+(no libpcap to compile the ARP filter, the link gone) the failure is logged, reported
+(`AnnouncerFailed`, `kproxy status`) and `run` starts again, instead of a sniffer thread dying
+without a word while LoadBalancer IPs never answer ARP.
 """
 from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 
 log = logging.getLogger(__name__)
+
+ARP_REQUESTS = "arp and arp[6:2] = 1"
+SNIFF_SLICE = 0.5  # seconds per sniff: how soon a new IP's gratuitous ARP goes out, and a stop is seen
 
 
 class Announcer:
@@ -18,25 +27,38 @@ class Announcer:
         self.iface = iface
         self.ips: set[str] = set()
         self._lock = threading.Lock()
-        self._sniffer = None
+        self._pending: set[str] = set()  # IPs that want a gratuitous ARP
+        self._stop = threading.Event()
         self.mac: str | None = None
 
-    def _start(self) -> None:
-        from scapy.all import AsyncSniffer, get_if_hwaddr  # scapy loads in ~1 s: only when needed
-        self.mac = get_if_hwaddr(self.iface)
-        self._sniffer = AsyncSniffer(iface=self.iface, filter="arp and arp[6:2] = 1", store=False,
-                                     prn=self._on_request)
-        self._sniffer.start()
-
     def set_ips(self, ips: set[str]) -> None:
-        """Announce exactly `ips` from now on (gratuitous ARP for the new ones)."""
+        """Announce exactly `ips` from now on (gratuitous ARP for the new ones, sent by `run`)."""
         with self._lock:
-            new = set(ips) - self.ips
+            self._pending |= set(ips) - self.ips
+            self._pending &= set(ips)
             self.ips = set(ips)
-        if self.ips and self._sniffer is None:
-            self._start()
-        for ip in sorted(new):
-            self._gratuitous(ip)
+
+    def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Answer ARP for the announced IPs until `stop`; raises what keeps it from doing so.
+        `ready()` is called once the ARP filter is compiled and the socket is open."""
+        from scapy.all import conf, get_if_hwaddr, sniff  # scapy loads in ~1 s: only when needed
+        self.mac = get_if_hwaddr(self.iface)
+        with self._lock:
+            self._pending |= self.ips  # (again) after a restart: clients may have lost us
+        sock = conf.L2listen(iface=self.iface, filter=ARP_REQUESTS)  # libpcap compiles the filter
+        try:
+            if ready is not None:
+                ready()
+            while not self._stop.is_set():
+                with self._lock:
+                    new, self._pending = sorted(self._pending), set()
+                for ip in new:
+                    self._gratuitous(ip)
+                sniff(opened_socket=sock, timeout=SNIFF_SLICE, store=False, prn=self._on_request)
+                if getattr(sock, "closed", False):  # sniff closes a socket that failed
+                    raise OSError(f"the ARP socket on {self.iface} failed (see the log)")
+        finally:
+            sock.close()
 
     def _on_request(self, pkt) -> None:
         from scapy.all import ARP, Ether, sendp
@@ -57,9 +79,4 @@ class Announcer:
         sendp(pkt, iface=self.iface, verbose=False)
 
     def stop(self) -> None:
-        if self._sniffer is not None:
-            try:
-                self._sniffer.stop()
-            except Exception:  # noqa: BLE001 - stopping a sniffer whose socket is gone
-                pass
-            self._sniffer = None
+        self._stop.set()

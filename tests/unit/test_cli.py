@@ -297,6 +297,37 @@ def test_status_of_a_running_lab(lab):
     assert "last rules sync: 2024-05-01T12:00:00Z (full, 3 Services written, 10.0 ms)" in res.output
 
 
+def test_status_shows_component_health_and_exits_1_on_a_failed_one(lab):
+    """#1: a failing background thread is impossible to miss: `status` names it and exits 1."""
+    lab.store.put("/kproxy/health", {"role": "all", "node": "node-1", "pid": os.getpid(), "components": {
+        "control-socket": {"state": "ok", "since": CREATED, "restarts": 0},
+        "announcer": {"state": "failed", "since": CREATED, "restarts": 3,
+                      "message": "Scapy_Exception: Failed to compile filter expression"},
+        "disk": {"state": "failed", "since": CREATED, "restarts": 0,
+                 "message": "disk full: /var/lib/kproxy/store.db: No space left on device"}}})
+    res = lab.run("status")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "components ok: control-socket" in res.output
+    assert (f"component announcer: failed since {CREATED}, restarted 3 times: "
+            "Scapy_Exception: Failed to compile filter expression") in res.output
+    assert f"disk full: /var/lib/kproxy/store.db: No space left on device (since {CREATED})" in res.output
+
+
+def test_status_lists_problems_with_their_file_and_exits_0(lab):
+    lab.store.put("/kproxy/health", {"role": "all", "node": "node-1", "components": {
+        "reconcile": {"state": "ok", "since": CREATED, "restarts": 0}}})
+    lab.store.put("/kproxy/manifest-errors", [
+        {"source": "/m/web.yaml", "kind": "Service", "namespace": "default", "name": "web",
+         "message": 'The Service "web" is invalid: spec.clusterIP: Invalid value: "10.96.0.010": must be a valid IP'},
+        {"source": "/m/bad.yaml", "kind": "Deployment", "namespace": "default", "name": "bad",
+         "message": "Internal error occurred: Deployment default/bad: KeyError: 'template'"}])
+    res = lab.run("status")
+    assert res.exit_code == 0
+    assert ('error: /m/web.yaml: The Service "web" is invalid: spec.clusterIP: Invalid value: "10.96.0.010": '
+            "must be a valid IP") in out_lines(res)
+    assert "error: /m/bad.yaml: Internal error occurred: Deployment default/bad: KeyError: 'template'" in out_lines(res)
+
+
 # -- apply --------------------------------------------------------------------------------
 INGRESS = """apiVersion: networking.k8s.io/v1
 kind: Ingress

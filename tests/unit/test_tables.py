@@ -209,3 +209,15 @@ def test_leases_show_their_holder():
              "spec": {"holderIdentity": "node-2", "leaseDurationSeconds": 6}}
     lines = tables.render("Lease", [lease]).splitlines()
     assert lines[0].split() == ["NAME", "HOLDER", "AGE"] and lines[1].split()[:2] == ["node-2", "node-2"]
+
+
+def test_pod_ready_column_follows_the_ready_condition(now):
+    """#13: a pod turned NotReady over its kubelet's report (terminating, node NotReady) said
+    1/1 while its Ready condition was False; kubectl counts ready containers, and none is."""
+    not_ready = [{"type": "Ready", "status": "False"}, {"type": "ContainersReady", "status": "False"}]
+    gone = pod("web-0", terminating=True, conditions=not_ready)
+    lost = pod("web-1", conditions=not_ready)
+    half = pod("web-2", ready=(True, False), conditions=not_ready)  # kubectl's 1/2 stays 1/2
+    fine = pod("web-3", conditions=[{"type": "Ready", "status": "True"}])
+    rows = [cells(r)[:2] for r in lines(tables.render("Pod", [gone, lost, half, fine]))[1:]]
+    assert rows == [["web-0", "0/1"], ["web-1", "0/1"], ["web-2", "1/2"], ["web-3", "1/1"]]
