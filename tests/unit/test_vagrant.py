@@ -136,24 +136,27 @@ def test_first_node_runs_etcd_controller_and_agent():
     files = node_units(True, "node-1", "192.168.56.11", "192.168.56.11", "10.244.1.0/24", KPROXY, STATE,
                        f"{STATE}/manifests")
     assert set(files) == {ETCD_UNIT, CONTROLLER_UNIT, AGENT_UNIT}
-    store = "http://192.168.56.11:2379"
-    assert unit_argv(files[ETCD_UNIT]) == commands.etcd_argv("node-1", f"{STATE}/etcd", "192.168.56.11")
+    store = "https://192.168.56.11:2379"
+    assert unit_argv(files[ETCD_UNIT]) == commands.etcd_argv("node-1", f"{STATE}/etcd", "192.168.56.11",
+                                                              f"{STATE}/pki")
     assert unit_argv(files[CONTROLLER_UNIT]) == commands.controller_argv(
         KPROXY, STATE, store, f"{STATE}/manifests", ["--name", "node-1", "--node-ip", "192.168.56.11"])
     assert unit_argv(files[AGENT_UNIT]) == commands.agent_argv(
-        KPROXY, f"{STATE}/nodes/node-1", store, "node-1", "192.168.56.11", "10.244.1.0/24")
+        KPROXY, f"{STATE}/nodes/node-1", store, "node-1", "192.168.56.11", "10.244.1.0/24", pki_dir=f"{STATE}/pki")
+    assert f"--store-cert {STATE}/pki/node-node-1.crt" in files[AGENT_UNIT]
     assert "Type=notify" in files[ETCD_UNIT]
     assert "After=kproxy-etcd.service" in files[CONTROLLER_UNIT]
     assert "Requires=kproxy-etcd.service" in files[CONTROLLER_UNIT]
     for text in files.values():
         assert "Restart=always" in text and "RestartSec=2" in text and "WantedBy=multi-user.target" in text
+        assert "UMask=0077" in text  # finding 9: what the units write under STATE is root's only
 
 
 def test_other_nodes_run_an_agent_only():
     files = node_units(False, "node-3", "192.168.56.13", "192.168.56.11", "10.244.3.0/24", KPROXY, STATE)
     assert list(files) == [AGENT_UNIT]
     assert unit_argv(files[AGENT_UNIT]) == commands.agent_argv(
-        KPROXY, STATE, "http://192.168.56.11:2379", "node-3", "192.168.56.13", "10.244.3.0/24")
+        KPROXY, STATE, "https://192.168.56.11:2379", "node-3", "192.168.56.13", "10.244.3.0/24")
     assert "--sandbox" not in files[AGENT_UNIT]
     assert "After=network-online.target" in files[AGENT_UNIT]
     assert "Wants=network-online.target" in files[AGENT_UNIT]
@@ -189,9 +192,10 @@ def test_provisioned_units_match_the_vagrantfile(tmp_path):
         assert set(files) == ({ETCD_UNIT, CONTROLLER_UNIT, AGENT_UNIT} if i == 1 else {AGENT_UNIT})
         agent = unit_argv(files[AGENT_UNIT])
         assert agent == commands.agent_argv(KPROXY, STATE if i > 1 else f"{STATE}/nodes/{node}",
-                                            commands.store_url(first_ip), node, args[1], f"10.244.{i}.0/24")
+                                            commands.store_url(first_ip), node, args[1], f"10.244.{i}.0/24",
+                                            pki_dir=f"{STATE}/pki")
         if i == 1:
-            assert unit_argv(files[ETCD_UNIT]) == commands.etcd_argv(node, f"{STATE}/etcd", first_ip)
+            assert unit_argv(files[ETCD_UNIT]) == commands.etcd_argv(node, f"{STATE}/etcd", first_ip, f"{STATE}/pki")
 
 
 @needs_ruby
