@@ -517,7 +517,7 @@ def down(purge, state_dir):
     if purge:
         for name in ("store.db", "store.db-wal", "store.db-shm", "daemon.log", "config.json", "etcd.log", "etcd.pid"):
             (Path(state_dir) / name).unlink(missing_ok=True)
-        for name in ("logs", "etcd", "nodes"):
+        for name in ("logs", "etcd", "nodes", "pki"):  # pki: a new lab gets a new CA
             shutil.rmtree(Path(state_dir) / name, ignore_errors=True)
     click.echo("kproxy is down" + (f" (also removed: {', '.join(removed)})" if removed else "")
                + ("; allocations forgotten" if purge else ""))

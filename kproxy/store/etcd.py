@@ -321,6 +321,7 @@ class Watch:
         self._session = requests.Session()
         client = store._client()  # the same TLS settings as every other call
         self._session.verify, self._session.cert = client.session.verify, client.session.cert
+        self._session.trust_env = False
         create: dict[str, Any] = {"key": encode_key(_range_start(prefix)),
                                   "range_end": encode_key(prefix_range_end(prefix))}
         if start_revision:
@@ -452,6 +453,9 @@ class EtcdStore(Store):
         if client is None:
             client = etcd3gw.client(host=self._host, port=self._port, protocol=self._protocol,
                                     timeout=self.timeout, api_path="/v3/", **self._tls)
+            # the lab's own CA and a direct connection: requests would otherwise let REQUESTS_CA_BUNDLE
+            # replace the CA and HTTPS_PROXY reroute the cluster's state
+            client.session.trust_env = False
             self._local.client = client
             with self._lock:
                 self._clients.append(client)
