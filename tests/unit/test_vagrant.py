@@ -236,3 +236,43 @@ def test_local_example_is_a_local_nodeport():
     assert svc["spec"]["externalTrafficPolicy"] == "Local" and svc["spec"]["type"] == "NodePort"
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     assert svc["spec"]["ports"][0]["nodePort"] == 30081
+
+
+# -- the lab CA: made on the host by the Vagrantfile, each node's certificates by `units --ca-from` --
+@needs_ruby
+def test_vagrant_nodes_get_certificates_of_one_lab_ca(tmp_path):
+    """Finding 8 on real VMs: the units ask etcd for TLS and client certificates; those come from one
+    CA the Vagrantfile makes on the host (Ruby's OpenSSL) and the synced folder brings to every node."""
+    from cryptography import x509
+
+    ca_dir = tmp_path / "host" / ".pki"
+    script = RUBY_RECORDER.replace("puts JSON.generate(Vagrant::LOG)", "ensure_lab_ca(ARGV[1]); ensure_lab_ca(ARGV[1])")
+    res = subprocess.run(["ruby", "-e", script, str(VAGRANTFILE), str(ca_dir)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert stat_mode(ca_dir) == 0o700 and stat_mode(ca_dir / "ca.key") == 0o600
+    ca = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+    s = light_settings()
+    for i, (node, args) in enumerate(expected_args(s).items(), start=1):
+        state = tmp_path / node
+        out = subprocess.run(["bash", str(PROVISION), *args], env={**os.environ, "KPROXY_DRY_RUN": "1"},
+                             capture_output=True, text=True, check=True).stdout.splitlines()[1:]
+        out[out.index("--state-dir") + 1] = str(state)
+        res = CliRunner().invoke(units, [*out, "--ca-from", str(ca_dir), "--write", str(tmp_path / f"{node}-units")])
+        assert res.exit_code == 0, res.output
+        pki = state / "pki"
+        assert stat_mode(state) == 0o700 and stat_mode(pki) == 0o700
+        assert (pki / "ca.crt").read_bytes() == (ca_dir / "ca.crt").read_bytes()
+        names = {p.name for p in pki.iterdir()}
+        assert {f"node-{node}.crt", "coredns.crt"} <= names
+        assert ("etcd-server-node-1.crt" in names) == ("controller.crt" in names) == (i == 1)
+        for name in names:
+            assert stat_mode(pki / name) == 0o600, name
+            if name.endswith(".crt") and name != "ca.crt":
+                x509.load_pem_x509_certificate((pki / name).read_bytes()).verify_directly_issued_by(ca)
+        # the files the units name are the ones just issued (their paths under the real state dir)
+        agent = (tmp_path / f"{node}-units" / AGENT_UNIT).read_text()
+        assert f"--store-cert {state}/pki/node-{node}.crt" in agent
+
+
+def stat_mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
