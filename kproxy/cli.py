@@ -295,7 +295,6 @@ state_dir_option = click.option("--state-dir", envvar="KPROXY_STATE_DIR", defaul
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """A real-network kube-proxy emulator: Kubernetes Services as real iptables rules."""
-    os.umask(0o077)  # state, logs, keys and the daemons started from here: root's only
 
 
 # -- up / down ----------------------------------------------------------------------------
@@ -328,6 +327,7 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
        foreground, nodes, overlay, timeout, state_dir):
     """Start the lab daemon; returns once the initial manifests are reconciled."""
     need_root()
+    os.umask(0o077)  # the state, logs and keys it writes, and its daemons' (pods get 022 back): root's only
     state_dir = state_dir_from_env(state_dir)
     if daemon_pid(state_dir):
         fail(f"a lab already runs in {state_dir} (pid {daemon_pid(state_dir)}); `kproxy down` first")

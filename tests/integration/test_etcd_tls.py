@@ -88,6 +88,7 @@ def test_etcd_refuses_a_client_without_a_certificate(app):
                           cfg.store_url, cfg.store_ca, cfg.store_cert, cfg.store_key],
                          capture_output=True, text=True, timeout=60, check=True)
     out = json.loads(res.stdout)
+    print("etcd probe from outside:", out)
     assert out["controller-cert"]["status"] == 200 and out["controller-cert"]["keys"] > 0, out
     for refused in ("plain", "no-cert", "no-cert-no-verify"):
         assert "error" in out[refused] or out[refused]["status"] >= 400, out
@@ -108,3 +109,12 @@ def test_the_state_is_root_only(app):
     for f in ("config.json", "daemon.log", "etcd.log", "pki/ca.key", "pki/controller.key", "nodes/node-2/config.json"):
         assert mode(state / f) == 0o600, f
     assert not [p for p in state.rglob("*") if p.is_file() and mode(p) & 0o077 and "manifests" not in p.parts]
+    # ... while a pod keeps a container runtime's umask and a world-readable /etc/resolv.conf
+    pod = app.ready_pods("web")[0]["metadata"]["name"]
+    netns = app.cfg.naming.pod_netns("default", pod)
+    pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, check=True).stdout.split()
+    assert pids
+    for pid in pids:
+        umask = next(li for li in open(f"/proc/{pid}/status") if li.startswith("Umask:")).split()[1]
+        assert umask == "0022", (pid, umask)
+    assert mode(f"/etc/netns/{netns}/resolv.conf") == 0o644

@@ -114,3 +114,17 @@ def test_the_state_dir_and_the_store_are_root_only(tmp_path):
     os.chmod(state / "store.db", 0o644)  # an old lab's file is made private when opened
     SqliteStore(state / "store.db").close()
     assert _mode(state / "store.db") == 0o600
+
+
+def test_a_pods_resolv_conf_stays_world_readable_under_the_daemons_umask(tmp_path, monkeypatch):
+    """The daemon's umask is 077 (its state is private); /etc/netns/<pod>/ is the pod's /etc, which
+    a pod running as a non-root user must read."""
+    from kproxy.node import dnsconfig
+    monkeypatch.setattr(dnsconfig, "ETC_NETNS", tmp_path / "netns")
+    old = os.umask(0o077)
+    try:
+        dnsconfig.write_pod_files("kp1234-default-web", {"resolv.conf": "nameserver 10.96.0.10\n", "hosts": "x\n"})
+    finally:
+        os.umask(old)
+    d = tmp_path / "netns" / "kp1234-default-web"
+    assert _mode(d) == 0o755 and _mode(d / "resolv.conf") == 0o644 and _mode(d / "hosts") == 0o644
