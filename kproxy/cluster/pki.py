@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -230,7 +229,3 @@ def ensure_node_pki(pki: Pki, node: str, node_ip: str, control_plane: bool, ca_s
         pki.issue_controller()
     pki.issue_node(node)
     pki.issue_coredns()
-
-
-def remove(pki: Pki) -> None:
-    shutil.rmtree(pki.root, ignore_errors=True)

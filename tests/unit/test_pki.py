@@ -1,7 +1,6 @@
 """The lab's certificates (finding 8) and its private state (finding 9), without root."""
 from __future__ import annotations
 
-import ipaddress
 import os
 import stat
 import subprocess
