@@ -403,6 +403,7 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
        foreground, nodes, overlay, timeout, state_dir):
     """Start the lab daemon; returns once the initial manifests are reconciled."""
     need_root()
+    os.umask(0o077)  # the state, logs and keys it writes, and its daemons' (pods get 022 back): root's only
     state_dir = state_dir_from_env(state_dir)
     if daemon_pid(state_dir):
         fail(f"a lab already runs in {state_dir} (pid {daemon_pid(state_dir)}); `kproxy down` first")
@@ -416,6 +417,7 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
     cfg = LabConfig.load(state_dir) or LabConfig(state_dir=state_dir)
     # a multi-node lab's settings are its own: `up` starts from the lab-wide ones
     cfg.nodes, cfg.store_url, cfg.node_index, cfg.node_ip, cfg.pod_cidr = nodes, "", 0, "", ""
+    cfg.store_ca, cfg.store_cert, cfg.store_key = "", "", ""
     cfg.lab_prefix, cfg.logs_dir, cfg.overlay = "", "", overlay
     if nodes > 1 and not node_name:
         cfg.node_name = "node-1"
@@ -598,7 +600,7 @@ def down(purge, state_dir):
     if purge:
         for name in ("store.db", "store.db-wal", "store.db-shm", "daemon.log", "config.json", "etcd.log", "etcd.pid"):
             (Path(state_dir) / name).unlink(missing_ok=True)
-        for name in ("logs", "etcd", "nodes"):
+        for name in ("logs", "etcd", "nodes", "pki"):  # pki: a new lab gets a new CA
             shutil.rmtree(Path(state_dir) / name, ignore_errors=True)
     click.echo("kproxy is down" + (f" (also removed: {', '.join(removed)})" if removed else "")
                + ("; allocations forgotten" if purge else ""))
@@ -1554,25 +1556,38 @@ def _process_config(state_dir: str | None, store_url: str, **settings) -> LabCon
     return cfg
 
 
+def store_tls_options(fn):
+    """--store-ca/--store-cert/--store-key: etcd admits only clients with a lab certificate."""
+    for opt, dest, what in (("--store-key", "store_key", "This process's etcd client key."),
+                            ("--store-cert", "store_cert", "This process's etcd client certificate (STATE/pki)."),
+                            ("--store-ca", "store_ca", "The lab CA etcd's certificate chains to (STATE/pki/ca.crt).")):
+        fn = click.option(opt, dest, default=None, help=what,
+                          type=click.Path(exists=True, dir_okay=False, resolve_path=True))(fn)
+    return fn
+
+
 @main.command()
-@click.option("--store", "store_url", required=True, help="The cluster's etcd, e.g. http://192.168.56.11:2379.")
+@click.option("--store", "store_url", required=True, help="The cluster's etcd, e.g. https://192.168.56.11:2379.")
+@store_tls_options
 @click.option("--manifests", default=None, type=click.Path(file_okay=False), help="Folder of Kubernetes YAML.")
 @click.option("--name", default=None, help="This controller's name (default: the node name, node-1).")
 @click.option("--node-ip", default=None, help="This machine's address: the `kubernetes` Service's endpoint.")
 @click.option("--lb-pool", "lb_pools", multiple=True, help="LoadBalancer IPs for a pool named `default`.")
 @state_dir_option
-def controller(store_url, manifests, name, node_ip, lb_pools, state_dir):
+def controller(store_url, store_ca, store_cert, store_key, manifests, name, node_ip, lb_pools, state_dir):
     """Run the control plane of a multi-node lab in the foreground: admission of the manifests,
     allocation, Deployments -> pods, scheduling, endpoints, LoadBalancer IPs, node lifecycle."""
     cfg = _process_config(state_dir, store_url, manifests=manifests and os.path.abspath(manifests),
-                          node_name=name, node_ip=node_ip, lb_pools=lb_pools)
+                          node_name=name, node_ip=node_ip, lb_pools=lb_pools, store_ca=store_ca,
+                          store_cert=store_cert, store_key=store_key)
     Path(cfg.manifests).mkdir(parents=True, exist_ok=True)
     from kproxy.daemon import main as daemon_main
     daemon_main(["--state-dir", cfg.state_dir, "--role", "controller"])
 
 
 @main.command()
-@click.option("--store", "store_url", required=True, help="The cluster's etcd, e.g. http://192.168.56.11:2379.")
+@click.option("--store", "store_url", required=True, help="The cluster's etcd, e.g. https://192.168.56.11:2379.")
+@store_tls_options
 @click.option("--node", "node_name", required=True, help="This node's name.")
 @click.option("--node-ip", required=True, help="This node's address on the node network.")
 @click.option("--pod-cidr", default=None, help="This node's pod CIDR (e.g. 10.244.2.0/24).")
@@ -1580,12 +1595,13 @@ def controller(store_url, manifests, name, node_ip, lb_pools, state_dir):
 @click.option("--overlay", type=click.Choice(["host-gw", "vxlan"]), default=None,
               help="How this node reaches the other nodes' pods (default host-gw; the same on every node).")
 @state_dir_option
-def agent(store_url, node_name, node_ip, pod_cidr, sandbox, overlay, state_dir):
+def agent(store_url, store_ca, store_cert, store_key, node_name, node_ip, pod_cidr, sandbox, overlay, state_dir):
     """Run one node of a multi-node lab in the foreground: its pods, iptables rules, layer-2
     announcements and routes to the other nodes' pods."""
     need_root()
     cfg = _process_config(state_dir, store_url, node_name=node_name, node_ip=node_ip, pod_cidr=pod_cidr,
-                          sandbox=sandbox, overlay=overlay, extra={"role": "agent"})
+                          sandbox=sandbox, overlay=overlay, extra={"role": "agent"}, store_ca=store_ca,
+                          store_cert=store_cert, store_key=store_key)
     from kproxy.daemon import main as daemon_main
     daemon_main(["--state-dir", cfg.state_dir, "--role", "agent"])
 

@@ -12,6 +12,19 @@ from kproxy.node.naming import Naming, instance_prefix
 DEFAULT_STATE_DIR = "/var/lib/kproxy"
 
 
+PRIVATE_UMASK = 0o077  # kproxy's processes create files for root only (see private_dir)
+
+
+def private_dir(path: str | Path) -> Path:
+    """A state dir only root reads (0700, made stricter when it exists looser): it holds every
+    object, every error (which may quote files), etcd's data, pod logs and the lab's keys."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if p.stat().st_mode & 0o077:
+        os.chmod(p, 0o700)
+    return p
+
+
 def state_dir_from_env(value: str | None) -> str:
     return os.path.abspath(value or os.environ.get("KPROXY_STATE_DIR") or DEFAULT_STATE_DIR)
 
@@ -36,7 +49,10 @@ class LabConfig:
     metrics_bind_address: str = "127.0.0.1:10249"
     extra: dict = field(default_factory=dict)
     # multi-node: the cluster's etcd, the node count of an emulated lab, and this node's part
-    store_url: str = ""                          # etcd (http://IP:2379); "" = the embedded SQLite store
+    store_url: str = ""                          # etcd (https://IP:2379); "" = the embedded SQLite store
+    store_ca: str = ""                           # the CA etcd's certificate must chain to (STATE/pki/ca.crt)
+    store_cert: str = ""                         # this process's etcd client certificate and key
+    store_key: str = ""
     nodes: int = 1                               # emulated nodes of `up --sandbox --nodes N`
     node_index: int = 0                          # this node's number in a multi-node lab (0: single)
     node_ip: str = ""                            # this node's address ("" = derived)
@@ -70,6 +86,11 @@ class LabConfig:
         return bool(self.store_url)
 
     @property
+    def store_tls(self) -> dict:
+        """EtcdStore's TLS arguments: the CA to trust and this process's client certificate."""
+        return {"ca": self.store_ca or None, "cert": self.store_cert or None, "key": self.store_key or None}
+
+    @property
     def logs(self) -> Path:
         return Path(self.logs_dir or Path(self.state_dir) / "logs")
 
@@ -78,8 +99,9 @@ class LabConfig:
         return Path(self.state_dir) / "config.json"
 
     def save(self) -> None:
-        Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         self.path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.chmod(self.path, 0o600)
 
     @classmethod
     def load(cls, state_dir: str) -> "LabConfig | None":

@@ -101,7 +101,7 @@ def open_store(cfg: LabConfig) -> Store:
     """etcd when the lab has one (multi-node), else the embedded SQLite file."""
     if cfg.store_url:
         from kproxy.store.etcd import EtcdStore
-        return EtcdStore(cfg.store_url)
+        return EtcdStore(cfg.store_url, **cfg.store_tls)
     return SqliteStore(Path(cfg.state_dir) / "store.db")
 
 
@@ -170,7 +170,9 @@ class Daemon:
 
     # -- start and stop -------------------------------------------------------------------
     def run(self) -> None:
-        self.state.mkdir(parents=True, exist_ok=True)
+        from kproxy.config import PRIVATE_UMASK, private_dir
+        os.umask(PRIVATE_UMASK)  # the store, logs, pid files: root's only (its pods' files too; see README)
+        private_dir(self.state)
         (self.state / "daemon.pid").write_text(f"{os.getpid()}\n")
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
@@ -713,6 +715,10 @@ class Daemon:
         labels = {"k8s-app": "kube-dns"}
         command = [sys.executable, "-m", "kproxy.dns.server", "--store", self.cfg.store_url or str(self.state / "store.db"),
                    "--listen", "0.0.0.0:53", "--domain", self.cfg.cluster_domain, "--ttl", "30"]
+        if self.cfg.store_ca:  # etcd asks every client for a certificate: the DNS pods' own
+            from kproxy.cluster.commands import tls_args
+            from kproxy.cluster.pki import coredns_files
+            command += tls_args(coredns_files(self.cfg.store_ca))
         for upstream in self.cfg.dns_upstreams:
             command += ["--upstream", upstream]
         deploy = {"apiVersion": "apps/v1", "kind": "Deployment",

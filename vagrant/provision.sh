@@ -29,21 +29,28 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "provision.sh: run as root" >&2
   exit 1
 fi
-echo "==> $node ($index of $nodes): $node_ip, pods $pod_cidr, store http://$first_ip:2379"
+echo "==> $node ($index of $nodes): $node_ip, pods $pod_cidr, store https://$first_ip:2379"
+# The lab CA, made on the host by the Vagrantfile and synced with the repository
+ca_dir="$src/vagrant/.pki"
+if [ ! -s "$ca_dir/ca.crt" ] || [ ! -s "$ca_dir/ca.key" ]; then
+  echo "provision.sh: no lab CA in $ca_dir (the Vagrantfile makes it at \`vagrant up\`; then \`vagrant rsync\`)" >&2
+  exit 1
+fi
 
 export DEBIAN_FRONTEND=noninteractive
 command -v rsync >/dev/null || { apt-get update -q; apt-get install -y -q rsync; }
 mkdir -p "$dest"
 # excluded paths are also kept on the receiver, so the venv survives a re-provision
 rsync -a --delete --exclude .venv/ --exclude .git/ --exclude .vagrant/ --exclude results/ \
-  --exclude __pycache__/ "$src"/ "$dest"/
+  --exclude __pycache__/ --exclude /vagrant/.pki/ "$src"/ "$dest"/
 bash "$dest/scripts/setup"
 
 # Debian's etcd-server starts its own etcd on 127.0.0.1:2379: ours replaces it (on every node,
 # so nothing answers on that port but the first node's kproxy-etcd)
 systemctl disable --now etcd.service 2>/dev/null || true
 
-"$dest/.venv/bin/kproxy" "${units_args[@]}" --write /etc/systemd/system
+# the units, and this node's certificates in $state/pki (0700) from the lab CA
+"$dest/.venv/bin/kproxy" "${units_args[@]}" --ca-from "$ca_dir" --write /etc/systemd/system
 units=(kproxy-agent.service)
 [ "$role" = --control-plane ] && units=(kproxy-etcd.service kproxy-controller.service kproxy-agent.service)
 systemctl daemon-reload

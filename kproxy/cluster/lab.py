@@ -7,7 +7,8 @@
 
 Every process runs the command line of kproxy/cluster/commands.py, the same ones the Vagrant
 lab's systemd units run. State: STATE/etcd (etcd's data), STATE (the controller), and
-STATE/nodes/node-N (each agent); pod logs in STATE/logs for every node.
+STATE/nodes/node-N (each agent); pod logs in STATE/logs for every node; the lab's CA and every
+process's etcd certificate in STATE/pki (kproxy/cluster/pki.py), made by `up`.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from kproxy.node.network import NodeConfig, NodeNetwork, _ipr, _up, list_netns
 
 from . import commands
 from .access import NetnsStore
+from .pki import Pki, ensure_node_pki
 
 
 def node_name(index: int) -> str:
@@ -44,16 +46,20 @@ def node_pod_cidr(cfg: LabConfig, index: int) -> str:
 
 def controller_config(cfg: LabConfig) -> LabConfig:
     """The lab's own settings, as the controller (on node-1) runs them."""
+    tls = Pki.of(cfg.state_dir).client("controller")
     return dataclasses.replace(cfg, node_index=1, node_name=node_name(1), node_ip=node_ip(cfg, 1),
                                pod_cidr=node_pod_cidr(cfg, 1), store_url=commands.store_url(node_ip(cfg, 1)),
+                               store_ca=tls.ca, store_cert=tls.cert, store_key=tls.key,
                                lab_prefix=cfg.naming.prefix, logs_dir=str(Path(cfg.state_dir) / "logs"))
 
 
 def node_config(cfg: LabConfig, index: int) -> LabConfig:
     """Node N's agent settings: its own state dir, the lab's prefix, logs and store."""
+    tls = Pki.of(cfg.state_dir).client(f"node-{node_name(index)}")
     return dataclasses.replace(cfg, state_dir=str(Path(cfg.state_dir) / "nodes" / node_name(index)),
                                lab_prefix=cfg.naming.prefix, node_index=index, node_name=node_name(index), node_ip=node_ip(cfg, index),
-                               pod_cidr=node_pod_cidr(cfg, index))
+                               pod_cidr=node_pod_cidr(cfg, index), store_ca=tls.ca, store_cert=tls.cert,
+                               store_key=tls.key)
 
 
 def node_network(cfg: LabConfig) -> NodeNetwork:
@@ -93,11 +99,22 @@ def _spawn(argv: list[str], log: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
+def make_pki(cfg: LabConfig) -> Pki:
+    """The lab CA (made once, kept by `down`, removed by `down --purge`) and the certificates of
+    etcd on node-1, the controller, every node's agent and the DNS pods, in STATE/pki."""
+    pki = Pki.of(cfg.state_dir)
+    for i in range(1, cfg.nodes + 1):
+        ensure_node_pki(pki, node_name(i), node_ip(cfg, i), control_plane=i == 1)
+    return pki
+
+
 def start_etcd(cfg: LabConfig) -> int:
-    """etcd on node-1 (its data in STATE/etcd survives restarts); returns its pid."""
+    """etcd on node-1 (its data in STATE/etcd survives restarts), TLS only; returns its pid."""
     state = Path(cfg.state_dir)
     ns = cfg.naming.for_node(1).node_netns
-    argv = ["ip", "netns", "exec", ns, *commands.etcd_argv(node_name(1), str(state / "etcd"), node_ip(cfg, 1))]
+    pki = make_pki(cfg)
+    argv = ["ip", "netns", "exec", ns,
+            *commands.etcd_argv(node_name(1), str(state / "etcd"), node_ip(cfg, 1), str(pki.root))]
     proc = _spawn(argv, state / "etcd.log")
     (state / "etcd.pid").write_text(f"{proc.pid}\n")
     return proc.pid
@@ -131,7 +148,8 @@ def start_agent(cfg: LabConfig, index: int) -> subprocess.Popen:
     Path(node.state_dir).mkdir(parents=True, exist_ok=True)
     node.save()
     return _spawn(commands.agent_argv(kproxy_bin(), node.state_dir, node.store_url, node.node_name, node.node_ip,
-                                      node.pod_cidr, sandbox=True), Path(node.state_dir) / "agent.log")
+                                      node.pod_cidr, sandbox=True, pki_dir=str(Pki.of(cfg.state_dir).root)),
+                  Path(node.state_dir) / "agent.log")
 
 
 def process_pids(cfg: LabConfig) -> dict[str, int]:
@@ -158,4 +176,4 @@ def lab_store(cfg: LabConfig) -> NetnsStore:
     from kproxy.store.etcd import EtcdStore
     url = cfg.store_url or commands.store_url(node_ip(cfg, 1))
     ns = cfg.naming.for_node(1).node_netns if cfg.sandbox else None
-    return NetnsStore(EtcdStore(url, timeout=5), ns)
+    return NetnsStore(EtcdStore(url, timeout=5, **cfg.store_tls), ns)

@@ -130,11 +130,12 @@ class StoreReader:
 
 
 class EtcdReader:
-    """Reads a multi-node lab's etcd (`http://IP:2379`): the same snapshots, one revision each."""
+    """Reads a multi-node lab's etcd (`https://IP:2379`): the same snapshots, one revision each.
+    etcd admits only clients with a lab certificate: the DNS pods' own (`--store-cert`)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, ca: str | None = None, cert: str | None = None, key: str | None = None):
         from kproxy.store.etcd import EtcdStore
-        self.store = EtcdStore(url, timeout=3)
+        self.store = EtcdStore(url, timeout=3, ca=ca, cert=cert, key=key)
 
     def revision(self) -> int | None:
         try:
@@ -545,7 +546,10 @@ def _cluster_reply(query: dns.message.Message, answer: Answer) -> dns.message.Me
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m kproxy.dns.server", description=__doc__.split("\n")[0])
-    p.add_argument("--store", required=True, help="the lab's SQLite store, or its etcd (http://IP:2379); read only")
+    p.add_argument("--store", required=True, help="the lab's SQLite store, or its etcd (https://IP:2379); read only")
+    p.add_argument("--store-ca", default=None, help="etcd: the lab CA (STATE/pki/ca.crt)")
+    p.add_argument("--store-cert", default=None, help="etcd: this server's client certificate")
+    p.add_argument("--store-key", default=None, help="etcd: this server's client key")
     p.add_argument("--listen", default="0.0.0.0:53", help="IP:PORT for UDP and TCP")
     p.add_argument("--domain", default="cluster.local")
     p.add_argument("--ttl", type=int, default=30)
@@ -560,7 +564,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    server = DnsServer(args.store, listen=args.listen, domain=args.domain, ttl=args.ttl,
+    store = EtcdReader(args.store, args.store_ca, args.store_cert, args.store_key) \
+        if args.store.startswith("http") else args.store
+    server = DnsServer(store, listen=args.listen, domain=args.domain, ttl=args.ttl,
                        upstreams=args.upstream, health_port=args.health_port, ready_port=args.ready_port,
                        metrics_port=args.metrics_port, http_host=args.http_host, pod_mode=args.pods)
     stop = asyncio.Event()

@@ -5,6 +5,7 @@ started in the pod (containers and `kproxy exec`), so resolvers in the pod see t
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ETC_NETNS = Path("/etc/netns")
@@ -80,10 +81,14 @@ def hosts_file(pod: dict, domain: str) -> str:
 
 
 def write_pod_files(netns: str, files: dict[str, str]) -> None:
+    """The pod's /etc/resolv.conf and /etc/hosts: world-readable as /etc's (a pod running as a
+    non-root user reads them), whatever the daemon's umask (077: its own state is private)."""
     d = ETC_NETNS / netns
     d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o755)
     for name, text in files.items():
         (d / name).write_text(text)
+        os.chmod(d / name, 0o644)
 
 
 def remove_pod_files(netns: str) -> None:

@@ -155,7 +155,8 @@ class Kubelet:
         try:
             c.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                       env=container_env(rt.pod, c.spec), start_new_session=True,
-                                      cwd=c.spec.get("workingDir") or "/")
+                                      cwd=c.spec.get("workingDir") or "/",
+                                      umask=0o022)  # a container runtime's, not the daemon's private 077
             c.started_at = now_iso()
             self.event(rt.pod, "Started", f"Started container {c.spec['name']}", "Normal")
         except OSError as e:

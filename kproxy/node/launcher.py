@@ -57,7 +57,8 @@ class Launcher:
 
     def _start(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-S", "-I", ZYGOTE], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+                                     umask=0o022)  # its pods get a container runtime's umask, not the daemon's 077
         threading.Thread(target=self._read, args=(self.proc,), daemon=True, name="zygote").start()
 
     def _read(self, proc: subprocess.Popen) -> None:

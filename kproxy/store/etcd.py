@@ -319,12 +319,15 @@ class Watch:
         self.start_revision = start_revision
         self.resume_revision = start_revision  # every event before it has been yielded
         self._session = requests.Session()
+        client = store._client()  # the same TLS settings as every other call
+        self._session.verify, self._session.cert = client.session.verify, client.session.cert
+        self._session.trust_env = False
         create: dict[str, Any] = {"key": encode_key(_range_start(prefix)),
                                   "range_end": encode_key(prefix_range_end(prefix))}
         if start_revision:
             create["start_revision"] = start_revision
         try:
-            self._resp = self._session.post(store._client().get_url("/watch"), json={"create_request": create},
+            self._resp = self._session.post(client.get_url("/watch"), json={"create_request": create},
                                             stream=True, timeout=(connect_timeout, idle_timeout))
             self._resp.raise_for_status()
         except requests.RequestException as exc:
@@ -423,11 +426,21 @@ class EtcdStore(Store):
     Safe to share between threads (each thread gets its own HTTP client) and usable after fork.
     """
 
-    def __init__(self, endpoint: str = "http://127.0.0.1:2379", timeout: float = 10.0):
+    def __init__(self, endpoint: str = "http://127.0.0.1:2379", timeout: float = 10.0,
+                 ca: str | None = None, cert: str | None = None, key: str | None = None):
         url = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
         self.endpoint = f"{url.scheme}://{url.hostname}:{url.port or 2379}"
         self._host, self._port, self._protocol = url.hostname or "127.0.0.1", url.port or 2379, url.scheme
         self.timeout = timeout
+        # https: the lab CA to trust, and the client certificate etcd's --client-cert-auth asks for
+        if (cert is None) != (key is None):
+            raise ValueError("an etcd client certificate needs both --store-cert and --store-key")
+        for what, path in (("--store-ca", ca), ("--store-cert", cert), ("--store-key", key)):
+            if path is not None and url.scheme != "https":
+                raise ValueError(f"{what} needs an https:// etcd URL, not {self.endpoint}")
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"{what} {path}: cannot read it (missing, or not readable by this user)")
+        self._tls = {"ca_cert": ca, "cert_cert": cert, "cert_key": key}
         self._local = threading.local()
         self._clients: list[etcd3gw.client.Etcd3Client] = []
         self._lock = threading.Lock()
@@ -439,7 +452,10 @@ class EtcdStore(Store):
         client = getattr(self._local, "client", None)
         if client is None:
             client = etcd3gw.client(host=self._host, port=self._port, protocol=self._protocol,
-                                    timeout=self.timeout, api_path="/v3/")
+                                    timeout=self.timeout, api_path="/v3/", **self._tls)
+            # the lab's own CA and a direct connection: requests would otherwise let REQUESTS_CA_BUNDLE
+            # replace the CA and HTTPS_PROXY reroute the cluster's state
+            client.session.trust_env = False
             self._local.client = client
             with self._lock:
                 self._clients.append(client)

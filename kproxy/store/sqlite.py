@@ -6,6 +6,7 @@ daemon and CLI commands can share the file and a crash never leaves half an allo
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -70,7 +71,16 @@ class SqliteStore(Store):
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # root's only: it holds every object and every error. SQLite gives its -wal and -shm
+        # files the database file's mode, so they follow.
+        os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600))
+        for name in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            try:
+                if name.stat().st_mode & 0o077:
+                    os.chmod(name, 0o600)
+            except FileNotFoundError:
+                pass
         self._local = threading.local()
         with self.transaction():
             pass

@@ -321,6 +321,7 @@ def test_two_controllers_racing_never_hand_out_one_cluster_ip(app):
     ns = app.cfg.naming.for_node(1).node_netns
     argv = ["ip", "netns", "exec", ns, str(Path(sys.executable).with_name("kproxy")), "controller",
             "--state-dir", str(second), "--store", app.cfg.store_url, "--manifests", str(second / "manifests"),
+            "--store-ca", app.cfg.store_ca, "--store-cert", app.cfg.store_cert, "--store-key", app.cfg.store_key,
             "--name", "controller-b", "--node-ip", NODES["node-1"]]
     with open(second / "controller.log", "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

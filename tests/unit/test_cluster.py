@@ -14,22 +14,47 @@ from kproxy.daemon import NODE_LEASES, Daemon, key_of
 def test_emulated_nodes_get_their_own_address_pod_cidr_and_state(tmp_path):
     cfg = LabConfig(state_dir=str(tmp_path), sandbox=True, nodes=3)
     ctl = lab.controller_config(cfg)
-    assert (ctl.node_name, ctl.node_ip, ctl.store_url) == ("node-1", "192.168.49.2", "http://192.168.49.2:2379")
+    assert (ctl.node_name, ctl.node_ip, ctl.store_url) == ("node-1", "192.168.49.2", "https://192.168.49.2:2379")
+    assert (ctl.store_ca, ctl.store_cert) == (f"{tmp_path}/pki/ca.crt", f"{tmp_path}/pki/controller.crt")
     nodes = [lab.node_config(ctl, i) for i in (1, 2, 3)]
     assert [n.node_ip for n in nodes] == ["192.168.49.2", "192.168.49.3", "192.168.49.4"]
     assert [n.node_pod_cidr for n in nodes] == ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]
     assert {n.naming.prefix for n in nodes} == {cfg.naming.prefix}  # one lab, one prefix
     assert [n.naming.node_netns for n in nodes] == [f"{cfg.naming.prefix}-node{i}" for i in (1, 2, 3)]
     assert len({n.state_dir for n in nodes} | {ctl.state_dir}) == 4
+    assert [n.store_cert for n in nodes] == [f"{tmp_path}/pki/node-node-{i}.crt" for i in (1, 2, 3)]
     assert nodes[1].naming.switch_port == f"{cfg.naming.prefix}-n2" and len(nodes[1].naming.switch_port) <= 15
 
 
 def test_command_lines_are_the_units_command_lines(tmp_path):
-    argv = commands.agent_argv("/opt/kproxy/.venv/bin/kproxy", "/var/lib/kproxy", "http://10.0.0.1:2379",
+    argv = commands.agent_argv("/opt/kproxy/.venv/bin/kproxy", "/var/lib/kproxy", "https://10.0.0.1:2379",
                                "node-2", "10.0.0.2", "10.244.2.0/24")
     assert argv[1:4] == ["agent", "--state-dir", "/var/lib/kproxy"] and "--sandbox" not in argv
-    etcd = commands.etcd_argv("node-1", "/d", "10.0.0.1")
-    assert "http://10.0.0.1:2379,http://127.0.0.1:2379" in etcd
+    assert _flags(argv, "--store-ca", "--store-cert", "--store-key") == [
+        "/var/lib/kproxy/pki/ca.crt", "/var/lib/kproxy/pki/node-node-2.crt", "/var/lib/kproxy/pki/node-node-2.key"]
+    etcd = commands.etcd_argv("node-1", "/d", "10.0.0.1", "/p")
+    assert "https://10.0.0.1:2379,https://127.0.0.1:2379" in etcd
+
+
+def _flags(argv: list[str], *names: str) -> list[str]:
+    return [argv[argv.index(n) + 1] for n in names]
+
+
+def test_etcd_serves_tls_only_and_asks_every_client_and_peer_for_a_certificate():
+    """Finding 8: etcd listened in plain text with no authentication on the node address."""
+    etcd = commands.etcd_argv("node-1", "/d", "10.0.0.1", "/s/pki")
+    assert "--client-cert-auth" in etcd and "--peer-client-cert-auth" in etcd
+    assert _flags(etcd, "--trusted-ca-file", "--cert-file", "--key-file") == [
+        "/s/pki/ca.crt", "/s/pki/etcd-server-node-1.crt", "/s/pki/etcd-server-node-1.key"]
+    assert _flags(etcd, "--peer-trusted-ca-file", "--peer-cert-file", "--peer-key-file") == [
+        "/s/pki/ca.crt", "/s/pki/etcd-peer-node-1.crt", "/s/pki/etcd-peer-node-1.key"]
+    urls = _flags(etcd, "--listen-client-urls", "--advertise-client-urls", "--listen-peer-urls",
+                  "--initial-advertise-peer-urls")
+    assert all(u.startswith("https://") for url in urls for u in url.split(",")), urls
+    assert not any("http://" in a for a in etcd)
+    ctl = commands.controller_argv("kproxy", "/s", commands.store_url("10.0.0.1"), "/m")
+    assert _flags(ctl, "--store", "--store-ca", "--store-cert", "--store-key") == [
+        "https://10.0.0.1:2379", "/s/pki/ca.crt", "/s/pki/controller.crt", "/s/pki/controller.key"]
 
 
 def _daemon(tmp_path, role: str, node: str = "node-1") -> Daemon:

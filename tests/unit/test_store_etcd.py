@@ -196,3 +196,32 @@ def test_retry_works_with_the_sqlite_store(tmp_path):
         retry(store, lambda t: (t.put("/k", 2), {}["x"]))
     assert store.get("/k") == 1
     store.close()
+
+
+# ================================================================== TLS (issue 12, finding 8)
+
+
+def test_an_https_store_presents_the_lab_certificate_and_trusts_only_the_lab_ca(tmp_path, monkeypatch):
+    for name in ("ca.crt", "c.crt", "c.key"):
+        (tmp_path / name).write_text("x")
+    # requests would let these replace the lab CA and send etcd's traffic through a proxy
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    monkeypatch.setenv("HTTPS_PROXY", "http://192.0.2.1:3128")
+    store = EtcdStore("https://10.0.0.1:2379", ca=str(tmp_path / "ca.crt"), cert=str(tmp_path / "c.crt"),
+                      key=str(tmp_path / "c.key"))
+    session = store._client().session
+    assert store._client().get_url("kv/range") == "https://10.0.0.1:2379/v3/kv/range"
+    assert session.verify == str(tmp_path / "ca.crt")
+    assert session.cert == (str(tmp_path / "c.crt"), str(tmp_path / "c.key"))
+    settings = session.merge_environment_settings("https://10.0.0.1:2379/v3/kv/range", {}, None, None, None)
+    assert settings["verify"] == str(tmp_path / "ca.crt") and not settings["proxies"]
+
+
+def test_store_tls_arguments_are_checked_with_the_flag_named(tmp_path):
+    (tmp_path / "c.crt").write_text("x")
+    with pytest.raises(ValueError, match="--store-cert and --store-key"):
+        EtcdStore("https://10.0.0.1:2379", cert=str(tmp_path / "c.crt"))
+    with pytest.raises(ValueError, match="--store-ca needs an https:// etcd URL"):
+        EtcdStore("http://10.0.0.1:2379", ca=str(tmp_path / "c.crt"))
+    with pytest.raises(ValueError, match=f"--store-ca {tmp_path}/missing.crt: cannot read it"):
+        EtcdStore("https://10.0.0.1:2379", ca=str(tmp_path / "missing.crt"))

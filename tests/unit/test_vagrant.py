@@ -36,7 +36,7 @@ class Rec
     path = @path + [name.to_s]
     @log << {"path" => path.join("."), "args" => args, "kw" => kw}
     child = Rec.new(@log, blk ? path + args.map(&:to_s) : path)
-    blk.call(child) if blk
+    blk.call(child) if blk && name != :ruby  # a trigger's Ruby (the lab CA) runs at `vagrant up` only
     child
   end
 end
@@ -136,24 +136,27 @@ def test_first_node_runs_etcd_controller_and_agent():
     files = node_units(True, "node-1", "192.168.56.11", "192.168.56.11", "10.244.1.0/24", KPROXY, STATE,
                        f"{STATE}/manifests")
     assert set(files) == {ETCD_UNIT, CONTROLLER_UNIT, AGENT_UNIT}
-    store = "http://192.168.56.11:2379"
-    assert unit_argv(files[ETCD_UNIT]) == commands.etcd_argv("node-1", f"{STATE}/etcd", "192.168.56.11")
+    store = "https://192.168.56.11:2379"
+    assert unit_argv(files[ETCD_UNIT]) == commands.etcd_argv("node-1", f"{STATE}/etcd", "192.168.56.11",
+                                                              f"{STATE}/pki")
     assert unit_argv(files[CONTROLLER_UNIT]) == commands.controller_argv(
         KPROXY, STATE, store, f"{STATE}/manifests", ["--name", "node-1", "--node-ip", "192.168.56.11"])
     assert unit_argv(files[AGENT_UNIT]) == commands.agent_argv(
-        KPROXY, f"{STATE}/nodes/node-1", store, "node-1", "192.168.56.11", "10.244.1.0/24")
+        KPROXY, f"{STATE}/nodes/node-1", store, "node-1", "192.168.56.11", "10.244.1.0/24", pki_dir=f"{STATE}/pki")
+    assert f"--store-cert {STATE}/pki/node-node-1.crt" in files[AGENT_UNIT]
     assert "Type=notify" in files[ETCD_UNIT]
     assert "After=kproxy-etcd.service" in files[CONTROLLER_UNIT]
     assert "Requires=kproxy-etcd.service" in files[CONTROLLER_UNIT]
     for text in files.values():
         assert "Restart=always" in text and "RestartSec=2" in text and "WantedBy=multi-user.target" in text
+        assert "UMask=0077" in text  # finding 9: what the units write under STATE is root's only
 
 
 def test_other_nodes_run_an_agent_only():
     files = node_units(False, "node-3", "192.168.56.13", "192.168.56.11", "10.244.3.0/24", KPROXY, STATE)
     assert list(files) == [AGENT_UNIT]
     assert unit_argv(files[AGENT_UNIT]) == commands.agent_argv(
-        KPROXY, STATE, "http://192.168.56.11:2379", "node-3", "192.168.56.13", "10.244.3.0/24")
+        KPROXY, STATE, "https://192.168.56.11:2379", "node-3", "192.168.56.13", "10.244.3.0/24")
     assert "--sandbox" not in files[AGENT_UNIT]
     assert "After=network-online.target" in files[AGENT_UNIT]
     assert "Wants=network-online.target" in files[AGENT_UNIT]
@@ -189,9 +192,10 @@ def test_provisioned_units_match_the_vagrantfile(tmp_path):
         assert set(files) == ({ETCD_UNIT, CONTROLLER_UNIT, AGENT_UNIT} if i == 1 else {AGENT_UNIT})
         agent = unit_argv(files[AGENT_UNIT])
         assert agent == commands.agent_argv(KPROXY, STATE if i > 1 else f"{STATE}/nodes/{node}",
-                                            commands.store_url(first_ip), node, args[1], f"10.244.{i}.0/24")
+                                            commands.store_url(first_ip), node, args[1], f"10.244.{i}.0/24",
+                                            pki_dir=f"{STATE}/pki")
         if i == 1:
-            assert unit_argv(files[ETCD_UNIT]) == commands.etcd_argv(node, f"{STATE}/etcd", first_ip)
+            assert unit_argv(files[ETCD_UNIT]) == commands.etcd_argv(node, f"{STATE}/etcd", first_ip, f"{STATE}/pki")
 
 
 @needs_ruby
@@ -232,3 +236,43 @@ def test_local_example_is_a_local_nodeport():
     assert svc["spec"]["externalTrafficPolicy"] == "Local" and svc["spec"]["type"] == "NodePort"
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     assert svc["spec"]["ports"][0]["nodePort"] == 30081
+
+
+# -- the lab CA: made on the host by the Vagrantfile, each node's certificates by `units --ca-from` --
+@needs_ruby
+def test_vagrant_nodes_get_certificates_of_one_lab_ca(tmp_path):
+    """Finding 8 on real VMs: the units ask etcd for TLS and client certificates; those come from one
+    CA the Vagrantfile makes on the host (Ruby's OpenSSL) and the synced folder brings to every node."""
+    from cryptography import x509
+
+    ca_dir = tmp_path / "host" / ".pki"
+    script = RUBY_RECORDER.replace("puts JSON.generate(Vagrant::LOG)", "ensure_lab_ca(ARGV[1]); ensure_lab_ca(ARGV[1])")
+    res = subprocess.run(["ruby", "-e", script, str(VAGRANTFILE), str(ca_dir)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert stat_mode(ca_dir) == 0o700 and stat_mode(ca_dir / "ca.key") == 0o600
+    ca = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+    s = light_settings()
+    for i, (node, args) in enumerate(expected_args(s).items(), start=1):
+        state = tmp_path / node
+        out = subprocess.run(["bash", str(PROVISION), *args], env={**os.environ, "KPROXY_DRY_RUN": "1"},
+                             capture_output=True, text=True, check=True).stdout.splitlines()[1:]
+        out[out.index("--state-dir") + 1] = str(state)
+        res = CliRunner().invoke(units, [*out, "--ca-from", str(ca_dir), "--write", str(tmp_path / f"{node}-units")])
+        assert res.exit_code == 0, res.output
+        pki = state / "pki"
+        assert stat_mode(state) == 0o700 and stat_mode(pki) == 0o700
+        assert (pki / "ca.crt").read_bytes() == (ca_dir / "ca.crt").read_bytes()
+        names = {p.name for p in pki.iterdir()}
+        assert {f"node-{node}.crt", "coredns.crt"} <= names
+        assert ("etcd-server-node-1.crt" in names) == ("controller.crt" in names) == (i == 1)
+        for name in names:
+            assert stat_mode(pki / name) == 0o600, name
+            if name.endswith(".crt") and name != "ca.crt":
+                x509.load_pem_x509_certificate((pki / name).read_bytes()).verify_directly_issued_by(ca)
+        # the files the units name are the ones just issued (their paths under the real state dir)
+        agent = (tmp_path / f"{node}-units" / AGENT_UNIT).read_text()
+        assert f"--store-cert {state}/pki/node-{node}.crt" in agent
+
+
+def stat_mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
