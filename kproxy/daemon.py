@@ -805,12 +805,10 @@ class Daemon:
                 broken_files.add(doc.source)
                 continue
             obj = doc.obj
-            if obj.get("kind") not in USER_KINDS:
-                name = (obj.get("metadata") or {}).get("name", "")
-                problems.append({"source": doc.source, "kind": obj.get("kind"), "name": name,
-                                 "message": f'resource mapping not found for name: "{name}" from "{doc.source}": '
-                                            f'no matches for kind "{obj.get("kind")}" in version '
-                                            f'"{obj.get("apiVersion")}"'})
+            unserved = meta.no_match_error(obj, doc.source, hint=False)  # as `kproxy apply` refuses it
+            if unserved:
+                problems.append({"source": doc.source, "kind": obj.get("kind"),
+                                 "name": meta.metadata_of(obj).get("name") or "", "message": unserved})
                 continue
             # A document of an unchanged file (the same parsed object) is defaulted and validated
             # once, not on every reload: at 1,000 Services that was 0.5-1 s of each change.
@@ -899,7 +897,7 @@ class Daemon:
         kind, ns, name = obj_id(obj)
         errs = validation.validate(obj, node_port_range=tuple(self.cfg.node_port_range),
                                    service_cidr=self.cfg.service_cidr)
-        if kind == "IPAddressPool":
+        if kind == "IPAddressPool" and not errs:  # validate checked its types: it parses
             try:
                 loadbalancer.pool_from_object(obj)
             except ValueError as e:

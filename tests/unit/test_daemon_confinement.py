@@ -394,3 +394,19 @@ def test_a_pod_that_fails_its_tick_does_not_stop_the_others(tmp_path):
     assert seen == ["good"]
     assert ("FailedSync", "Pod", "default", "bad") in d.obj_problems
     assert d.components.is_failed("disk")
+
+
+def test_the_folder_refuses_what_apply_refuses_an_unserved_version_and_a_mistyped_pool(tmp_path):
+    """One refusal for the folder and `kproxy apply` (meta.no_match_error): `apps/v2` is not
+    served; a pool whose addresses are not strings is a type error, not a crash of the pass."""
+    d = _daemon(tmp_path)
+    _write(d, "v2.yaml", DEPLOY.format(name="v2").replace("apps/v1", "apps/v2"))
+    _write(d, "pool.yaml", "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\n"
+                           "metadata: {name: p, namespace: metallb-system}\nspec: {addresses: [5]}\n")
+    _write(d, "good.yaml", SVC.format(name="good", port=80))
+    d._poll_manifests()
+    assert _svc(d, "good")["spec"]["clusterIP"]
+    problems = {p["source"].rsplit("/", 1)[1]: p["message"] for p in d.store.get(MANIFEST_ERRORS)}
+    assert 'no matches for kind "Deployment" in version "apps/v2"' in problems["v2.yaml"]
+    assert "spec.addresses[0]" in problems["pool.yaml"] and "Internal error" not in problems["pool.yaml"]
+    assert d.store.get(key_of("Deployment", "default", "v2")) is None
