@@ -644,7 +644,7 @@ def _read_documents(paths: str | tuple[str, ...]) -> list:
     for path in (paths,) if isinstance(paths, str) else paths:
         if path == "-":
             docs += manifest.read_text(sys.stdin.read(), "STDIN")
-        elif not Path(path).exists():
+        elif not os.path.lexists(path):  # a broken symlink is refused by the reader, as a symlink
             fail(f'the path "{path}" does not exist')
         else:
             docs += manifest.read_path(Path(path))

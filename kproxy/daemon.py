@@ -85,7 +85,10 @@ def manifest_signature(folder: Path) -> tuple:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(files):
             if f.endswith((".yaml", ".yml", ".json")) and not f.startswith("."):
-                st = os.stat(os.path.join(root, f))
+                try:  # lstat: a symlink is reported by the reader, never followed (nor broken)
+                    st = os.lstat(os.path.join(root, f))
+                except OSError:  # removed since the walk listed it: the next poll sees it gone
+                    continue
                 sig.append((root, f, st.st_size, st.st_mtime_ns))
     return tuple(sig)
 
@@ -756,7 +759,7 @@ class Daemon:
         docs, cache = [], {}
         for path in (manifest.manifest_files(folder) if folder.is_dir() else []):
             try:
-                st = path.stat()
+                st = path.lstat()  # a symlink's own stamp: the reader refuses it, by name
             except OSError:
                 continue
             stamp = (st.st_mtime_ns, st.st_size)

@@ -171,11 +171,9 @@ class Index:
         """(kind, namespace as written, name) of every object of the folder, in file order."""
         return [tuple(i) for _, e in sorted(self.entries.items()) for i in e["idents"]]
 
-    def files_with(self, ident: tuple, default_ns: str) -> list[Path]:
-        kind, ns, name = ident
-        want = (kind, ns or default_ns, name)
+    def files_with(self, ident: tuple, default_ns: str | None) -> list[Path]:
         return [self.folder / rel for rel, e in sorted(self.entries.items())
-                if any((k, n or default_ns, nm) == want for k, n, nm in e["idents"])]
+                if any(_same(tuple(i), ident, default_ns) for i in e["idents"])]
 
     def save(self) -> None:
         """Best effort: a full disk or a read-only state dir only costs a re-parse next time."""
@@ -233,13 +231,17 @@ def _identity(obj) -> tuple | None:
     return obj["kind"], m.get("namespace") or "", m.get("name")
 
 
-def _matches(obj, ident: tuple, default_ns: str) -> bool:
+def _same(a: tuple, b: tuple, default_ns: str | None) -> bool:
+    """One identity? default_ns None: a cluster-scoped kind, whose namespace (if a manifest
+    gives one) the API server drops, so it never tells two objects apart."""
+    (kind, ns, name), (want_kind, want_ns, want_name) = a, b
+    return kind == want_kind and name == want_name and (
+        default_ns is None or (ns or default_ns) == (want_ns or default_ns))
+
+
+def _matches(obj, ident: tuple, default_ns: str | None) -> bool:
     mine = _identity(obj)
-    if mine is None:
-        return False
-    kind, ns, name = mine
-    want_kind, want_ns, want_name = ident
-    return kind == want_kind and name == want_name and (ns or default_ns) == (want_ns or default_ns)
+    return mine is not None and _same(mine, ident, default_ns)
 
 
 def _is_list(doc) -> bool:
@@ -284,7 +286,7 @@ class Folder:
 
     def _each(self, ident: tuple, cluster_scoped: bool):
         """(path, chunks, chunk number, parsed document) of every document holding `ident`."""
-        default_ns = "" if cluster_scoped else "default"
+        default_ns = None if cluster_scoped else "default"
         for path in self.index.files_with(ident, default_ns):
             try:
                 text = path.read_text(encoding="utf-8")
@@ -299,7 +301,7 @@ class Folder:
 
     def find(self, ident: tuple, cluster_scoped: bool = False) -> dict | None:
         """The object (kind, namespace, name) as the folder holds it, or None."""
-        default_ns = "" if cluster_scoped else "default"
+        default_ns = None if cluster_scoped else "default"
         for _, _, _, doc in self._each(ident, cluster_scoped):
             if not _is_list(doc):
                 return doc
@@ -312,7 +314,7 @@ class Folder:
         The object ends up in one place: the first document holding it is replaced, any other
         copy (a duplicate identity in another file or document) is removed and its file noted
         in `self.dropped`. Each file is rewritten once, atomically; a file left empty is removed."""
-        default_ns = "" if cluster_scoped else "default"
+        default_ns = None if cluster_scoped else "default"
         first, edited = None, {}
         for path, chunks, i, doc in self._each(ident, cluster_scoped):
             chunks = edited.setdefault(path, chunks)
@@ -354,6 +356,8 @@ class Folder:
 
     def upsert(self, obj: dict, cluster_scoped: bool = False) -> str:
         """Put `obj` into the folder: 'created', 'configured' or 'unchanged' (kubectl's words)."""
+        if cluster_scoped and isinstance(obj.get("metadata"), dict) and "namespace" in obj["metadata"]:
+            obj = {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k != "namespace"}}
         ident = _identity(obj)
         old = self.find(ident, cluster_scoped)
         if old is not None:

@@ -364,3 +364,15 @@ def test_apply_edits_the_document_that_holds_the_object_in_place(tmp_path):
     assert new.startswith("# keep me\n")
     docs = [d for d in yaml.safe_load_all(new) if d]
     assert [(d["metadata"]["name"], d["spec"]["ports"][0]["port"]) for d in docs] == [("api", 80), ("web", 81)]
+
+
+def test_a_cluster_scoped_object_is_one_identity_whatever_namespace_its_manifest_gives(tmp_path):
+    """The API server drops metadata.namespace of a Namespace: apply writes it without one, and
+    delete of the same manifest (namespace and all) finds and removes it."""
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "namespace": "default"}}
+    assert manifests.upsert(tmp_path, ns, cluster_scoped=True) == "created"
+    assert [p.name for p in tmp_path.iterdir()] == ["namespace-shop.yaml"]
+    assert "namespace:" not in (tmp_path / "namespace-shop.yaml").read_text()
+    assert manifests.upsert(tmp_path, ns, cluster_scoped=True) == "unchanged"
+    assert manifests.remove(tmp_path, "Namespace", "default", "shop", cluster_scoped=True) is True
+    assert list(tmp_path.iterdir()) == []

@@ -410,3 +410,18 @@ def test_the_folder_refuses_what_apply_refuses_an_unserved_version_and_a_mistype
     assert 'no matches for kind "Deployment" in version "apps/v2"' in problems["v2.yaml"]
     assert "spec.addresses[0]" in problems["pool.yaml"] and "Internal error" not in problems["pool.yaml"]
     assert d.store.get(key_of("Deployment", "default", "v2")) is None
+
+
+def test_symlinks_in_the_folder_are_reported_and_a_broken_one_stops_nothing(tmp_path):
+    """The poll never follows a symlink (a broken one made every pass fail with ENOENT)."""
+    d = _daemon(tmp_path)
+    folder = Path(d.cfg.manifests)
+    (folder / "broken.yaml").symlink_to(tmp_path / "gone.yaml")
+    (folder / "shadow.yaml").symlink_to("/etc/shadow")
+    _write(d, "good.yaml", SVC.format(name="good", port=80))
+    d._poll_manifests()
+    assert _svc(d, "good")["spec"]["clusterIP"]
+    problems = {p["source"].rsplit("/", 1)[1]: p["message"] for p in d.store.get(MANIFEST_ERRORS)}
+    assert set(problems) == {"broken.yaml", "shadow.yaml"}
+    assert all("symbolic link" in m for m in problems.values())
+    assert "root:" not in str(problems)
