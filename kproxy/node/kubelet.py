@@ -22,6 +22,7 @@ from typing import Callable
 from . import dnsconfig
 from .inpod import PODSERVER, in_pod
 from .launcher import Launcher
+from .naming import pod_hostname, pod_log_dir
 from .network import NodeNetwork
 from .probes import ProbeState, ports_accept, run_probe
 
@@ -136,9 +137,9 @@ class Kubelet:
 
     def _spawn(self, rt: PodRuntime, c: Container) -> None:
         meta = rt.pod["metadata"]
-        logdir = self.log_dir / f"{meta['namespace']}_{meta['name']}"
+        logdir = self.log_dir / pod_log_dir(meta["namespace"], meta["name"])
         logdir.mkdir(parents=True, exist_ok=True)
-        hostname = rt.pod["spec"].get("hostname") or meta["name"]
+        hostname = pod_hostname(rt.pod)
         argv = container_argv(rt.pod, c.spec)
         if self.launcher is not None and argv[:3] == PODSERVER:
             try:
@@ -203,7 +204,7 @@ class Kubelet:
             if not alive:
                 meta = rt.pod["metadata"]
                 self.network.remove_pod(meta["namespace"], meta["name"])
-                shutil.rmtree(self.log_dir / f"{meta['namespace']}_{meta['name']}", ignore_errors=True)
+                shutil.rmtree(self.log_dir / pod_log_dir(meta["namespace"], meta["name"]), ignore_errors=True)
                 del self.pods[key]
                 done.append(key)
         return done

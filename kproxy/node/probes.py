@@ -82,7 +82,8 @@ def run_probe(spec: dict, pod: dict, netns: str) -> bool:
                        h.get("httpHeaders"))
     if "exec" in spec:  # inside the pod: its network, its hostname, its resolv.conf
         from .inpod import in_pod
-        hostname = pod["spec"].get("hostname") or pod["metadata"]["name"]
+        from .naming import pod_hostname
+        hostname = pod_hostname(pod)
         return exec_ok(in_pod(netns, hostname, spec["exec"].get("command", [])), timeout)
     return True
 

@@ -122,6 +122,7 @@ def upsert(folder: Path, obj: dict, cluster_scoped: bool = False) -> str:
         return "configured"
     kind, ns, name = ident
     stem = "-".join(p for p in (kind.lower(), ns or ("" if cluster_scoped else "default"), name) if p)
+    stem = stem[:200]  # a name may have 253 characters, a file name 255 bytes: the loop below keeps them apart
     path, n = folder / f"{stem}.yaml", 1
     while path.exists():  # never overwrite another object's file
         n += 1
