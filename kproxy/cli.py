@@ -1074,6 +1074,17 @@ def _container_of(pod: dict, container: str | None) -> str:
     return container
 
 
+def _exec_user(pod: dict, cname: str) -> str | None:
+    """As kubectl exec: the command runs as the container does (its securityContext)."""
+    from kproxy.node.security import CreateContainerConfigError, run_as
+    spec = next((c for c in pod["spec"].get("containers", []) if c.get("name") == cname), {})
+    try:
+        who = run_as(pod, spec)
+    except CreateContainerConfigError:
+        return None  # never started: the exec is refused as not running
+    return who.arg() if who else None
+
+
 @main.command(name="exec", context_settings={"ignore_unknown_options": True})
 @click.argument("target")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -1088,7 +1099,7 @@ def exec_(target, command, stdin, tty, container, namespace, state_dir):
     need_root()
     cfg, store = running_lab(state_dir)
     argv = list(command)
-    hostname = None
+    hostname, user = None, None
     if not argv:
         fail("you must specify at least one command for the container")
     word, _, name = target.rpartition("/")
@@ -1109,6 +1120,7 @@ def exec_(target, command, stdin, tty, container, namespace, state_dir):
             fail(f"cannot exec into a container in a completed pod; current phase is {phase}")
         netns = pod_netns(cfg, namespace, pname)
         hostname = pod_hostname(pod)
+        user = _exec_user(pod, cname)
         running = any(cs.get("name") == cname and "running" in (cs.get("state") or {})
                       for cs in pod.get("status", {}).get("containerStatuses") or [])
         if not running or not netns_exists(netns):
@@ -1122,7 +1134,7 @@ def exec_(target, command, stdin, tty, container, namespace, state_dir):
     if netns is None:
         os.execvp(argv[0], argv)
     if hostname:  # as in its containers: the pod's network, hostname, resolv.conf and hosts
-        argv = in_pod(netns, hostname, argv)
+        argv = in_pod(netns, hostname, argv, user)
         os.execvp(argv[0], argv)
     os.execvp("ip", ["ip", "netns", "exec", netns, *argv])
 

@@ -25,6 +25,7 @@ from .launcher import Launcher
 from .naming import pod_hostname, pod_log_dir
 from .network import NodeNetwork
 from .probes import ProbeState, ports_accept, run_probe
+from .security import CreateContainerConfigError, run_as
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class Container:
     restart_at: float = 0.0
     finished: bool = False
     liveness: ProbeState | None = None
+    config_error: str = ""  # why the kubelet would not create it (securityContext): never started
 
 
 @dataclass
@@ -141,9 +143,17 @@ class Kubelet:
         logdir.mkdir(parents=True, exist_ok=True)
         hostname = pod_hostname(rt.pod)
         argv = container_argv(rt.pod, c.spec)
+        try:
+            who = run_as(rt.pod, c.spec)
+        except CreateContainerConfigError as e:  # the kubelet's refusal: the pod stays Pending
+            c.config_error = str(e)
+            self.event(rt.pod, "Failed", f"Error: {e}", "Warning")
+            return
+        user = who.arg() if who else None
         if self.launcher is not None and argv[:3] == PODSERVER:
             try:
-                c.proc = self.launcher.spawn(rt.netns, hostname, argv[3:], container_env(rt.pod, c.spec),
+                c.proc = self.launcher.spawn(rt.netns, hostname, [*(["--user", user] if user else []), *argv[3:]],
+                                             container_env(rt.pod, c.spec),
                                              str(logdir / f"{c.spec['name']}.log"), c.spec.get("workingDir") or "/")
                 c.started_at = now_iso()
                 self.event(rt.pod, "Started", f"Started container {c.spec['name']}", "Normal")
@@ -151,7 +161,7 @@ class Kubelet:
             except OSError as e:
                 log.warning("forking the pod server failed (%s); starting it as its own process", e)
         out = open(logdir / f"{c.spec['name']}.log", "ab")
-        argv = in_pod(rt.netns, hostname, argv)
+        argv = in_pod(rt.netns, hostname, argv, user)
         try:
             c.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                       env=container_env(rt.pod, c.spec), start_new_session=True,
@@ -239,7 +249,7 @@ class Kubelet:
         dirty = False
         policy = rt.pod["spec"].get("restartPolicy", "Always")
         for c in rt.containers:
-            if c.finished:
+            if c.finished or c.config_error:
                 continue
             if c.proc is not None:
                 code = c.proc.poll()
@@ -336,6 +346,8 @@ class Kubelet:
             elif c.finished:
                 state = {"terminated": {"exitCode": c.last_exit,
                                         "reason": "Completed" if c.last_exit == 0 else "Error"}}
+            elif c.config_error:
+                state = {"waiting": {"reason": "CreateContainerConfigError", "message": c.config_error}}
             else:
                 state = {"waiting": {"reason": "CrashLoopBackOff" if c.restarts else "ContainerCreating"}}
             statuses.append({"name": c.spec["name"], "ready": ready and c.proc is not None,
