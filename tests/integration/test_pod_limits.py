@@ -164,7 +164,8 @@ def test_a_billion_replicas_leave_the_daemon_alive(lab):
     start = time.monotonic()
     lab.apply(LATE, wait=False)  # another Service is programmed meanwhile
     lab.wait_for(lambda: "default/late" in lab.node_save(), timeout=10, interval=0.2)
-    assert time.monotonic() - start < 10
+    programmed = time.monotonic() - start
+    assert programmed < 5, f"a Service took {programmed:.1f} s to be programmed"
     lab.wait_for(lambda: len([p for p in pods() if p["spec"].get("nodeName")]) + 6 >= 253, timeout=240, interval=2)
     time.sleep(2)
     mine = pods()
@@ -187,4 +188,5 @@ def test_a_billion_replicas_leave_the_daemon_alive(lab):
     lab.kproxy("delete", "deploy", "bomb")
     lab.wait_for(lambda: not pods(), timeout=180, interval=2)
     assert _serving(lab)
-    print(f"daemon RSS with {len(mine)} bomb pods: {rss:.0f} MB", file=sys.stderr)
+    print(f"daemon RSS with {len(mine)} bomb pods: {rss:.0f} MB; a Service programmed in {programmed:.1f} s",
+          file=sys.stderr)
