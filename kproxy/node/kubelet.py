@@ -64,6 +64,15 @@ def container_env(pod: dict, container: dict) -> dict[str, str]:
     return env
 
 
+def _user_of(pod: dict, container: dict) -> str | None:
+    """Who an exec probe of `container` runs as: the container's own user, as the kubelet does."""
+    try:
+        who = run_as(pod, container)
+    except CreateContainerConfigError:
+        return None  # never started, so never probed
+    return who.arg() if who else None
+
+
 def _describe_probe(spec: dict) -> str:
     if "httpGet" in spec:
         h = spec["httpGet"]
@@ -291,7 +300,8 @@ class Kubelet:
             return changed
         if self._due(st, now) and any(c.proc for c in rt.containers):
             if st.spec:
-                st.running = self.pool.submit(run_probe, st.spec, rt.pod, rt.netns)
+                owner = next((c.spec for c in rt.containers if c.spec.get("readinessProbe") is st.spec), {})
+                st.running = self.pool.submit(run_probe, st.spec, rt.pod, rt.netns, _user_of(rt.pod, owner))
             else:
                 st.running = self.pool.submit(ports_accept, rt.pod)
         return False
@@ -323,7 +333,7 @@ class Kubelet:
                 if not st.next_at:
                     st.next_at = now + st.spec.get("initialDelaySeconds", 0)
                     continue
-                st.running = self.pool.submit(run_probe, st.spec, rt.pod, rt.netns)
+                st.running = self.pool.submit(run_probe, st.spec, rt.pod, rt.netns, _user_of(rt.pod, c.spec))
         return dirty
 
     # -- status ---------------------------------------------------------------------------

@@ -111,3 +111,25 @@ def test_the_pod_server_drops_privileges(tmp_path):
     out = subprocess.run([sys.executable, "-S", "-I", "-c", code, str(Path(inpod.__file__).parent)],
                          capture_output=True, text=True, check=True).stdout
     assert out.split() == ["65534", "65534", "[7,", "65534]"]
+
+
+def test_exec_probes_run_as_their_container():
+    submitted = []
+
+    class Pool:
+        def submit(self, fn, *args):
+            submitted.append(args)
+
+    kubelet = Kubelet.__new__(Kubelet)
+    kubelet.pool = Pool()
+    probe = {"exec": {"command": ["true"]}}
+    p = pod({"runAsUser": 1000, "runAsGroup": 1000})
+    c = p["spec"]["containers"][0]
+    c.update(readinessProbe=probe, livenessProbe=probe)
+    rt = PodRuntime(pod=p, netns="kp0000-web", containers=[Container(spec=c, liveness=ProbeState(probe))],
+                    readiness=ProbeState(probe))
+    rt.containers[0].proc = object()  # running
+    rt.containers[0].liveness.next_at = 1.0
+    kubelet._check_readiness(rt, 10.0)
+    kubelet._check_liveness(rt, 10.0)
+    assert [args[-1] for args in submitted] == ["1000:1000:1000", "1000:1000:1000"]
