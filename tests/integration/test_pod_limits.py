@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from .conftest import hits, prefixed_netns
 
@@ -117,7 +118,8 @@ def test_long_names_run_and_serve(lab):
 def test_long_names_survive_down_and_up(lab):
     prefix = lab.cfg.naming.prefix
     lab.down()
-    assert prefixed_netns(prefix) == []  # `down` leaves no netns
+    assert prefixed_netns(prefix) == []  # `down` leaves no netns, nor their /etc/netns files
+    assert not list(Path("/etc/netns").glob(f"{prefix}-*"))
     lab.up()
     lab.wait_for(lambda: _serving(lab), timeout=90, interval=1)
 
