@@ -58,11 +58,6 @@ def test_run_as_non_root_refusals_in_the_kubelets_words():
             decide(pod({"runAsUser": bad}))
 
 
-class _Net:
-    def add_pod(self, ns, name, ip):
-        return "kp0000-" + name
-
-
 def test_the_kubelet_refuses_to_start_and_says_why(tmp_path, monkeypatch):
     events = []
     kubelet = Kubelet.__new__(Kubelet)
