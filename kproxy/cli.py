@@ -22,6 +22,7 @@ from kproxy.config import LabConfig, state_dir_from_env
 from kproxy.store import manifests as folder
 from kproxy.store.base import RESOURCE, object_key
 from kproxy.node.inpod import in_pod
+from kproxy.node.naming import pod_hostname, pod_log_dir, pod_slug
 from kproxy.store.sqlite import SqliteStore
 
 SUPPORTED_KINDS = meta.ADMITTED_KINDS
@@ -143,7 +144,7 @@ def pod_netns(cfg: LabConfig, namespace: str, name: str) -> str:
     netns = cfg.naming.pod_netns(namespace, name)
     if cfg.store_url and not cfg.sandbox and not netns_exists(netns):
         from kproxy.node.network import list_netns
-        found = [n for n in list_netns() if n.startswith("kp") and n.endswith(f"-{namespace}-{name}")
+        found = [n for n in list_netns() if n.startswith("kp") and n.endswith(f"-{pod_slug(namespace, name)}")
                  and n[:n.index("-")].isalnum()]
         if len(found) == 1:
             return found[0]
@@ -1218,6 +1219,17 @@ def _container_of(pod: dict, container: str | None) -> str:
     return container
 
 
+def _exec_user(pod: dict, cname: str) -> str | None:
+    """As kubectl exec: the command runs as the container does (its securityContext)."""
+    from kproxy.node.security import CreateContainerConfigError, run_as
+    spec = next((c for c in pod["spec"].get("containers", []) if c.get("name") == cname), {})
+    try:
+        who = run_as(pod, spec)
+    except CreateContainerConfigError:
+        return None  # never started: the exec is refused as not running
+    return who.arg() if who else None
+
+
 @main.command(name="exec", context_settings={"ignore_unknown_options": True})
 @click.argument("target")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -1232,7 +1244,7 @@ def exec_(target, command, stdin, tty, container, namespace, state_dir):
     need_root()
     cfg, store = running_lab(state_dir)
     argv = list(command)
-    hostname = None
+    hostname, user = None, None
     if not argv:
         fail("you must specify at least one command for the container")
     word, _, name = target.rpartition("/")
@@ -1252,7 +1264,8 @@ def exec_(target, command, stdin, tty, container, namespace, state_dir):
         if phase in ("Succeeded", "Failed"):
             fail(f"cannot exec into a container in a completed pod; current phase is {phase}")
         netns = pod_netns(cfg, namespace, pname)
-        hostname = pod["spec"].get("hostname") or pname
+        hostname = pod_hostname(pod)
+        user = _exec_user(pod, cname)
         running = any(cs.get("name") == cname and "running" in (cs.get("state") or {})
                       for cs in pod.get("status", {}).get("containerStatuses") or [])
         if not running or not netns_exists(netns):
@@ -1266,7 +1279,7 @@ def exec_(target, command, stdin, tty, container, namespace, state_dir):
     if netns is None:
         os.execvp(argv[0], argv)
     if hostname:  # as in its containers: the pod's network, hostname, resolv.conf and hosts
-        argv = in_pod(netns, hostname, argv)
+        argv = in_pod(netns, hostname, argv, user)
         os.execvp(argv[0], argv)
     os.execvp("ip", ["ip", "netns", "exec", netns, *argv])
 
@@ -1331,9 +1344,9 @@ def logs(target, container_arg, namespace, container, follow, tail, state_dir):
     if count > 1:
         click.echo(f"Found {count} pods, using pod/{pname}", err=True)
     cname = _container_of(pod, container or container_arg)
-    path = cfg.logs / f"{namespace}_{pname}" / f"{cname}.log"
+    path = cfg.logs / pod_log_dir(namespace, pname) / f"{cname}.log"
     if not path.exists() and cfg.store_url:  # a real node's agent keeps them in its own state dir
-        path = next(Path(cfg.state_dir).glob(f"nodes/*/logs/{namespace}_{pname}/{cname}.log"), path)
+        path = next(Path(cfg.state_dir).glob(f"nodes/*/logs/{pod_log_dir(namespace, pname)}/{cname}.log"), path)
     if not path.exists():
         statuses = {cs.get("name"): cs for cs in pod.get("status", {}).get("containerStatuses") or []}
         reason = ((statuses.get(cname) or {}).get("state", {}).get("waiting") or {}).get("reason", "ContainerCreating")

@@ -688,12 +688,16 @@ class Daemon:
             self._ensure_cluster_dns()
 
     def _register_node(self) -> None:
-        """Agent: the Node object of this node (its address and pod CIDR), Ready."""
+        """Agent: the Node object of this node (its address and pod CIDR), Ready. It takes as many
+        pods as its pod CIDR has addresses for them (253 for a /24; the kubelet's default maxPods
+        is 110, but a pod here needs nothing but an address): capacity = allocatable pods."""
+        pods = replicas.pod_cidr_capacity(self.cfg.node_pod_cidr)
         node = {"apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": self.cfg.node_name, "labels": {"kubernetes.io/hostname": self.cfg.node_name,
                                                                     "kubernetes.io/os": "linux"}},
                 "spec": {"podCIDR": self.cfg.node_pod_cidr, "podCIDRs": [self.cfg.node_pod_cidr]},
-                "status": {"addresses": [{"type": "InternalIP", "address": self.node_ip},
+                "status": {"capacity": {"pods": str(pods)}, "allocatable": {"pods": str(pods)},
+                           "addresses": [{"type": "InternalIP", "address": self.node_ip},
                                          {"type": "Hostname", "address": self.cfg.node_name}],
                            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
                            "nodeInfo": {"kubeProxyVersion": "kproxy", "kubeletVersion": "kproxy"}}}
@@ -981,31 +985,59 @@ class Daemon:
 
     # -- pods -----------------------------------------------------------------------------
     def _reconcile_pods(self) -> None:
-        """Controller: Deployments -> pods, scheduled to nodes; pods of a gone owner terminate."""
+        """Controller: Deployments -> pods, scheduled to nodes; pods of a gone owner terminate.
+
+        Pods waiting for a node are placed first; then each Deployment gets new pods, at most
+        BURST_REPLICAS a pass in slow-start batches, and only while fewer than MAX_UNSCHEDULED
+        pods wait for room: `replicas: 1000000000` makes the nodes' capacity + 500 pods."""
         pods = self.objects["Pod"]
+        live_deploys = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in self.objects["Deployment"].values()}
+        bound = replicas.pods_per_node(pods.values())
+        waiting = 0
+        for key, pod in list(pods.items()):
+            owner = replicas.owner_deployment(pod)
+            if owner and (pod["metadata"]["namespace"], owner) not in live_deploys:
+                self._terminate_pod(key)
+            elif not pod["spec"].get("nodeName") and not pod["metadata"].get("deletionTimestamp"):
+                self._schedule(pod, bound)  # no node was Ready (or had room) when it was made
+                waiting += not pod["spec"].get("nodeName")
+        free = sum(max(0, cap - bound.get(n, 0)) for n, cap in self._capacities().items())
         taken = {p["metadata"]["name"] for p in pods.values()}
         for dkey, deploy in list(self.objects["Deployment"].items()):
             ns, dname = deploy["metadata"]["namespace"], deploy["metadata"]["name"]
             with self._confined("FailedReconcile", "Deployment", ns, dname):  # one Deployment only
                 owned = [p for p in pods.values() if p["metadata"]["namespace"] == ns
                          and replicas.owner_deployment(p) == dname and not p["metadata"].get("deletionTimestamp")]
-                create, delete = replicas.reconcile_deployment(deploy, owned, self.rng, now_iso(), taken)
-                self._scaling_events(deploy, owned, create, delete)
-                for pod in create:
-                    self._new_meta(pod, None)
-                    self._schedule(pod)
+                limit = max(0, free + replicas.MAX_UNSCHEDULED - waiting)
+                create, delete = replicas.reconcile_deployment(deploy, owned, self.rng, now_iso(), taken, limit)
+                made: list[dict] = []
+
+                def make(i: int, create=create, made=made) -> None:
+                    self._new_meta(create[i], None)
+                    self._schedule(create[i], bound)
+                    made.append(create[i])
+                try:
+                    replicas.slow_start_batch(len(create), make)
+                except Exception as e:  # noqa: BLE001 - the rest of this Deployment's pods wait for the next pass
+                    log.exception("creating pods of deployment %s/%s failed", ns, dname)
+                    self.event("Deployment", ns, dname, "FailedCreate", f"Error creating: {e}")
+                for pod in create[len(made):]:
+                    taken.discard(pod["metadata"]["name"])
+                placed = sum(1 for p in made if p["spec"].get("nodeName"))
+                free, waiting = max(0, free - placed), waiting + len(made) - placed
+                self._scaling_events(deploy, owned, made, delete)
                 for pod in delete:
                     self._terminate_pod(key_of("Pod", ns, pod["metadata"]["name"]))
-        live_deploys = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in self.objects["Deployment"].values()}
-        for key, pod in list(pods.items()):
-            owner = replicas.owner_deployment(pod)
-            if owner and (pod["metadata"]["namespace"], owner) not in live_deploys:
-                self._terminate_pod(key)
-            elif not pod["spec"].get("nodeName") and not pod["metadata"].get("deletionTimestamp"):
-                self._schedule(pod)  # no node was Ready when it was made
         self._deployment_status()
         if self.shared:
             self._node_lifecycle()
+
+    def _capacities(self) -> dict[str, int]:
+        """Ready node -> how many pods it takes (its allocatable pods; our own pod CIDR's size
+        while our Node is not registered yet)."""
+        nodes = {n["metadata"]["name"]: n for n in self.objects["Node"].values()}
+        return {name: replicas.node_capacity(nodes[name]) if name in nodes
+                else replicas.pod_cidr_capacity(self.cfg.node_pod_cidr) for name in self._ready_nodes()}
 
     def _ready_nodes(self) -> list[str]:
         """Nodes that take pods and announce IPs: every Node whose heartbeat is alive."""
@@ -1014,24 +1046,53 @@ class Daemon:
         return sorted(n["metadata"]["name"] for n in self.objects["Node"].values()
                       if n["metadata"]["name"] in self.leases)
 
-    def _schedule(self, pod: dict) -> None:
-        """The scheduler, in brief: the Ready node with the fewest pods (ties by name)."""
+    def _schedule(self, pod: dict, bound: dict[str, int] | None = None) -> None:
+        """The scheduler, in brief: among Ready nodes with room for one more pod (its allocatable
+        pods; `bound` counts the pods each node has, kept up to date here), the one with the
+        fewest (ties by name). No room: the pod stays Pending with PodScheduled=False and one
+        FailedScheduling event (written again only when the reason changes, not every pass)."""
         if not pod["spec"].get("nodeName"):
+            if bound is None:
+                bound = replicas.pods_per_node(self.objects["Pod"].values())
+            caps = self._capacities()
+            fits = [n for n, cap in caps.items() if bound.get(n, 0) < cap]
+            if not fits:
+                not_ready = len({n["metadata"]["name"] for n in self.objects["Node"].values()} - set(caps))
+                self._unschedulable(pod, replicas.too_many_pods(len(caps), len(caps), not_ready) if caps else "")
+                return
             # spread a Deployment's pods first (the default topology spread), then all pods
-            load = {n: [0, 0] for n in self._ready_nodes()}
+            load = {n: [0, 0] for n in fits}
             owner = (pod["metadata"]["namespace"], replicas.owner_deployment(pod))
             for p in self.objects["Pod"].values():
                 if p["spec"].get("nodeName") in load and not p["metadata"].get("deletionTimestamp"):
                     load[p["spec"]["nodeName"]][0] += (p["metadata"]["namespace"], replicas.owner_deployment(p)) == owner
                     load[p["spec"]["nodeName"]][1] += 1
-            if not load:
-                self._save(pod)  # Pending until a node is Ready
-                return
             pod["spec"]["nodeName"] = min(load, key=lambda n: (*load[n], n))
+            bound[pod["spec"]["nodeName"]] = bound.get(pod["spec"]["nodeName"], 0) + 1
+            if any(c.get("type") == "PodScheduled" for c in (pod.get("status") or {}).get("conditions", [])):
+                pod["status"] = {"phase": "Pending"}  # it was unschedulable: the kubelet reports from here
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         self._save(pod)
         self.event("Pod", ns, name, "Scheduled",
                    f"Successfully assigned {ns}/{name} to {pod['spec']['nodeName']}", "Normal")
+
+    def _unschedulable(self, pod: dict, message: str) -> None:
+        """A pod no node takes now: Pending, PodScheduled=False with the scheduler's reason, one
+        FailedScheduling event; nothing is written while the reason stays the same. No Ready
+        node at all (message ""): only saved, as before a node registers."""
+        status = pod.setdefault("status", {"phase": "Pending"})
+        conds = status.get("conditions") or []
+        if message and any(c.get("type") == "PodScheduled" and c.get("message") == message for c in conds):
+            return
+        if not message and "uid" in pod["metadata"] and key_of("Pod", pod["metadata"]["namespace"],
+                                                                pod["metadata"]["name"]) in self.objects["Pod"]:
+            return
+        if message:
+            status["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                     "message": message, "lastTransitionTime": now_iso()}]
+        self._save(pod)
+        if message:
+            self.event("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], "FailedScheduling", message)
 
     def _node_lifecycle(self) -> None:
         """Controller (multi-node): a Node whose lease lapsed turns Ready=Unknown and its pods

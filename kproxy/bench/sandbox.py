@@ -176,8 +176,9 @@ class Lab:
             return None
 
     def pod_netns(self, pod: dict) -> str:
+        from kproxy.node.naming import Naming
         m = pod["metadata"]
-        return f"{self.prefix}-{m.get('namespace', 'default')}-{m['name']}"
+        return Naming(self.prefix).pod_netns(m.get("namespace", "default"), m["name"])
 
     def node_exec(self, *cmd: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
         """Run a command in the node netns through the CLI, as a user would."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .naming import pod_hostname
+
 ETC_NETNS = Path("/etc/netns")
 MAX_SEARCH = 32  # the kubelet's limit on search domains
 
@@ -64,7 +66,7 @@ def hosts_file(pod: dict, domain: str) -> str:
     """The kubelet's managed /etc/hosts: localhost lines, the pod's own name, HostAliases."""
     meta, spec = pod["metadata"], pod["spec"]
     ip = pod["status"]["podIP"]
-    hostname = spec.get("hostname") or meta["name"]
+    hostname = pod_hostname(pod)
     lines = ["# Kubernetes-managed hosts file.", "127.0.0.1\tlocalhost",
              "::1\tlocalhost ip6-localhost ip6-loopback", "fe00::0\tip6-localnet", "fe00::0\tip6-mcastprefix",
              "fe00::1\tip6-allnodes", "fe00::2\tip6-allrouters"]

@@ -23,8 +23,10 @@ from typing import Callable
 from . import dnsconfig
 from .inpod import PODSERVER, in_pod
 from .launcher import Launcher
+from .naming import pod_hostname, pod_log_dir
 from .network import NodeNetwork
 from .probes import ProbeState, ports_accept, run_probe
+from .security import CreateContainerConfigError, run_as
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,15 @@ def container_env(pod: dict, container: dict) -> dict[str, str]:
     return env
 
 
+def _user_of(pod: dict, container: dict) -> str | None:
+    """Who an exec probe of `container` runs as: the container's own user, as the kubelet does."""
+    try:
+        who = run_as(pod, container)
+    except CreateContainerConfigError:
+        return None  # never started, so never probed
+    return who.arg() if who else None
+
+
 def _describe_probe(spec: dict) -> str:
     if "httpGet" in spec:
         h = spec["httpGet"]
@@ -85,6 +96,7 @@ class Container:
     restart_at: float = 0.0
     finished: bool = False
     liveness: ProbeState | None = None
+    config_error: str = ""  # why the kubelet would not create it (securityContext): never started
 
 
 @dataclass
@@ -137,13 +149,21 @@ class Kubelet:
 
     def _spawn(self, rt: PodRuntime, c: Container) -> None:
         meta = rt.pod["metadata"]
-        logdir = self.log_dir / f"{meta['namespace']}_{meta['name']}"
+        logdir = self.log_dir / pod_log_dir(meta["namespace"], meta["name"])
         logdir.mkdir(parents=True, exist_ok=True)
-        hostname = rt.pod["spec"].get("hostname") or meta["name"]
+        hostname = pod_hostname(rt.pod)
         argv = container_argv(rt.pod, c.spec)
+        try:
+            who = run_as(rt.pod, c.spec)
+        except CreateContainerConfigError as e:  # the kubelet's refusal: the pod stays Pending
+            c.config_error = str(e)
+            self.event(rt.pod, "Failed", f"Error: {e}", "Warning")
+            return
+        user = who.arg() if who else None
         if self.launcher is not None and argv[:3] == PODSERVER:
             try:
-                c.proc = self.launcher.spawn(rt.netns, hostname, argv[3:], container_env(rt.pod, c.spec),
+                c.proc = self.launcher.spawn(rt.netns, hostname, [*(["--user", user] if user else []), *argv[3:]],
+                                             container_env(rt.pod, c.spec),
                                              str(logdir / f"{c.spec['name']}.log"), c.spec.get("workingDir") or "/")
                 c.started_at = now_iso()
                 self.event(rt.pod, "Started", f"Started container {c.spec['name']}", "Normal")
@@ -151,7 +171,7 @@ class Kubelet:
             except OSError as e:
                 log.warning("forking the pod server failed (%s); starting it as its own process", e)
         out = open(logdir / f"{c.spec['name']}.log", "ab")
-        argv = in_pod(rt.netns, hostname, argv)
+        argv = in_pod(rt.netns, hostname, argv, user)
         try:
             c.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                       env=container_env(rt.pod, c.spec), start_new_session=True,
@@ -205,7 +225,7 @@ class Kubelet:
             if not alive:
                 meta = rt.pod["metadata"]
                 self.network.remove_pod(meta["namespace"], meta["name"])
-                shutil.rmtree(self.log_dir / f"{meta['namespace']}_{meta['name']}", ignore_errors=True)
+                shutil.rmtree(self.log_dir / pod_log_dir(meta["namespace"], meta["name"]), ignore_errors=True)
                 del self.pods[key]
                 done.append(key)
         return done
@@ -243,7 +263,7 @@ class Kubelet:
         dirty = False
         policy = rt.pod["spec"].get("restartPolicy", "Always")
         for c in rt.containers:
-            if c.finished:
+            if c.finished or c.config_error:
                 continue
             if c.proc is not None:
                 code = c.proc.poll()
@@ -285,7 +305,8 @@ class Kubelet:
             return changed
         if self._due(st, now) and any(c.proc for c in rt.containers):
             if st.spec:
-                st.running = self.pool.submit(run_probe, st.spec, rt.pod, rt.netns)
+                owner = next((c.spec for c in rt.containers if c.spec.get("readinessProbe") is st.spec), {})
+                st.running = self.pool.submit(run_probe, st.spec, rt.pod, rt.netns, _user_of(rt.pod, owner))
             else:
                 st.running = self.pool.submit(ports_accept, rt.pod)
         return False
@@ -317,7 +338,7 @@ class Kubelet:
                 if not st.next_at:
                     st.next_at = now + st.spec.get("initialDelaySeconds", 0)
                     continue
-                st.running = self.pool.submit(run_probe, st.spec, rt.pod, rt.netns)
+                st.running = self.pool.submit(run_probe, st.spec, rt.pod, rt.netns, _user_of(rt.pod, c.spec))
         return dirty
 
     # -- status ---------------------------------------------------------------------------
@@ -340,6 +361,8 @@ class Kubelet:
             elif c.finished:
                 state = {"terminated": {"exitCode": c.last_exit,
                                         "reason": "Completed" if c.last_exit == 0 else "Error"}}
+            elif c.config_error:
+                state = {"waiting": {"reason": "CreateContainerConfigError", "message": c.config_error}}
             else:
                 state = {"waiting": {"reason": "CrashLoopBackOff" if c.restarts else "ContainerCreating"}}
             statuses.append({"name": c.spec["name"], "ready": ready and c.proc is not None,

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 VXLAN_VNI, VXLAN_PORT = 1, 4789  # flannel's defaults
 ONLINK = 4                       # RTNH_F_ONLINK: the VTEP address is reached on the device
 RTPROT_STATIC = 4                # how pyroute2 marks the routes we add (and `ip route` shows)
+# what containerd sets in every pod's netns: a container running as a non-root user
+# (securityContext.runAsUser) still binds its port 80 and pings
+POD_SYSCTLS = {"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ping_group_range": "0 2147483647"}
 
 
 @dataclass(frozen=True)
@@ -336,6 +339,10 @@ class NodeNetwork:
             ipr.addr("add", index=idx, address=ip, prefixlen=ipaddress.ip_network(cfg.pod_cidr).prefixlen)
             ipr.link("set", index=idx, state="up")
             ipr.route("add", dst="0.0.0.0/0", gateway=cfg.gateway)
+        with _thread_in_netns(pod_ns):  # this thread's /proc/sys/net is the pod's
+            for key, value in POD_SYSCTLS.items():
+                with open(_sysctl_path(key), "w") as f:
+                    f.write(value)
         return pod_ns
 
     def remove_pod(self, namespace: str, name: str) -> None:

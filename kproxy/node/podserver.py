@@ -103,17 +103,29 @@ def parse_port(text: str) -> tuple[int, str]:
     return int(port), (proto or "TCP").upper()
 
 
+def drop_privileges(arg: str) -> None:
+    """Become `uid:gid:g1,g2` (security.RunAs.arg) for good: groups first, the uid last. Ports
+    below 1024 still bind: the pod's netns has net.ipv4.ip_unprivileged_port_start=0."""
+    uid, gid, groups = arg.split(":")
+    os.setgroups([int(g) for g in groups.split(",") if g])
+    os.setgid(int(gid))
+    os.setuid(int(uid))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pod", required=True)
     ap.add_argument("--namespace", default="default")
     ap.add_argument("--ip", required=True)
     ap.add_argument("--hostname", help="set this hostname (and $HOSTNAME) first: the pod's own UTS namespace")
+    ap.add_argument("--user", help="UID:GID:GROUPS to run as (after setting the hostname): securityContext")
     ap.add_argument("ports", nargs="*", help="PORT[/TCP|UDP]; none means 80/TCP")
     args = ap.parse_args(argv)
     if args.hostname:
         socket.sethostname(args.hostname)
         os.environ["HOSTNAME"] = args.hostname
+    if args.user:
+        drop_privileges(args.user)
     ports = [parse_port(p) for p in args.ports] or [(80, "TCP")]
     asyncio.run(serve(Identity(args.pod, args.namespace, args.ip), ports))
 

@@ -71,7 +71,8 @@ def exec_ok(argv: list[str], timeout: float) -> bool:
         return False
 
 
-def run_probe(spec: dict, pod: dict, netns: str) -> bool:
+def run_probe(spec: dict, pod: dict, netns: str, user: str | None = None) -> bool:
+    """`user`: who an exec probe runs as, its container's user (security.RunAs.arg)."""
     ip = pod["status"]["podIP"]
     timeout = float(spec.get("timeoutSeconds", 1))
     if "tcpSocket" in spec:
@@ -82,8 +83,9 @@ def run_probe(spec: dict, pod: dict, netns: str) -> bool:
                        h.get("httpHeaders"))
     if "exec" in spec:  # inside the pod: its network, its hostname, its resolv.conf
         from .inpod import in_pod
-        hostname = pod["spec"].get("hostname") or pod["metadata"]["name"]
-        return exec_ok(in_pod(netns, hostname, spec["exec"].get("command", [])), timeout)
+        from .naming import pod_hostname
+        hostname = pod_hostname(pod)
+        return exec_ok(in_pod(netns, hostname, spec["exec"].get("command", []), user), timeout)
     return True
 
 

@@ -11,13 +11,18 @@ import pytest
 
 from kproxy.controllers.replicas import (
     ALPHANUMS,
+    BURST_REPLICAS,
     _fnv32a,
     is_ready,
     new_pod,
+    node_capacity,
     owner_deployment,
+    pod_cidr_capacity,
     pod_template_hash,
     reconcile_deployment,
     safe_encode,
+    slow_start_batch,
+    too_many_pods,
 )
 
 NOW = "2024-05-01T12:00:00Z"
@@ -245,3 +250,43 @@ def test_old_pods_stay_while_fewer_new_pods_than_replicas_are_ready():
     create, delete = reconcile_deployment(d, old_pods + [pod_of(d, "fffff")], random.Random(5), NOW, set())
     assert len(create) == 2
     assert delete == []
+
+
+# ------------------------------------------------------------------ a billion replicas (issue 12 #3)
+
+
+def test_a_billion_replicas_make_one_burst_of_pods_not_a_billion():
+    d = deployment(replicas=1_000_000_000)
+    create, delete = reconcile_deployment(d, [], random.Random(1), NOW, set())
+    assert len(create) == BURST_REPLICAS and not delete
+    create, _ = reconcile_deployment(d, [], random.Random(1), NOW, set(), limit=7)
+    assert len(create) == 7
+    create, _ = reconcile_deployment(d, [], random.Random(1), NOW, set(), limit=0)
+    assert create == []
+
+
+def test_slow_start_batches_double_and_stop_at_the_first_failure():
+    calls = []
+    assert slow_start_batch(10, calls.append) == 10 and calls == list(range(10))
+
+    sizes = []
+
+    def fail_at_5(i):
+        if i == 5:
+            raise OSError("store away")
+        sizes.append(i)
+    with pytest.raises(OSError):
+        slow_start_batch(100, fail_at_5)
+    assert sizes == [0, 1, 2, 3, 4]  # batches 1, 2, then the batch of 4 stopped: nothing after it
+    assert slow_start_batch(0, calls.append) == 0
+
+
+def test_node_capacity_and_the_schedulers_words():
+    assert pod_cidr_capacity("10.244.0.0/24") == 253
+    assert node_capacity({"status": {"allocatable": {"pods": "110"}}}) == 110
+    assert node_capacity({"spec": {"podCIDR": "10.244.1.0/24"}, "status": {}}) == 253
+    assert node_capacity({}) == 110
+    assert too_many_pods(1, 1) == "0/1 nodes are available: 1 Too many pods."
+    assert too_many_pods(3, 3) == "0/3 nodes are available: 3 Too many pods."
+    assert too_many_pods(2, 2, 1) == ("0/3 nodes are available: 1 node(s) had untolerated taint "
+                                      "{node.kubernetes.io/unreachable: }, 2 Too many pods.")
