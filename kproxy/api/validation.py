@@ -472,6 +472,23 @@ def validate_pod_spec(spec: dict, path: str) -> Errors:
     _enum(errs, f"{path}.dnsPolicy", spec.get("dnsPolicy"), DNS_POLICIES)
     if spec.get("terminationGracePeriodSeconds") is not None:
         _nonnegative(errs, f"{path}.terminationGracePeriodSeconds", spec["terminationGracePeriodSeconds"])
+    errs += _validate_security_context(spec.get("securityContext"), f"{path}.securityContext")
+    for key, items in (("containers", containers), ("initContainers", init_containers)):
+        for i, container in items:
+            errs += _validate_security_context(container.get("securityContext"), f"{path}.{key}[{i}].securityContext")
+    return errs
+
+
+def _validate_security_context(sc: Any, path: str) -> Errors:
+    """User and group IDs as the API server's IsValidUserID/IsValidGroupID check them (the kubelet
+    then runs the container as that uid: a negative or huge one must never reach it)."""
+    errs: Errors = []
+    if not isinstance(sc, dict):
+        return errs
+    for field in ("runAsUser", "runAsGroup"):
+        value = sc.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= 2147483647:
+            errs.append(invalid(f"{path}.{field}", value, "must be between 0 and 2147483647, inclusive"))
     return errs
 
 

@@ -544,3 +544,15 @@ def test_address_pools_are_validated():
         'spec.addresses[0]: Invalid value: "192.0.2.9-192.0.2.1": the range ends before it starts',
         'spec.addresses[1]: Invalid value: "banana": must be an IPv4 CIDR (192.168.10.0/24) or range '
         "(192.168.10.1-192.168.10.9)"]
+
+
+def test_security_context_ids_are_refused_outside_the_api_servers_range():
+    from kproxy.api import defaults
+    pod = defaults.apply_defaults({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {
+        "securityContext": {"runAsUser": -1},
+        "containers": [{"name": "c", "image": "x", "securityContext": {"runAsGroup": 2147483648, "runAsUser": 0}}]}})
+    msgs = [str(e) for e in validate(pod)]
+    assert "spec.securityContext.runAsUser: Invalid value: -1: must be between 0 and 2147483647, inclusive" in msgs
+    assert ("spec.containers[0].securityContext.runAsGroup: Invalid value: 2147483648: "
+            "must be between 0 and 2147483647, inclusive") in msgs
+    assert len(msgs) == 2
