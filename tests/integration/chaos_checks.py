@@ -103,10 +103,11 @@ def leaked_processes(state_dir: Path, roots: set[int], pod_netns: set[str], runn
     return leaks
 
 
-def converged(lab, nodes: list[tuple[str, str, str]], fixed_netns: set[str], roots: set[int],
+def converged(lab, nodes: list[tuple[str, str, str]], fixed_netns: set[str], roots,
               replicas: dict[str, int]) -> list[str]:
     """What is still wrong (empty when converged). `nodes`: (node name, node IP, its netns);
-    `replicas`: app label -> how many pods of it must run."""
+    `replicas`: app label -> how many pods of it must run; `roots`: the lab's own pids (or a
+    function giving them, read again each time: a restarted process writes its pid file late)."""
     problems = []
     pods = items(lab, "pods")
     for p in pods:
@@ -136,7 +137,7 @@ def converged(lab, nodes: list[tuple[str, str, str]], fixed_netns: set[str], roo
                         f"missing {sorted((fixed_netns | pod_ns) - have_ns)}")
     running = {naming.pod_netns(p["metadata"]["namespace"], p["metadata"]["name"]) for p in pods
                if (p["metadata"].get("labels") or {}).get("app") in replicas}
-    problems += leaked_processes(lab.state_dir, roots, pod_ns, running)
+    problems += leaked_processes(lab.state_dir, roots() if callable(roots) else roots, pod_ns, running)
     return problems
 
 
@@ -144,7 +145,10 @@ def wait_converged(lab, timeout: float = 30, **kw) -> None:
     import time
     deadline = time.monotonic() + timeout
     while True:
-        problems = converged(lab, **kw)
+        try:
+            problems = converged(lab, **kw)
+        except AssertionError as e:  # a restarted process not answering yet (`kproxy get` fails)
+            problems = [str(e).strip().splitlines()[-1]]
         if not problems:
             return
         if time.monotonic() > deadline:

@@ -51,7 +51,7 @@ def _check(lab, timeout: float = 60) -> None:
     nodes = [(f"node-{i}", cluster.node_ip(cfg, i), cfg.naming.for_node(i).node_netns) for i in range(1, NODES + 1)]
     fixed = {n[2] for n in nodes} | {cfg.naming.outside_netns}
     wait_converged(lab, timeout=timeout, nodes=nodes, fixed_netns=fixed,
-                   roots=set(cluster.process_pids(cfg).values()), replicas={"chaos": 4})
+                   roots=lambda: set(cluster.process_pids(cfg).values()), replicas={"chaos": 4})
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,8 +70,10 @@ def _kill(pidfile: Path) -> None:
     reap(pid)
 
 
-def test_kill_an_agent_the_controller_and_etcd_in_turn(lab):
+def test_kill_an_agent_the_controller_and_etcd_in_turn(lab, monkeypatch):
     start = time.monotonic()
+    # what the test restarts carries the lab's mark, as what `kproxy up` started does
+    monkeypatch.setenv("KPROXY_STATE_DIR", str(lab.state_dir))
     lab.apply(APP + "---" + SVC % "before-1" + "---" + SVC % "before-2")
     _check(lab)
     known = services_snapshot(items(lab, "svc"))
