@@ -97,6 +97,13 @@ def programmed_endpoints(lab, port: str = "default/web:http") -> set[str]:
                           lab.node_save(), re.M))
 
 
+def spread_report(answers: list[str]) -> str:
+    """Counts per half: an endpoint that joined late shows as absent from the first half; a
+    random shortfall (P(min < 10) = 0.35% for 60 uniform draws over 3) shows in both halves."""
+    halves = [collections.Counter(answers[:30]), collections.Counter(answers[30:])]
+    return f"all {dict(collections.Counter(answers))}, first 30 {dict(halves[0])}, last 30 {dict(halves[1])}"
+
+
 @pytest.fixture(scope="module")
 def web(lab):
     lab.apply(WEB % {"replicas": 3})
@@ -112,14 +119,14 @@ def test_clusterip_spreads_over_three_pods_from_a_pod(lab, web):
     answers = hits(lab, "client", f"http://{cluster_ip(lab, 'web')}/", 60)
     counts = collections.Counter(answers)
     assert set(counts) == web, counts
-    assert min(counts.values()) >= 10, counts
+    assert min(counts.values()) >= 10, spread_report(answers)
 
 
 def test_clusterip_spreads_from_the_node(lab, web):
     answers = hits(lab, "node/node-1", f"http://{cluster_ip(lab, 'web')}/", 60)
     counts = collections.Counter(answers)
     assert set(counts) == web, counts
-    assert min(counts.values()) >= 10, counts
+    assert min(counts.values()) >= 10, spread_report(answers)
 
 
 def test_nodeport_answers_outside_via_node_ip(lab, web):
