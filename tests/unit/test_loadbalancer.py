@@ -1,6 +1,8 @@
 """LoadBalancer pools: MetalLB's address formats, allocation rules, events' wording, election."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from kproxy.controllers import loadbalancer as lb
@@ -99,3 +101,16 @@ def test_pool_ranges_holding_node_or_outside_addresses_are_named():
     assert lb.conflict_message("192.168.49.100", "the lab's outside host") == (
         "holds 192.168.49.100, the address of the lab's outside host: "
         "a pool may not hand out a node's or the lab's own address")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="kproxy up checks for root first")
+def test_up_refuses_an_lb_pool_holding_the_outside_host(tmp_path):
+    from click.testing import CliRunner
+
+    from kproxy.cli import main
+    res = CliRunner().invoke(main, ["up", "--sandbox", "--lb-pool", "192.168.49.96/28", "--state-dir",
+                                    str(tmp_path / "state")])
+    assert res.exit_code == 1
+    assert res.output.strip() == ("error: --lb-pool 192.168.49.96/28: holds 192.168.49.100, the address of the "
+                                  "lab's outside host: a pool may not hand out a node's or the lab's own address")
+    assert not (tmp_path / "state" / "config.json").exists()  # refused before anything was made
