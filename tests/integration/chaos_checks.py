@@ -195,3 +195,44 @@ def reap_all() -> None:
                 return
         except ChildProcessError:
             return
+
+
+class OrphanReaper:
+    """Reaps the given pids (the pods a killed daemon left, now children of this subreaper) while
+    `kproxy up` kills them, as a host's init would: unreaped, each stays a zombie that `up`
+    waits 2 × 3 s for (see the report on teardown.kill_pids). Only these pids: never the
+    `kproxy` commands this test waits for itself."""
+
+    def __init__(self, pids: set[int]):
+        import threading
+        self.pids, self.stop = set(pids), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while self.pids and not self.stop.is_set():
+            for pid in list(self.pids):
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        self.pids.discard(pid)
+                except ChildProcessError:
+                    self.pids.discard(pid)
+            self.stop.wait(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def my_children() -> set[int]:
+    me, out = os.getpid(), set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == me:
+                out.add(int(pid))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out

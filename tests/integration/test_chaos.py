@@ -20,7 +20,8 @@ from kproxy.store.sqlite import SqliteStore
 
 import pytest
 
-from .chaos_checks import items, reap, reap_all, services_snapshot, set_subreaper, wait_converged
+from .chaos_checks import (OrphanReaper, items, my_children, reap, reap_all, services_snapshot, set_subreaper,
+                           wait_converged)
 
 LAB_UP_ARGS = ("--no-cluster-dns",)  # what is killed and checked is the daemon's: a DNS pod only adds time
 TRIALS = 10
@@ -115,7 +116,8 @@ def test_kill_9_during_a_burst_of_applies_converges(lab):
         for name, alloc in known.items():
             assert stored.get(name) == alloc, f"trial {trial}: {name} was {alloc}, stored {stored.get(name)}"
         known.update(stored)
-        lab.up()
+        with OrphanReaper(my_children()):  # the dead daemon's pods, re-parented here
+            lab.up()
         t_up = time.monotonic()
         _wait_converged(lab, 2 + trial % 2)
         after = services_snapshot(items(lab, "svc"))
