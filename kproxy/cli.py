@@ -442,6 +442,9 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
             except ValueError as e:
                 fail(f"--lb-pool {r}: {e}")
         cfg.lb_pools = list(lb_pools)
+        from kproxy.controllers.loadbalancer import conflict_message, lab_addresses, pool_conflicts
+        for i, ip, what in pool_conflicts(cfg.lb_pools, lab_addresses(cfg)):
+            fail(f"--lb-pool {cfg.lb_pools[i]}: {conflict_message(ip, what)}")
     if dns_upstreams:
         cfg.dns_upstreams = list(dns_upstreams)
     if cluster_dns is not None:

@@ -909,6 +909,9 @@ class Daemon:
                 loadbalancer.pool_from_object(obj)
             except ValueError as e:
                 errs = [errors.invalid("spec.addresses", (obj.get("spec") or {}).get("addresses"), str(e))]
+            ranges = (obj.get("spec") or {}).get("addresses") or []
+            errs += [errors.invalid(f"spec.addresses[{i}]", ranges[i], loadbalancer.conflict_message(ip, what))
+                     for i, ip, what in loadbalancer.pool_conflicts(ranges, self._lab_addresses())]
         if errs:
             return str(errors.InvalidError(kind, name, errs))
         if ns and kind != "Namespace" and ns not in namespaces and ns not in SYSTEM_NAMESPACES:
@@ -1381,7 +1384,11 @@ class Daemon:
                 continue  # reported when the manifest was loaded
         if self.cfg.lb_pools:
             pools.append(loadbalancer.Pool("default", tuple(loadbalancer.parse_range(r) for r in self.cfg.lb_pools)))
-        return pools
+        reserved = self._lab_addresses()  # a pool that holds a node's address hands out nothing
+        return [p for p in pools if not any(p.contains(ip) for ip in reserved if ":" not in ip)]
+
+    def _lab_addresses(self) -> dict[str, str]:
+        return loadbalancer.lab_addresses(self.cfg, list(self.objects["Node"].values()))
 
     def _sync_load_balancers(self) -> None:
         """Controller: give each LoadBalancer Service an IP from the pools (or leave it <pending>

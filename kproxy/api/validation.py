@@ -803,6 +803,46 @@ def validate_service(obj: dict) -> Errors:
     errs += _duplicate_service_ports(ports)
     errs += _validate_load_balancer_fields(spec)
     errs += _validate_traffic_policies(spec)
+    errs += validate_service_addresses(obj)
+    return errs
+
+
+# Beyond ValidateNonSpecialIP (which upstream applies to spec.externalIPs): kproxy programs these
+# addresses into the node's nat table, so a broadcast or multicast destination is refused too.
+BROADCAST_V4 = ipaddress.IPv4Address("255.255.255.255")
+
+
+def _broadcast_or_multicast(path: str, value: Any) -> Errors:
+    ip = parse_ip(value)
+    if ip is None:
+        return []
+    if ip == BROADCAST_V4:
+        return [invalid(path, value, "may not be the broadcast address (255.255.255.255)")]
+    if ip.is_multicast and not _is_link_local_multicast(ip):  # link-local multicast: said above
+        return [invalid(path, value, "may not be in the multicast range (224.0.0.0/4, ff00::/8)")]
+    return []
+
+
+def validate_routable_ip(path: str, value: Any) -> Errors:
+    """ValidateNonSpecialIP, plus no broadcast and no multicast address (kproxy's own rule)."""
+    return validate_non_special_ip(path, value) + _broadcast_or_multicast(path, value)
+
+
+def validate_service_addresses(obj: dict) -> Errors:
+    """Addresses kproxy would program that must never be a destination rule: a broadcast or
+    multicast spec.externalIPs entry (the special ranges upstream refuses are checked above), and
+    every status.loadBalancer.ingress[].ip written in a manifest (a cloud's status is trusted
+    upstream; here a file could otherwise take over the node's localhost:80, issue 12 #11)."""
+    spec = _dict(obj.get("spec"))
+    errs: Errors = []
+    external = spec.get("externalIPs")
+    for i, ip in enumerate(external if isinstance(external, list) else []):
+        errs += _broadcast_or_multicast(f"spec.externalIPs[{i}]", ip)
+    ingress = _dict(_dict(obj.get("status")).get("loadBalancer")).get("ingress")
+    for i, ing in enumerate(ingress if isinstance(ingress, list) else []):
+        if isinstance(ing, dict) and ing.get("ip") is not None:
+            path = f"status.loadBalancer.ingress[{i}].ip"
+            errs += validate_ip(path, ing["ip"]) or validate_routable_ip(path, ing["ip"])
     return errs
 
 

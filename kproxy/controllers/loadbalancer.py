@@ -61,6 +61,48 @@ def pool_from_object(obj: dict) -> Pool:
     return Pool(obj["metadata"]["name"], ranges, spec.get("autoAssign", True), spec.get("avoidBuggyIPs", False))
 
 
+def lab_addresses(cfg, nodes: list[dict] = ()) -> dict[str, str]:
+    """Addresses a pool must never hand out (ip -> what holds it): every node's address (the
+    configured ones of a sandbox lab and each Node object's), and in a sandbox the `outside`
+    host's; a LoadBalancer IP there would take over that host's own traffic (issue 12 #11)."""
+    out: dict[str, str] = {}
+    if cfg.sandbox:  # the plan of kproxy/node/network.py and kproxy/cluster/lab.py: .2.. nodes, .100 outside
+        from kproxy.node.network import NodeConfig  # noqa: PLC0415
+        net = ipaddress.ip_network(cfg.lab_cidr)
+        out[NodeConfig(lab_cidr=cfg.lab_cidr).outside_ip] = "the lab's outside host"
+        for i in range(1, max(1, cfg.nodes) + 1):
+            out[str(net.network_address + 1 + i)] = f"node node-{i}" if cfg.nodes > 1 else f"node {cfg.node_name}"
+    if cfg.node_ip:
+        out.setdefault(cfg.node_ip, f"node {cfg.node_name}")
+    for node in nodes:
+        for a in (node.get("status") or {}).get("addresses") or []:
+            if a.get("type") in ("InternalIP", "ExternalIP") and a.get("address"):
+                out.setdefault(a["address"], f"node {node['metadata']['name']}")
+    return out
+
+
+def pool_conflicts(ranges: list[str], reserved: dict[str, str]) -> list[tuple[int, str, str]]:
+    """(index in spec.addresses, ip, what holds it) for each reserved address a range holds."""
+    found = []
+    for i, text in enumerate(ranges):
+        try:
+            lo, hi = parse_range(str(text))
+        except ValueError:
+            continue  # reported by pool_from_object
+        for ip, what in sorted(reserved.items(), key=lambda kv: ipaddress.IPv4Address(kv[0])):
+            try:
+                n = int(ipaddress.IPv4Address(ip))
+            except ValueError:
+                continue
+            if lo <= n <= hi:
+                found.append((i, ip, what))
+    return found
+
+
+def conflict_message(ip: str, what: str) -> str:
+    return f"holds {ip}, the address of {what}: a pool may not hand out a node's or the lab's own address"
+
+
 def wants_ip(svc: dict) -> bool:
     """A LoadBalancer Service that this implementation (no loadBalancerClass) serves."""
     spec = svc.get("spec", {})

@@ -164,3 +164,64 @@ def test_port_forward_reaches_a_pod_from_the_hosts_loopback(lab, shop):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# ------------------------------------------------------------------ issue 12 #11
+HIJACK = """
+apiVersion: v1
+kind: Service
+metadata: {name: hijack}
+spec:
+  type: LoadBalancer
+  loadBalancerClass: example.com/cloud
+  selector: {app: shop}
+  ports: [{port: 80}]
+status:
+  loadBalancer:
+    ingress: [{ip: 127.0.0.1}]
+"""
+
+OUTSIDE_POOL = """
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: grabby, namespace: metallb-system}
+spec:
+  addresses: [192.168.49.96/28]
+"""
+
+
+def _apply_refused(lab, tmp_path, text: str) -> str:
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    res = lab.kproxy("apply", "-f", str(f), check=False)
+    assert res.returncode == 1, res
+    return res.stderr
+
+
+def _status_text(lab) -> str:
+    res = lab.kproxy("status", check=False)
+    return res.stdout + res.stderr
+
+
+def test_a_manifest_status_ingress_on_loopback_is_refused(lab, shop, tmp_path):
+    expected = 'status.loadBalancer.ingress[0].ip: Invalid value: "127.0.0.1": may not be in the loopback range'
+    assert expected in _apply_refused(lab, tmp_path, HIJACK)  # kproxy apply answers as the API server
+    # written straight into the folder (an editor), the daemon refuses it too and programs nothing
+    (lab.manifests / "hijack.yaml").write_text(HIJACK)
+    try:
+        lab.wait_for(lambda: expected in _status_text(lab), timeout=10)
+        assert "127.0.0.1/32" not in lab.node_save()
+        assert lab.kproxy("get", "svc", "hijack", check=False).returncode != 0
+    finally:
+        (lab.manifests / "hijack.yaml").unlink()
+
+
+def test_a_pool_holding_the_outside_hosts_address_is_refused(lab, shop, tmp_path):
+    expected = ('spec.addresses[0]: Invalid value: "192.168.49.96/28": holds 192.168.49.100, '
+                "the address of the lab's outside host")
+    assert expected in _apply_refused(lab, tmp_path, OUTSIDE_POOL)
+    (lab.manifests / "grabby.yaml").write_text(OUTSIDE_POOL)
+    try:
+        lab.wait_for(lambda: expected in _status_text(lab), timeout=10)
+    finally:
+        (lab.manifests / "grabby.yaml").unlink()

@@ -91,11 +91,27 @@ def node_port(lab, name: str) -> int:
     return lab.get("svc", name)["spec"]["ports"][0]["nodePort"]
 
 
+def programmed_endpoints(lab, port: str = "default/web:http") -> set[str]:
+    """The endpoints the node's KUBE-SVC chain for `port` sends to, as iptables-save shows them."""
+    return set(re.findall(rf'^-A KUBE-SVC-\S+ .*--comment "{re.escape(port)} -> ([0-9.]+):[0-9]+"',
+                          lab.node_save(), re.M))
+
+
+def spread_report(answers: list[str]) -> str:
+    """Counts per half: an endpoint that joined late shows as absent from the first half; a
+    random shortfall (P(min < 10) = 0.35% for 60 uniform draws over 3) shows in both halves."""
+    halves = [collections.Counter(answers[:30]), collections.Counter(answers[30:])]
+    return f"all {dict(collections.Counter(answers))}, first 30 {dict(halves[0])}, last 30 {dict(halves[1])}"
+
+
 @pytest.fixture(scope="module")
 def web(lab):
     lab.apply(WEB % {"replicas": 3})
     lab.apply(CLIENT)
     pods = lab.wait_for(lambda: len(lab.ready_pods("web")) == 3 and lab.ready_pods("web"))
+    # Ready in the store is not yet in the rules: a spread test that starts while one endpoint is
+    # still missing sends its first requests to two pods only (28/24/8 on a fresh machine).
+    lab.wait_for(lambda: programmed_endpoints(lab) == {p["status"]["podIP"] for p in pods}, timeout=10)
     return {p["metadata"]["name"] for p in pods}
 
 
@@ -103,14 +119,14 @@ def test_clusterip_spreads_over_three_pods_from_a_pod(lab, web):
     answers = hits(lab, "client", f"http://{cluster_ip(lab, 'web')}/", 60)
     counts = collections.Counter(answers)
     assert set(counts) == web, counts
-    assert min(counts.values()) >= 10, counts
+    assert min(counts.values()) >= 10, spread_report(answers)
 
 
 def test_clusterip_spreads_from_the_node(lab, web):
     answers = hits(lab, "node/node-1", f"http://{cluster_ip(lab, 'web')}/", 60)
     counts = collections.Counter(answers)
     assert set(counts) == web, counts
-    assert min(counts.values()) >= 10, counts
+    assert min(counts.values()) >= 10, spread_report(answers)
 
 
 def test_nodeport_answers_outside_via_node_ip(lab, web):

@@ -556,3 +556,40 @@ def test_security_context_ids_are_refused_outside_the_api_servers_range():
     assert ("spec.containers[0].securityContext.runAsGroup: Invalid value: 2147483648: "
             "must be between 0 and 2147483647, inclusive") in msgs
     assert len(msgs) == 2
+
+
+# ------------------------------------------------- issue 12 #11: addresses kproxy must not program
+def _lb_service(ingress_ip=None, external=None):
+    from kproxy.api import defaults
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb", "namespace": "default"},
+           "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}
+    if external:
+        svc["spec"]["externalIPs"] = [external]
+    if ingress_ip:
+        svc["status"] = {"loadBalancer": {"ingress": [{"ip": ingress_ip}]}}
+    return defaults.apply_defaults(svc)
+
+
+@pytest.mark.parametrize("ip,detail", [
+    ("127.0.0.1", "may not be in the loopback range (127.0.0.0/8, ::1/128)"),
+    ("127.9.9.9", "may not be in the loopback range (127.0.0.0/8, ::1/128)"),
+    ("0.0.0.0", "may not be unspecified (0.0.0.0)"),
+    ("169.254.169.254", "may not be in the link-local range (169.254.0.0/16, fe80::/10)"),
+    ("224.0.0.1", "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)"),
+    ("239.255.255.250", "may not be in the multicast range (224.0.0.0/4, ff00::/8)"),
+    ("255.255.255.255", "may not be the broadcast address (255.255.255.255)"),
+])
+def test_special_addresses_refused_in_status_ingress_and_external_ips(ip, detail):
+    from kproxy.api import validation
+    errs = [str(e) for e in validation.validate(_lb_service(ingress_ip=ip))]
+    assert errs == [f'status.loadBalancer.ingress[0].ip: Invalid value: "{ip}": {detail}']
+    errs = [str(e) for e in validation.validate(_lb_service(external=ip))]
+    assert errs == [f'spec.externalIPs[0]: Invalid value: "{ip}": {detail}']
+
+
+def test_ordinary_ingress_address_accepted_and_garbage_named():
+    from kproxy.api import validation
+    assert validation.validate(_lb_service(ingress_ip="192.168.49.240")) == []
+    assert [str(e) for e in validation.validate(_lb_service(ingress_ip="nope"))] == [
+        'status.loadBalancer.ingress[0].ip: Invalid value: "nope": must be a valid IP address, '
+        '(e.g. 10.9.8.7 or 2001:db8::ffff)']

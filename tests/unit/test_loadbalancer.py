@@ -1,6 +1,8 @@
 """LoadBalancer pools: MetalLB's address formats, allocation rules, events' wording, election."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from kproxy.controllers import loadbalancer as lb
@@ -73,3 +75,42 @@ def test_l2_advertisement_selects_pools():
     assert lb.advertised("a", [{"spec": {}}])
     assert lb.advertised("a", [{"spec": {"ipAddressPools": ["a"]}}])
     assert not lb.advertised("b", [{"spec": {"ipAddressPools": ["a"]}}])
+
+
+# --------------------------------------------------------------- issue 12 #11: lab addresses
+def test_lab_addresses_of_a_sandbox_lab():
+    from kproxy.config import LabConfig
+    one = lb.lab_addresses(LabConfig(state_dir="/tmp/x", sandbox=True))
+    assert one == {"192.168.49.100": "the lab's outside host", "192.168.49.2": "node node-1"}
+    three = lb.lab_addresses(LabConfig(state_dir="/tmp/x", sandbox=True, nodes=3))
+    assert set(three) == {"192.168.49.100", "192.168.49.2", "192.168.49.3", "192.168.49.4"}
+    real = lb.lab_addresses(LabConfig(state_dir="/tmp/x", node_ip="10.0.0.5", node_name="n1"),
+                            [{"metadata": {"name": "n2"},
+                              "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.6"},
+                                                       {"type": "Hostname", "address": "n2"}]}}])
+    assert real == {"10.0.0.5": "node n1", "10.0.0.6": "node n2"}
+
+
+def test_pool_ranges_holding_node_or_outside_addresses_are_named():
+    reserved = {"192.168.49.100": "the lab's outside host", "192.168.49.2": "node node-1"}
+    assert lb.pool_conflicts(["192.168.49.240-192.168.49.250"], reserved) == []
+    assert lb.pool_conflicts(["192.168.49.240/29", "192.168.49.96/28"], reserved) == [
+        (1, "192.168.49.100", "the lab's outside host")]
+    assert lb.pool_conflicts(["192.168.49.0/24"], reserved) == [
+        (0, "192.168.49.2", "node node-1"), (0, "192.168.49.100", "the lab's outside host")]
+    assert lb.conflict_message("192.168.49.100", "the lab's outside host") == (
+        "holds 192.168.49.100, the address of the lab's outside host: "
+        "a pool may not hand out a node's or the lab's own address")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="kproxy up checks for root first")
+def test_up_refuses_an_lb_pool_holding_the_outside_host(tmp_path):
+    from click.testing import CliRunner
+
+    from kproxy.cli import main
+    res = CliRunner().invoke(main, ["up", "--sandbox", "--lb-pool", "192.168.49.96/28", "--state-dir",
+                                    str(tmp_path / "state")])
+    assert res.exit_code == 1
+    assert res.output.strip() == ("error: --lb-pool 192.168.49.96/28: holds 192.168.49.100, the address of the "
+                                  "lab's outside host: a pool may not hand out a node's or the lab's own address")
+    assert not (tmp_path / "state" / "config.json").exists()  # refused before anything was made
