@@ -147,6 +147,7 @@ class Daemon:
         self.ready = False
         self.requests: list[dict] = []
         self.start_failures: dict[str, float] = {}
+        self.withheld_pools: set[tuple[str, str]] = set()  # (pool, lab address in it) already reported
         self.components = supervise.Health()  # background threads, passes, disk: `kproxy status`
         self.load_problems: list[dict] = []  # the last manifests load's problems
         self.obj_problems: dict[tuple, dict] = {}  # (reason, kind, ns, name) -> a confined failure
@@ -1385,7 +1386,18 @@ class Daemon:
         if self.cfg.lb_pools:
             pools.append(loadbalancer.Pool("default", tuple(loadbalancer.parse_range(r) for r in self.cfg.lb_pools)))
         reserved = self._lab_addresses()  # a pool that holds a node's address hands out nothing
-        return [p for p in pools if not any(p.contains(ip) for ip in reserved if ":" not in ip)]
+        usable = []
+        for pool in pools:
+            held = sorted(ip for ip in reserved if ":" not in ip and pool.contains(ip))
+            if not held:
+                usable.append(pool)
+            elif (pool.name, held[0]) not in self.withheld_pools:  # said once, not every pass
+                self.withheld_pools.add((pool.name, held[0]))
+                obj = next((o for o in self.objects["IPAddressPool"].values() if o["metadata"]["name"] == pool.name), None)
+                self.event("IPAddressPool", (obj or {}).get("metadata", {}).get("namespace", ""), pool.name,
+                           "PoolWithheld", f"pool {pool.name} holds {held[0]} ({reserved[held[0]]}): "
+                           "it hands out no address while a node's or the lab's own address is in it")
+        return usable
 
     def _lab_addresses(self) -> dict[str, str]:
         return loadbalancer.lab_addresses(self.cfg, list(self.objects["Node"].values()))

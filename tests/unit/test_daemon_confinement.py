@@ -425,3 +425,15 @@ def test_symlinks_in_the_folder_are_reported_and_a_broken_one_stops_nothing(tmp_
     assert set(problems) == {"broken.yaml", "shadow.yaml"}
     assert all("symbolic link" in m for m in problems.values())
     assert "root:" not in str(problems)
+
+
+def test_a_pool_withheld_for_holding_a_lab_address_says_so_once(tmp_path):
+    """A pool admitted before a Node took an address in it hands out nothing: an event says why
+    (once, not every pass), so the <pending> Services are not a silent mystery."""
+    d = _daemon(tmp_path)
+    d.objects["IPAddressPool"]["/p"] = {"kind": "IPAddressPool", "spec": {"addresses": ["192.168.49.96/28"]},
+                                        "metadata": {"name": "p", "namespace": "metallb-system"}}
+    assert d._pools() == [] and d._pools() == []
+    (ev,) = _events(d, "PoolWithheld")
+    assert ev["count"] == 1 and ev["involvedObject"]["name"] == "p"
+    assert "holds 192.168.49.100 (the lab's outside host)" in ev["message"]
