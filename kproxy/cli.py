@@ -767,7 +767,7 @@ def apply(path, wait, timeout, state_dir):
         for obj, _, result, _ in applied:
             click.echo(f"{_kubectl_name(obj)} {result}")
         fail(str(e))
-    if not running:
+    if not running or not applied:  # nothing written: nothing for the lab to load
         for obj, _, result, _ in applied:
             click.echo(f"{_kubectl_name(obj)} {result}")
         if applied:

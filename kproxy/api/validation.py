@@ -1434,8 +1434,7 @@ def _pod_update_errors(old: dict, new: dict) -> Errors:
     for field in ("containers", "initContainers"):
         mine, theirs = munged.get(field), old.get(field)
         if isinstance(mine, list) and isinstance(theirs, list):
-            munged[field] = [dict(c, image=t.get("image")) if isinstance(c, dict) and isinstance(t, dict) else c
-                             for c, t in zip(mine, theirs)] + mine[len(theirs):]
+            munged[field] = [_with_image_of(c, t) for c, t in zip(mine, theirs)] + mine[len(theirs):]
     for field in ("activeDeadlineSeconds",):
         munged.pop(field, None)
         if field in old:
@@ -1453,6 +1452,17 @@ def _pod_update_errors(old: dict, new: dict) -> Errors:
     diff = _diff("spec", old, munged)
     shown = diff[:MAX_DIFF_LINES] + ([f"  ... {len(diff) - MAX_DIFF_LINES} more"] if len(diff) > MAX_DIFF_LINES else [])
     return [forbidden("spec", POD_UPDATABLE + "".join("\n" + line for line in shown))]
+
+
+def _with_image_of(container: Any, admitted: Any) -> Any:
+    """``container`` with the admitted image; its pull policy too when the image changed, since
+    `kubectl apply` patches the image alone into the live pod, whose defaulted policy stays."""
+    if not (isinstance(container, dict) and isinstance(admitted, dict)):
+        return container
+    out = dict(container, image=admitted.get("image"))
+    if container.get("image") != admitted.get("image") and "imagePullPolicy" in admitted:
+        out["imagePullPolicy"] = admitted["imagePullPolicy"]
+    return out
 
 
 def _diff(path: str, old: Any, new: Any) -> list[str]:
