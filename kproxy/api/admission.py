@@ -87,7 +87,7 @@ def default(obj: dict) -> dict:
 class Admission:
     """The lab's admission settings and the gate itself.
 
-    ``remember=True`` (the daemon) keeps steps 2-4 of each document until the document changes
+    ``remember=True`` (the daemon) keeps steps 2-4 and 7 of each document until it changes
     (a file parsed once keeps its objects): at 1,000 Services re-validating every reload cost
     0.5-1 s. Call ``end_round`` after each reload so forgotten documents are dropped.
     """
