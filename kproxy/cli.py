@@ -17,7 +17,7 @@ import yaml
 
 from kproxy import tables
 from kproxy import control as control_socket
-from kproxy.api import defaults, errors, manifest, meta, validation
+from kproxy.api import admission, manifest, meta
 from kproxy.config import LabConfig, state_dir_from_env
 from kproxy.store import manifests as folder
 from kproxy.store.base import RESOURCE, object_key
@@ -25,16 +25,10 @@ from kproxy.node.inpod import in_pod
 from kproxy.node.naming import pod_hostname, pod_log_dir, pod_slug
 from kproxy.store.sqlite import SqliteStore
 
-SUPPORTED_KINDS = meta.ADMITTED_KINDS
-# Kubernetes' own kinds a lab does not serve: refused plainly (no CRD could add them).
-BUILTIN_NOT_SERVED = ("StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "ConfigMap", "Secret",
-                      "Ingress", "NetworkPolicy", "ServiceAccount", "PersistentVolumeClaim", "PersistentVolume",
-                      "HorizontalPodAutoscaler", "PodDisruptionBudget", "Role", "RoleBinding", "ClusterRole",
-                      "ClusterRoleBinding", "IngressClass", "ReplicationController", "LimitRange", "ResourceQuota")
 SYSTEM_NAMESPACES = meta.SYSTEM_NAMESPACES
 MANIFEST_ERRORS = "/kproxy/manifest-errors"
 PROXY_STATUS = "/kproxy/proxy-status"
-CLUSTER_SCOPED = ("Namespace", "Node")
+CLUSTER_SCOPED = tuple(kind for kind, info in meta.KINDS.items() if not info.namespaced)  # the kind registry's
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -173,16 +167,8 @@ def parse_time(ts: str | None) -> float | None:
 
 
 # -- kinds and names as kubectl spells them -------------------------------------------------
-_EXTRA_WORDS = {"rs": "ReplicaSet", "replicaset": "ReplicaSet", "replicasets": "ReplicaSet",
-                "replicaset.apps": "ReplicaSet", "replicasets.apps": "ReplicaSet",
-                "ev": "Event", "event": "Event", "events": "Event",
-                "lease": "Lease", "leases": "Lease", "leases.coordination.k8s.io": "Lease"}
 GET_ALL = ("Pod", "Service", "Deployment", "ReplicaSet")  # kubectl's `all` category, in its order
-_GROUPS = {"Deployment": "apps", "ReplicaSet": "apps", "EndpointSlice": "discovery.k8s.io", "Lease": "coordination.k8s.io"}
-
-
-def resolve_kind(word: str) -> str | None:
-    return meta.resolve_kind(word) or _EXTRA_WORDS.get(word.lower()) or (word if word in ("ReplicaSet", "Event", "Lease") else None)
+resolve_kind = meta.resolve_kind  # the kind registry (api/meta.KINDS) knows every word kubectl takes
 
 
 def resolve_kinds(words: str, allow_all: bool = True) -> list[str]:
@@ -202,13 +188,16 @@ def resolve_kinds(words: str, allow_all: bool = True) -> list[str]:
 
 def resource_name(kind: str) -> str:
     """`deployments.apps`: how the API server names a kind in NotFound errors."""
-    plural = RESOURCE.get(kind) or {"ReplicaSet": "replicasets"}.get(kind, kind.lower() + "s")
-    return f"{plural}.{_GROUPS[kind]}" if kind in _GROUPS else plural
+    info = meta.kind_info(kind)
+    if info is None:
+        return kind.lower() + "s"
+    return f"{info.plural}.{info.group}" if info.group else info.plural
 
 
 def singular_name(kind: str) -> str:
     """`deployment.apps`: kubectl's word for a kind in `deleted`, `-o name` and `get all`."""
-    return f"{kind.lower()}.{_GROUPS[kind]}" if kind in _GROUPS else kind.lower()
+    info = meta.kind_info(kind)
+    return f"{kind.lower()}.{info.group}" if info and info.group else kind.lower()
 
 
 def not_found(kind: str, name: str) -> str:
@@ -278,7 +267,9 @@ def parse_selector(text: str | None) -> list[tuple[str, str, tuple[str, ...]]]:
     return reqs
 
 
-def selector_matches(reqs: list[tuple[str, str, tuple[str, ...]]], labels: dict | None) -> bool:
+def requirements_match(reqs: list[tuple[str, str, tuple[str, ...]]], labels: dict | None) -> bool:
+    """Whether labels satisfy `-l` requirements from parse_selector (kubectl's selector syntax,
+    with `!=`, `notin`, `>`...); a LabelSelector object is matched by meta.selector_matches."""
     labels = labels or {}
     for key, op, values in reqs:
         have = key in labels
@@ -539,7 +530,7 @@ def _wait_for_cluster_dns(cfg: LabConfig, deadline: float) -> None:
     click.echo("waiting for cluster DNS (kube-system/kube-dns) ...", err=True)
     while time.monotonic() < deadline:
         for _, sl in store.list(object_key("EndpointSlice", "kube-system", "")):
-            if sl["metadata"].get("labels", {}).get("kubernetes.io/service-name") == "kube-dns" and any(
+            if sl["metadata"].get("labels", {}).get(meta.LABEL_SERVICE_NAME) == "kube-dns" and any(
                     e.get("conditions", {}).get("ready") for e in sl.get("endpoints", [])):
                 return
         time.sleep(0.1)
@@ -660,7 +651,7 @@ def _served_documents(paths: str | tuple[str, ...]) -> tuple[list, int]:
     are reported on stderr as kubectl reports them, and make the exit code 1."""
     docs, rc = [], 0
     for doc in _read_documents(paths):
-        msg = f"error: {doc.error}" if doc.error else _unsupported(doc.obj, doc.source)
+        msg = f"error: {doc.error}" if doc.error else admission.unserved_error(doc.obj, doc.source)
         if msg:
             click.echo(msg if msg.startswith("error: ") else f"error: {msg}", err=True)
             rc = 1
@@ -669,41 +660,27 @@ def _served_documents(paths: str | tuple[str, ...]) -> tuple[list, int]:
     return docs, rc
 
 
-def _unsupported(obj: dict, source: str) -> str | None:
-    """kubectl's refusal of a kind (or version) the API server does not serve, or None."""
-    kind, version = obj.get("kind"), obj.get("apiVersion")
-    m = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    info = meta.kind_info(kind)
-    if kind == "Node":
-        return (f'Node "{m.get("name", "")}" from "{source}" is not applied: kproxy makes its node itself '
-                "(--node-name at `kproxy up`)")
-    if kind in SUPPORTED_KINDS and info and version in info.api_versions:
+def gate(cfg: LabConfig | None) -> admission.Admission:
+    """The admission gate with this lab's settings (the defaults without a lab)."""
+    if cfg is None:
+        return admission.Admission()
+    from kproxy.controllers.loadbalancer import lab_addresses
+    return admission.Admission(tuple(cfg.node_port_range), cfg.service_cidr, reserved=lab_addresses(cfg))
+
+
+def admitted_version(store, obj: dict) -> dict | None:
+    """The version of `obj` the lab admitted (the store's), which an apply updates; None when
+    there is none or the store does not answer (the daemon then judges the update itself)."""
+    if store is None:
         return None
-    if kind in BUILTIN_NOT_SERVED:
-        return (f'{kind} "{m.get("name", "")}" from "{source}" is not applied: the lab serves '
-                f'{", ".join(SUPPORTED_KINDS)}, not {kind}')
-    return meta.no_match_error(obj, source)
-
-
-def _check(obj: dict, cfg: LabConfig | None, source: str = "") -> str | None:
-    """Validation as the API server does it on create, worded as kubectl prints it. An object
-    the validation cannot even take (a field of the wrong type) is refused, naming it."""
-    kw = {}
-    if cfg:
-        kw = {"node_port_range": tuple(cfg.node_port_range), "service_cidr": cfg.service_cidr}
+    kind, ns, name = meta.obj_key(obj)
     try:
-        obj = defaults.apply_defaults(obj)
-        errs = validation.validate(obj, **kw)
-        return "The " + str(errors.InvalidError(obj["kind"], obj["metadata"].get("name", ""), errs)) if errs else None
-    except Exception as e:  # noqa: BLE001 - one bad object is refused, not a traceback
-        m = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-        cause = " ".join(str(e).split())[:300] or type(e).__name__
-        return f"error: error validating \"{source}\": {obj.get('kind')} \"{m.get('name', '')}\": {cause}"
+        return store.get(object_key(kind, ns or None, name)) if kind in RESOURCE and name else None
+    except Exception:  # noqa: BLE001 - etcd away: the daemon still refuses it when it loads the folder
+        return None
 
 
-def _ident(obj: dict) -> tuple[str, str, str]:
-    ns = "" if obj["kind"] in CLUSTER_SCOPED else obj["metadata"].get("namespace") or "default"
-    return obj["kind"], ns, obj["metadata"]["name"]
+_ident = meta.obj_key  # (kind, namespace, name): the identity of an object in the store
 
 
 def server_error(msg: str, source: str, verb: str = "creating") -> str:
@@ -752,26 +729,29 @@ def apply(path, wait, timeout, state_dir):
     if wait and not running:
         fail(f"--wait needs a running lab: {not_running(state_dir)}")
     store = open_store(state_dir) if running else None
-    candidates = []  # (object, source), valid so far
+    lab_gate = gate(cfg)
+    candidates = []  # (object, source, the admitted version it updates), valid so far
     docs, rc = _served_documents(path)
-    for doc in docs:
-        msg = _check(doc.obj, cfg, doc.source)
-        if msg:
-            click.echo(msg if msg.startswith(("The ", "error: ")) else f"error: {msg}", err=True)
+    for doc in docs:  # the API server's answer to each object, before anything is written
+        old = admitted_version(store, doc.obj)
+        verdict = lab_gate.admit(doc.obj, doc.source, old=old)
+        if not verdict.ok:
+            click.echo(verdict.kubectl_message(doc.source), err=True)
             rc = 1
             continue
-        candidates.append((doc.obj, doc.source))
-    batch_namespaces = {o["metadata"]["name"] for o, _ in candidates if o["kind"] == "Namespace"}
+        candidates.append((doc.obj, doc.source, old))
+    batch_namespaces = {o["metadata"]["name"] for o, _, _ in candidates if o["kind"] == "Namespace"}
     applied = []  # (object, source, result, the folder's version before), in the order given
     # Everything is checked before anything is written; the folder is written under its lock
     # (a concurrent apply waits, then sees this one's objects); only then is the lab asked.
     try:
         with folder_session(cfg) as f:
             accepted = []
-            for obj, source in candidates:
-                _, ns, _ = _ident(obj)
-                if ns and not _namespace_exists(ns, f, store, batch_namespaces):
-                    click.echo(server_error(f'namespaces "{ns}" not found', source), err=True)
+            exists = lambda ns: _namespace_exists(ns, f, store, batch_namespaces)  # noqa: E731
+            for obj, source, old in candidates:
+                verdict = lab_gate.admit(obj, source, old=old, namespaces=exists)
+                if not verdict.ok:
+                    click.echo(verdict.kubectl_message(source), err=True)
                     rc = 1
                     continue
                 accepted.append((obj, source))
@@ -791,7 +771,7 @@ def apply(path, wait, timeout, state_dir):
         for obj, _, result, _ in applied:
             click.echo(f"{_kubectl_name(obj)} {result}")
         fail(str(e))
-    if not running:
+    if not running or not applied:  # nothing written: nothing for the lab to load
         for obj, _, result, _ in applied:
             click.echo(f"{_kubectl_name(obj)} {result}")
         if applied:
@@ -883,7 +863,7 @@ def not_live(store, obj: dict, started: float, proxy_status: dict, synced: bool 
     pass since the apply; a Service whose rules that pass did not need to change (an unchanged
     re-apply) is then live when the last sync programmed it."""
     from kproxy.controllers.replicas import owner_deployment, pod_template_hash
-    want = defaults.apply_defaults(obj)
+    want = admission.default(obj)
     kind, ns, name = _ident(want)
     ref = _kubectl_name(want)
     errs = [e for e in store.get(MANIFEST_ERRORS) or []
@@ -1069,7 +1049,7 @@ def get(args, namespace, all_namespaces, output, selector, show_labels, state_di
     sections: list[tuple[str, list[dict]]] = []
     missing: list[str] = []
     for kind in kinds:
-        items = [o for o in list_objects(store, kind, ns) if selector_matches(reqs, o["metadata"].get("labels"))]
+        items = [o for o in list_objects(store, kind, ns) if requirements_match(reqs, o["metadata"].get("labels"))]
         if names[kind]:
             by_name = {o["metadata"]["name"]: o for o in items}
             items = [by_name[n] for n in dict.fromkeys(names[kind]) if n in by_name]
@@ -1145,7 +1125,7 @@ def describe(args, namespace, all_namespaces, state_dir):
                 texts.append(d.describe_pod(o, evs))
             elif kind == "Service":
                 slices = [s for s in list_objects(store, "EndpointSlice", o_ns)
-                          if (s["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == o["metadata"]["name"]]
+                          if (s["metadata"].get("labels") or {}).get(meta.LABEL_SERVICE_NAME) == o["metadata"]["name"]]
                 texts.append(d.describe_service(o, slices, evs))
             elif kind == "Deployment":
                 rss = tables.replica_sets([o], list_objects(store, "Pod", o_ns))
@@ -1438,17 +1418,12 @@ def rules(target, render_only, path, namespace, cluster_cidr, node_name, node_ip
             fail(f'--service-node-port-range "{service_node_port_range}": want A-B, e.g. 30000-32767')
         services, slices = [], []
         docs, rc = _served_documents(path)
+        render_gate = admission.Admission((lo, hi), "0.0.0.0/0")  # no lab: any clusterIP, no namespaces
         for doc in docs:
-            try:
-                obj = defaults.apply_defaults(doc.obj)
-                errs = validation.validate(obj, node_port_range=(lo, hi), service_cidr="0.0.0.0/0")
-            except Exception as e:  # noqa: BLE001 - a malformed object is refused, not a traceback
-                click.echo(f"error: {doc.source}: {e}", err=True)
-                rc = 1
-                continue
-            if errs:
-                click.echo("The " + str(errors.InvalidError(obj["kind"], obj["metadata"].get("name", ""), errs)),
-                           err=True)
+            verdict = render_gate.admit(doc.obj, doc.source)
+            obj = verdict.obj
+            if not verdict.ok:
+                click.echo(verdict.kubectl_message(doc.source), err=True)
                 hint = _node_port_hint(obj, (lo, hi))
                 if hint:
                     click.echo(hint, err=True)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from kproxy import supervise
 from kproxy.control import read_line
-from kproxy.api import defaults, errors, manifest, meta, validation
+from kproxy.api import admission, errors, manifest, meta
 from kproxy.config import LabConfig
 from kproxy.controllers import allocation, endpoints, loadbalancer, replicas
 from kproxy.node.kubelet import Kubelet, now_iso
@@ -132,7 +132,9 @@ class Daemon:
         self.file_keys: dict[str, set[str]] = {}  # manifest file -> keys it held
         self.signature: tuple | None = None
         self.file_cache: dict[str, tuple] = {}  # manifest file -> ((mtime, size), its documents)
-        self.doc_memo: dict[int, tuple] = {}  # id(document) -> (document, namespaces, defaulted, check)
+        # the admission gate: a document of an unchanged file is defaulted and validated once
+        self.gate = admission.Admission(tuple(cfg.node_port_range), cfg.service_cidr, remember=True,
+                                        reserved=self._lab_addresses)  # Nodes come and go: asked each time
         self.applier = applier.Applier()
         self.proxier: proxier.Proxier | None = None
         self.metrics = metrics.ProxyMetrics()
@@ -670,7 +672,7 @@ class Daemon:
                                    "labels": {"component": "apiserver", "provider": "kubernetes"}},
                       "spec": {"type": "ClusterIP", "clusterIP": self.ranges.nth_ip(1),
                                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}}
-        self._admit_service(defaults.apply_defaults(kubernetes))
+        self._admit_service(admission.default(kubernetes))
         # the API server's own endpoints: the node's address, port 6443 (nothing listens there)
         slice_ = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                   "metadata": {"name": "kubernetes", "namespace": "default",
@@ -749,11 +751,11 @@ class Daemon:
                             "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
                                       {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
                                       {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}]}}
-        msg = self._admit_service(defaults.apply_defaults(service))
+        msg = self._admit_service(admission.default(service))
         if msg:
             log.error("cluster DNS disabled: %s", msg)
             return
-        deploy = defaults.apply_defaults(deploy)
+        deploy = admission.default(deploy)
         self._new_meta(deploy, self.objects["Deployment"].get(key_of("Deployment", "kube-system", "coredns")))
         self._save(deploy)
 
@@ -806,47 +808,34 @@ class Daemon:
         # Namespaces of this load count at once, so a file may hold a Namespace and its objects.
         namespaces = {d.obj["metadata"].get("name") for d in docs
                       if d.obj and d.obj.get("kind") == "Namespace" and isinstance(d.obj.get("metadata"), dict)}
-        memo: dict[int, tuple] = {}
         for doc in docs:
             if doc.error:
                 problems.append({"source": doc.source, "message": doc.error})
                 broken_files.add(doc.source)
                 continue
-            obj = doc.obj
-            unserved = meta.no_match_error(obj, doc.source, hint=False)  # as `kproxy apply` refuses it
-            if unserved:
-                problems.append({"source": doc.source, "kind": obj.get("kind"),
-                                 "name": meta.metadata_of(obj).get("name") or "", "message": unserved})
+            # the gate judges an update against the admitted version, which then keeps serving
+            kind, ns, name = meta.obj_key(doc.obj)
+            admitted = self.objects.get(kind) if isinstance(kind, str) and isinstance(name, str) and name else None
+            old = admitted.get(key_of(kind, ns, name)) if admitted is not None else None
+            verdict = self.gate.admit(doc.obj, doc.source, old=old, namespaces=namespaces, hint=False)
+            if verdict.reason == admission.NO_MATCH:  # as `kproxy apply` refuses it
+                problems.append({"source": doc.source, "kind": doc.obj.get("kind"),
+                                 "name": meta.metadata_of(doc.obj).get("name") or "", "message": verdict.message})
                 continue
-            # A document of an unchanged file (the same parsed object) is defaulted and validated
-            # once, not on every reload: at 1,000 Services that was 0.5-1 s of each change.
-            seen = self.doc_memo.get(id(doc))
-            if seen is not None and seen[0] is doc and seen[1] == namespaces:
-                obj, msg = seen[2], seen[3]
-                kind, ns, name = obj_id(obj)
-            else:
-                try:
-                    obj = defaults.apply_defaults(obj)
-                    kind, ns, name = obj_id(obj)
-                    msg = self._check(obj, namespaces)
-                except Exception as e:  # noqa: BLE001 - a malformed object must not stop the others
-                    log.warning("cannot default or validate a document of %s", doc.source, exc_info=True)
-                    problems.append({"source": doc.source, "message": f"{doc.source}: {e}"})
-                    broken_files.add(doc.source)
-                    continue
-            memo[id(doc)] = (doc, namespaces, obj, msg)
+            obj, msg = verdict.obj, verdict.message
+            kind, ns, name = meta.obj_key(obj)
             key = key_of(kind, ns, name)
             files.setdefault(doc.source, set()).add(key)
             if doc.source not in declared.setdefault(key, []):
                 declared[key].append(doc.source)
             if msg:
                 problems.append({"source": doc.source, "message": msg, "kind": kind, "namespace": ns, "name": name})
-                self.event(kind, ns, name, "FailedCreate", msg)
-                if "not found" not in msg:
-                    keep.add(key)
+                self.event(kind, ns, name, "FailedUpdate" if verdict.update else "FailedCreate", msg)
+                if verdict.reason != admission.NOT_FOUND:
+                    keep.add(key)  # a refused update keeps the admitted version serving
                 continue
             candidates.setdefault(key, []).append((doc.source, obj))
-        self.doc_memo = memo
+        self.gate.end_round()
         for key, objs in candidates.items():
             if len(declared[key]) == 1:
                 desired[key] = objs[-1][1]  # twice in one file: the last, as applying it would
@@ -899,25 +888,6 @@ class Daemon:
                                        "sources": self.sources})
         self.load_problems = problems
         self.store.put(MANIFEST_ERRORS, problems + [self.obj_problems[k] for k in sorted(self.obj_problems)])
-
-    def _check(self, obj: dict, namespaces: set[str]) -> str | None:
-        """Validation as the API server does it on create, as one message (None when valid)."""
-        kind, ns, name = obj_id(obj)
-        errs = validation.validate(obj, node_port_range=tuple(self.cfg.node_port_range),
-                                   service_cidr=self.cfg.service_cidr)
-        if kind == "IPAddressPool" and not errs:  # validate checked its types: it parses
-            try:
-                loadbalancer.pool_from_object(obj)
-            except ValueError as e:
-                errs = [errors.invalid("spec.addresses", (obj.get("spec") or {}).get("addresses"), str(e))]
-            ranges = (obj.get("spec") or {}).get("addresses") or []
-            errs += [errors.invalid(f"spec.addresses[{i}]", ranges[i], loadbalancer.conflict_message(ip, what))
-                     for i, ip, what in loadbalancer.pool_conflicts(ranges, self._lab_addresses())]
-        if errs:
-            return str(errors.InvalidError(kind, name, errs))
-        if ns and kind != "Namespace" and ns not in namespaces and ns not in SYSTEM_NAMESPACES:
-            return f'namespaces "{ns}" not found'
-        return None
 
     def _admit(self, key: str, obj: dict) -> str | None:
         """Store a valid object (allocating what it needs); returns the API error, if any."""
@@ -1126,7 +1096,7 @@ class Daemon:
             if alive:
                 continue
             for pkey, pod in list(self.objects["Pod"].items()):
-                if pod["spec"].get("nodeName") == name and replicas.is_ready(pod):
+                if pod["spec"].get("nodeName") == name and meta.pod_ready(pod):
                     self._write_pod_status(pkey, None, not_ready=True)
                     self.dirty = True
 
@@ -1253,7 +1223,7 @@ class Daemon:
                 h = replicas.pod_template_hash(deploy["spec"]["template"])
                 owned = [p for p in self.objects["Pod"].values() if p["metadata"]["namespace"] == ns
                          and replicas.owner_deployment(p) == name and not p["metadata"].get("deletionTimestamp")]
-                ready = sum(1 for p in owned if replicas.is_ready(p))
+                ready = sum(1 for p in owned if meta.pod_ready(p))
                 status = {"observedGeneration": 1, "replicas": len(owned), "readyReplicas": ready,
                           "availableReplicas": ready,
                           "updatedReplicas": sum(1 for p in owned

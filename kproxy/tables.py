@@ -4,6 +4,8 @@ from __future__ import annotations
 import calendar
 import time
 
+from kproxy.api.meta import pod_ready  # noqa: F401 - the one definition, read by printers as tables.pod_ready
+
 # What `kubectl get nodes` shows as VERSION for a kproxy node (the Kubernetes version it follows).
 NODE_VERSION = "v1.33.0-kproxy"
 
@@ -41,11 +43,6 @@ def node_ready(node: dict) -> bool:
 def node_ip(node: dict) -> str:
     return next((x["address"] for x in node.get("status", {}).get("addresses", []) if x["type"] == "InternalIP"),
                 "<none>")
-
-
-def pod_ready(pod: dict) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in pod.get("status", {}).get("conditions", []))
 
 
 def ready_containers(pod: dict) -> int:

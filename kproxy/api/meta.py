@@ -50,6 +50,10 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("Node", ("v1",), False, "nodes", ("no",)),
         KindInfo("IPAddressPool", ("metallb.io/v1beta1",), True, "ipaddresspools"),
         KindInfo("L2Advertisement", ("metallb.io/v1beta1",), True, "l2advertisements"),
+        # read-only here: ReplicaSets are derived from Deployments, Events and Leases are kproxy's own
+        KindInfo("ReplicaSet", ("apps/v1",), True, "replicasets", ("rs",)),
+        KindInfo("Event", ("v1",), True, "events", ("ev",)),
+        KindInfo("Lease", ("coordination.k8s.io/v1",), True, "leases"),
     )
 }
 
@@ -57,8 +61,15 @@ KINDS: dict[str, KindInfo] = {
 # first); anything else is refused as kubectl refuses a kind the server does not serve.
 ADMITTED_KINDS = ("Namespace", "IPAddressPool", "L2Advertisement", "Service", "Deployment", "Pod", "Endpoints",
                   "EndpointSlice")
+# Kubernetes' own kinds a lab does not serve: refused plainly (no CRD could add them).
+BUILTIN_NOT_SERVED = ("StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "ConfigMap", "Secret",
+                      "Ingress", "NetworkPolicy", "ServiceAccount", "PersistentVolumeClaim", "PersistentVolume",
+                      "HorizontalPodAutoscaler", "PodDisruptionBudget", "Role", "RoleBinding", "ClusterRole",
+                      "ClusterRoleBinding", "IngressClass", "ReplicationController", "LimitRange", "ResourceQuota")
 # Namespaces that always exist in a lab.
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease", "metallb-system")
+# The label tying an EndpointSlice to its Service (discoveryv1.LabelServiceName).
+LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 
 _BY_NAME: dict[str, str] = {
     name: info.kind for info in KINDS.values() for name in info.resource_names
@@ -111,6 +122,15 @@ def labels_of(obj: Mapping[str, Any]) -> dict[str, str]:
 def obj_key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
     """(kind, namespace, name): the identity of an object in the store."""
     return obj.get("kind", ""), namespace_of(obj), name_of(obj)
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    """The pod's Ready condition is True (podutil.IsPodReady): what Services, Deployments and
+    `kubectl get` count as ready."""
+    status = pod.get("status")
+    conditions = status.get("conditions") if isinstance(status, Mapping) else None
+    return any(isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True"
+               for c in conditions or [])
 
 
 def is_label_selector(selector: Mapping[str, Any]) -> bool:

@@ -11,6 +11,8 @@ import random
 
 import yaml
 
+from kproxy.api.meta import LABEL_SERVICE_NAME
+
 SERVICE_BASE = int(ipaddress.IPv4Address("10.100.0.0"))
 SERVICE_SPAN = 1 << 16          # 10.100.0.0/16: 65,536 requested ClusterIPs at most
 ENDPOINT_BASE = int(ipaddress.IPv4Address("10.244.1.0"))  # off the lab node's own 10.244.0.0/24
@@ -60,7 +62,7 @@ def endpoint_slice(name: str, ips: list[str], port: int = SERVICE_PORT, node_nam
     return {
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": f"{name}-{slice_suffix}", "namespace": NAMESPACE,
-                     "labels": {"kubernetes.io/service-name": name}},
+                     "labels": {LABEL_SERVICE_NAME: name}},
         "addressType": "IPv4",
         "ports": [{"name": PORT_NAME, "port": port, "protocol": "TCP"}],
         "endpoints": [{"addresses": [ip], "conditions": {"ready": True}, "nodeName": node_name} for ip in ips],
@@ -104,7 +106,7 @@ def change_endpoints(slices: list[dict], change: int, seed: int = 11) -> str:
             seen.add(ep["addresses"][0])
             unique.append(ep)
     sl["endpoints"] = unique
-    return sl["metadata"]["labels"]["kubernetes.io/service-name"]
+    return sl["metadata"]["labels"][LABEL_SERVICE_NAME]
 
 
 def manifest(i: int, pod_ips: list[str], prefix: str = "bench", port: int = SERVICE_PORT) -> str:

@@ -21,6 +21,7 @@ import sys
 import time
 
 from kproxy.bench import gen, stats
+from kproxy.api.meta import LABEL_SERVICE_NAME
 from kproxy.bench.sandbox import Cleanup
 
 TABLE = "kproxy-bench"
@@ -55,7 +56,7 @@ def _service_lines(name: str, ip: str, eps: list[str], port: int) -> list[str]:
 
 
 def ruleset(services: list[dict], slices: list[dict]) -> str:
-    eps = {sl["metadata"]["labels"]["kubernetes.io/service-name"]: sl for sl in slices}
+    eps = {sl["metadata"]["labels"][LABEL_SERVICE_NAME]: sl for sl in slices}
     lines = [f"add table ip {TABLE}",
              f"add map ip {TABLE} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}",
              f"add chain ip {TABLE} mark-for-masquerade",
@@ -95,10 +96,10 @@ def measure(n: int, changes: int, cleanup: Cleanup) -> dict:
         samples = []
         by_name = {s["metadata"]["name"]: s for s in services}
         for c in range(changes):
-            before = {sl["metadata"]["labels"]["kubernetes.io/service-name"]: [e["addresses"][0] for e in sl["endpoints"]]
+            before = {sl["metadata"]["labels"][LABEL_SERVICE_NAME]: [e["addresses"][0] for e in sl["endpoints"]]
                       for sl in slices}
             name = gen.change_endpoints(slices, c)
-            sl = next(s for s in slices if s["metadata"]["labels"]["kubernetes.io/service-name"] == name)
+            sl = next(s for s in slices if s["metadata"]["labels"][LABEL_SERVICE_NAME] == name)
             now = [e["addresses"][0] for e in sl["endpoints"]]
             port = sl["ports"][0]["port"]
             lines = _service_lines(name, by_name[name]["spec"]["clusterIP"], now, port)

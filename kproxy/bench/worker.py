@@ -20,6 +20,7 @@ import sys
 import time
 
 from kproxy.bench import gen
+from kproxy.api.meta import LABEL_SERVICE_NAME
 from kproxy.bench.restore import RestoreError, RestoreTimeout, run_restore
 from kproxy.bench.stats import summary
 from kproxy.proxy.applier import Applier, IptablesError, restore_input
@@ -99,7 +100,7 @@ def _floor(services, slices, timeout) -> dict:
     from kproxy.bench.restore import emit
     from kproxy.proxy import render
     svc = services[0]
-    mine = [sl for sl in slices if sl["metadata"]["labels"]["kubernetes.io/service-name"] == svc["metadata"]["name"]]
+    mine = [sl for sl in slices if sl["metadata"]["labels"][LABEL_SERVICE_NAME] == svc["metadata"]["name"]]
     cfg = ProxyConfig(**CFG)
     large = digest(services, slices, cfg).total_endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
     r = render.render_service(render.digest_service(svc, mine, cfg), cfg, large)

@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import hashlib
 
-from kproxy.api.meta import selector_matches
+from kproxy.api.meta import LABEL_SERVICE_NAME, pod_ready, selector_matches
 from kproxy.controllers.replicas import safe_encode
 
 MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
-SERVICE_NAME = "kubernetes.io/service-name"
-
-
-def _pod_ready(pod: dict) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in pod.get("status", {}).get("conditions", []))
+SERVICE_NAME = LABEL_SERVICE_NAME
 
 
 def resolve_target_port(svc_port: dict, pod: dict) -> int | None:
@@ -60,7 +55,7 @@ def slices_for_service(svc: dict, pods: list[dict], node_name: str) -> list[dict
                       for p in spec.get("ports", []))
         ports = tuple(p for p in ports if p[2] is not None)
         # a terminating pod stays listed, not ready, so a proxy may fall back to it
-        serving = _pod_ready(pod)
+        serving = pod_ready(pod)
         terminating = bool(pm.get("deletionTimestamp"))
         groups.setdefault(ports, []).append({
             "addresses": [ip],

@@ -15,6 +15,8 @@ import json
 import random
 from typing import Callable
 
+from kproxy.api.meta import pod_ready
+
 BURST_REPLICAS = 500     # the ReplicaSet controller's burstReplicas: pods created per pass at most
 MAX_UNSCHEDULED = 500    # no new pods while this many wait for room on a node (Pending, no nodeName)
 DEFAULT_MAX_PODS = 110   # the kubelet's maxPods, for a Node that reports no capacity
@@ -75,11 +77,6 @@ def owner_deployment(pod: dict) -> str | None:
         if ref.get("kind") == "ReplicaSet" and ref.get("controller"):
             return ref["name"].rsplit("-", 1)[0]
     return None
-
-
-def is_ready(pod: dict) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in pod.get("status", {}).get("conditions", []))
 
 
 def slow_start_batch(count: int, create: Callable[[int], None], initial: int = 1) -> int:
@@ -166,9 +163,9 @@ def reconcile_deployment(deploy: dict, pods: list[dict], rng: random.Random, now
     if len(current) > want:
         # the ReplicaSet controller's ranking: not-ready pods first, then the newest
         ranked = sorted(current, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True)
-        ranked.sort(key=is_ready)
+        ranked.sort(key=pod_ready)
         delete.extend(ranked[: len(current) - want])
-    ready_new = sum(1 for p in current if is_ready(p))
+    ready_new = sum(1 for p in current if pod_ready(p))
     if old and (ready_new >= want or want == 0):
         delete.extend(old)
     return create, delete

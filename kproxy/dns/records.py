@@ -27,10 +27,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from kproxy.api.meta import LABEL_SERVICE_NAME
+
 SCHEMA_VERSION = "1.1.0"
 SCHEMA_TTL = 28800                     # CoreDNS hard-codes this TTL for dns-version TXT
 REVERSE_ZONES = ("in-addr.arpa.", "ip6.arpa.")
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SERVICE_NAME_LABEL = LABEL_SERVICE_NAME
 # Namespaces every cluster has, whether or not the store lists them.
 BUILTIN_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 POD_MODES = ("insecure", "verified", "disabled")

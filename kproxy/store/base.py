@@ -11,6 +11,8 @@ import abc
 from contextlib import AbstractContextManager
 from typing import Any
 
+from kproxy.api.meta import KINDS
+
 
 class Conflict(Exception):
     """A transaction lost a race with another writer; the caller re-reads and retries."""
@@ -79,18 +81,5 @@ def kind_prefix(kind: str, namespace: str | None = None) -> str:
     return f"/registry/{plural}/{namespace}/" if namespace else f"/registry/{plural}/"
 
 
-RESOURCE = {
-    "Namespace": "namespaces",
-    "Pod": "pods",
-    "Deployment": "deployments",
-    "Service": "services",
-    "Endpoints": "endpoints",
-    "EndpointSlice": "endpointslices",
-    "Node": "nodes",
-    "Event": "events",
-    "IPAddressPool": "ipaddresspools",
-    "L2Advertisement": "l2advertisements",
-    "Lease": "leases",  # node heartbeats and the controller's leader lease (multi-node)
-}
-
-
+# Store keys use the kind registry's plural (`/registry/deployments/ns/name`), as the API server's etcd does.
+RESOURCE = {kind: info.plural for kind, info in KINDS.items()}

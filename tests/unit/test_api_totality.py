@@ -12,7 +12,8 @@ import pytest
 
 from kproxy.api import errors
 from kproxy.api.defaults import apply_defaults
-from kproxy.api.validation import check, validate
+from kproxy.api.admission import INTERNAL, Admission
+from kproxy.api.validation import validate
 
 CONTAINER = {"name": "c", "image": "busybox", "command": ["sleep", "1"], "args": ["x"],
              "ports": [{"name": "http", "containerPort": 80, "protocol": "TCP", "hostPort": 8080}],
@@ -86,25 +87,30 @@ def replaced(obj, path, value, delete=False):
     return out
 
 
-def run(obj):
+GATE = Admission(service_cidr="10.96.0.0/12")
+
+
+def run(obj, old=None):
+    """Validation, and the admission gate on create and as an update of ``old``: errors, never
+    an exception nor an internal error."""
     errs = validate(apply_defaults(obj), service_cidr="10.96.0.0/12")
     assert all(e.type != errors.INTERNAL for e in errs), [str(e) for e in errs]
-    try:
-        check(obj)
-    except errors.InvalidError as exc:
-        assert "Internal error" not in str(exc)
+    for verdict in (GATE.admit(obj), GATE.admit(obj, old=old) if old is not None else None):
+        if verdict is not None:
+            assert verdict.reason != INTERNAL and "Internal error" not in (verdict.message or ""), verdict
     return errs
 
 
 @pytest.mark.parametrize("obj", OBJECTS, ids=lambda o: o["kind"] + "/" + str(o.get("spec", {}).get("type", "")))
 def test_every_field_of_every_type_gives_errors_not_exceptions(obj):
     run(obj)
+    admitted = apply_defaults(obj)
     for path in list(paths(obj)):
         if path[:1] in (("apiVersion",), ("kind",)):
             continue
         for value in SUBSTITUTES:
-            run(replaced(obj, path, value))
-        run(replaced(obj, path, None, delete=True))
+            run(replaced(obj, path, value), old=admitted)
+        run(replaced(obj, path, None, delete=True), old=admitted)
 
 
 @pytest.mark.parametrize("obj", OBJECTS, ids=lambda o: o["kind"])

@@ -201,7 +201,7 @@ def out_lines(res):
     ("", {"anything": "x"}, True),
 ])
 def test_label_selector_matching(text, labels, want):
-    assert cli.selector_matches(cli.parse_selector(text), labels) is want
+    assert cli.requirements_match(cli.parse_selector(text), labels) is want
 
 
 def test_label_selector_parsing():

@@ -18,6 +18,7 @@ import yaml
 from click.testing import CliRunner
 
 from kproxy import cli, control
+from kproxy.api import admission
 from kproxy.config import LabConfig
 from kproxy.store import manifests
 
@@ -174,7 +175,7 @@ def test_an_object_the_validation_cannot_take_is_refused_by_name(lab, tmp_path, 
     def boom(obj, **kw):
         raise TypeError("unhashable type: 'list'")
 
-    monkeypatch.setattr(cli.validation, "validate", boom)
+    monkeypatch.setattr(admission, "validate", boom)  # the gate's step 4
     src = write_input(tmp_path)
     res = run(lab, "apply", "-f", src)
     assert one_line_error(res) == f'error: error validating "{src}": Service "web": unhashable type: \'list\''

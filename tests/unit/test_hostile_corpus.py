@@ -1,7 +1,7 @@
 """The hostile manifest corpus (tests/corpus/hostile): every case is refused clearly or documented as accepted.
 
-Each case is read, defaulted and validated as the daemon does it (manifest_files
--> read_file -> for each document: apply_defaults -> validate), and must:
+Each case is read and admitted as the daemon does it (manifest_files -> read_file ->
+for each document: the admission gate, api/admission.py), and must:
 never raise, take under a second, stay under 50 MB of allocations, and give an
 error that contains the expected text, names the file and names the field (or,
 for a documented acceptance, no error at all).
@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from kproxy.api import manifest, meta
-from kproxy.api.defaults import apply_defaults
-from kproxy.api.errors import InvalidError
-from kproxy.api.validation import validate
+from kproxy.api import manifest
+from kproxy.api.admission import NO_MATCH, Admission
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "corpus" / "hostile"))
 import make  # noqa: E402
@@ -28,19 +26,15 @@ CASES = make.expectations()
 def outcome(folder: Path) -> list[str]:
     """The problems the daemon would report for ``folder``, each naming its file."""
     problems = []
+    gate = Admission()
     for path in manifest.manifest_files(folder):
         for doc in manifest.read_file(path):
             if doc.error:
                 problems.append(doc.error)
                 continue
-            refused = meta.no_match_error(doc.obj, doc.source, hint=False)
-            if refused:
-                problems.append(refused)
-                continue
-            obj = apply_defaults(doc.obj)
-            errs = validate(obj)
-            if errs:
-                problems.append(f"{doc.source}: {InvalidError(obj['kind'], meta.name_of(obj), errs)}")
+            verdict = gate.admit(doc.obj, doc.source, hint=False)
+            if not verdict.ok:
+                problems.append(verdict.message if verdict.reason == NO_MATCH else f"{doc.source}: {verdict.message}")
     return problems
 
 

@@ -9,11 +9,11 @@ import re
 
 import pytest
 
+from kproxy.api.meta import pod_ready as is_ready  # the one Ready test (replicas, endpoints, printers)
 from kproxy.controllers.replicas import (
     ALPHANUMS,
     BURST_REPLICAS,
     _fnv32a,
-    is_ready,
     new_pod,
     node_capacity,
     owner_deployment,
