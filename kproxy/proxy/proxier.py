@@ -46,26 +46,19 @@ from __future__ import annotations
 
 import itertools
 import logging
-import marshal
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator
 
 from kproxy.proxy import applier as iptables
 from kproxy.proxy import restoretext as rt
 from kproxy.proxy.applier import Applier, IptablesError, Kernel
 from kproxy.proxy.chains import is_service_chain
+from kproxy.proxy.changes import ServiceChanges, group, signature
 from kproxy.proxy.conntrack import Conntrack, PortStates, port_states
 from kproxy.proxy.fixedchains import FixedRules, fixed_chains, service_order
-from kproxy.proxy.model import (
-    LABEL_SERVICE_NAME,
-    LARGE_CLUSTER_ENDPOINTS_THRESHOLD,
-    Digest,
-    ProxyConfig,
-    digest,
-    split_digest,
-)
+from kproxy.proxy.model import LARGE_CLUSTER_ENDPOINTS_THRESHOLD, Digest, ProxyConfig
 from kproxy.proxy.render import RenderResult
 from kproxy.proxy.servicerules import ServiceRules, ServiceWriter, render_service
 
@@ -117,53 +110,6 @@ class SyncResult:
     conntrack_commands: list[list[str]] = field(default_factory=list)  # run after the restore
 
 
-def _service_key(obj: Mapping[str, Any]) -> str:
-    m = obj.get("metadata") or {}
-    return f"{m.get('namespace') or 'default'}/{m.get('name')}"
-
-
-def _slice_service_key(obj: Mapping[str, Any]) -> str | None:
-    m = obj.get("metadata") or {}
-    name = (m.get("labels") or {}).get(LABEL_SERVICE_NAME)
-    return f"{m.get('namespace') or 'default'}/{name}" if name else None
-
-
-def _slice_name(sl: Mapping[str, Any]) -> str:
-    return str((sl.get("metadata") or {}).get("name"))
-
-
-def _group(services: Iterable[Mapping], endpoint_slices: Iterable[Mapping], wanted: set[str] | None
-           ) -> tuple[dict[str, Mapping], dict[str, list[Mapping]]]:
-    """Services by "ns/name", and EndpointSlices by their Service's (only ``wanted`` keys)."""
-    names = None if wanted is None else {k.partition("/")[2] for k in wanted}
-    svcs: dict[str, Mapping] = {}
-    for svc in services:
-        if names is not None and (svc.get("metadata") or {}).get("name") not in names:
-            continue  # cheap filter before the key
-        key = _service_key(svc)
-        if wanted is None or key in wanted:
-            svcs[key] = svc
-    slices: dict[str, list[Mapping]] = {}
-    for sl in endpoint_slices:
-        if names is not None and ((sl.get("metadata") or {}).get("labels") or {}).get(LABEL_SERVICE_NAME) \
-                not in names:
-            continue
-        key = _slice_service_key(sl)
-        if key is not None and (wanted is None or key in wanted):
-            slices.setdefault(key, []).append(sl)
-    return svcs, slices
-
-
-def _signature(obj: Any) -> bytes:
-    """Equal bytes for equal objects (parsed YAML/JSON: dicts, lists, scalars). Version 2:
-    later versions write back-references for objects referenced elsewhere, so equal objects
-    could give different bytes."""
-    try:
-        return marshal.dumps(obj, 2)
-    except ValueError:  # something marshal does not know: slower, still exact enough
-        return repr(obj).encode()
-
-
 class Proxier:
     """Incremental driver of the renderer; remembers what the last successful sync left."""
 
@@ -176,13 +122,14 @@ class Proxier:
         self._fixed = fixed_chains(cfg)
         self._need_full = True
         # State of the last successful sync.
-        self._sigs: dict[str, bytes] = {}  # "ns/name" -> signature of its Service + slices
+        self._changes = ServiceChanges(cfg)  # each Service's signature; digests of the changed ones
         self._rules: dict[str, ServiceRules] = {}  # proxied Services, rendered
         self._skipped: dict[str, str] = {}
         self._kernel_fixed: FixedRules | None = None  # the fixed chains' rules, and who wrote each
         self._total_endpoints = 0
         self._service_chains: dict[str, frozenset[str]] = {}
         self._port_states: dict[str, PortStates] = {}
+        self._health: dict[str, tuple[int, tuple[str, str, int]]] = {}  # see health_check_ports()
         self._ports: PortStates = {}
         self._large_cluster: bool | None = None
         self._last: RenderResult | None = None
@@ -196,48 +143,12 @@ class Proxier:
         """Make the next sync full, e.g. after someone flushed or cleaned up the rules."""
         self._need_full = True
 
-    # ------------------------------------------------------------------ input -> changes
-
-    def _changes(self, services: Iterable[Mapping], endpoint_slices: Iterable[Mapping],
-                 changed: Iterable[str] | None) -> dict[str, tuple[bytes | None, Digest | None]]:
-        """Keys whose objects changed since the last successful sync: their new signature and
-        digest (None, None: gone)."""
-        wanted = None if changed is None else set(changed)
-        svcs, slices = _group(services, endpoint_slices, wanted)
-        keys = (svcs.keys() | slices.keys() | self._sigs.keys()) if wanted is None else wanted
-        out: dict[str, tuple[bytes | None, Digest | None]] = {}
-        todo: list[str] = []
-        for key in keys:
-            svc, own = svcs.get(key), slices.get(key, [])
-            if svc is None and not own:
-                if key in self._sigs:
-                    out[key] = (None, None)
-                continue
-            if len(own) > 1:
-                own.sort(key=_slice_name)
-            sig = _signature((svc, own))
-            if sig != self._sigs.get(key):
-                out[key] = (sig, None)
-                todo.append(key)
-        for key, d in self._digest(todo, svcs, slices).items():
-            out[key] = (out[key][0], d)
-        return out
-
-    def _digest(self, keys: list[str], svcs: Mapping[str, Mapping], slices: Mapping[str, list[Mapping]]
-                ) -> dict[str, Digest]:
-        """Each key's Digest (its own ``skipped``), from one digest of all their objects:
-        Services digest independently of each other."""
-        if not keys:
-            return {}
-        whole = digest([svcs[k] for k in keys if k in svcs], [sl for k in keys for sl in slices.get(k, ())],
-                       self.cfg)
-        parts = split_digest(whole)
-        out = {}
-        for key in keys:
-            d = parts.get(key) or Digest([], {}, {})
-            d.skipped = {key: whole.skipped[key]} if key in whole.skipped else {}
-            out[key] = d
-        return out
+    def health_check_ports(self) -> dict[int, tuple[str, str, int]]:
+        """healthCheckNodePort -> (namespace, name, local ready endpoints) of each proxied
+        Service that has one (type LoadBalancer, externalTrafficPolicy Local), as the rules in the
+        kernel see them (the last successful sync): what the health-check server answers with
+        (upstream's serviceHealthServer.SyncEndpoints(LocalReadyEndpoints()))."""
+        return dict(self._health.values())
 
     # ------------------------------------------------------------------ sync
 
@@ -254,7 +165,7 @@ class Proxier:
             existing = self._existing_chains()
             if self._listed and not any(is_service_chain(c) for c in existing):
                 return self._first_sync(services, endpoint_slices, existing, start)
-        changes = self._changes(services, endpoint_slices, None if full else changed)
+        changes = self._changes.find(services, endpoint_slices, None if full else changed)
         rules = dict(self._rules)
         skipped = dict(self._skipped)
         dirty: set[str] = set()  # keys whose rules changed
@@ -288,7 +199,7 @@ class Proxier:
         full = full or large_cluster != self._large_cluster
         if not full and not dirty:
             for key, (sig, _) in changes.items():  # nothing to apply: remember the new objects
-                self._remember_sig(key, sig)
+                self._changes.remember(key, sig)
             if skipped != self._skipped:  # e.g. ExternalName -> headless: why it is skipped changed
                 self._skipped = skipped
                 if self._last is not None:
@@ -323,12 +234,12 @@ class Proxier:
         the rare case the guess was wrong, every Service's chains are rewritten in the last
         commit with the right comments."""
         self._need_full = True  # until this sync succeeds
-        svcs, slices = _group(services, endpoint_slices, None)
+        svcs, slices = group(services, endpoint_slices, None)
         keys = sorted(svcs.keys() | slices.keys(), key=service_order)
         bound = sum(len(sl.get("endpoints") or ()) * len(sl.get("ports") or ()) for own in slices.values() for sl in own)
         guess = bound > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
         # keys remembered from before that are gone now (a lab of skipped Services only)
-        changes: dict[str, tuple[bytes | None, Digest | None]] = {k: (None, None) for k in self._sigs.keys() - set(keys)}
+        changes: dict[str, tuple[bytes | None, Digest | None]] = {k: (None, None) for k in self._changes.sigs.keys() - set(keys)}
         skipped: dict[str, str] = {}
         total = 0
 
@@ -337,13 +248,8 @@ class Proxier:
             i, step = 0, 8
             while i < len(keys):
                 batch, i, step = keys[i:i + step], i + step, min(2 * step, 128)
-                sigs = {}
-                for key in batch:
-                    own = slices.get(key, [])
-                    if len(own) > 1:
-                        own.sort(key=_slice_name)
-                    sigs[key] = _signature((svcs.get(key), own))
-                for key, d in self._digest(batch, svcs, slices).items():
+                sigs = {key: signature(svcs.get(key), slices.get(key, [])) for key in batch}
+                for key, d in self._changes.digest(batch, svcs, slices).items():
                     changes[key] = (sigs[key], d)
                     skipped.update(d.skipped)
                     if d.ports:
@@ -363,16 +269,23 @@ class Proxier:
         """Remember what a successful restore put into the kernel; clean up conntrack."""
         self._need_full = False
         for key, (sig, _) in changes.items():
-            self._remember_sig(key, sig)
+            self._changes.remember(key, sig)
         self._skipped = skipped
         old_ports = self._ports
-        for key in dirty | (set(self._port_states) - set(self._rules)):
+        for key in dirty | ((self._port_states.keys() | self._health.keys()) - self._rules.keys()):
             r = self._rules.get(key)
-            states = port_states(r.digest()) if r is not None else {}
+            d = r.digest() if r is not None else None
+            states = port_states(d) if d is not None else {}
             if states:
                 self._port_states[key] = states
             else:
                 self._port_states.pop(key, None)
+            sp = next((sp for sp in d.ports if sp.health_check_node_port), None) if d is not None else None
+            if sp is not None:
+                local = d.local_ready_endpoints().get(key, 0)
+                self._health[key] = (sp.health_check_node_port, (sp.namespace, sp.name, local))
+            else:
+                self._health.pop(key, None)
         self._ports = {k: v for states in self._port_states.values() for k, v in states.items()}
         self._large_cluster = large_cluster
         self._total_endpoints = total
@@ -390,12 +303,6 @@ class Proxier:
             result=self._last,
             conntrack_commands=commands,
         )
-
-    def _remember_sig(self, key: str, sig: bytes | None) -> None:
-        if sig is None:
-            self._sigs.pop(key, None)
-        else:
-            self._sigs[key] = sig
 
     def _render(self, item, large_cluster: bool) -> ServiceRules:
         if isinstance(item, ServiceRules):

@@ -708,9 +708,9 @@ def test_a_first_sync_in_sections_forgets_services_that_are_gone():
     lab = many_services()
     ext = service("ns", "ext", "", 80, type="ExternalName", externalName="example.org")
     lab.add(ext)
-    lab.proxier._sigs["ns/gone"] = b"remembered"
+    lab.proxier._changes.sigs["ns/gone"] = b"remembered"
     lab.sync()
-    assert "ns/gone" not in lab.proxier._sigs and "ns/ext" in lab.proxier._sigs
+    assert "ns/gone" not in lab.proxier._changes.sigs and "ns/ext" in lab.proxier._changes.sigs
     assert lab.kernel.tables == lab.full_render_state()
 
 
@@ -753,3 +753,31 @@ def test_a_failed_chain_listing_never_sections_a_sync():
     lab.sync()
     assert [t for t, _ in sections(lab.text)] == ["filter", "nat"]
     assert lab.kernel.tables == lab.full_render_state()
+
+
+# ------------------------------------------------------------------ health check
+
+
+def test_health_check_ports_count_this_nodes_ready_endpoints():
+    """What the health-check server answers per healthCheckNodePort, from the digested view."""
+    lab = Lab()
+    lb = service("ns", "lb", "172.30.0.7", 80, type="LoadBalancer", externalTrafficPolicy="Local",
+                 nodePort=30080, healthCheckNodePort=32000)
+    sl = endpoint_slice("ns", "lb", 80, "10.0.7.1", "10.0.7.2", "10.0.7.3")
+    for ep, node in zip(sl["endpoints"], ["test-node", "test-node", "other-node"]):
+        ep["nodeName"] = node
+    sl["endpoints"][1]["conditions"] = {"ready": False}
+    cluster_policy = service("ns", "np", "172.30.0.8", 80, type="LoadBalancer", nodePort=30081,
+                             healthCheckNodePort=32001)  # only ETP Local gets one
+    lab.add(lb, sl, cluster_policy)
+    lab.sync()
+    assert lab.proxier.health_check_ports() == {32000: ("ns", "lb", 1)}
+    sl["endpoints"][1]["conditions"] = {"ready": True}
+    assert not lab.sync().full
+    assert lab.proxier.health_check_ports() == {32000: ("ns", "lb", 2)}
+    lab.delete("EndpointSlice", "ns/lb-1")
+    lab.sync()
+    assert lab.proxier.health_check_ports() == {32000: ("ns", "lb", 0)}
+    lab.delete("Service", "ns/lb")
+    lab.sync()
+    assert lab.proxier.health_check_ports() == {}
