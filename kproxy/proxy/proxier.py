@@ -12,10 +12,10 @@ UDP/SCTP conntrack entries are deleted.
 kproxy goes further than upstream's partial sync so that a one-Service change costs the same
 at 10 Services as at 10,000 (issue 7):
 
-- The Proxier keeps each Service rendered on its own (servicerules.ServiceRules) with a signature of
-  the objects it was rendered from (marshal of the Service and its EndpointSlices): a sync
-  digests and renders only Services whose signature changed, and only those whose digest
-  changed count as changed. ``sync(..., changed={"ns/name", ...})`` (informer-style: the keys
+- The Proxier keeps each Service rendered on its own (servicerules.ServiceRules) with a
+  signature of the objects it was rendered from (changes.ServiceChanges: marshal of the Service
+  and its EndpointSlices): a sync digests and renders only Services whose signature changed,
+  and only those whose digest changed count as changed. ``sync(..., changed={"ns/name", ...})`` (informer-style: the keys
   whose objects may have changed) skips even the signatures of the others.
 - A partial sync writes only the changed Services' chains whose rules changed, deletes their
   stale chains, and edits the fixed chains in place (``-D`` the Service's old rules by their
@@ -39,7 +39,8 @@ at 10 Services as at 10,000 (issue 7):
 The restore text is written by restoretext (the one writer: render.py's full render writes the
 same sections); the fixed chains' in-place edits are fixedchains.FixedRules'. The kernel is
 reached only through applier.Kernel (restore, save, jumps) and conntrack, both injectable, so
-tests run on kproxy/proxy/fake.py's FakeKernel without root.
+tests run on kproxy/proxy/fake.py's FakeKernel without root. What the last successful sync
+digested also answers the health-check server (health_check_ports()).
 """
 
 from __future__ import annotations

@@ -25,10 +25,10 @@ def header(table: str) -> str:
     return f"*{table}"
 
 
-def declare(chain: str, policy: str = "-") -> str:
-    """Create ``chain``, or flush it if it exists (a built-in chain, with its ``policy``, is
-    declared so by iptables-save only)."""
-    return f":{chain} {policy} [0:0]"
+def declare(chain: str, policy: str = "-", counters: tuple[int, int] = (0, 0)) -> str:
+    """Create ``chain``, or flush it if it exists (a built-in chain, with its ``policy`` and
+    ``counters``, is declared so by iptables-save only)."""
+    return f":{chain} {policy} [{counters[0]}:{counters[1]}]"
 
 
 def delete(chain: str) -> str:
