@@ -98,12 +98,13 @@ def _floor(services, slices, timeout) -> dict:
     """The smallest restore that carries a jump: one endpoint chain rewritten with its same two
     rules. At 10,000 Services it is mostly the kernel's commit (see README)."""
     from kproxy.bench.restore import emit
-    from kproxy.proxy import render
+    from kproxy.proxy.model import digest_service
+    from kproxy.proxy.servicerules import render_service
     svc = services[0]
     mine = [sl for sl in slices if sl["metadata"]["labels"][LABEL_SERVICE_NAME] == svc["metadata"]["name"]]
     cfg = ProxyConfig(**CFG)
     large = digest(services, slices, cfg).total_endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
-    r = render.render_service(render.digest_service(svc, mine, cfg), cfg, large)
+    r = render_service(digest_service(svc, mine, cfg), cfg, large)
     sep = next(c for c in r.chains if c.startswith("KUBE-SEP-"))
     text = emit("nat", [sep], r.chains, [sep])
     return summary([run_restore(text, timeout) for _ in range(5)])

@@ -1,10 +1,13 @@
-"""Programs rendered rules into the kernel through the machine's own iptables.
+"""Kernel I/O for the proxy, behind one small interface (Kernel): the machine's iptables.
 
 `iptables-restore --noflush` swaps every KUBE-* chain kproxy declares in one atomic commit and
 leaves every other chain alone; the machine's `iptables` (nf_tables on Debian 12) is used so
-`iptables-save` shows what kproxy did. The restores themselves are the Proxier's; this module
-adds what kube-proxy (and the kubelet, for KUBE-FIREWALL) keep around them: the jumps from the
-built-in chains, in a real node's order, and the canary chains; and removes it all on a host.
+`iptables-save` shows what kproxy did. The restores' text is the Proxier's (written by
+restoretext); this module runs them, lists chains, and adds what kube-proxy (and the kubelet,
+for KUBE-FIREWALL) keep around them: the jumps from the built-in chains, in a real node's order,
+and the canary chains; and removes it all on a host. Applier is the real Kernel;
+kproxy/proxy/fake.py's FakeKernel is the unit tests' (as kube-proxy's pkg/util/iptables and its
+testing/fake.go).
 """
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ import fcntl
 import logging
 import shutil
 import subprocess
+from typing import Iterable, Protocol
+
+from kproxy.proxy import restoretext as rt
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +77,7 @@ def with_listing(text: str) -> str:
     same (tests/integration/test_kernel_fidelity.py); the price is a listing of the table as it
     was, printed to stdout and thrown away.
     """
-    out = []
-    for line in text.splitlines():
-        out.append(line)
-        if line.startswith("*"):
-            out.append("-S")
-    return "\n".join(out) + "\n"
-
-
-def declared_chains(text: str) -> int:
-    """How many chains a restore text declares (its ``:CHAIN`` lines)."""
-    return text.count("\n:") + text.startswith(":")
+    return rt.text(rt.with_listing(text.splitlines()))
 
 
 def restore_input(text: str, listing: bool | None = None) -> str:
@@ -90,7 +86,7 @@ def restore_input(text: str, listing: bool | None = None) -> str:
     restore skips it: listing a loaded table costs more than the walk it saves (1,000 Services:
     a one-chain restore takes 30 ms without, 380 ms with)."""
     if listing is None:
-        listing = declared_chains(text) >= LISTING_MIN_CHAINS
+        listing = rt.declared_count(text) >= LISTING_MIN_CHAINS
     return with_listing(text) if listing else text
 
 
@@ -122,14 +118,14 @@ def restore_lines(lines, listing: bool) -> str:
                 sent.append(line)
                 chunk.append(line)
                 if line[:1] == "*" and listing:
-                    chunk.append("-S")
-                if len(chunk) >= 2000 or line == "COMMIT":
-                    proc.stdin.write("\n".join(chunk) + "\n")
+                    chunk.append(rt.LISTING)
+                if len(chunk) >= 2000 or line == rt.COMMIT:
+                    proc.stdin.write(rt.text(chunk))
                     chunk = []
-                    if line == "COMMIT":  # a section commits as soon as it is in
+                    if line == rt.COMMIT:  # a section commits as soon as it is in
                         proc.stdin.flush()
             if chunk:
-                proc.stdin.write("\n".join(chunk) + "\n")
+                proc.stdin.write(rt.text(chunk))
             proc.stdin.close()
         except BrokenPipeError:
             pass  # it failed early: its stderr says why
@@ -141,7 +137,7 @@ def restore_lines(lines, listing: bool) -> str:
         raise
     if code != 0:
         raise IptablesError(f"{' '.join(RESTORE)} failed: {err.strip()}")
-    return "\n".join(sent) + "\n"
+    return rt.text(sent)
 
 
 def have_iptables() -> bool:
@@ -166,20 +162,58 @@ def kube_chains(saved: str) -> dict[str, set[str]]:
     return out
 
 
+class Kernel(Protocol):
+    """The kernel I/O the proxy needs: what the Proxier and the daemon call, nothing else."""
+
+    def restore(self, lines: Iterable[str], listing: bool | None = None, stream: bool = False) -> str:
+        """``iptables-restore --noflush`` of ``lines``; returns the text sent; raises IptablesError."""
+
+    def save(self) -> str:
+        """iptables-save of every table; raises IptablesError."""
+
+    def missing_jumps(self) -> dict[str, list[str]]:
+        """Per table, the restore lines that add the missing canaries and jumps."""
+
+    def ensure_jumps(self) -> None:
+        """Add the missing canaries and jumps now."""
+
+    def canary_present(self) -> bool:
+        """Whether every canary chain is still there (nobody flushed the tables)."""
+
+    def cleanup(self) -> None:
+        """Remove every jump and KUBE-* chain."""
+
+
 class Applier:
-    """What kproxy adds around the Proxier's restores: jumps, canaries, and their removal."""
+    """The real Kernel: the machine's iptables commands, in the current network namespace."""
+
+    def restore(self, lines: Iterable[str], listing: bool | None = None, stream: bool = False) -> str:
+        """``stream``: hand the lines over while they are produced (restore_lines; ``listing``
+        on or off); otherwise one text (restore; ``listing`` None decides by its size)."""
+        if stream:
+            return restore_lines(lines, listing=bool(listing))
+        text = rt.text(lines)
+        restore(text, listing)
+        return text
+
+    def save(self) -> str:
+        return save()
+
+    def listed_chains(self) -> str:
+        """The chains the jumps and canaries live in, as iptables-save prints them."""
+        return listed_chains()
 
     def missing_jumps(self) -> dict[str, list[str]]:
         """The restore lines, per table, that would add the missing canaries and jumps, from a
         listing of each chain involved (iptables-save takes 0.3 s at 1,000 Services, 3.7 s at
         10,000). The Proxier puts them into a full sync's own restore."""
-        return missing_jump_lines(listed_chains())
+        return missing_jump_lines(self.listed_chains())
 
     def ensure_jumps(self) -> None:
         """Add the missing canary chains and jumps now (one restore at most)."""
-        text = missing_jumps(listed_chains())
+        text = missing_jumps(self.listed_chains())
         if text:
-            restore(text)
+            self.restore(text.splitlines())
 
     def canary_present(self) -> bool:
         """kube-proxy's flush detector: a canary chain goes when someone wipes its table."""
@@ -190,14 +224,20 @@ class Applier:
         for table, chain, args in JUMPS:
             while _run(["iptables", "-w", "-t", table, "-D", chain, *args], check=False).returncode == 0:
                 pass
-        chains = kube_chains(save())
-        lines = []
-        for table in TABLES:
-            names = sorted(chains.get(table, ()))
-            if names:
-                lines += [f"*{table}", *[f":{c} - [0:0]" for c in names], *[f"-X {c}" for c in names], "COMMIT"]
+        lines = cleanup_lines(self.save())
         if lines:
-            restore("\n".join(lines) + "\n")
+            self.restore(lines)
+
+
+def cleanup_lines(saved: str) -> list[str]:
+    """The restore lines that flush and delete every KUBE-* chain of ``saved`` (iptables-save)."""
+    chains = kube_chains(saved)
+    lines: list[str] = []
+    for table in TABLES:
+        names = sorted(chains.get(table, ()))
+        if names:
+            lines += rt.section(table, deleted=names)
+    return lines
 
 
 def listed_chains() -> str:
@@ -213,12 +253,12 @@ def listed_chains() -> str:
             continue  # no such chain (a canary not there yet)
         for line in out.splitlines():
             if line.startswith("-N "):
-                lines[t].append(f":{line[3:]} - [0:0]")
+                lines[t].append(rt.declare(line[3:]))
             elif line.startswith("-P "):
-                lines[t].append(f":{line.split()[1]} {line.split()[2]} [0:0]")
+                lines[t].append(rt.declare(line.split()[1], policy=line.split()[2]))
             elif line.startswith("-A "):
                 lines[t].append(line)
-    return "".join(f"*{t}\n" + "".join(f"{line}\n" for line in ls) + "COMMIT\n" for t, ls in lines.items())
+    return rt.text(line for t, ls in lines.items() for line in rt.section(t, rules=ls))
 
 
 def _jump_present(saved_table: list[str], chain: str, args: list[str]) -> bool:
@@ -244,10 +284,10 @@ def missing_jump_lines(saved: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for t in TABLES:
         lines = tables.get(t, [])
-        body = [] if any(line.startswith(f":{CANARY} ") for line in lines) else [f":{CANARY} - [0:0]"]
+        body = [] if any(line.startswith(f":{CANARY} ") for line in lines) else [rt.declare(CANARY)]
         for tbl, chain, args in reversed(JUMPS):
             if tbl == t and not _jump_present(lines, chain, args):
-                body.append(f"-I {chain} 1 " + " ".join(f'"{a}"' if " " in a else a for a in args))
+                body.append(rt.insert(chain, 1, " ".join(rt.quote(a) if " " in a else a for a in args)))
         if body:
             out[t] = body
     return out
@@ -255,10 +295,8 @@ def missing_jump_lines(saved: str) -> dict[str, list[str]]:
 
 def missing_jumps(saved: str) -> str:
     """Restore text that adds what of CANARY and JUMPS `saved` lacks (see missing_jump_lines)."""
-    out = []
-    for t, body in missing_jump_lines(saved).items():
-        out += [f"*{t}", *body, "COMMIT"]
-    return "\n".join(out) + "\n" if out else ""
+    out = [line for t, body in missing_jump_lines(saved).items() for line in rt.section(t, rules=body)]
+    return rt.text(out) if out else ""
 
 
 def owned_lines(saved: str, chains: set[str] | None = None, mention: str | None = None) -> str:

@@ -23,7 +23,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from kproxy.proxy.render import Digest, Endpoint, PortKey
+from kproxy.proxy.model import Digest, Endpoint, PortKey
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ UDP/SCTP conntrack entries are deleted.
 kproxy goes further than upstream's partial sync so that a one-Service change costs the same
 at 10 Services as at 10,000 (issue 7):
 
-- The Proxier keeps each Service rendered on its own (render.ServiceRules) with a signature of
-  the objects it was rendered from (marshal of the Service and its EndpointSlices): a sync
-  digests and renders only Services whose signature changed, and only those whose digest
-  changed count as changed. ``sync(..., changed={"ns/name", ...})`` (informer-style: the keys
+- The Proxier keeps each Service rendered on its own (servicerules.ServiceRules) with a
+  signature of the objects it was rendered from (changes.ServiceChanges: marshal of the Service
+  and its EndpointSlices): a sync digests and renders only Services whose signature changed,
+  and only those whose digest changed count as changed. ``sync(..., changed={"ns/name", ...})`` (informer-style: the keys
   whose objects may have changed) skips even the signatures of the others.
 - A partial sync writes only the changed Services' chains whose rules changed, deletes their
   stale chains, and edits the fixed chains in place (``-D`` the Service's old rules by their
@@ -36,38 +36,32 @@ at 10 Services as at 10,000 (issue 7):
 - The jumps from the built-in chains and the canaries are listed while the Services render and
   the missing ones go into the same restore (upstream ensures them with separate commands).
 
-The kernel-touching parts (restore, chain listing, jump rules, conntrack) are injectable so
-tests run without root.
+The restore text is written by restoretext (the one writer: render.py's full render writes the
+same sections); the fixed chains' in-place edits are fixedchains.FixedRules'. The kernel is
+reached only through applier.Kernel (restore, save, jumps) and conntrack, both injectable, so
+tests run on kproxy/proxy/fake.py's FakeKernel without root. What the last successful sync
+digested also answers the health-check server (health_check_ports()).
 """
 
 from __future__ import annotations
 
-import bisect
-import hashlib
+import itertools
 import logging
-import marshal
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator
 
 from kproxy.proxy import applier as iptables
-from kproxy.proxy.applier import Applier, IptablesError
+from kproxy.proxy import restoretext as rt
+from kproxy.proxy.applier import Applier, IptablesError, Kernel
 from kproxy.proxy.chains import is_service_chain
+from kproxy.proxy.changes import ServiceChanges, group, signature
 from kproxy.proxy.conntrack import Conntrack, PortStates, port_states
-from kproxy.proxy.render import (
-    LABEL_SERVICE_NAME,
-    LARGE_CLUSTER_ENDPOINTS_THRESHOLD,
-    Digest,
-    ProxyConfig,
-    RenderResult,
-    ServiceRules,
-    _Renderer,
-    digest,
-    fixed_chains,
-    render_service,
-    split_digest,
-)
+from kproxy.proxy.fixedchains import FixedRules, fixed_chains, service_order
+from kproxy.proxy.model import LARGE_CLUSTER_ENDPOINTS_THRESHOLD, Digest, ProxyConfig
+from kproxy.proxy.render import RenderResult
+from kproxy.proxy.servicerules import ServiceRules, ServiceWriter, render_service
 
 log = logging.getLogger(__name__)
 
@@ -117,183 +111,45 @@ class SyncResult:
     conntrack_commands: list[list[str]] = field(default_factory=list)  # run after the restore
 
 
-def fingerprints(d: Digest) -> dict[str, str]:
-    """A hash per proxied Service ("ns/name") of its ports and their endpoints, as digested
-    for the renderer: equal hashes mean the Service's own chains would be written the same."""
-    parts: dict[str, list[str]] = {}
-    for sp in d.ports:
-        parts.setdefault(sp.service_key, []).append(repr((sp, d.port_endpoints(sp))))
-    return {key: hashlib.sha256("\n".join(items).encode()).hexdigest() for key, items in parts.items()}
-
-
-def _count_rules(text: str) -> int:
-    return sum(1 for line in text.splitlines() if line.startswith(("-A ", "-I ")))
-
-
-def _service_key(obj: Mapping[str, Any]) -> str:
-    m = obj.get("metadata") or {}
-    return f"{m.get('namespace') or 'default'}/{m.get('name')}"
-
-
-def _slice_service_key(obj: Mapping[str, Any]) -> str | None:
-    m = obj.get("metadata") or {}
-    name = (m.get("labels") or {}).get(LABEL_SERVICE_NAME)
-    return f"{m.get('namespace') or 'default'}/{name}" if name else None
-
-
-def _slice_name(sl: Mapping[str, Any]) -> str:
-    return str((sl.get("metadata") or {}).get("name"))
-
-
-def _group(services: Iterable[Mapping], endpoint_slices: Iterable[Mapping], wanted: set[str] | None
-           ) -> tuple[dict[str, Mapping], dict[str, list[Mapping]]]:
-    """Services by "ns/name", and EndpointSlices by their Service's (only ``wanted`` keys)."""
-    names = None if wanted is None else {k.partition("/")[2] for k in wanted}
-    svcs: dict[str, Mapping] = {}
-    for svc in services:
-        if names is not None and (svc.get("metadata") or {}).get("name") not in names:
-            continue  # cheap filter before the key
-        key = _service_key(svc)
-        if wanted is None or key in wanted:
-            svcs[key] = svc
-    slices: dict[str, list[Mapping]] = {}
-    for sl in endpoint_slices:
-        if names is not None and ((sl.get("metadata") or {}).get("labels") or {}).get(LABEL_SERVICE_NAME) \
-                not in names:
-            continue
-        key = _slice_service_key(sl)
-        if key is not None and (wanted is None or key in wanted):
-            slices.setdefault(key, []).append(sl)
-    return svcs, slices
-
-
-def _signature(obj: Any) -> bytes:
-    """Equal bytes for equal objects (parsed YAML/JSON: dicts, lists, scalars). Version 2:
-    later versions write back-references for objects referenced elsewhere, so equal objects
-    could give different bytes."""
-    try:
-        return marshal.dumps(obj, 2)
-    except ValueError:  # something marshal does not know: slower, still exact enough
-        return repr(obj).encode()
-
-
-_BASE, _TRAILER = (0,), (2,)
-
-
-def _order(key: str) -> tuple:
-    """Where a Service's rules go in the fixed chains: after the base rules, by (namespace,
-    name), before the trailer."""
-    ns, _, name = key.partition("/")
-    return (1, ns, name)
-
-
-def _fixed_with_owners(fixed, services: list[ServiceRules]):
-    """Every fixed chain's rules and, for each rule, the _order of who wrote it."""
-    rules: dict[tuple[str, str], list[str]] = {}
-    owners: dict[tuple[str, str], list[tuple]] = {}
-    for t, chains in fixed.declared.items():
-        for c in chains:
-            base = fixed.base.get((t, c), [])
-            rules[(t, c)] = list(base)
-            owners[(t, c)] = [_BASE] * len(base)
-    for r in services:
-        o = (1, *r.order)
-        for tc, rs in r.fixed.items():
-            rules[tc].extend(rs)
-            owners[tc].extend([o] * len(rs))
-    for tc, rs in fixed.trailer.items():
-        rules[tc].extend(rs)
-        owners[tc].extend([_TRAILER] * len(rs))
-    return rules, owners
-
-
 class Proxier:
     """Incremental driver of the renderer; remembers what the last successful sync left."""
 
-    def __init__(
-        self,
-        cfg: ProxyConfig,
-        applier: Applier | None = None,
-        conntrack: Conntrack | None = None,
-        *,
-        restore: Callable[[str], None] | None = None,
-        list_chains: Callable[[], set[str]] | None = None,
-    ):
+    def __init__(self, cfg: ProxyConfig, applier: Kernel | None = None, conntrack: Conntrack | None = None):
         self.cfg = cfg
-        self.applier = applier or Applier()
+        self.applier: Kernel = applier or Applier()  # the kernel's iptables (a fake in unit tests)
         self.conntrack = conntrack or Conntrack()
-        # An injected restore gets the whole text; the real one is fed while the text is made.
-        self._restore = restore
-        self._list_chains = list_chains or self._kernel_chains
         self._saved: str | None = None  # the iptables-save the kernel's chains were read from
         self._listed = False  # whether the last listing of the kernel's chains succeeded
         self._fixed = fixed_chains(cfg)
         self._need_full = True
         # State of the last successful sync.
-        self._sigs: dict[str, bytes] = {}  # "ns/name" -> signature of its Service + slices
+        self._changes = ServiceChanges(cfg)  # each Service's signature; digests of the changed ones
         self._rules: dict[str, ServiceRules] = {}  # proxied Services, rendered
         self._skipped: dict[str, str] = {}
-        self._kernel_fixed: dict[tuple[str, str], list[str]] = {}
-        self._fixed_owners: dict[tuple[str, str], list[tuple]] = {}  # _order of each rule's Service
+        self._kernel_fixed: FixedRules | None = None  # the fixed chains' rules, and who wrote each
         self._total_endpoints = 0
         self._service_chains: dict[str, frozenset[str]] = {}
         self._port_states: dict[str, PortStates] = {}
+        self._health: dict[str, tuple[int, tuple[str, str, int]]] = {}  # see health_check_ports()
         self._ports: PortStates = {}
         self._large_cluster: bool | None = None
         self._last: RenderResult | None = None
         self._deleted: list[str] = []
-        self._pending_fixed: dict[tuple[str, str], list[str]] = {}
-        self._pending_owners: dict[tuple[str, str], list[tuple]] = {}
+        self._pending_fixed: FixedRules | None = None
         self._render_done = 0.0
-        self._renderer: _Renderer | None = None
+        self._renderer: ServiceWriter | None = None
         self.last_listing: bool | None = None  # whether the last full sync had the listing line
 
     def request_full_sync(self) -> None:
         """Make the next sync full, e.g. after someone flushed or cleaned up the rules."""
         self._need_full = True
 
-    # ------------------------------------------------------------------ input -> changes
-
-    def _changes(self, services: Iterable[Mapping], endpoint_slices: Iterable[Mapping],
-                 changed: Iterable[str] | None) -> dict[str, tuple[bytes | None, Digest | None]]:
-        """Keys whose objects changed since the last successful sync: their new signature and
-        digest (None, None: gone)."""
-        wanted = None if changed is None else set(changed)
-        svcs, slices = _group(services, endpoint_slices, wanted)
-        keys = (svcs.keys() | slices.keys() | self._sigs.keys()) if wanted is None else wanted
-        out: dict[str, tuple[bytes | None, Digest | None]] = {}
-        todo: list[str] = []
-        for key in keys:
-            svc, own = svcs.get(key), slices.get(key, [])
-            if svc is None and not own:
-                if key in self._sigs:
-                    out[key] = (None, None)
-                continue
-            if len(own) > 1:
-                own.sort(key=_slice_name)
-            sig = _signature((svc, own))
-            if sig != self._sigs.get(key):
-                out[key] = (sig, None)
-                todo.append(key)
-        for key, d in self._digest(todo, svcs, slices).items():
-            out[key] = (out[key][0], d)
-        return out
-
-    def _digest(self, keys: list[str], svcs: Mapping[str, Mapping], slices: Mapping[str, list[Mapping]]
-                ) -> dict[str, Digest]:
-        """Each key's Digest (its own ``skipped``), from one digest of all their objects:
-        Services digest independently of each other."""
-        if not keys:
-            return {}
-        whole = digest([svcs[k] for k in keys if k in svcs], [sl for k in keys for sl in slices.get(k, ())],
-                       self.cfg)
-        parts = split_digest(whole)
-        out = {}
-        for key in keys:
-            d = parts.get(key) or Digest([], {}, {})
-            d.skipped = {key: whole.skipped[key]} if key in whole.skipped else {}
-            out[key] = d
-        return out
+    def health_check_ports(self) -> dict[int, tuple[str, str, int]]:
+        """healthCheckNodePort -> (namespace, name, local ready endpoints) of each proxied
+        Service that has one (type LoadBalancer, externalTrafficPolicy Local), as the rules in the
+        kernel see them (the last successful sync): what the health-check server answers with
+        (upstream's serviceHealthServer.SyncEndpoints(LocalReadyEndpoints()))."""
+        return dict(self._health.values())
 
     # ------------------------------------------------------------------ sync
 
@@ -310,7 +166,7 @@ class Proxier:
             existing = self._existing_chains()
             if self._listed and not any(is_service_chain(c) for c in existing):
                 return self._first_sync(services, endpoint_slices, existing, start)
-        changes = self._changes(services, endpoint_slices, None if full else changed)
+        changes = self._changes.find(services, endpoint_slices, None if full else changed)
         rules = dict(self._rules)
         skipped = dict(self._skipped)
         dirty: set[str] = set()  # keys whose rules changed
@@ -344,7 +200,7 @@ class Proxier:
         full = full or large_cluster != self._large_cluster
         if not full and not dirty:
             for key, (sig, _) in changes.items():  # nothing to apply: remember the new objects
-                self._remember_sig(key, sig)
+                self._changes.remember(key, sig)
             if skipped != self._skipped:  # e.g. ExternalName -> headless: why it is skipped changed
                 self._skipped = skipped
                 if self._last is not None:
@@ -356,7 +212,7 @@ class Proxier:
             rerender = set(rules) if large_cluster != self._large_cluster else dirty
 
             def rendered() -> Iterator[ServiceRules]:
-                for key in sorted(rules, key=_order):
+                for key in sorted(rules, key=service_order):
                     item = rules[key]
                     yield self._render(item, large_cluster) if key in rerender or not isinstance(item, ServiceRules) \
                         else item
@@ -379,12 +235,12 @@ class Proxier:
         the rare case the guess was wrong, every Service's chains are rewritten in the last
         commit with the right comments."""
         self._need_full = True  # until this sync succeeds
-        svcs, slices = _group(services, endpoint_slices, None)
-        keys = sorted(svcs.keys() | slices.keys(), key=_order)
+        svcs, slices = group(services, endpoint_slices, None)
+        keys = sorted(svcs.keys() | slices.keys(), key=service_order)
         bound = sum(len(sl.get("endpoints") or ()) * len(sl.get("ports") or ()) for own in slices.values() for sl in own)
         guess = bound > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
         # keys remembered from before that are gone now (a lab of skipped Services only)
-        changes: dict[str, tuple[bytes | None, Digest | None]] = {k: (None, None) for k in self._sigs.keys() - set(keys)}
+        changes: dict[str, tuple[bytes | None, Digest | None]] = {k: (None, None) for k in self._changes.sigs.keys() - set(keys)}
         skipped: dict[str, str] = {}
         total = 0
 
@@ -393,13 +249,8 @@ class Proxier:
             i, step = 0, 8
             while i < len(keys):
                 batch, i, step = keys[i:i + step], i + step, min(2 * step, 128)
-                sigs = {}
-                for key in batch:
-                    own = slices.get(key, [])
-                    if len(own) > 1:
-                        own.sort(key=_slice_name)
-                    sigs[key] = _signature((svcs.get(key), own))
-                for key, d in self._digest(batch, svcs, slices).items():
+                sigs = {key: signature(svcs.get(key), slices.get(key, [])) for key in batch}
+                for key, d in self._changes.digest(batch, svcs, slices).items():
                     changes[key] = (sigs[key], d)
                     skipped.update(d.skipped)
                     if d.ports:
@@ -419,17 +270,23 @@ class Proxier:
         """Remember what a successful restore put into the kernel; clean up conntrack."""
         self._need_full = False
         for key, (sig, _) in changes.items():
-            self._remember_sig(key, sig)
+            self._changes.remember(key, sig)
         self._skipped = skipped
         old_ports = self._ports
-        for key in dirty | (set(self._port_states) - set(self._rules)):
+        for key in dirty | ((self._port_states.keys() | self._health.keys()) - self._rules.keys()):
             r = self._rules.get(key)
-            states = port_states(Digest(r.ports, {_pk(sp): eps for sp, eps in zip(r.ports, r.endpoints)}, {})) \
-                if r is not None else {}
+            d = r.digest() if r is not None else None
+            states = port_states(d) if d is not None else {}
             if states:
                 self._port_states[key] = states
             else:
                 self._port_states.pop(key, None)
+            sp = next((sp for sp in d.ports if sp.health_check_node_port), None) if d is not None else None
+            if sp is not None:
+                local = d.local_ready_endpoints().get(key, 0)
+                self._health[key] = (sp.health_check_node_port, (sp.namespace, sp.name, local))
+            else:
+                self._health.pop(key, None)
         self._ports = {k: v for states in self._port_states.values() for k, v in states.items()}
         self._large_cluster = large_cluster
         self._total_endpoints = total
@@ -440,7 +297,7 @@ class Proxier:
             full=full,
             applied=True,
             services_written=written,
-            rules=_count_rules(text),
+            rules=rt.count_rules(text),
             duration=restored - start,
             render_seconds=rendered - start,
             restore_seconds=restored - rendered,
@@ -448,17 +305,11 @@ class Proxier:
             conntrack_commands=commands,
         )
 
-    def _remember_sig(self, key: str, sig: bytes | None) -> None:
-        if sig is None:
-            self._sigs.pop(key, None)
-        else:
-            self._sigs[key] = sig
-
     def _render(self, item, large_cluster: bool) -> ServiceRules:
         if isinstance(item, ServiceRules):
-            item = Digest(item.ports, {_pk(sp): eps for sp, eps in zip(item.ports, item.endpoints)}, {})
+            item = item.digest()
         if self._renderer is None or self._renderer.large_cluster != large_cluster:
-            self._renderer = _Renderer(self.cfg, large_cluster)
+            self._renderer = ServiceWriter(self.cfg, large_cluster)
         out = render_service(item, self.cfg, large_cluster, self._renderer)
         assert out is not None
         return out
@@ -479,12 +330,9 @@ class Proxier:
         # Nothing of ours to replace (a node's first sync): load in sections (see module doc).
         sectioned = count >= SECTION_MIN_SERVICES and fresh
 
-        def service_lines(services: list[ServiceRules]) -> Iterator[str]:
-            for r in services:
-                yield from (f":{c} - [0:0]" for c in r.chains)
-            for r in services:
-                for chain_rules in r.chains.values():
-                    yield from chain_rules
+        def service_section(services: list[ServiceRules]) -> Iterator[str]:
+            return rt.section("nat", (c for r in services for c in r.chains),
+                              (rule for r in services for rules in r.chains.values() for rule in rules))
 
         def lines() -> Iterator[str]:
             nonlocal done
@@ -493,11 +341,8 @@ class Proxier:
             if sectioned:
                 # the fixed chains first (Service chains jump to KUBE-MARK-MASQ), then the
                 # Services a section at a time, each committed while the next one renders
-                yield "*nat"
-                yield from (f":{c} - [0:0]" for c in fixed.declared["nat"])
-                for c in fixed.declared["nat"]:
-                    yield from fixed.base.get(("nat", c), [])
-                yield "COMMIT"
+                yield from rt.section("nat", fixed.declared["nat"],
+                                      (rule for c in fixed.declared["nat"] for rule in fixed.base.get(("nat", c), [])))
                 batch: list[ServiceRules] = []
                 size, limit = 0, SECTION_FIRST_CHAINS
                 for r in source:
@@ -505,59 +350,41 @@ class Proxier:
                     batch.append(r)
                     size += len(r.chains)
                     if size >= limit:
-                        yield "*nat"
-                        yield from service_lines(batch)
-                        yield "COMMIT"
+                        yield from service_section(batch)
                         batch, size, limit = [], 0, min(2 * limit, SECTION_CHAINS)
                 if batch:
-                    yield "*nat"
-                    yield from service_lines(batch)
-                    yield "COMMIT"
+                    yield from service_section(batch)
             else:
                 done.extend(source)  # the filter rules need every Service: render them all first
             redo = fixup(done) if fixup is not None else None
             if redo is not None:
                 done, rewrite = redo, True
-            yield "*filter"
-            yield from (f":{c} - [0:0]" for c in fixed.declared["filter"])
-            fixed_rules, self._pending_owners = _fixed_with_owners(fixed, done)
+            state = FixedRules.of(fixed, done)
             extra = jumps.get() or {}
-            for c in fixed.declared["filter"]:
-                yield from fixed_rules[("filter", c)]
-            yield from extra.get("filter", [])
-            yield "COMMIT"
+            yield from rt.section("filter", fixed.declared["filter"], state.table_rules("filter"),
+                                  tail=extra.get("filter", ()))
             active = {c for r in done for c in r.chains}
-            yield "*nat"
-            if rewrite and sectioned and len(active) >= iptables.LISTING_MIN_CHAINS:
-                yield "-S"  # a large-cluster guess gone wrong: every chain again, in one commit
-            yield from (f":{c} - [0:0]" for c in fixed.declared["nat"])
             deleted = sorted(c for c in existing - active if is_service_chain(c))
             self._deleted = deleted
+            declared: Iterable[str] = fixed.declared["nat"]
+            rules: Iterable[str] = state.table_rules("nat")
             if rewrite:
-                yield from (f":{c} - [0:0]" for r in done for c in r.chains)
-            yield from (f":{c} - [0:0]" for c in deleted)
-            for c in fixed.declared["nat"]:
-                yield from fixed_rules[("nat", c)]
-            if rewrite:
-                for r in done:
-                    for chain_rules in r.chains.values():
-                        yield from chain_rules
-            yield from (f"-X {c}" for c in deleted)
-            yield from extra.get("nat", [])
-            yield "COMMIT"
+                declared = itertools.chain(declared, (c for r in done for c in r.chains))
+                rules = itertools.chain(rules, (rule for r in done for rs in r.chains.values() for rule in rs))
+            # a large-cluster guess gone wrong: every chain again, in one commit, with the listing line
+            listing = rewrite and sectioned and len(active) >= iptables.LISTING_MIN_CHAINS
+            yield from rt.section("nat", declared, rules, deleted, tail=extra.get("nat", ()), listing=listing)
             for table, body in extra.items():
                 if table not in ("filter", "nat"):
-                    yield f"*{table}"
-                    yield from body
-                    yield "COMMIT"
-            self._pending_fixed = fixed_rules
+                    yield from rt.section(table, rules=body)
+            self._pending_fixed = state
             self._render_done = time.monotonic()
 
         self._deleted = []
         # 50+ Services (some 350+ chains) in one commit: the listing line pays for itself
         # (applier.with_listing); sections are small enough not to need it
         self.last_listing = count >= 50 and not sectioned
-        text = self._apply(lines(), listing=self.last_listing, full=True)
+        text = self.applier.restore(lines(), listing=self.last_listing, stream=True)
         # Streamed: "render" ends when the last line was handed over, the rest is the restore's.
         rendered_at = self._render_done
         if jumps.failed:  # the listing failed: ensure them now, the upstream way
@@ -565,14 +392,13 @@ class Proxier:
         restored = time.monotonic()
         self._rules = {r.key: r for r in done}
         self._kernel_fixed = self._pending_fixed
-        self._fixed_owners = self._pending_owners
         self._service_chains = {r.key: frozenset(r.chains) for r in done}
         return text, rendered_at, restored, len(done)
 
     def _partial(self, rules: dict, dirty: set[str], large_cluster: bool):
         """Write the changed Services' changed chains, edit their rules in the fixed chains in
         place: O(changed Services), whatever the number of Services."""
-        order = sorted(dirty, key=_order)
+        order = sorted(dirty, key=service_order)
         new: dict[str, ServiceRules] = {}
         for key in order:
             if key in rules:
@@ -590,39 +416,21 @@ class Proxier:
             for c in changed_chains:
                 write += cur_chains[c]
             deleted += sorted(set(old_chains) - set(cur_chains))
-        # The fixed chains, edited on copies (kept only once the restore succeeded).
-        kernel = dict(self._kernel_fixed)
-        owners = dict(self._fixed_owners)
+        # The fixed chains, edited on a copy (kept only once the restore succeeded).
+        assert self._kernel_fixed is not None  # a full sync came first
+        fixed = self._kernel_fixed.edited()
         edits: dict[str, list[str]] = {"filter": [], "nat": []}
         for key in order:
-            o = _order(key)
-            old, cur = self._rules.get(key), new.get(key)
-            tcs = set(old.fixed if old is not None else ()) | set(cur.fixed if cur is not None else ())
-            for tc in sorted(tcs, key=lambda tc: (tc[0], self._fixed.declared[tc[0]].index(tc[1]))):
-                was = old.fixed.get(tc, []) if old is not None else []
-                now = cur.fixed.get(tc, []) if cur is not None else []
-                if was == now:
-                    continue
-                table, chain = tc
-                rs, ow = list(kernel[tc]), list(owners[tc])
-                lo, hi = bisect.bisect_left(ow, o), bisect.bisect_right(ow, o)
-                cut = len("-A ") + len(chain) + 1
-                edits[table] += [f"-D {chain} {line[cut:]}" for line in rs[lo:hi]]
-                tail = len(rs) - hi
-                for k, line in enumerate(now):
-                    edits[table].append(f"-A {chain} {line[cut:]}" if tail == 0 else
-                                        f"-I {chain} {lo + k + 1} {line[cut:]}")
-                rs[lo:hi], ow[lo:hi] = now, [o] * len(now)
-                kernel[tc], owners[tc] = rs, ow
+            for table, lines in fixed.replace(key, self._rules.get(key), new.get(key)).items():
+                edits[table] += lines
         out: list[str] = []
         if edits["filter"]:
-            out += ["*filter", *edits["filter"], "COMMIT"]
-        nat = [f":{c} - [0:0]" for c in declare + deleted] + write + edits["nat"] + [f"-X {c}" for c in deleted]
-        if nat:
-            out += ["*nat", *nat, "COMMIT"]
+            out += rt.section("filter", rules=edits["filter"])
+        if declare or deleted or write or edits["nat"]:
+            out += rt.section("nat", declare, write + edits["nat"], deleted)
         self._deleted = deleted
         rendered = time.monotonic()
-        text = self._apply(iter(out), listing=False, full=False)
+        text = self.applier.restore(out)
         restored = time.monotonic()
         merged = dict(self._rules)
         chains = dict(self._service_chains)
@@ -634,34 +442,19 @@ class Proxier:
                 merged.pop(key, None)
                 chains.pop(key, None)
         self._rules, self._service_chains = merged, chains
-        self._kernel_fixed, self._fixed_owners = kernel, owners
+        self._kernel_fixed = fixed
         return text, rendered, restored, written
-
-    def _apply(self, lines: Iterator[str], listing: bool, full: bool) -> str:
-        if self._restore is not None:  # injected (tests, benchmark): gets the whole text
-            text = "\n".join(lines) + "\n"
-            self._restore(text)
-            return text
-        if not full:
-            text = "\n".join(lines) + "\n"
-            iptables.restore(text)
-            return text
-        return iptables.restore_lines(lines, listing=listing)
-
-    def _kernel_chains(self) -> set[str]:
-        """The nat table's KUBE-* chains, from one iptables-save of every table: when it holds no
-        Service chain it is small, and the jumps are read from the same listing."""
-        self._saved = iptables.save()
-        return iptables.kube_chains(self._saved).get("nat", set())
 
     def _existing_chains(self) -> set[str]:
         """Chains stale ones are picked from: the kernel's (full syncs only)."""
         remembered = set().union(*self._service_chains.values()) if self._service_chains else set()
         self._saved, self._listed = None, False
         try:
-            chains = self._list_chains()
-            self._listed = True
-            return chains
+            # one iptables-save of every table: when it holds no Service chain it is small, and
+            # the jumps are read from the same listing
+            saved = self.applier.save()
+            self._saved, self._listed = saved, True
+            return iptables.kube_chains(saved).get("nat", set())
         except IptablesError as e:
             log.error("listing nat chains failed, only known stale chains will be deleted: %s", e)
             return remembered
@@ -671,15 +464,11 @@ class Proxier:
         if full:  # known without reading 200,000 lines
             declared["filter"] = list(self._fixed.declared["filter"])
             declared["nat"] = list(self._fixed.declared["nat"])
-            for key in sorted(self._rules, key=_order):
+            for key in sorted(self._rules, key=service_order):
                 declared["nat"] += self._rules[key].chains
         else:
-            table = None
-            for line in text.splitlines():
-                if line.startswith("*"):
-                    table = line[1:]
-                elif line.startswith(":") and table in declared:
-                    declared[table].append(line[1:].split()[0])
+            parsed = rt.declared_chains(text)
+            declared = {t: parsed.get(t, []) for t in declared}
         deleted = set(self._deleted)
         return RenderResult(
             text=text,
@@ -703,6 +492,3 @@ class Proxier:
             result=self._last,
         )
 
-
-def _pk(sp) -> tuple[str, str, str, str]:
-    return (sp.namespace, sp.name, sp.port_name, sp.protocol)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from functools import cmp_to_key
 from typing import Callable
 
+from kproxy.proxy import restoretext as rt
+
 KUBE_NODEPORTS = "KUBE-NODEPORTS"
 KUBE_SERVICES = "KUBE-SERVICES"
 
@@ -104,13 +106,13 @@ def dump(tables: list[Table]) -> str:
     """Declarations first, then rules chain by chain, then deletions (IPTablesDump.String)."""
     out: list[str] = []
     for table in tables:
-        out.append(f"*{table.name}")
-        out += [f":{c.name} {c.policy} [{c.packets}:{c.bytes}]" for c in table.chains]
+        out.append(rt.header(table.name))
+        out += [rt.declare(c.name, c.policy, (c.packets, c.bytes)) for c in table.chains]
         for chain in table.chains:
             out += chain.rules
-        out += [f"-X {c.name}" for c in table.chains if c.deleted]
-        out.append("COMMIT")
-    return "".join(line + "\n" for line in out)
+        out += [rt.delete(c.name) for c in table.chains if c.deleted]
+        out.append(rt.COMMIT)
+    return rt.text(out) if out else ""
 
 
 def rule_comment(rule: str) -> str | None:

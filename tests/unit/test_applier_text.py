@@ -187,3 +187,74 @@ def test_restore_input_lists_only_large_restores():
     assert restore_input(big).startswith("*nat\n-S\n:KUBE-SEP-0 ")
     assert restore_input(small, listing=True).startswith("*nat\n-S\n")
     assert restore_input(big, listing=False) == big
+
+
+# ------------------------------------------------------------------ the one restore-text writer
+
+
+def test_a_section_declares_deleted_chains_before_deleting_them():
+    from kproxy.proxy import restoretext as rt
+    lines = list(rt.section("nat", ["KUBE-SERVICES"], ["-A KUBE-SERVICES -j RETURN"], ["KUBE-SEP-OLD"],
+                            tail=["-I PREROUTING 1 -j KUBE-SERVICES"], listing=True))
+    assert rt.text(lines) == ("*nat\n-S\n:KUBE-SERVICES - [0:0]\n:KUBE-SEP-OLD - [0:0]\n-A KUBE-SERVICES -j RETURN\n"
+                              "-X KUBE-SEP-OLD\n-I PREROUTING 1 -j KUBE-SERVICES\nCOMMIT\n")
+    assert rt.declared_chains(rt.text(lines)) == {"nat": ["KUBE-SERVICES", "KUBE-SEP-OLD"]}
+    assert rt.count_rules(rt.text(lines)) == 2
+
+
+def test_rule_edits_keep_the_spec():
+    from kproxy.proxy import restoretext as rt
+    line = '-A KUBE-SERVICES -m comment --comment "ns/a:p cluster IP" -j KUBE-SVC-A'
+    spec = rt.spec(line, "KUBE-SERVICES")
+    assert rt.append("KUBE-SERVICES", spec) == line
+    assert rt.insert("KUBE-SERVICES", 3, spec) == line.replace("-A KUBE-SERVICES", "-I KUBE-SERVICES 3")
+    assert rt.remove("KUBE-SERVICES", spec) == line.replace("-A ", "-D ")
+
+
+def test_cleanup_lines_delete_every_kube_chain():
+    from kproxy.proxy.applier import cleanup_lines
+    assert cleanup_lines(SAVED).count("COMMIT") == len([t for t, cs in kube_chains(SAVED).items() if cs])
+    assert "-X KUBE-SERVICES" in cleanup_lines(SAVED)
+
+
+# ------------------------------------------------------------------ the fake kernel
+
+
+def test_the_fake_kernel_never_runs_a_command(monkeypatch):
+    import subprocess
+
+    from kproxy.proxy.fake import FakeKernel
+
+    def refuse(*args, **kw):
+        raise AssertionError(f"ran {args}")
+
+    monkeypatch.setattr(subprocess, "run", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    kernel = FakeKernel()
+    assert not kernel.canary_present()
+    kernel.ensure_jumps()
+    assert kernel.canary_present() and kernel.missing_jumps() == {}
+    kernel.restore(["*nat", ":KUBE-SERVICES - [0:0]", "-A KUBE-SERVICES -j RETURN", "COMMIT"])
+    assert kernel.nat_chains() == {"KUBE-SERVICES", "KUBE-PROXY-CANARY"}
+    assert kube_chains(kernel.save())["nat"] == kernel.nat_chains()
+    kernel.cleanup()
+    assert kernel.nat_chains() == set() and kernel.tables["nat"]["PREROUTING"] == []
+
+
+def test_the_fake_kernels_restore_is_all_or_nothing():
+    import pytest
+
+    from kproxy.proxy.applier import IptablesError
+    from kproxy.proxy.fake import FakeKernel
+    kernel = FakeKernel()
+    kernel.restore(["*nat", ":KUBE-A - [0:0]", ":KUBE-B - [0:0]", "-A KUBE-A -j KUBE-B", "COMMIT"])
+    before = kernel.saved()
+    for bad in (["-X KUBE-B"],  # still referenced
+                ["-D KUBE-A -j RETURN"],  # no such rule
+                ["-I KUBE-A 3 -j RETURN"],  # past the end
+                ["-A KUBE-NONE -j RETURN"]):  # no such chain
+        with pytest.raises(IptablesError):
+            kernel.restore(["*nat", ":KUBE-C - [0:0]", *bad, "COMMIT"])
+        assert kernel.saved() == before
+    kernel.restore(["*nat", "-D KUBE-A -j KUBE-B", "-X KUBE-B", "COMMIT"])
+    assert kernel.tables["nat"]["KUBE-A"] == [] and "KUBE-B" not in kernel.tables["nat"]

@@ -9,7 +9,6 @@ upstream still restores the fixed chains, kproxy restores nothing.
 from __future__ import annotations
 
 import copy
-import re
 import subprocess
 from textwrap import dedent
 
@@ -18,77 +17,16 @@ import pytest
 from kproxy.proxy import chains
 from kproxy.proxy.applier import IptablesError
 from kproxy.proxy.conntrack import Conntrack
-from kproxy.proxy.proxier import Proxier, fingerprints
-from kproxy.proxy.render import LARGE_CLUSTER_ENDPOINTS_THRESHOLD, ProxyConfig, digest, render
+from kproxy.proxy.fake import FakeKernel
+from kproxy.proxy.model import LARGE_CLUSTER_ENDPOINTS_THRESHOLD
+from kproxy.proxy.proxier import Proxier
+from kproxy.proxy.render import ProxyConfig, render
 from kproxy.proxy.sorting import sort_restore_text
 
 CONFIG = ProxyConfig(cluster_cidr="10.0.0.0/8", node_name="test-node", node_ips=["192.168.0.2"])
 
 
 # ------------------------------------------------------------------ fakes
-
-
-class FakeKernel:
-    """`iptables-restore --noflush` on a dict: a declaration creates or flushes a chain, -A
-    appends, -X deletes (refused while a rule still jumps to the chain); all or nothing."""
-
-    def __init__(self) -> None:
-        self.tables: dict[str, dict[str, list[str]]] = {}
-        self.restores: list[str] = []
-        self.fail_next = False
-
-    def restore(self, text: str) -> None:
-        self.restores.append(text)
-        if self.fail_next:
-            self.fail_next = False
-            raise IptablesError("iptables-restore -w --noflush failed: injected")
-        tables = copy.deepcopy(self.tables)
-        table: dict[str, list[str]] = {}
-        for line in text.splitlines():
-            if line.startswith("*"):
-                table = tables.setdefault(line[1:], {})
-            elif line.startswith(":"):
-                table[line[1:].split()[0]] = []
-            elif line.startswith("-A "):
-                table[line.split()[1]].append(line)
-            elif line.startswith("-I "):
-                _, chain, pos, rest = line.split(" ", 3)
-                if not 1 <= int(pos) <= len(table[chain]) + 1:
-                    raise IptablesError(f"iptables-restore -w --noflush failed: index {pos} too big")
-                table[chain].insert(int(pos) - 1, f"-A {chain} {rest}")
-            elif line.startswith("-D "):
-                rule = "-A " + line[3:]
-                if rule not in table[line.split()[1]]:
-                    raise IptablesError("iptables-restore -w --noflush failed: Bad rule (does a matching rule exist in that chain?)")
-                table[line.split()[1]].remove(rule)
-            elif line.startswith("-X "):
-                self._delete(table, line.split()[1])
-        self.tables = tables
-
-    @staticmethod
-    def _delete(table: dict[str, list[str]], chain: str) -> None:
-        if any(re.search(rf" -j {chain}( |$)", rule) for rules in table.values() for rule in rules):
-            raise IptablesError(f"iptables-restore -w --noflush failed: {chain} is still referenced")
-        del table[chain]
-
-    def nat_chains(self) -> set[str]:
-        return {c for c in self.tables.get("nat", {}) if c.startswith("KUBE-")}
-
-    def add_rule(self, table: str, chain: str, rule: str) -> None:
-        self.tables[table][chain].append(f"-A {chain} {rule}")
-
-
-class FakeApplier:
-    def __init__(self) -> None:
-        self.jumps = 0
-
-    def missing_jumps(self) -> dict[str, list[str]]:
-        """Listed during every full sync; here nothing is missing."""
-        self.jumps += 1
-        return {}
-
-    def ensure_jumps(self) -> None:
-        raise AssertionError("the jumps go into the full sync's restore")
 
 
 class FakeConntrackRun:
@@ -101,24 +39,16 @@ class FakeConntrackRun:
 
 
 class Lab:
-    """A Proxier wired to fakes, plus the objects it syncs."""
+    """A Proxier wired to fakes, plus the objects it syncs. ``jumps``: the fake kernel starts
+    with kube-proxy's jumps and canaries (so a first sync has none to add)."""
 
-    def __init__(self, **config) -> None:
-        self.kernel = FakeKernel()
-        self.applier = FakeApplier()
+    def __init__(self, jumps: bool = True, **config) -> None:
+        self.kernel = FakeKernel(jumps=jumps)
         self.conntrack_run = FakeConntrackRun()
-        self.listings = 0
         self.services: dict[str, dict] = {}
         self.slices: dict[str, dict] = {}
         self.cfg = ProxyConfig(**{**vars(CONFIG), **config})
-        self.proxier = Proxier(
-            self.cfg, self.applier, Conntrack(run=self.conntrack_run),
-            restore=self.kernel.restore, list_chains=self._list,
-        )
-
-    def _list(self) -> set[str]:
-        self.listings += 1
-        return self.kernel.nat_chains()
+        self.proxier = Proxier(self.cfg, self.kernel, Conntrack(run=self.conntrack_run))
 
     def add(self, *objects: dict) -> None:
         for obj in objects:
@@ -136,9 +66,9 @@ class Lab:
         return self.kernel.restores[-1]
 
     def full_render_state(self) -> dict[str, dict[str, list[str]]]:
-        """What a full sync into an empty kernel would leave."""
-        fresh = FakeKernel()
-        fresh.restore(render(list(self.services.values()), list(self.slices.values()), self.cfg).text)
+        """What a full render restored into a fresh kernel, plus the jumps, would leave."""
+        fresh = FakeKernel(jumps=True)
+        fresh.restore(render(list(self.services.values()), list(self.slices.values()), self.cfg).text.splitlines())
         return fresh.tables
 
 
@@ -449,14 +379,17 @@ def test_irrelevant_object_changes_are_not_changes():
 
 def test_full_sync_when_asked_lists_the_kernel_and_ensures_jumps():
     lab = three_services()
-    assert (lab.listings, lab.applier.jumps) == (1, 1)
+    # a first sync lists the kernel (iptables-save) and reads the jumps from that listing
+    assert (lab.kernel.listings, lab.kernel.jump_listings) == (1, 0)
     lab.add(endpoint_slice("ns", "s1", 80, "10.0.1.1"))
     lab.sync()
-    assert (lab.listings, lab.applier.jumps) == (1, 1)  # partial: neither
+    assert (lab.kernel.listings, lab.kernel.jump_listings) == (1, 0)  # partial: neither
     result = lab.sync(full=True)
     assert result.full and result.services_written == 3
     assert service_chains_in(lab.text) == set().union(*lab.proxier._service_chains.values())
-    assert (lab.listings, lab.applier.jumps) == (2, 2)
+    # a resync of a loaded table lists the jump chains apart, while the Services render
+    assert (lab.kernel.listings, lab.kernel.jump_listings) == (2, 1)
+    assert lab.kernel.ensured == 0  # the missing ones go into the sync's own restore
 
 
 def test_full_sync_deletes_stale_chains_found_in_the_kernel():
@@ -511,7 +444,7 @@ def test_kernel_matches_a_full_sync_after_many_partial_ones():
         result = lab.sync()
         assert result.applied and not result.full
         assert lab.kernel.tables == lab.full_render_state()
-    assert lab.listings == 1
+    assert lab.kernel.listings == 1
 
 
 def test_crossing_the_large_cluster_threshold_syncs_fully():
@@ -532,15 +465,18 @@ def test_sync_result_timings_add_up():
     assert result.render_seconds >= 0 and result.restore_seconds >= 0
 
 
-def test_fingerprints_cover_ports_and_endpoints_only():
-    svc = service("ns", "s1", "172.30.0.1", 80)
-    eps = endpoint_slice("ns", "s1", 80, "10.0.1.1")
-    base = fingerprints(digest([svc], [eps], CONFIG))
-    moved = fingerprints(digest([svc], [endpoint_slice("ns", "s1", 80, "10.0.1.2")], CONFIG))
-    not_ready = fingerprints(digest([svc], [endpoint_slice("ns", "s1", 80, "10.0.1.1", ready=False)], CONFIG))
-    assert base.keys() == {"ns/s1"}
-    assert base != moved and base != not_ready
-    assert fingerprints(digest([svc], [copy.deepcopy(eps)], CONFIG)) == base
+def test_an_endpoint_that_moves_or_stops_being_ready_is_a_change():
+    lab = Lab()
+    lab.add(service("ns", "s1", "172.30.0.1", 80), endpoint_slice("ns", "s1", 80, "10.0.1.1"))
+    lab.sync()
+    lab.add(copy.deepcopy(lab.slices["ns/s1-1"]))
+    assert not lab.sync().applied
+    lab.add(endpoint_slice("ns", "s1", 80, "10.0.1.2"))
+    assert lab.sync().services_written == 1
+    lab.add(endpoint_slice("ns", "s1", 80, "10.0.1.2", ready=False))
+    result = lab.sync()
+    assert result.applied and "has no endpoints" in lab.text
+    assert lab.kernel.tables == lab.full_render_state()
 
 
 # ------------------------------------------------------------------ conntrack
@@ -657,8 +593,8 @@ def test_a_rule_missing_from_the_kernel_fails_the_partial_sync_and_the_next_is_f
 # ------------------------------------------------------------------ full syncs in sections
 
 
-def many_services(n: int = 80) -> Lab:
-    lab = Lab()
+def many_services(n: int = 80, **kw) -> Lab:
+    lab = Lab(**kw)
     for i in range(n):
         lab.add(service("ns", f"m{i:03d}", f"172.30.{i // 200}.{i % 200 + 1}", 80),
                 endpoint_slice("ns", f"m{i:03d}", 80, *[f"10.{i % 7}.{i // 200}.{i % 200 + k}" for k in range(1 + i % 4)]))
@@ -716,30 +652,9 @@ def test_a_few_services_are_one_commit_per_table():
     assert [t for t, _ in sections(lab.text)] == ["filter", "nat"]
 
 
-class JumpsMissing(FakeApplier):
-    def missing_jumps(self) -> dict[str, list[str]]:
-        super().missing_jumps()
-        return {"nat": ['-I PREROUTING 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'],
-                "mangle": [":KUBE-PROXY-CANARY - [0:0]"]}
-
-
-class ListingFails(FakeApplier):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ensured = 0
-
-    def missing_jumps(self) -> dict[str, list[str]]:
-        raise IptablesError("iptables -S failed")
-
-    def ensure_jumps(self) -> None:
-        self.ensured += 1
-
-
 @pytest.mark.parametrize("n", [3, 80])
 def test_missing_jumps_go_into_the_full_syncs_own_restore(n):
-    lab = many_services(n)
-    lab.proxier.applier = JumpsMissing()
-    lab.kernel.tables = {"nat": {"PREROUTING": []}}
+    lab = many_services(n, jumps=False)  # a fresh netns: the built-in chains, empty
     lab.sync()
     secs = sections(lab.text)
     last_nat = [body for table, body in secs if table == "nat"][-1]
@@ -747,13 +662,20 @@ def test_missing_jumps_go_into_the_full_syncs_own_restore(n):
     assert last_nat[-1].startswith("-I PREROUTING 1 ")  # after KUBE-SERVICES is declared and filled
     assert lab.kernel.tables["nat"]["PREROUTING"] == [
         '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES']
+    assert lab.kernel.tables == lab.full_render_state() and lab.kernel.ensured == 0
 
 
 def test_a_failed_jump_listing_falls_back_to_ensuring_them_after_the_restore():
     lab = many_services(3)
-    lab.proxier.applier = ListingFails()
     lab.sync()
-    assert lab.proxier.applier.ensured == 1
+
+    def fail() -> dict[str, list[str]]:
+        raise IptablesError("iptables -S failed")
+
+    lab.kernel.missing_jumps = fail
+    lab.kernel.tables["nat"]["PREROUTING"].clear()  # someone removed the jump
+    lab.sync(full=True)
+    assert lab.kernel.ensured == 1
     assert lab.kernel.tables == lab.full_render_state()
 
 
@@ -786,9 +708,9 @@ def test_a_first_sync_in_sections_forgets_services_that_are_gone():
     lab = many_services()
     ext = service("ns", "ext", "", 80, type="ExternalName", externalName="example.org")
     lab.add(ext)
-    lab.proxier._sigs["ns/gone"] = b"remembered"
+    lab.proxier._changes.sigs["ns/gone"] = b"remembered"
     lab.sync()
-    assert "ns/gone" not in lab.proxier._sigs and "ns/ext" in lab.proxier._sigs
+    assert "ns/gone" not in lab.proxier._changes.sigs and "ns/ext" in lab.proxier._changes.sigs
     assert lab.kernel.tables == lab.full_render_state()
 
 
@@ -827,7 +749,35 @@ def test_a_failed_chain_listing_never_sections_a_sync():
     def fail():
         raise IptablesError("iptables-save failed")
 
-    lab.proxier._list_chains = fail
+    lab.kernel.save = fail
     lab.sync()
     assert [t for t, _ in sections(lab.text)] == ["filter", "nat"]
     assert lab.kernel.tables == lab.full_render_state()
+
+
+# ------------------------------------------------------------------ health check
+
+
+def test_health_check_ports_count_this_nodes_ready_endpoints():
+    """What the health-check server answers per healthCheckNodePort, from the digested view."""
+    lab = Lab()
+    lb = service("ns", "lb", "172.30.0.7", 80, type="LoadBalancer", externalTrafficPolicy="Local",
+                 nodePort=30080, healthCheckNodePort=32000)
+    sl = endpoint_slice("ns", "lb", 80, "10.0.7.1", "10.0.7.2", "10.0.7.3")
+    for ep, node in zip(sl["endpoints"], ["test-node", "test-node", "other-node"]):
+        ep["nodeName"] = node
+    sl["endpoints"][1]["conditions"] = {"ready": False}
+    cluster_policy = service("ns", "np", "172.30.0.8", 80, type="LoadBalancer", nodePort=30081,
+                             healthCheckNodePort=32001)  # only ETP Local gets one
+    lab.add(lb, sl, cluster_policy)
+    lab.sync()
+    assert lab.proxier.health_check_ports() == {32000: ("ns", "lb", 1)}
+    sl["endpoints"][1]["conditions"] = {"ready": True}
+    assert not lab.sync().full
+    assert lab.proxier.health_check_ports() == {32000: ("ns", "lb", 2)}
+    lab.delete("EndpointSlice", "ns/lb-1")
+    lab.sync()
+    assert lab.proxier.health_check_ports() == {32000: ("ns", "lb", 0)}
+    lab.delete("Service", "ns/lb")
+    lab.sync()
+    assert lab.proxier.health_check_ports() == {}

@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from kproxy.proxy import chains
-from kproxy.proxy.render import ProxyConfig, RenderResult, probability, render
+from kproxy.proxy.render import ProxyConfig, RenderResult, render
+from kproxy.proxy.servicerules import probability
 from kproxy.proxy.sorting import parse, sort_restore_text
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -143,24 +143,20 @@ def test_partial_deletes_a_deleted_services_chains():
     assert not [c for c in after.nat_chains if chains.is_service_chain(c)]
 
 
-def test_services_rendered_alone_and_assembled_give_the_render_text():
+def test_a_proxier_full_sync_writes_the_render_text():
+    """The Proxier renders each Service alone and assembles them with the fixed chains; into a
+    kernel holding a stale chain, its one-commit full sync is the very text render() writes."""
     from kproxy.bench import gen
     from kproxy.bench.worker import CFG
-    from kproxy.proxy import render as R
-    cfg = R.ProxyConfig(**CFG)
+    from kproxy.proxy.fake import FakeKernel
+    from kproxy.proxy.proxier import Proxier
+    cfg = ProxyConfig(**CFG)
     services, slices = gen.cluster(40, seed=3)
     services.append({"kind": "Service", "metadata": {"name": "np", "namespace": "a"},
                      "spec": {"clusterIP": "10.100.9.9", "type": "NodePort", "externalTrafficPolicy": "Local",
                               "ports": [{"name": "u", "port": 53, "protocol": "UDP", "nodePort": 30053}]}})
-    full = R.render(services, slices, cfg, existing_nat_chains=["KUBE-SEP-GONE"])
-    d = R.digest(services, slices, cfg)
-    large = d.total_endpoints > R.LARGE_CLUSTER_ENDPOINTS_THRESHOLD
-    alone = []
-    for svc in services:
-        name = svc["metadata"]["name"]
-        mine = [s for s in slices if s["metadata"]["labels"]["kubernetes.io/service-name"] == name]
-        r = R.render_service(R.digest_service(svc, mine, cfg), cfg, large)
-        if r is not None:
-            alone.append(r)
-    alone.sort(key=lambda r: r.order)
-    assert R.assemble(R.fixed_chains(cfg), alone, ["KUBE-SEP-GONE"]) == full.text
+    kernel = FakeKernel(jumps=True)
+    kernel.restore(["*nat", ":KUBE-SEP-GONE - [0:0]", "COMMIT"])
+    Proxier(cfg, kernel).sync(services, slices, full=True)
+    full = render(services, slices, cfg, existing_nat_chains=["KUBE-SEP-GONE"])
+    assert kernel.restores[-1] == full.text
