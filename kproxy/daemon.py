@@ -1508,7 +1508,7 @@ class Daemon:
             self.last_full_duration = res.duration
         self.health.updated()
         self.metrics.last_sync.set(time.time())
-        self._sync_health_check_ports(services, slices)
+        self.http.sync_service_health(self.proxier.health_check_ports())  # counted as the rules see them
         if not res.applied:
             self.triggers.clear()
             return
@@ -1558,22 +1558,6 @@ class Daemon:
         if req.path.split("?")[0] != "/metrics":
             return 404, "text/plain", "404 page not found\n"
         return 200, "text/plain; version=0.0.4", self.metrics.registry.exposition()
-
-    def _sync_health_check_ports(self, services: list[dict], slices: list[dict]) -> None:
-        """Serve each ETP-Local Service's healthCheckNodePort with its local endpoint count."""
-        wanted = {}
-        for svc in services:
-            port = svc["spec"].get("healthCheckNodePort")
-            if not port:
-                continue
-            ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
-            local = {ep["addresses"][0] for sl in slices
-                     if sl["metadata"].get("namespace") == ns
-                     and sl["metadata"].get("labels", {}).get(endpoints.SERVICE_NAME) == name
-                     for ep in sl.get("endpoints", [])
-                     if ep.get("nodeName") == self.cfg.node_name and ep.get("conditions", {}).get("ready", True)}
-            wanted[port] = (ns, name, len(local))
-        self.http.sync_service_health(wanted)
 
     # -- control socket -------------------------------------------------------------------
     def _handle_requests(self) -> None:

@@ -9,6 +9,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
+from kproxy.proxy import restoretext
+
 
 RESTORE = ["iptables-restore", "-w", "--noflush"]
 
@@ -80,9 +82,5 @@ def parse(text: str) -> list[Table]:
 def emit(table: str, declare: list[str], rules: dict[str, list[str]], order: list[str],
          delete: list[str] = ()) -> str:
     """One table's restore block: declarations, the rules of ``order``'s chains, deletions."""
-    lines = [f"*{table}", *[f":{c} - [0:0]" for c in declare]]
-    for chain in order:
-        lines += rules.get(chain, [])
-    lines += [f"-X {c}" for c in delete]
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+    return restoretext.text(restoretext.section(table, declare, [r for c in order for r in rules.get(c, [])],
+                                                [c for c in delete if c not in declare]))

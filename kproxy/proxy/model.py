@@ -16,13 +16,13 @@ import ipaddress
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
+from kproxy.api.meta import LABEL_SERVICE_NAME  # one spelling of the label
 from kproxy.proxy import chains as ch
 
 # Above this many endpoints upstream drops per-endpoint comments to shrink the ruleset.
 LARGE_CLUSTER_ENDPOINTS_THRESHOLD = 1000
 DEFAULT_AFFINITY_TIMEOUT_SECONDS = 10800  # v1.DefaultClientIPServiceAffinitySeconds
 
-LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 LABEL_SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
 LABEL_HEADLESS = "service.kubernetes.io/headless"
 

@@ -176,7 +176,8 @@ def test_a_service_whose_rules_fail_to_render_is_left_out_and_the_others_program
         synced.append(names)
         return types.SimpleNamespace(full=full, duration=0.0, applied=False)
     d.proxier = types.SimpleNamespace(cfg=render.ProxyConfig(cluster_cidr="10.244.0.0/16", node_name="node-1",
-                                                             node_ips=["192.168.49.2"]), sync=sync)
+                                                             node_ips=["192.168.49.2"]), sync=sync,
+                                      health_check_ports=dict)
     real = render.render
 
     def render_one(services, *args, **kw):
