@@ -205,7 +205,7 @@ def ip_family(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 
 
 # ==========================================================================
-# Small field validators
+# Small field validators: typed readers, IPs, ports
 # ==========================================================================
 
 def int_field(errs: Errors, path: str, value: Any, default: int | None = 0) -> int | None:
@@ -371,6 +371,10 @@ def validate_app_protocol(port: dict, path: str) -> Errors:
         return []
     return format_errors(f"{path}.appProtocol", str(port["appProtocol"]), is_qualified_name)
 
+
+# ==========================================================================
+# ObjectMeta, labels, annotations and label selectors
+# ==========================================================================
 
 def validate_labels(labels: Any, path: str) -> Errors:
     """metav1 ValidateLabels; keys in sorted order (Go maps have none)."""
