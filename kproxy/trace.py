@@ -383,14 +383,17 @@ def format_text(doc: dict) -> str:
                 out.append(f"       -> {s['verdict']}: {s['explanation']}" if s["explanation"]
                            else f"       -> {s['verdict']}")
         rest = node["packets"] - (node["request"] is not None) - (node["reply"] is not None)
-        if rest > 0:
+        if rest > 0 and doc["result"] == "answered":
             out.append(f"     ({rest} more packets of the connection followed its conntrack entry: "
                        "they skip the nat table)")
+        elif rest > 0:
+            out.append(f"     ({rest} more packets: the client's retries, which met the same rules)")
     out.append("")
     choice = doc.get("choice")
     if choice:
         nos = ", ".join(f"p={c['probability']:.4g} no" for c in choice["rolled_no"])
-        taken = f"p={choice['probability']:.4g} yes" if choice["probability"] else "the last rule (no roll)"
+        taken = (f"p={choice['probability']:.4g} yes" if choice["probability"]
+                 else "the last rule (no roll)" if nos else "a single endpoint (no roll)")
         out.append(f"random choice: {nos + ', ' if nos else ''}{taken}")
     if doc.get("dnat"):
         pod = doc.get("endpointPod")

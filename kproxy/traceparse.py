@@ -187,6 +187,7 @@ def walk(packet: Packet, saved: Saved, pods_by_ip: dict[str, dict]) -> tuple[lis
             if t == "MASQUERADE":
                 out["masquerade"] = True
             if t in ("REJECT", "DROP"):
+                step["verdict"] = t  # the kernel reports a REJECT as DROP (plus an ICMP error sent back)
                 out["verdict"] = t
                 out["refusal"] = step["explanation"]
             steps.append(step)
