@@ -377,8 +377,8 @@ def format_text(doc: dict) -> str:
             out.append(f"node {node['node']}, {title}: {part['packet']}")
             for s in part["steps"]:
                 n += 1
-                mark = "  (not met)" if s.get("not_met") else ""
-                rule = s["rule"] or f"{s['chain']} policy"
+                mark = "  (not met)" if s.get("not_met") and s["rule"] else ""
+                rule = s["rule"] or (f"{s['chain']}: no rule matched" if s.get("not_met") else f"{s['chain']} policy")
                 out.append(f"{n:3}. {s['table']:<6} {rule}{mark}")
                 out.append(f"       -> {s['verdict']}: {s['explanation']}" if s["explanation"]
                            else f"       -> {s['verdict']}")

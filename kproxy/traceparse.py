@@ -149,7 +149,7 @@ def walk(packet: Packet, saved: Saved, pods_by_ip: dict[str, dict]) -> tuple[lis
                  "refusal": None, "choice": None}
     for hop in packet.hops:
         where = hop.fields.get("IN") or "", hop.fields.get("OUT") or ""
-        for ev in hop.events:
+        for i, ev in enumerate(hop.events):
             step = {"table": ev.table, "chain": ev.chain, "rule": ev.rule, "verdict": ev.verdict,
                     "packet": f"{hop.fields.get('SRC')}:{hop.fields.get('SPORT')} -> "
                               f"{hop.fields.get('DST')}:{hop.fields.get('DPORT')}",
@@ -191,4 +191,12 @@ def walk(packet: Packet, saved: Saved, pods_by_ip: dict[str, dict]) -> tuple[lis
                 out["verdict"] = t
                 out["refusal"] = step["explanation"]
             steps.append(step)
+            jumped = ev.verdict.partition(":")[2]
+            after = hop.events[i + 1] if i + 1 < len(hop.events) else None
+            if ev.verdict.startswith("JUMP:") and ch.is_service_chain(jumped) and (after is None
+                                                                                   or after.chain != jumped):
+                # The kernel prints nothing for a chain none of whose rules matched: say so.
+                steps.append({**step, "chain": jumped, "rule": "", "verdict": "no match", "not_met": True,
+                              "explanation": f"no rule of {jumped} matched this packet: back to {ev.chain}"
+                              + (" (not DNATed)" if jumped.startswith(ch.EXT_PREFIX) else "")})
     return steps, out
