@@ -368,11 +368,12 @@ def format_text(doc: dict) -> str:
         out.append("no node saw the packet (it never reached a node: a pod on the same bridge answers "
                    "directly, or the address is not routed)")
     n = 0
-    for node in doc["nodes"]:
-        for key, title in (("request", "the first packet"), ("reply", "the first reply")):
-            part = node[key]
-            if part is None:
-                continue
+    # The request node by node from where it entered, then the reply back the other way.
+    walks = [(node, "request", "the first packet") for node in doc["nodes"]]
+    walks += [(node, "reply", "the first reply") for node in reversed(doc["nodes"])]
+    for node, key, title in walks:
+        part = node[key]
+        if part is not None:
             out.append("")
             out.append(f"node {node['node']}, {title}: {part['packet']}")
             for s in part["steps"]:
@@ -382,12 +383,13 @@ def format_text(doc: dict) -> str:
                 out.append(f"{n:3}. {s['table']:<6} {rule}{mark}")
                 out.append(f"       -> {s['verdict']}: {s['explanation']}" if s["explanation"]
                            else f"       -> {s['verdict']}")
+    for node in doc["nodes"]:
         rest = node["packets"] - (node["request"] is not None) - (node["reply"] is not None)
         if rest > 0 and doc["result"] == "answered":
-            out.append(f"     ({rest} more packets of the connection followed its conntrack entry: "
-                       "they skip the nat table)")
+            out.append(f"     (node {node['node']}: {rest} more packets of the connection followed its conntrack "
+                       "entry; they skip the nat table)")
         elif rest > 0:
-            out.append(f"     ({rest} more packets: the client's retries, which met the same rules)")
+            out.append(f"     (node {node['node']}: {rest} more packets, the client's retries, met the same rules)")
     out.append("")
     choice = doc.get("choice")
     if choice:

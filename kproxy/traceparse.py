@@ -193,10 +193,14 @@ def walk(packet: Packet, saved: Saved, pods_by_ip: dict[str, dict]) -> tuple[lis
             steps.append(step)
             jumped = ev.verdict.partition(":")[2]
             after = hop.events[i + 1] if i + 1 < len(hop.events) else None
-            if ev.verdict.startswith("JUMP:") and ch.is_service_chain(jumped) and (after is None
-                                                                                   or after.chain != jumped):
+            watched = ch.is_service_chain(jumped) or (ev.table == "nat" and jumped in (ch.KUBE_SERVICES,
+                                                                                       ch.KUBE_NODEPORTS))
+            if ev.verdict.startswith("JUMP:") and watched and (after is None or after.chain != jumped):
                 # The kernel prints nothing for a chain none of whose rules matched: say so.
+                why = {ch.KUBE_SERVICES: " (the destination is no Service address: not DNATed here)",
+                       ch.KUBE_NODEPORTS: " (no NodePort of that number)"}.get(jumped, "")
+                if jumped.startswith(ch.EXT_PREFIX):
+                    why = " (not DNATed)"
                 steps.append({**step, "chain": jumped, "rule": "", "verdict": "no match", "not_met": True,
-                              "explanation": f"no rule of {jumped} matched this packet: back to {ev.chain}"
-                              + (" (not DNATed)" if jumped.startswith(ch.EXT_PREFIX) else "")})
+                              "explanation": f"no rule of {jumped} matched this packet: back to {ev.chain}{why}"})
     return steps, out
