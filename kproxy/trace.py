@@ -279,7 +279,9 @@ def service_destination(svc: dict, port: str | None, proto: str) -> tuple[str, i
     if port is not None:
         ports = [p for p in ports if str(p.get("port")) == port or p.get("name") == port]
     if not ports:
-        raise TraceError(f'Service "{name}" has no {proto.upper()} port' + (f' "{port}"' if port else ""))
+        others = sorted({(p.get("protocol") or "TCP") for p in spec.get("ports") or []} - {proto.upper()})
+        hint = f" (it has {'/'.join(others)}: pass --proto {others[0].lower()})" if others and not port else ""
+        raise TraceError(f'Service "{name}" has no {proto.upper()} port' + (f' "{port}"' if port else "") + hint)
     return ip, int(ports[0]["port"])
 
 
