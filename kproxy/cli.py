@@ -1587,6 +1587,58 @@ def explain(target, namespace, node, watch, reset, output, state_dir):
         sys.exit(130)
 
 
+def _outside_ip(cfg: LabConfig) -> str:
+    from kproxy.node.network import NodeConfig
+    return NodeConfig(lab_cidr=cfg.lab_cidr).outside_ip
+
+
+@main.command()
+@click.option("--svc", "svc_name", default=None, help="Draw this Service's chains instead of the lab.")
+@click.option("-n", "--namespace", default="default")
+@click.option("--node", default=None, help="Whose rules --svc draws (a multi-node lab; default: the first node).")
+@click.option("-o", "fmt", type=click.Choice(["dot", "svg", "png"]), default="svg", show_default=True,
+              help="The picture's format.")
+@click.option("--output", "out_file", default=None, metavar="FILE", help="Write the picture here (default: stdout).")
+@state_dir_option
+def graph(svc_name, namespace, node, fmt, out_file, state_dir):
+    """Draw the lab (nodes, pods, Services and their endpoints, outside) or one Service's chain graph
+    (--svc NAME: KUBE-SERVICES -> SVC -> SEP -> pods with the probabilities), with Graphviz."""
+    from kproxy.store.base import kind_prefix
+    try:
+        from kproxy import graph as gr
+    except ImportError:
+        fail("kproxy graph needs the graphviz Python package: run scripts/setup")
+    cfg, store = running_lab(state_dir)
+    if svc_name:
+        need_root()
+        if store.get(object_key("Service", namespace, svc_name)) is None:
+            click.echo(not_found("Service", svc_name), err=True)
+            sys.exit(1)
+        from kproxy.explain import parse_save
+        from kproxy.trace import pods_by_ip
+        netns = node_netns(cfg, store, node)
+        if netns and not netns_exists(netns):
+            fail(not_running(cfg.state_dir))
+        g = gr.service_graph(f"{namespace}/{svc_name}", parse_save(_node_save(cfg, netns)), pods_by_ip(store))
+    else:
+        g = gr.lab_graph(store.values(kind_prefix("Node")), store.values(kind_prefix("Pod")),
+                         store.values(kind_prefix("Service")), store.values(kind_prefix("EndpointSlice")),
+                         _outside_ip(cfg) if cfg.sandbox else None)
+    try:
+        data = gr.render(g, fmt)
+    except Exception as e:  # noqa: BLE001 - graphviz.ExecutableNotFound, a dot that failed
+        fail(f"Graphviz could not draw the {fmt}: {' '.join(str(e).split())[:300]} (is Debian's graphviz installed? "
+             "run scripts/setup)")
+    if out_file:
+        Path(out_file).write_bytes(data)
+        click.echo(f"wrote {out_file}", err=True)
+    elif fmt == "png" and sys.stdout.isatty():
+        fail("a PNG is binary: give --output FILE (or pipe it)")
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
 @main.command()
 @state_dir_option
 def status(state_dir):
