@@ -277,3 +277,24 @@ def test_explain_counts_300_new_connections_per_endpoint(lab, apps):
         == other["rules"][0]["packets"]
     text = lab.kproxy("explain", "svc/web").stdout
     assert "random roll: with probability 0.3333" in text and "(total 0)" in text
+
+
+def test_graph_draws_the_lab_and_a_services_chains(lab, apps, tmp_path):
+    dot = lab.kproxy("graph", "-o", "dot").stdout
+    assert dot.startswith("digraph lab {")
+    for name, ip in apps.items():
+        assert f'label="pod {name}\\n{ip}"' in dot
+    web = lab.get("svc", "web")["spec"]["clusterIP"]
+    assert f"ClusterIP {web}" in dot and "svc web" in dot and "outside" in dot
+    png = tmp_path / "lab.png"
+    lab.kproxy("graph", "-o", "png", "--output", str(png))
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    chains = lab.kproxy("graph", "--svc", "web", "-o", "dot").stdout
+    seps = set(re.findall(r"^:(KUBE-SEP-\S+)", lab.kproxy("rules", "svc/web").stdout, re.M))
+    assert len(seps) == 3 and all(s.replace("-", "_") in chains for s in seps)
+    assert chains.count("-> 33.3%") == 3
+    for name in apps:
+        assert f"pod {name}" in chains
+    svg = lab.kproxy("graph", "--svc", "nobody").stdout
+    assert svg.lstrip().startswith("<?xml") and "REJECT" in svg
