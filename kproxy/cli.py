@@ -1545,7 +1545,7 @@ def trace(src, dst, proto, namespace, output, timeout, state_dir):
 @state_dir_option
 def explain(target, namespace, node, watch, reset, output, state_dir):
     """A Service's rules in the order a packet meets them, each explained, with live counters, and
-    the new connections each endpoint received: `kproxy explain svc/NAME`."""
+    the new connections each endpoint received (one node's counters: --node): `kproxy explain svc/NAME`."""
     from kproxy import explain as ex
     from kproxy.trace import pods_by_ip
     need_root()

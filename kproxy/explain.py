@@ -148,6 +148,8 @@ def explain_rule(rule: Rule) -> str:
         return "the load-balancer firewall: drops sources outside loadBalancerSourceRanges"
     if t == ch.KUBE_FORWARD:
         return "kube-proxy's forwarding checks (INVALID packets dropped, known connections let through)"
+    if t == ch.KUBE_FIREWALL:
+        return "the kubelet's KUBE-FIREWALL: drops packets to 127.0.0.0/8 that did not come from it"
     if t == ch.KUBE_NODEPORTS and rule.table == "filter":
         return "health-check NodePorts are let in"
     if t == ch.KUBE_POSTROUTING:
