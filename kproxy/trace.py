@@ -178,8 +178,11 @@ def _raise_interrupt(signum, frame):
 
 
 def _has_netlink_socket(pid: int) -> bool:
-    """Whether the process has a socket open (xtables-monitor's netlink subscription)."""
+    """Whether xtables-monitor (which `ip netns exec` became) has its netlink socket open."""
     try:
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() != "xtables-monitor":
+                return False  # still `ip`, before its exec
         return any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return False
