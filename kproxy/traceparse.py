@@ -1,0 +1,206 @@
+"""Pure parsing for `kproxy trace`: xtables-monitor --trace text into packets and numbered
+steps, conntrack -L text into tuples. No root, no lab: unit-tested on captured text."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from kproxy.explain import Rule, Saved, explain_rule
+from kproxy.proxy import chains as ch
+
+# NF verdicts xtables-monitor prints as numbers.
+_VERDICTS = {"0xfffffffb": "RETURN", "0xffffffff": "CONTINUE", "0xfffffffe": "BREAK"}
+
+
+@dataclass
+class Event:
+    """One TRACE line: a rule (or a chain's policy/return) the packet met."""
+
+    table: str
+    chain: str
+    kind: str  # rule | policy | return
+    verdict: str  # ACCEPT, DROP, CONTINUE, RETURN, JUMP:CHAIN, GOTO:CHAIN, ...
+    rule: str  # "-A CHAIN ..." (empty for a policy)
+
+
+@dataclass
+class Hop:
+    """A packet as one hook saw it (a PACKET line) and the rules it met there."""
+
+    fields: dict[str, str]
+    flags: list[str]
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass
+class Packet:
+    """One packet of the flow, from the raw table on: the hooks it went through on one node."""
+
+    hops: list[Hop] = field(default_factory=list)
+
+    @property
+    def first(self) -> dict[str, str]:
+        return self.hops[0].fields if self.hops else {}
+
+    def summary(self) -> str:
+        f = self.first
+        flags = " ".join(self.hops[0].flags) if self.hops else ""
+        where = f" in {f['IN']}" if f.get("IN") else (f" out {f['OUT']}" if f.get("OUT") else "")
+        return f"{f.get('SRC')}:{f.get('SPORT')} -> {f.get('DST')}:{f.get('DPORT')} {flags}{where}".replace("  ", " ")
+
+
+def _packet_line(line: str) -> Hop:
+    fields, flags = {}, []
+    for word in line.split()[3:]:
+        k, eq, v = word.partition("=")
+        if eq:
+            fields[k] = v
+        elif word.isupper():
+            flags.append(word)
+    return Hop(fields, flags)
+
+
+def _trace_line(line: str) -> tuple[str, str, str, str, str] | None:
+    """` TRACE: 2 ID table:chain:rule:0xHANDLE:VERDICT[:TARGET]  -4 -t table -A ...` (or
+    `table:chain:policy:VERDICT`, `table:chain:return:...`) into (table, chain, kind, verdict, rule)."""
+    words = line.split(None, 4)
+    if len(words) < 4 or words[0] != "TRACE:":
+        return None
+    parts = words[3].split(":")
+    if len(parts) < 3:
+        return None
+    table, chain, kind, rest = parts[0], parts[1], parts[2], parts[3:]
+    if kind == "rule" and rest and rest[0].startswith("0x"):
+        rest = rest[1:]  # the rule's handle
+    verdict = ":".join(rest)
+    verdict = _VERDICTS.get(verdict, verdict) or ("RETURN" if kind == "return" else "")
+    rule = re.sub(r"^-4 -t \S+ ", "", words[4].strip()) if len(words) > 4 and kind == "rule" else ""
+    return table, chain, kind, verdict, rule
+
+
+def parse_monitor(text: str, port: int, trace_chain: str) -> list[Packet]:
+    """xtables-monitor --trace output into the packets of the flow whose probe used source port
+    `port`: a packet starts where our TRACE rule (raw table) caught it."""
+    packets: list[Packet] = []
+    hop: Hop | None = None
+    for line in text.splitlines():
+        if line.startswith("PACKET:"):
+            hop = _packet_line(line)
+            if str(port) not in (hop.fields.get("SPORT"), hop.fields.get("DPORT")):
+                hop = None  # another flow's packet (a concurrent trace)
+            continue
+        ev = _trace_line(line)
+        if ev is None or hop is None:
+            continue
+        table, chain, kind, verdict, rule = ev
+        if table == "raw":
+            if chain != trace_chain:
+                continue  # raw PREROUTING/OUTPUT's policy: nothing of Kubernetes
+            # our TRACE rule: a new packet starts
+            packets.append(Packet())
+            hop = Hop(hop.fields, hop.flags)
+            packets[-1].hops.append(hop)
+            continue
+        if not packets:
+            continue
+        if not packets[-1].hops or packets[-1].hops[-1] is not hop:
+            packets[-1].hops.append(hop)
+        hop.events.append(Event(table, chain, kind, verdict, rule if kind == "rule" else ""))
+    return packets
+
+
+_TUPLE = re.compile(r"src=(\S+) dst=(\S+)(?: sport=(\d+) dport=(\d+))?")
+
+
+def parse_conntrack(text: str) -> list[dict]:
+    """`conntrack -L` lines into {proto, state, original, reply, flags}."""
+    out = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 3 or not words[1].isdigit():
+            continue
+        tuples = [dict(zip(("src", "dst", "sport", "dport"), m.groups())) for m in _TUPLE.finditer(line)]
+        if len(tuples) < 2:
+            continue
+        state = words[3] if len(words) > 3 and words[3].isupper() and "=" not in words[3] else ""
+        out.append({"proto": words[0], "state": state, "original": tuples[0], "reply": tuples[1],
+                    "flags": re.findall(r"\[(\w+)\]", line)})
+    return out
+
+
+def conntrack_line(e: dict) -> str:
+    o, r = e["original"], e["reply"]
+    return (f"{e['proto']} {e['state'] or ''} original {o['src']}:{o['sport']} -> {o['dst']}:{o['dport']}, "
+            f"reply {r['src']}:{r['sport']} -> {r['dst']}:{r['dport']}"
+            + (f" [{', '.join(e['flags'])}]" if e["flags"] else "")).replace("  ", " ")
+
+
+def _who(ip: str, pods_by_ip: dict[str, dict]) -> str:
+    p = pods_by_ip.get(ip)
+    return f"pod {p['name']} on {p['node']}" if p else "no pod known by that IP"
+
+
+def walk(packet: Packet, saved: Saved, pods_by_ip: dict[str, dict]) -> tuple[list[dict], dict]:
+    """The numbered steps of one packet, and what they decided: {dnat, pod, masquerade, reason,
+    verdict, refusal, choice}. `saved` (iptables-save of the node) supplies the rules the trace
+    does not print: the random rolls that said no before the one taken."""
+    steps: list[dict] = []
+    out: dict = {"dnat": None, "pod": None, "masquerade": False, "mark_reason": None, "verdict": None,
+                 "refusal": None, "choice": None}
+    for hop in packet.hops:
+        where = hop.fields.get("IN") or "", hop.fields.get("OUT") or ""
+        for i, ev in enumerate(hop.events):
+            step = {"table": ev.table, "chain": ev.chain, "rule": ev.rule, "verdict": ev.verdict,
+                    "packet": f"{hop.fields.get('SRC')}:{hop.fields.get('SPORT')} -> "
+                              f"{hop.fields.get('DST')}:{hop.fields.get('DPORT')}",
+                    "in": where[0], "out": where[1]}
+            if ev.kind != "rule":
+                step["explanation"] = f"end of {ev.chain}: {ev.kind} {ev.verdict}"
+                if ev.kind == "policy" and ev.verdict == "DROP":
+                    out["verdict"] = "DROP"
+                steps.append(step)
+                continue
+            rule = Rule(ev.table, ev.chain, ev.rule)
+            step["explanation"] = explain_rule(rule)
+            t = rule.target or ""
+            if ev.chain.startswith((ch.SVC_PREFIX, ch.SVL_PREFIX)) and t.startswith(ch.SEP_PREFIX):
+                skipped = []
+                for r in saved.chain("nat", ev.chain):
+                    if r.text == ev.rule:
+                        break
+                    if r.option("--probability") and (r.target or "").startswith(ch.SEP_PREFIX):
+                        skipped.append({"rule": r.text, "probability": float(r.option("--probability")),
+                                        "taken": False})
+                        steps.append({"table": "nat", "chain": ev.chain, "rule": r.text, "verdict": "no match",
+                                      "explanation": f"random roll said no: not {r.comment.split('-> ')[-1]}",
+                                      "packet": step["packet"], "in": where[0], "out": where[1], "not_met": True})
+                p = rule.option("--probability")
+                out["choice"] = {"chain": ev.chain, "taken": ev.rule, "probability": float(p) if p else None,
+                                 "rolled_no": skipped}
+            if t == "DNAT":
+                dest = rule.option("--to-destination") or ""
+                out["dnat"] = dest
+                out["pod"] = pods_by_ip.get(dest.rpartition(":")[0])
+                step["explanation"] += f": {_who(dest.rpartition(':')[0], pods_by_ip)}"
+            if t == ch.KUBE_MARK_MASQ:
+                out["mark_reason"] = step["explanation"]
+            if t == "MASQUERADE":
+                out["masquerade"] = True
+            if t in ("REJECT", "DROP"):
+                step["verdict"] = t  # the kernel reports a REJECT as DROP (plus an ICMP error sent back)
+                out["verdict"] = t
+                out["refusal"] = step["explanation"]
+            steps.append(step)
+            jumped = ev.verdict.partition(":")[2]
+            after = hop.events[i + 1] if i + 1 < len(hop.events) else None
+            watched = ch.is_service_chain(jumped) or (ev.table == "nat" and jumped in (ch.KUBE_SERVICES,
+                                                                                       ch.KUBE_NODEPORTS))
+            if ev.verdict.startswith("JUMP:") and watched and (after is None or after.chain != jumped):
+                # The kernel prints nothing for a chain none of whose rules matched: say so.
+                why = {ch.KUBE_SERVICES: " (the destination is no Service address: not DNATed here)",
+                       ch.KUBE_NODEPORTS: " (no NodePort of that number)"}.get(jumped, "")
+                if jumped.startswith(ch.EXT_PREFIX):
+                    why = " (not DNATed)"
+                steps.append({**step, "chain": jumped, "rule": "", "verdict": "no match", "not_met": True,
+                              "explanation": f"no rule of {jumped} matched this packet: back to {ev.chain}{why}"})
+    return steps, out

@@ -1,0 +1,300 @@
+"""`kproxy trace` and `kproxy explain` in a sandbox lab: real connections traced by netfilter
+through the node's real rules, and live counters after real requests.
+
+Each trace must leave nothing behind: no KPROXY-TRACE chain or hook in the node's raw table and
+no xtables-monitor in the node's netns (`no_trace_left`, checked after every trace).
+"""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import hits
+
+APPS = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: nginx, ports: [{name: http, containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-np}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  containers: [{name: c, image: busybox, command: [sleep, "3600"]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: solo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: solo}}
+  template:
+    metadata: {labels: {app: solo}}
+    spec:
+      containers: [{name: solo, image: x, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: solo}
+spec:
+  selector: {app: solo}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nobody}
+spec:
+  selector: {app: nothing-matches}
+  ports: [{port: 80}]
+---
+# externalTrafficPolicy Local with its only endpoint on another node: a selector-less Service
+# and a hand-written EndpointSlice, so this one-node lab has no local endpoint for it.
+apiVersion: v1
+kind: Service
+metadata: {name: elsewhere}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: elsewhere-1
+  labels: {kubernetes.io/service-name: elsewhere}
+addressType: IPv4
+ports: [{port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.244.9.9]
+  conditions: {ready: true}
+  nodeName: node-other
+"""
+
+
+def programmed(lab) -> set[str]:
+    return set(re.findall(r'--comment "default/web:http -> ([0-9.]+):8080"', lab.node_save()))
+
+
+@pytest.fixture(scope="module")
+def apps(lab):
+    lab.apply(APPS)
+    pods = lab.wait_for(lambda: len(lab.ready_pods("web")) == 3 and lab.ready_pods("web"))
+    lab.wait_for(lambda: programmed(lab) == {p["status"]["podIP"] for p in pods}, timeout=10)
+    lab.wait_for(lambda: lab.ready_pods("solo") and "default/solo -> " in lab.node_save(), timeout=30)
+    return {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
+
+
+def no_trace_left(lab) -> None:
+    netns = lab.cfg.naming.node_netns
+    raw = subprocess.run(["ip", "netns", "exec", netns, "iptables-save", "-t", "raw"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "KPROXY-TRACE" not in raw, raw
+    pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout.split()
+    monitors = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "xtables-monitor":
+                    monitors.append(pid)
+        except OSError:
+            pass
+    assert not monitors, f"xtables-monitor left running in {netns}: {monitors}"
+
+
+def trace(lab, *args: str) -> dict:
+    res = lab.kproxy("trace", *args, "-o", "json", timeout=60)
+    doc = json.loads(res.stdout)
+    no_trace_left(lab)
+    return doc
+
+
+def steps_of(doc: dict) -> list[dict]:
+    return doc["nodes"][0]["request"]["steps"]
+
+
+def met(doc: dict) -> list[str]:
+    return [s["chain"] for s in steps_of(doc) if not s.get("not_met")]
+
+
+def test_pod_to_clusterip_walks_services_svc_one_sep_and_names_who_answered(lab, apps):
+    doc = trace(lab, "client", "svc/web")
+    chains = met(doc)
+    svc = next(s for s in steps_of(doc) if s["chain"] == "KUBE-SERVICES")
+    assert 'default/web:http cluster IP' in svc["rule"] and svc["verdict"].startswith("JUMP:KUBE-SVC-")
+    svc_chain = svc["verdict"].split(":")[1]
+    assert svc_chain in chains
+    seps = {c for c in chains if c.startswith("KUBE-SEP-")}
+    assert len(seps) == 1, chains
+    dnat = next(s for s in steps_of(doc) if "-j DNAT" in s["rule"])
+    assert dnat["chain"] in seps
+    assert chains.index("KUBE-SERVICES") < chains.index(svc_chain) < chains.index(dnat["chain"])
+    answered = doc["answeredBy"]
+    assert answered in apps, doc["answer"]
+    assert dnat["rule"].endswith(f"--to-destination {apps[answered]}:8080")
+    assert doc["dnat"] == f"{apps[answered]}:8080" and doc["endpointPod"]["name"] == answered
+    assert not doc["masquerade"]
+    ct = doc["conntrack"][0]
+    assert ct["original"]["dport"] == "80" and ct["reply"]["src"] == apps[answered]
+    assert ct["original"]["sport"] == str(doc["sourcePort"])
+
+
+def test_the_text_walk_is_numbered_and_names_the_pod(lab, apps):
+    res = lab.kproxy("trace", "pod/client", "svc/web:http", timeout=60)
+    no_trace_left(lab)
+    out = res.stdout
+    assert re.search(r"^  1\. nat +-A PREROUTING .*-j KUBE-SERVICES$", out, re.M), out
+    answered = re.search(r"^answered by: pod (\S+)$", out, re.M).group(1)
+    assert f"DNAT: -> {apps[answered]}:8080 (pod default/{answered} on node-1)" in out
+    assert re.search(r"^random choice: ", out, re.M) and re.search(r"^conntrack: tcp ", out, re.M)
+
+
+def test_outside_to_nodeport_is_masqueraded(lab, apps):
+    port = lab.get("svc", "web-np")["spec"]["ports"][0]["nodePort"]
+    doc = trace(lab, "outside", f"node/node-1:{port}")
+    chains = met(doc)
+    for want in ("KUBE-NODEPORTS", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"):
+        assert want in chains, chains
+    assert any(c.startswith("KUBE-EXT-") for c in chains), chains
+    assert any(s["rule"].endswith("-j MASQUERADE") for s in steps_of(doc))
+    assert doc["masquerade"] and "externalTrafficPolicy Cluster" in doc["masqueradeReason"]
+    assert doc["answeredBy"] in apps
+    # the pod saw the node's bridge address, not outside's: the reply tuple says so
+    assert doc["conntrack"][0]["reply"]["dst"] == "10.244.0.1"
+    assert "client 10.244.0.1:" in doc["answer"]
+
+
+def test_service_without_endpoints_shows_the_reject(lab, apps):
+    doc = trace(lab, "client", "svc/nobody")
+    last = steps_of(doc)[-1]
+    assert last["verdict"] == "REJECT" and '"default/nobody has no endpoints"' in last["rule"]
+    assert doc["result"] == "refused" and "no endpoints" in doc["refusal"]
+    assert doc["conntrack"] == [] and doc["answeredBy"] is None
+
+
+def test_etp_local_without_local_endpoint_shows_the_drop(lab, apps):
+    port = lab.get("svc", "elsewhere")["spec"]["ports"][0]["nodePort"]
+    doc = trace(lab, "outside", f"node/node-1:{port}", "--timeout", "1")
+    drop = next(s for s in steps_of(doc) if s["verdict"] == "DROP")
+    assert drop["chain"] == "KUBE-EXTERNAL-SERVICES" and "has no local endpoints" in drop["rule"]
+    assert doc["result"] == "timeout" and "no endpoint on this node" in doc["refusal"]
+    ext = next(s for s in steps_of(doc) if s["chain"].startswith("KUBE-EXT-"))
+    assert ext["verdict"] == "no match"  # KUBE-EXT had nothing for a non-local client: not DNATed
+
+
+def test_hairpin_is_masqueraded(lab, apps):
+    doc = trace(lab, "deploy/solo", "svc/solo")
+    solo = lab.ready_pods("solo")[0]
+    assert doc["answeredBy"] == solo["metadata"]["name"]
+    assert doc["masquerade"] and doc["masqueradeReason"].startswith("hairpin")
+    ct = doc["conntrack"][0]
+    assert ct["original"]["src"] == ct["reply"]["src"] == solo["status"]["podIP"]
+    assert ct["reply"]["dst"] == "10.244.0.1"  # the pod answered the node, not itself
+
+
+def test_interrupted_trace_removes_its_rules(lab, apps):
+    port = lab.get("svc", "elsewhere")["spec"]["ports"][0]["nodePort"]
+    netns = lab.cfg.naming.node_netns
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen([sys.executable, "-m", "kproxy.cli", "trace", "outside", f"node/node-1:{port}",
+                                 "--timeout", "20"], env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            lab.wait_for(lambda: "KPROXY-TRACE" in subprocess.run(
+                ["ip", "netns", "exec", netns, "iptables-save", "-t", "raw"], capture_output=True, text=True).stdout,
+                timeout=15, interval=0.05)
+            time.sleep(0.5)  # the probe is waiting for its answer
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+        no_trace_left(lab)
+
+
+def test_bad_destinations_are_refused_plainly(lab, apps):
+    res = lab.kproxy("trace", "client", "node/node-1", check=False)
+    assert res.returncode == 1 and "node/NAME:NODEPORT" in res.stderr and "Traceback" not in res.stderr
+    res = lab.kproxy("trace", "client", "svc/missing", check=False)
+    assert res.returncode == 1 and 'services "missing" not found' in res.stderr
+    res = lab.kproxy("trace", "ghost", "svc/web", check=False)
+    assert res.returncode == 1 and 'pods "ghost" not found' in res.stderr
+    no_trace_left(lab)
+
+
+def test_explain_counts_300_new_connections_per_endpoint(lab, apps):
+    lab.kproxy("explain", "svc/web", "--reset")
+    zero = json.loads(lab.kproxy("explain", "svc/web", "-o", "json").stdout)
+    assert sum(e["connections"] for e in zero["endpoints"]) == 0
+    answers = hits(lab, "client", f"http://{lab.get('svc', 'web')['spec']['clusterIP']}/", 300)
+    assert all(not a.startswith("ERR") for a in answers), answers
+    doc = json.loads(lab.kproxy("explain", "svc/web", "-o", "json").stdout)
+    eps = {e["pod"]: e for e in doc["endpoints"]}
+    assert set(eps) == set(apps)
+    counts = {name: e["connections"] for name, e in eps.items()}
+    assert sum(counts.values()) == 300, counts  # readiness probes go to pod IPs, never the VIP
+    assert all(60 <= c <= 140 for c in counts.values()), counts
+    # what the pods said agrees with the counters: each answer was one DNATed connection
+    assert counts == {name: answers.count(name) for name in apps}
+    assert all(e["node"] == "node-1" and e["ip"] == apps[name] for name, e in eps.items())
+    first = doc["rules"][0]
+    assert first["chain"] == "KUBE-SERVICES" and first["packets"] == 300 and "cluster IP" in first["explanation"]
+    # --reset zeroes this Service's counters only
+    other = json.loads(lab.kproxy("explain", "svc/web-np", "-o", "json").stdout)
+    lab.kproxy("explain", "svc/web", "--reset")
+    again = json.loads(lab.kproxy("explain", "svc/web", "-o", "json").stdout)
+    assert all(r["packets"] == 0 for r in again["rules"])
+    assert json.loads(lab.kproxy("explain", "svc/web-np", "-o", "json").stdout)["rules"][0]["packets"] \
+        == other["rules"][0]["packets"]
+    text = lab.kproxy("explain", "svc/web").stdout
+    assert "random roll: with probability 0.3333" in text and "(total 0)" in text
+
+
+def test_graph_draws_the_lab_and_a_services_chains(lab, apps, tmp_path):
+    dot = lab.kproxy("graph", "-o", "dot").stdout
+    assert dot.startswith("digraph lab {")
+    for name, ip in apps.items():
+        assert f'label="pod {name}\\n{ip}"' in dot
+    web = lab.get("svc", "web")["spec"]["clusterIP"]
+    assert f"ClusterIP {web}" in dot and "svc web" in dot and "outside" in dot
+    png = tmp_path / "lab.png"
+    lab.kproxy("graph", "-o", "png", "--output", str(png))
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    chains = lab.kproxy("graph", "--svc", "web", "-o", "dot").stdout
+    seps = set(re.findall(r"^:(KUBE-SEP-\S+)", lab.kproxy("rules", "svc/web").stdout, re.M))
+    assert len(seps) == 3 and all(s.replace("-", "_") in chains for s in seps)
+    assert chains.count("-> 33.3%") == 3
+    for name in apps:
+        assert f"pod {name}" in chains
+    svg = lab.kproxy("graph", "--svc", "nobody").stdout
+    assert svg.lstrip().startswith("<?xml") and "REJECT" in svg
