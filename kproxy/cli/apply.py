@@ -19,8 +19,8 @@ import click
 from kproxy import tables
 from kproxy.api import admission, meta
 from kproxy.cli.common import (CLUSTER_SCOPED, MANIFEST_ERRORS, control, daemon_pid, fail, kubectl_name, lab,
-                               need_root, not_running, proxy_status, resource_name, served_documents,
-                               singular_name, state_dir_option, parse_targets)
+                               need_root, not_running, parse_targets, proxy_status, resource_name,
+                               served_documents, singular_name, state_dir_option)
 from kproxy.config import LabConfig, state_dir_from_env
 from kproxy.store import manifests as folder
 from kproxy.store.base import RESOURCE, Store, object_key

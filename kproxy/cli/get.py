@@ -14,8 +14,8 @@ import yaml
 from kproxy import tables
 from kproxy.api import meta
 from kproxy.cli.common import (CLUSTER_SCOPED, fail, kubectl_name, list_objects, need_root, not_found,
-                               resolve_kinds, resource_name, running_lab, singular_name, state_dir_option,
-                               parse_targets)
+                               parse_targets, resolve_kinds, resource_name, running_lab, singular_name,
+                               state_dir_option)
 
 
 # -- label selectors (kubectl -l) ---------------------------------------------------------
