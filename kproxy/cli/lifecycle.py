@@ -460,3 +460,9 @@ def controller(store_url, store_ca, store_cert, store_key, manifests, name, node
 def agent(store_url, store_ca, store_cert, store_key, node_name, node_ip, pod_cidr, sandbox, overlay, state_dir):
     """Run one node of a multi-node lab in the foreground: its pods, iptables rules, layer-2
     announcements and routes to the other nodes' pods."""
+    need_root()
+    cfg = _process_config(state_dir, store_url, node_name=node_name, node_ip=node_ip, pod_cidr=pod_cidr,
+                          sandbox=sandbox, overlay=overlay, extra={"role": "agent"}, store_ca=store_ca,
+                          store_cert=store_cert, store_key=store_key)
+    from kproxy.daemon import main as daemon_main
+    daemon_main(["--state-dir", cfg.state_dir, "--role", "agent"])

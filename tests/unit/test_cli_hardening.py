@@ -378,3 +378,23 @@ def test_a_cluster_scoped_object_is_one_identity_whatever_namespace_its_manifest
     assert manifests.upsert(tmp_path, ns, cluster_scoped=True) == "unchanged"
     assert manifests.remove(tmp_path, "Namespace", "default", "shop", cluster_scoped=True) is True
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("role, args, saved", [
+    ("controller", ["--name", "node-1", "--node-ip", "192.168.49.2"], {"node_name": "node-1", "node_ip": "192.168.49.2"}),
+    ("agent", ["--node", "node-2", "--node-ip", "192.168.49.3", "--pod-cidr", "10.244.2.0/24", "--sandbox"],
+     {"node_name": "node-2", "node_ip": "192.168.49.3", "pod_cidr": "10.244.2.0/24", "sandbox": True,
+      "extra": {"role": "agent"}}),
+])
+def test_a_cluster_process_saves_its_settings_and_runs_the_daemon_in_its_role(lab, monkeypatch, role, args, saved):
+    """`kproxy controller` / `kproxy agent` (what systemd and `up --nodes` start) hand over to
+    the daemon in their role, with the flags saved in the state dir: not an empty exit 0."""
+    import kproxy.daemon
+    ran = []
+    monkeypatch.setattr(kproxy.daemon, "main", lambda argv: ran.append(argv))
+    res = run(lab, role, "--store", "https://192.168.49.2:2379", *args)
+    assert res.exit_code == 0, res.output
+    assert ran == [["--state-dir", lab.state_dir, "--role", role]]
+    cfg = LabConfig.load(lab.state_dir)
+    assert cfg.store_url == "https://192.168.49.2:2379"
+    assert {k: getattr(cfg, k) for k in saved} == saved
