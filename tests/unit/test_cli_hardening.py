@@ -381,7 +381,8 @@ def test_a_cluster_scoped_object_is_one_identity_whatever_namespace_its_manifest
 
 
 @pytest.mark.parametrize("role, args, saved", [
-    ("controller", ["--name", "node-1", "--node-ip", "192.168.49.2"], {"node_name": "node-1", "node_ip": "192.168.49.2"}),
+    ("controller", ["--name", "node-1", "--node-ip", "192.168.49.2"],
+     {"node_name": "node-1", "node_ip": "192.168.49.2"}),
     ("agent", ["--node", "node-2", "--node-ip", "192.168.49.3", "--pod-cidr", "10.244.2.0/24", "--sandbox"],
      {"node_name": "node-2", "node_ip": "192.168.49.3", "pod_cidr": "10.244.2.0/24", "sandbox": True,
       "extra": {"role": "agent"}}),
