@@ -142,6 +142,22 @@ def manifest_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def folder_signature(folder: Path) -> tuple:
+    """(directory, name, size, mtime_ns) of each file manifest_files lists: what a poller of the
+    folder compares (it works on shared folders too, where no inotify comes). Built on the same
+    listing as the reader, so a change is noticed exactly where the reader would see one."""
+    if not folder.is_dir():
+        return ()
+    sig = []
+    for path in manifest_files(folder):
+        try:  # lstat: a symlink is reported by the reader, never followed (nor broken)
+            st = os.lstat(path)
+        except OSError:  # removed since the walk listed it: the next poll sees it gone
+            continue
+        sig.append((str(path.parent), path.name, st.st_size, st.st_mtime_ns))
+    return tuple(sig)
+
+
 def _too_large() -> str:
     return (f"the file is larger than {MAX_FILE_BYTES} bytes (3 MiB): kproxy refuses it as the API server "
             "refuses a request over its 3 MiB limit")

@@ -284,3 +284,23 @@ def test_symlinked_folders_are_listed_to_be_reported(tmp_path):
     (tmp_path / "real").mkdir()
     (tmp_path / "linked.yaml").symlink_to(tmp_path / "real")
     assert [p.name for p in manifest_files(tmp_path)] == ["linked.yaml"]
+
+
+def test_the_folder_signature_follows_the_readers_listing(tmp_path):
+    """The poller's signature lists what manifest_files lists (one listing of the folder), so a
+    symlinked folder the reader reports changes it too; hidden files and other suffixes do not."""
+    from kproxy.api.manifest import folder_signature
+    assert folder_signature(tmp_path / "absent") == ()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "svc.yaml").write_text(SERVICE)
+    (tmp_path / ".hidden.yaml").write_text(SERVICE)
+    (tmp_path / "notes.txt").write_text("x")
+    before = folder_signature(tmp_path)
+    assert [(d, n) for d, n, _, _ in before] == [(str(p.parent), p.name) for p in manifest_files(tmp_path)]
+    assert [n for _, n, _, _ in before] == ["svc.yaml"]
+    (tmp_path / "real").mkdir()
+    (tmp_path / "linked.yaml").symlink_to(tmp_path / "real")
+    after = folder_signature(tmp_path)
+    assert after != before and [n for _, n, _, _ in after] == ["linked.yaml", "svc.yaml"]
+    (tmp_path / "sub" / "svc.yaml").write_text(SERVICE + "# more\n")
+    assert folder_signature(tmp_path)[1][2] == len(SERVICE) + len("# more\n")

@@ -23,6 +23,7 @@ import yaml
 from click.testing import CliRunner
 
 from kproxy import cli, describe, tables
+from kproxy.cli import access, apply, get
 from kproxy.api import defaults
 from kproxy.config import LabConfig
 from kproxy.controllers import replicas
@@ -201,25 +202,25 @@ def out_lines(res):
     ("", {"anything": "x"}, True),
 ])
 def test_label_selector_matching(text, labels, want):
-    assert cli.requirements_match(cli.parse_selector(text), labels) is want
+    assert get.requirements_match(get.parse_selector(text), labels) is want
 
 
 def test_label_selector_parsing():
-    assert cli.parse_selector("a=b,c!=d,e,!f,g in (x,y)") == [
+    assert get.parse_selector("a=b,c!=d,e,!f,g in (x,y)") == [
         ("a", "=", ("b",)), ("c", "!=", ("d",)), ("e", "exists", ()), ("f", "!", ()), ("g", "in", ("x", "y"))]
 
 
 @pytest.mark.parametrize("bad", ["a=b=c", "=b", "a in ()", "a,,b", "a>x", "a b"])
 def test_bad_label_selectors_are_refused(bad):
-    with pytest.raises(cli.SelectorError):
-        cli.parse_selector(bad)
+    with pytest.raises(get.SelectorError):
+        get.parse_selector(bad)
 
 
 # -- yaml as kubectl writes it ------------------------------------------------------------
 def test_yaml_quotes_like_kubectl():
     doc = {"status": "True", "resourceVersion": "", "port": "80", "answer": "yes", "plain": "Running",
            "colon": "a: b", "n": 3, "b": True, "multi": "line1\nline2\n"}
-    text = cli.to_yaml(doc)
+    text = get.to_yaml(doc)
     assert 'status: "True"' in text
     assert 'resourceVersion: ""' in text
     assert 'port: "80"' in text
@@ -429,7 +430,7 @@ def test_apply_wait_needs_a_running_lab(lab, tmp_path):
      'The Deployment.apps "web" is invalid: spec.replicas: Invalid value: -1: x'),
 ])
 def test_daemon_refusals_are_worded_like_kubectl(msg, want):
-    assert cli.server_error(msg, "extra.yaml") == want
+    assert apply.server_error(msg, "extra.yaml") == want
 
 
 def test_apply_wait_conditions_for_a_deployment(lab):
@@ -437,36 +438,36 @@ def test_apply_wait_conditions_for_a_deployment(lab):
     applied = {k: v for k, v in copy.deepcopy(d).items() if k != "status"}
     ps = {"lastSync": CREATED}
     # one old pod is still terminating: not yet
-    assert cli.not_live(lab.store, applied, T0, ps) == "deployment.apps/web: 2/2 pods Ready (2 exist, 1 old or terminating)"
+    assert apply.not_live(lab.store, applied, T0, ps) == "deployment.apps/web: 2/2 pods Ready (2 exist, 1 old or terminating)"
     lab.store.delete(object_key("Pod", "default", lab.pods[2]["metadata"]["name"]))
-    assert cli.not_live(lab.store, applied, T0, ps) is None
+    assert apply.not_live(lab.store, applied, T0, ps) is None
     # a scale to 3 the store does not show yet, then shows without the third pod
     applied["spec"]["replicas"] = 3
-    assert cli.not_live(lab.store, applied, T0, ps) == "deployment.apps/web: the stored spec does not show the apply yet"
+    assert apply.not_live(lab.store, applied, T0, ps) == "deployment.apps/web: the stored spec does not show the apply yet"
     d["spec"]["replicas"] = 3
     lab.put(d)
-    assert cli.not_live(lab.store, applied, T0, ps) == "deployment.apps/web: 2/3 pods Ready (2 exist)"
+    assert apply.not_live(lab.store, applied, T0, ps) == "deployment.apps/web: 2/3 pods Ready (2 exist)"
 
 
 def test_apply_wait_conditions_for_a_service(lab):
     svc = service("web")
     applied = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
                "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
-    assert cli.not_live(lab.store, applied, T0 + 5, {"lastSync": CREATED}) == "service/web: rules not programmed yet"
-    assert cli.not_live(lab.store, applied, T0 + 5, {"lastSync": "2024-05-01T12:00:05Z"}) is None
+    assert apply.not_live(lab.store, applied, T0 + 5, {"lastSync": CREATED}) == "service/web: rules not programmed yet"
+    assert apply.not_live(lab.store, applied, T0 + 5, {"lastSync": "2024-05-01T12:00:05Z"}) is None
     # an unchanged re-apply changes no rule, so no new sync comes: the last one programmed it
     old_sync = {"lastSync": CREATED, "services": ["default/web"]}
-    assert cli.not_live(lab.store, applied, T0 + 5, old_sync, synced=True) is None
-    assert cli.not_live(lab.store, applied, T0 + 5, old_sync, synced=False) == "service/web: rules not programmed yet"
+    assert apply.not_live(lab.store, applied, T0 + 5, old_sync, synced=True) is None
+    assert apply.not_live(lab.store, applied, T0 + 5, old_sync, synced=False) == "service/web: rules not programmed yet"
     svc["spec"].pop("clusterIP")
     lab.put(svc)
-    assert cli.not_live(lab.store, applied, T0, {"lastSync": CREATED}) == "service/web: no clusterIP allocated yet"
+    assert apply.not_live(lab.store, applied, T0, {"lastSync": CREATED}) == "service/web: no clusterIP allocated yet"
     applied["spec"]["ports"][0]["port"] = 81
-    assert "does not show the apply yet" in cli.not_live(lab.store, applied, T0, {"lastSync": CREATED})
+    assert "does not show the apply yet" in apply.not_live(lab.store, applied, T0, {"lastSync": CREATED})
     headless = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hl"},
                 "spec": {"clusterIP": "None", "selector": {"app": "web"}, "ports": [{"port": 80}]}}
     lab.put(service("hl", clusterIP="None", clusterIPs=["None"], selector={"app": "web"}, ports=[{"port": 80}]))
-    assert cli.not_live(lab.store, headless, T0 + 5, {}) is None
+    assert apply.not_live(lab.store, headless, T0 + 5, {}) is None
 
 
 # -- get ----------------------------------------------------------------------------------
@@ -750,8 +751,8 @@ def execs(monkeypatch):
 
     monkeypatch.setattr(os, "execvp", fake_exec)
     monkeypatch.setattr(cli, "PASS_THROUGH", (Exec,))  # seen by the test, not turned into an error line
-    monkeypatch.setattr(cli, "detach_stdin", lambda: calls.append("no stdin"))
-    monkeypatch.setattr(cli, "netns_exists", lambda name: True)
+    monkeypatch.setattr(access, "detach_stdin", lambda: calls.append("no stdin"))
+    monkeypatch.setattr(access, "netns_exists", lambda name: True)
     return calls
 
 

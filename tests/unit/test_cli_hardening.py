@@ -18,6 +18,7 @@ import yaml
 from click.testing import CliRunner
 
 from kproxy import cli, control
+from kproxy.cli import apply, common
 from kproxy.api import admission
 from kproxy.config import LabConfig
 from kproxy.store import manifests
@@ -186,7 +187,7 @@ def test_an_os_error_names_its_file(lab, monkeypatch):
     def denied(*a, **kw):
         raise PermissionError(errno.EACCES, "Permission denied", "/var/lib/kproxy/store.db")
 
-    monkeypatch.setattr(cli, "open_store", denied)
+    monkeypatch.setattr(common, "open_store", denied)
     (Path(lab.state_dir) / "daemon.pid").write_text(f"{os.getpid()}\n")
     monkeypatch.setattr(control, "process_alive", lambda pid, state_dir=None, proc="/proc": True)
     res = run(lab, "get", "pods")
@@ -197,13 +198,13 @@ def test_a_lab_that_does_not_confirm_is_not_called_a_failure(lab, tmp_path, monk
     """etcd down after the folder was written: say it was written, not that it failed."""
     (Path(lab.state_dir) / "daemon.pid").write_text(f"{os.getpid()}\n")
     monkeypatch.setattr(control, "process_alive", lambda pid, state_dir=None, proc="/proc": True)
-    monkeypatch.setattr(cli, "open_store", lambda state_dir: None)
-    monkeypatch.setattr(cli, "control", lambda *a, **kw: {"ready": True})
+    monkeypatch.setattr(apply, "open_store", lambda cfg, client: None)
+    monkeypatch.setattr(apply, "control", lambda *a, **kw: {"ready": True})
 
     def etcd_down(store, objs):
         raise ConnectionRefusedError("etcd at http://192.168.49.2:2379 does not answer")
 
-    monkeypatch.setattr(cli, "_refused", etcd_down)
+    monkeypatch.setattr(apply, "_refused", etcd_down)
     res = run(lab, "apply", "-f", write_input(tmp_path))
     assert res.stdout == "service/web created\n"
     line = one_line_error(res)
@@ -307,11 +308,11 @@ def test_a_zombie_daemon_is_not_a_running_lab(tmp_path):
         while control._proc_state(child.pid, "/proc") != "Z" and time.monotonic() < deadline:
             time.sleep(0.01)
         (tmp_path / "daemon.pid").write_text(f"{child.pid}\n")
-        assert cli.daemon_pid(str(tmp_path)) is None
+        assert common.daemon_pid(str(tmp_path)) is None
     finally:
         child.wait()
     (tmp_path / "daemon.pid").write_text("garbage\n")
-    assert cli.daemon_pid(str(tmp_path)) is None
+    assert common.daemon_pid(str(tmp_path)) is None
 
 
 def test_apply_of_a_duplicated_identity_keeps_one_copy_and_says_so(lab, tmp_path):
@@ -340,13 +341,13 @@ def test_kill_pids_does_not_wait_for_a_zombie():
 def test_etcd_down_is_one_line_that_says_so(lab, monkeypatch):
     from etcd3gw import exceptions as etcd_exc
 
-    def down(state_dir):
+    def down(cfg, client):
         try:
             raise ConnectionRefusedError("[Errno 111] Connection refused")
         except OSError:
             raise etcd_exc.ConnectionFailedError()  # etcd3gw's errors carry no text: their context does
 
-    monkeypatch.setattr(cli, "open_store", down)
+    monkeypatch.setattr(common, "open_store", down)
     (Path(lab.state_dir) / "daemon.pid").write_text(f"{os.getpid()}\n")
     monkeypatch.setattr(control, "process_alive", lambda pid, state_dir=None, proc="/proc": True)
     res = run(lab, "get", "svc")
@@ -377,3 +378,24 @@ def test_a_cluster_scoped_object_is_one_identity_whatever_namespace_its_manifest
     assert manifests.upsert(tmp_path, ns, cluster_scoped=True) == "unchanged"
     assert manifests.remove(tmp_path, "Namespace", "default", "shop", cluster_scoped=True) is True
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("role, args, saved", [
+    ("controller", ["--name", "node-1", "--node-ip", "192.168.49.2"],
+     {"node_name": "node-1", "node_ip": "192.168.49.2"}),
+    ("agent", ["--node", "node-2", "--node-ip", "192.168.49.3", "--pod-cidr", "10.244.2.0/24", "--sandbox"],
+     {"node_name": "node-2", "node_ip": "192.168.49.3", "pod_cidr": "10.244.2.0/24", "sandbox": True,
+      "extra": {"role": "agent"}}),
+])
+def test_a_cluster_process_saves_its_settings_and_runs_the_daemon_in_its_role(lab, monkeypatch, role, args, saved):
+    """`kproxy controller` / `kproxy agent` (what systemd and `up --nodes` start) hand over to
+    the daemon in their role, with the flags saved in the state dir: not an empty exit 0."""
+    import kproxy.daemon
+    ran = []
+    monkeypatch.setattr(kproxy.daemon, "main", lambda argv: ran.append(argv))
+    res = run(lab, role, "--store", "https://192.168.49.2:2379", *args)
+    assert res.exit_code == 0, res.output
+    assert ran == [["--state-dir", lab.state_dir, "--role", role]]
+    cfg = LabConfig.load(lab.state_dir)
+    assert cfg.store_url == "https://192.168.49.2:2379"
+    assert {k: getattr(cfg, k) for k in saved} == saved
