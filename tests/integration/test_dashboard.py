@@ -1,0 +1,145 @@
+"""`kproxy dashboard` in a sandbox lab, loaded by a real headless browser (Debian's chromium,
+scripts/setup --test): the page's JavaScript polls the counters, and after 50 real requests
+through the Service the counter the browser shows has grown by 50. The dashboard listens on the
+host's loopback only and is stopped by pid (SIGINT, as Ctrl-C) at the end, exiting 0.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from .conftest import hits
+
+APPS = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: nginx, ports: [{name: http, containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  containers: [{name: c, image: busybox, command: [sleep, "3600"]}]
+"""
+
+pytestmark = pytest.mark.skipif(not shutil.which("chromium"), reason="chromium is not installed "
+                                "(scripts/setup --test)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def apps(lab):
+    lab.apply(APPS)
+    pods = lab.wait_for(lambda: len(lab.ready_pods("web")) == 3 and lab.ready_pods("web"))
+    lab.wait_for(lambda: len(re.findall(r"default/web:http -> ", lab.node_save())) == 3, timeout=10)
+    return pods
+
+
+@pytest.fixture(scope="module")
+def dashboard(lab, apps):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "kproxy.cli", "dashboard", "--port", str(port)], env=lab.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        lab.wait_for(lambda: proc.poll() is not None or _answers(url + "api/counters"), timeout=20)
+        assert proc.poll() is None, proc.communicate()
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C, by its pid
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def chromium(tmp_path, url: str, *args: str) -> str:
+    res = subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000", *args, url],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+def shown_connections(tmp_path, url: str) -> int:
+    """The svc default/web counter in the DOM the browser built (after the page's JS ran)."""
+    dom = chromium(tmp_path, url, "--dump-dom")
+    m = re.search(r'<span[^>]*data-service="default/web"[^>]*data-connections="(\d+)"', dom)
+    assert m, dom[:3000]
+    return int(m.group(1))
+
+
+def test_the_browser_sees_the_counter_grow_after_50_requests(lab, dashboard, tmp_path):
+    url, proc = dashboard
+    before = shown_connections(tmp_path, url)
+    answers = hits(lab, "client", f"http://{lab.get('svc', 'web')['spec']['clusterIP']}/", 50)
+    assert len(answers) == 50 and not [a for a in answers if a.startswith("ERR")], answers
+    after = shown_connections(tmp_path, url)
+    assert 50 <= after - before <= 52, (before, after)  # ±a probe of the lab's own
+
+    shot = tmp_path / "dashboard.png"
+    chromium(tmp_path, url, f"--screenshot={shot}", "--window-size=1400,1000")
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, len(data)
+    dom = chromium(tmp_path, url, "--dump-dom")
+    assert "<svg" in dom and "svc default/web" in dom  # the Graphviz picture, inlined by the page
+    assert re.search(r'class="kp-count"[^>]*>\d+ conn<', dom), "no count written on the picture's arrows"
+
+
+def test_the_trace_form_runs_a_real_trace(dashboard):
+    url, _ = dashboard
+    req = urllib.request.Request(url + "api/trace", json.dumps({"src": "client", "dst": "svc/web"}).encode(),
+                                 {"Content-Type": "application/json", "X-Kproxy-Dashboard": "trace"})
+    with urllib.request.urlopen(req, timeout=90) as r:
+        doc = json.load(r)
+    assert doc["rc"] == 0, doc
+    assert "KUBE-SERVICES" in doc["output"] and "KUBE-SVC-" in doc["output"] and "KUBE-SEP-" in doc["output"]
+
+
+def test_it_listens_on_loopback_only_and_ctrl_c_exits_0(dashboard):
+    url, proc = dashboard
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+    assert "127.0.0.1:" in listening and "0.0.0.0:" not in listening, listening
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=10) == 0, proc.communicate()
+    time.sleep(0.2)
+    assert not _answers(url + "api/counters")
