@@ -55,19 +55,26 @@ def shown_services(services: list[dict]) -> list[dict]:
     return sorted(out, key=lambda s: (s["metadata"].get("namespace", "default"), s["metadata"]["name"]))
 
 
-def edge_title(service: str, pod: dict | None, ip: str) -> str:
-    """The <title> Graphviz gives the lab picture's Service -> endpoint edge (graph.py's ids), so
-    the page can write the count on the arrow."""
+def edge_title(service: str, pod: dict | None, ip: str, node_by_ip: dict[str, str] | None = None) -> str:
+    """The <title> Graphviz gives the lab picture's Service -> endpoint arrow (graph.py's ids: the
+    pod, else the node with that address, else a bare endpoint), so the page can write the count on it."""
     from kproxy.graph import _id
     ns, name = service.split("/", 1)
-    target = _id("pod", pod.get("namespace") or ns, pod["name"]) if pod else _id("ep", ip)
+    if pod:
+        target = _id("pod", pod.get("namespace") or ns, pod["name"])
+    elif ip in (node_by_ip or {}):
+        target = _id("node", node_by_ip[ip])
+    else:
+        target = _id("ep", ip)
     return f"{_id('svc', ns, name)}->{target}"
 
 
-def counters(services: list[dict], saves: dict[str, ex.Saved], pods_by_ip: dict[str, dict]) -> list[dict]:
+def counters(services: list[dict], saves: dict[str, ex.Saved], pods_by_ip: dict[str, dict],
+             node_by_ip: dict[str, str] | None = None) -> list[dict]:
     """Per Service: new connections per endpoint summed over the nodes' counters (a connection is
     DNATed on the node it enters by, so the sum is the lab's total), the nodes' shares, and the
-    packets its REJECT/DROP rules stopped. `saves` is node name -> its iptables-save -c."""
+    packets its REJECT/DROP rules stopped. `saves` is node name -> its iptables-save -c;
+    `node_by_ip` names the node behind an endpoint that is no pod (the API server's)."""
     out = []
     for svc in shown_services(services):
         meta, spec = svc["metadata"], svc.get("spec") or {}
@@ -81,7 +88,7 @@ def counters(services: list[dict], saves: dict[str, ex.Saved], pods_by_ip: dict[
             for e in ex.endpoint_counts(saved, rules, pods_by_ip):
                 ep = endpoints.setdefault((e.ip, e.port), {
                     "pod": e.pod, "ip": e.ip, "port": e.port, "node": e.node, "connections": 0, "bytes": 0,
-                    "edge": edge_title(service, pods_by_ip.get(e.ip), e.ip)})
+                    "edge": edge_title(service, pods_by_ip.get(e.ip), e.ip, node_by_ip)})
                 ep["connections"] += e.connections
                 ep["bytes"] += e.bytes
                 by_node[node] = by_node.get(node, 0) + e.connections
@@ -93,6 +100,12 @@ def counters(services: list[dict], saves: dict[str, ex.Saved], pods_by_ip: dict[
                     "ports": [f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in spec.get("ports") or []],
                     "connections": total, "stopped": stopped, "by_node": by_node, "endpoints": eps})
     return out
+
+
+def node_addresses(nodes: list[dict]) -> dict[str, str]:
+    """Each node's InternalIP -> its name."""
+    return {a["address"]: n["metadata"]["name"] for n in nodes for a in (n.get("status") or {}).get("addresses") or []
+            if a.get("type") == "InternalIP" and a.get("address")}
 
 
 # -- the lab side: reading it (root), with one sample per second for every poller ------------
@@ -141,7 +154,8 @@ class Sampler:
             self._picture(objs, errors)
             self.doc = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "nodes": list(saves),
                         "picture": self.picture_key, "errors": errors,
-                        "services": counters(objs["Service"], saves, pods_by_ip(self.store))}
+                        "services": counters(objs["Service"], saves, pods_by_ip(self.store),
+                                             node_addresses(objs["Node"]))}
             self.at = time.monotonic()
             return self.doc
 
@@ -358,22 +372,24 @@ async function loadPicture(key) {
 }
 
 function markEdges(services) {
+  // the count goes under the arrow near its head (graph.py's ip:port label sits over its middle)
   const counts = {};
-  for (const s of services) for (const e of s.endpoints) counts[e.edge] = e.connections;
+  for (const s of services) for (const e of s.endpoints) counts[e.edge] = (counts[e.edge] || 0) + e.connections;
   for (const g of document.querySelectorAll("#picture g.edge")) {
-    const title = g.querySelector("title"), label = g.querySelector("text");
-    if (!title || !label || !(title.textContent in counts)) continue;
+    const title = g.querySelector("title"), path = g.querySelector("path");
+    if (!title || !path || !(title.textContent in counts)) continue;
     let mark = g.querySelector("text.kp-count");
     if (!mark) {
+      const len = path.getTotalLength(), at = path.getPointAtLength(Math.max(0, len - 30));
       mark = document.createElementNS("http://www.w3.org/2000/svg", "text");
       mark.setAttribute("class", "kp-count");
-      mark.setAttribute("x", label.getAttribute("x"));
-      mark.setAttribute("y", String(parseFloat(label.getAttribute("y")) + 11));
+      mark.setAttribute("x", String(at.x));
+      mark.setAttribute("y", String(at.y + 13));
       mark.setAttribute("text-anchor", "middle");
-      mark.setAttribute("font-size", "9");
+      mark.setAttribute("font-size", "10");
       g.append(mark);
     }
-    mark.textContent = counts[title.textContent] + " conn";
+    mark.textContent = counts[title.textContent];
   }
 }
 

@@ -81,6 +81,10 @@ def test_edge_title_is_the_title_graphviz_gives_the_lab_pictures_arrow():
     titles = {html.unescape(t) for t in re.findall(r"<title>(.*?)</title>", svg)}
     assert db.edge_title("default/web", PODS["10.244.0.4"], "10.244.0.4") in titles
     assert db.edge_title("default/web", None, "10.244.7.7") in titles
+    api = {**sl, "endpoints": [{"addresses": ["10.0.0.2"]}]}
+    svg = gr.render(gr.lab_graph([node], [pod], [svc("web")], [api]), "svg").decode()
+    titles = {html.unescape(t) for t in re.findall(r"<title>(.*?)</title>", svg)}
+    assert db.edge_title("default/web", None, "10.0.0.2", db.node_addresses([node])) in titles
 
 
 @pytest.mark.parametrize("form, field", [

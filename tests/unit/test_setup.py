@@ -21,7 +21,8 @@ TOOLS = {"ip": "iproute2", "iptables": "iptables", "iptables-save": "iptables",
          "modprobe": "kmod", "etcd": "etcd-server", "curl": "curl", "dig": "dnsutils",
          "wrk": "wrk", "nft": "nftables", "dot": "graphviz", "xtables-monitor": "iptables",
          "ss": "iproute2"}
-TEST_TOOLS = {"ruby": "ruby", "vagrant": "vagrant", "openssl": "openssl", "chromium": "chromium"}  # scripts/setup --test (scripts/test)
+# scripts/setup --test (scripts/test)
+TEST_TOOLS = {"ruby": "ruby", "vagrant": "vagrant", "openssl": "openssl", "chromium": "chromium"}
 ESSENTIAL = {"sh", "bash", "cat", "true", "hostname", "getent", "unshare", "nsenter", "taskset", "python3",
              "apt-get", "sleep", "kill"}
 
