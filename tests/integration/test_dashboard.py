@@ -5,6 +5,8 @@ host's loopback only and is stopped by pid (SIGINT, as Ctrl-C) at the end, exiti
 """
 from __future__ import annotations
 
+import base64
+import fcntl
 import json
 import os
 import re
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -135,14 +138,110 @@ def test_the_browser_sees_the_counter_grow_after_50_requests(lab, dashboard, tmp
     assert sum(on_arrows) >= after, (on_arrows, after)  # the counts written on the picture's arrows
 
 
-def test_the_trace_form_runs_a_real_trace(dashboard):
+class Browser:
+    """Headless chromium driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`:
+    commands on its fd 3, answers on its fd 4, NUL-separated JSON), for what --dump-dom cannot do:
+    watch one page update itself, and submit its form."""
+
+    def __init__(self, profile):
+        cmd_r, cmd_w = os.pipe()
+        out_r, out_w = os.pipe()
+
+        def fds():  # in the child: the pipe ends on 3 and 4, wherever os.pipe put them
+            a, b = fcntl.fcntl(cmd_r, fcntl.F_DUPFD, 10), fcntl.fcntl(out_w, fcntl.F_DUPFD, 10)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        self.proc = subprocess.Popen(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                      "--remote-debugging-pipe", f"--user-data-dir={profile}"],
+                                     pass_fds=(3, 4), preexec_fn=fds, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        os.close(cmd_r)
+        os.close(out_w)
+        self.w, self.r = os.fdopen(cmd_w, "wb"), os.fdopen(out_r, "rb")
+        self.next_id, self.session, self.buf = 0, None, b""
+
+    def send(self, method: str, **params):
+        self.next_id += 1
+        msg = {"id": self.next_id, "method": method, "params": params}
+        if self.session:
+            msg["sessionId"] = self.session
+        self.w.write(json.dumps(msg).encode() + b"\0")
+        self.w.flush()
+        while True:
+            reply = self._message()
+            if reply.get("id") == self.next_id:
+                assert "error" not in reply, reply
+                return reply["result"]
+
+    def _message(self) -> dict:
+        while b"\0" not in self.buf:
+            chunk = self.r.read1(65536)
+            assert chunk, "chromium closed its DevTools pipe"
+            self.buf += chunk
+        part, _, self.buf = self.buf.partition(b"\0")
+        return json.loads(part)
+
+    def open(self, url: str) -> None:
+        target = self.send("Target.createTarget", url=url)["targetId"]
+        self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.send("Emulation.setDeviceMetricsOverride", width=1400, height=1100, deviceScaleFactor=1, mobile=False)
+        deadline = time.monotonic() + 20
+        while True:
+            try:  # before the page commits there is no context to evaluate in
+                if self.js("document.readyState === 'complete' && !!document.querySelector('[data-service]')"):
+                    return
+            except AssertionError:
+                pass
+            assert time.monotonic() < deadline, "the page did not show its counters"
+            time.sleep(0.2)
+
+    def js(self, expression: str):
+        res = self.send("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+        return res["result"].get("value")
+
+    def close(self) -> None:
+        self.w.close()
+        self.r.close()
+        self.proc.kill()
+        self.proc.wait()
+
+
+SHOWN = "+document.querySelector('[data-service=\"default/web\"]').dataset.connections"
+TRACE = """(async () => {
+  const form = document.getElementById("trace-form"), out = document.getElementById("trace-output");
+  form.elements.src.value = "client";
+  form.elements.dst.value = "svc/web";
+  form.requestSubmit();
+  for (let i = 0; i < 900 && !/^(\\$ |error)/.test(out.textContent); i++) await new Promise(r => setTimeout(r, 100));
+  return out.textContent;
+})()"""
+
+
+def test_one_open_page_updates_itself_and_its_form_runs_a_trace(lab, dashboard, tmp_path):
+    """No reload: the page's own polling shows the requests as they are counted, then its form
+    runs `kproxy trace` server-side and shows the walk."""
     url, _ = dashboard
-    req = urllib.request.Request(url + "api/trace", json.dumps({"src": "client", "dst": "svc/web"}).encode(),
-                                 {"Content-Type": "application/json", "X-Kproxy-Dashboard": "trace"})
-    with urllib.request.urlopen(req, timeout=90) as r:
-        doc = json.load(r)
-    assert doc["rc"] == 0, doc
-    assert "KUBE-SERVICES" in doc["output"] and "KUBE-SVC-" in doc["output"] and "KUBE-SEP-" in doc["output"]
+    browser = Browser(tmp_path / "cdp-profile")
+    try:
+        browser.open(url)
+        before = browser.js(SHOWN)
+        hits(lab, "client", f"http://{lab.get('svc', 'web')['spec']['clusterIP']}/", 20)
+        deadline = time.monotonic() + 10
+        while browser.js(SHOWN) < before + 20:
+            assert time.monotonic() < deadline, (before, browser.js(SHOWN))
+            time.sleep(0.3)
+        assert browser.js(SHOWN) <= before + 21
+        text = browser.js(TRACE)
+        assert text.startswith("$ kproxy trace --proto tcp -n default -- client svc/web"), text
+        assert "KUBE-SERVICES" in text and "KUBE-SVC-" in text and "KUBE-SEP-" in text, text
+        png = base64.b64decode(browser.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+                               ["data"])
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+        if os.environ.get("KPROXY_SCREENSHOT"):
+            Path(f"{os.environ['KPROXY_SCREENSHOT']}-trace.png").write_bytes(png)
+    finally:
+        browser.close()
 
 
 def test_it_listens_on_loopback_only_and_ctrl_c_exits_0(dashboard):
