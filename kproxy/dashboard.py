@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from typing import Callable
 
 from kproxy import explain as ex
 
+log = logging.getLogger(__name__)
 TRACE_TIMEOUT = 60.0
 SAMPLE_MAX_AGE = 0.9  # seconds a counters sample is served again
 _ARG = re.compile(r"[A-Za-z0-9][A-Za-z0-9./:_-]{0,252}")  # a SRC/DST word: pod, node/NAME, svc/NAME:PORT, IP:PORT
@@ -58,7 +60,10 @@ def shown_services(services: list[dict]) -> list[dict]:
 def edge_title(service: str, pod: dict | None, ip: str, node_by_ip: dict[str, str] | None = None) -> str:
     """The <title> Graphviz gives the lab picture's Service -> endpoint arrow (graph.py's ids: the
     pod, else the node with that address, else a bare endpoint), so the page can write the count on it."""
-    from kproxy.graph import _id
+    try:
+        from kproxy.graph import _id
+    except ImportError:  # no graphviz package: no picture to mark either
+        return ""
     ns, name = service.split("/", 1)
     if pod:
         target = _id("pod", pod.get("namespace") or ns, pod["name"])
@@ -152,6 +157,8 @@ class Sampler:
                     continue
                 saves[name] = ex.parse_save(res.stdout)
             self._picture(objs, errors)
+            for e in set(errors) - set((self.doc or {}).get("errors") or []):
+                log.warning("%s", e)  # once, when it starts; the page shows it while it lasts
             self.doc = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "nodes": list(saves),
                         "picture": self.picture_key, "errors": errors,
                         "services": counters(objs["Service"], saves, pods_by_ip(self.store),
@@ -203,6 +210,14 @@ class Tracer:
 
 
 # -- the HTTP side -------------------------------------------------------------------------
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """One line, not socketserver's traceback (a browser that went away mid-answer)."""
+        log.warning("dashboard: a request from %s failed: %s", client_address[0], sys.exc_info()[1])
+
+
 def make_server(address: str, port: int, sampler, tracer) -> ThreadingHTTPServer:
     """The dashboard's server bound to address:port (not yet serving)."""
     hosts: set[str] = set()
@@ -274,8 +289,7 @@ def make_server(address: str, port: int, sampler, tracer) -> ThreadingHTTPServer
         def log_message(self, *args):  # quiet: the page polls every second
             pass
 
-    srv = ThreadingHTTPServer((address, port), Handler)
-    srv.daemon_threads = True
+    srv = _Server((address, port), Handler)
     real_port = srv.server_address[1]
     names = {address, "localhost", "127.0.0.1", "[::1]"} if is_loopback(address) else {address}
     hosts.update(f"{h}:{real_port}" for h in names)

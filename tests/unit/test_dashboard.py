@@ -201,3 +201,45 @@ def test_serve_stops_on_sigterm_and_closes_its_socket():
     db.serve(srv, said.append)
     assert srv.socket.fileno() == -1 and said[0].startswith("kproxy dashboard on http://127.0.0.1:")
     assert signal.getsignal(signal.SIGTERM) is before  # the old handler is back
+
+
+class FakeStore:
+    def __init__(self, objs: dict[str, list[dict]]):
+        from kproxy.store.base import kind_prefix
+        self.by_prefix = {kind_prefix(k): v for k, v in objs.items()}
+
+    def values(self, prefix):
+        return self.by_prefix.get(prefix, [])
+
+
+def test_the_sampler_reads_once_per_second_draws_once_and_says_what_failed(tmp_path):
+    if not shutil.which("dot"):
+        pytest.skip("Graphviz's dot is not installed (scripts/setup)")
+    node = {"metadata": {"name": "node-1"}, "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.2"}]}}
+    calls = []
+
+    def nodes():
+        calls.append(1)
+        return [("node-x", "kp-no-such-netns-for-this-test")]  # `ip netns exec` fails: nothing is touched
+
+    sampler = db.Sampler(FakeStore({"Node": [node], "Service": [svc("web")]}), nodes, "10.0.0.100")
+    doc = sampler.sample()
+    assert sampler.sample() is doc and len(calls) == 1  # a second poller within the second gets the same
+    assert [s["service"] for s in doc["services"]] == ["default/web"] and doc["nodes"] == []
+    assert doc["errors"] and doc["errors"][0].startswith("node node-x: iptables-save failed")
+    assert sampler.svg.lstrip().startswith(b"<?xml") and b"svc web" in sampler.svg and doc["picture"]
+    svg, sampler.at = sampler.svg, 0.0
+    assert sampler.sample()["picture"] == doc["picture"] and sampler.svg is svg  # same lab: not drawn again
+
+
+def test_a_failed_request_is_one_log_line_not_a_traceback(caplog):
+    srv = db.make_server("127.0.0.1", 0, FakeSampler(), FakeTracer())
+    try:
+        try:
+            raise BrokenPipeError(32, "Broken pipe")
+        except BrokenPipeError:
+            srv.handle_error(None, ("127.0.0.1", 5555))
+    finally:
+        srv.server_close()
+    assert [r.getMessage() for r in caplog.records] == ["dashboard: a request from 127.0.0.1 failed: [Errno 32] "
+                                                        "Broken pipe"]
