@@ -9,7 +9,7 @@ This package is the command line, one module per kind of work:
     get.py        get, describe: printers, -l selectors, -o yaml
     access.py     exec, logs, port-forward
     rules.py      rules (live, or --render offline)
-    observe.py    trace, explain, graph: the path a packet takes
+    observe.py    trace, explain, graph, dashboard: the path a packet takes
 
 This file is the click group: it turns any unexpected exception into one `error:` line and
 registers the commands (`python -m kproxy.cli` runs it through __main__.py).
@@ -77,5 +77,6 @@ def main() -> None:
 # `kproxy --help` lists them sorted by name; a command module never imports this one
 for _command in (lifecycle.up, lifecycle.down, lifecycle.cleanup, apply.apply, apply.delete, get.get,
                  get.describe, access.exec_, access.port_forward, access.logs, rules.rules, lifecycle.status,
-                 lifecycle.controller, lifecycle.agent, units, observe.trace, observe.explain, observe.graph):
+                 lifecycle.controller, lifecycle.agent, units, observe.trace, observe.explain, observe.graph,
+                 observe.dashboard):
     main.add_command(_command)

@@ -1,5 +1,5 @@
-"""`trace`, `explain`, `graph`: seeing the path a packet takes through a Service (the logic is in
-kproxy/trace.py, traceparse.py, explain.py, graph.py; these are the commands around it).
+"""`trace`, `explain`, `graph`, `dashboard`: seeing the path a packet takes through a Service (the
+logic is in kproxy/trace.py, traceparse.py, explain.py, graph.py, dashboard.py; these are the commands).
 """
 from __future__ import annotations
 
@@ -172,3 +172,26 @@ def graph(svc_name, namespace, node, fmt, out_file, state_dir):
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
 
+
+
+@click.command()
+@click.option("--port", default=8099, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Where to listen; anything but loopback lets whoever reaches it see the lab and run traces.")
+@state_dir_option
+def dashboard(port, address, state_dir):
+    """Serve a live page of the lab (the graph picture, new connections per endpoint refreshed every
+    second, a form that runs kproxy trace) on the host's loopback until Ctrl-C (kproxy/dashboard.py)."""
+    from kproxy import dashboard as db
+    from kproxy.trace import lab_nodes
+    need_root()
+    cfg, store = running_lab(state_dir)
+    nodes = (lambda: lab_nodes(cfg, store)) if cfg.sandbox else (lambda: [(cfg.node_name, None)])
+    try:
+        srv = db.make_server(address, port, db.Sampler(store, nodes, _outside_ip(cfg) if cfg.sandbox else None),
+                             db.Tracer(cfg.state_dir))
+    except OSError as e:
+        fail(f"cannot listen on {address}:{port}: {e.strerror or e}")
+    if not db.is_loopback(address):
+        click.echo(f"warning: {address} is not loopback: whoever reaches it sees the lab and can run traces", err=True)
+    db.serve(srv, lambda line: click.echo(line, err=True))

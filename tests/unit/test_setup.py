@@ -19,8 +19,10 @@ SETUP = REPO / "scripts" / "setup"
 TOOLS = {"ip": "iproute2", "iptables": "iptables", "iptables-save": "iptables",
          "iptables-restore": "iptables", "conntrack": "conntrack", "sysctl": "procps",
          "modprobe": "kmod", "etcd": "etcd-server", "curl": "curl", "dig": "dnsutils",
-         "wrk": "wrk", "nft": "nftables", "dot": "graphviz", "xtables-monitor": "iptables"}
-TEST_TOOLS = {"ruby": "ruby", "vagrant": "vagrant", "openssl": "openssl"}  # scripts/setup --test (scripts/test)
+         "wrk": "wrk", "nft": "nftables", "dot": "graphviz", "xtables-monitor": "iptables",
+         "ss": "iproute2"}
+# scripts/setup --test (scripts/test)
+TEST_TOOLS = {"ruby": "ruby", "vagrant": "vagrant", "openssl": "openssl", "chromium": "chromium"}
 ESSENTIAL = {"sh", "bash", "cat", "true", "hostname", "getent", "unshare", "nsenter", "taskset", "python3",
              "apt-get", "sleep", "kill"}
 
