@@ -364,6 +364,18 @@ def run(src: Endpoint, dst: Endpoint, proto: str, nodes: list[tuple[str, str]], 
     }
 
 
+def choice_text(choice: dict) -> str:
+    """The summary line of the endpoint choice: the rolls, or the session-affinity rule that
+    made them unnecessary (a rule without a probability is not always "the last rule")."""
+    if choice.get("affinity"):
+        return ("random choice: none: session affinity (ClientIP): the client was seen before and goes back to "
+                "the same endpoint (-m recent --rcheck)")
+    nos = ", ".join(f"p={c['probability']:.4g} no" for c in choice["rolled_no"])
+    taken = (f"p={choice['probability']:.4g} yes" if choice["probability"]
+             else "the last rule (no roll)" if nos else "a single endpoint (no roll)")
+    return f"random choice: {nos + ', ' if nos else ''}{taken}"
+
+
 def format_text(doc: dict) -> str:
     """The numbered walk: each rule met on each node, then what was decided."""
     d = doc["destination"]
@@ -396,12 +408,8 @@ def format_text(doc: dict) -> str:
         elif rest > 0:
             out.append(f"     (node {node['node']}: {rest} more packets, the client's retries, met the same rules)")
     out.append("")
-    choice = doc.get("choice")
-    if choice:
-        nos = ", ".join(f"p={c['probability']:.4g} no" for c in choice["rolled_no"])
-        taken = (f"p={choice['probability']:.4g} yes" if choice["probability"]
-                 else "the last rule (no roll)" if nos else "a single endpoint (no roll)")
-        out.append(f"random choice: {nos + ', ' if nos else ''}{taken}")
+    if doc.get("choice"):
+        out.append(choice_text(doc["choice"]))
     if doc.get("dnat"):
         pod = doc.get("endpointPod")
         who = f"pod {pod['namespace']}/{pod['name']} on {pod['node']}" if pod else "no pod known by that IP"

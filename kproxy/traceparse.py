@@ -175,8 +175,10 @@ def walk(packet: Packet, saved: Saved, pods_by_ip: dict[str, dict]) -> tuple[lis
                                       "explanation": f"random roll said no: not {r.comment.split('-> ')[-1]}",
                                       "packet": step["packet"], "in": where[0], "out": where[1], "not_met": True})
                 p = rule.option("--probability")
+                # sessionAffinity ClientIP: a `-m recent --rcheck` rule before the rolls sent a known
+                # client back to its endpoint; no dice were rolled
                 out["choice"] = {"chain": ev.chain, "taken": ev.rule, "probability": float(p) if p else None,
-                                 "rolled_no": skipped}
+                                 "rolled_no": skipped, "affinity": "--rcheck" in ev.rule.split()}
             if t == "DNAT":
                 dest = rule.option("--to-destination") or ""
                 out["dnat"] = dest

@@ -233,3 +233,35 @@ def test_every_captured_rule_has_an_explanation():
         if chain.startswith("KUBE-") and chain not in ("KUBE-PROXY-CANARY",):
             for r in rules:
                 assert ex.explain_rule(r), r.text
+
+
+# -- session affinity: the choice was no roll at all ------------------------------------------
+AFFINITY_SAVE = """*nat
+:KUBE-SVC-S - [0:0]
+:KUBE-SEP-A - [0:0]
+:KUBE-SEP-B - [0:0]
+-A KUBE-SVC-S -m comment --comment "default/sticky:http -> 10.244.0.4:8080" -m recent --rcheck --seconds 10800 --reap --name KUBE-SEP-A --mask 255.255.255.255 --rsource -j KUBE-SEP-A
+-A KUBE-SVC-S -m comment --comment "default/sticky:http -> 10.244.0.5:8080" -m recent --rcheck --seconds 10800 --reap --name KUBE-SEP-B --mask 255.255.255.255 --rsource -j KUBE-SEP-B
+-A KUBE-SVC-S -m comment --comment "default/sticky:http -> 10.244.0.4:8080" -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-A
+-A KUBE-SVC-S -m comment --comment "default/sticky:http -> 10.244.0.5:8080" -j KUBE-SEP-B
+-A KUBE-SEP-B -p tcp -m comment --comment "default/sticky:http" -m recent --set --name KUBE-SEP-B --mask 255.255.255.255 --rsource -m tcp -j DNAT --to-destination 10.244.0.5:8080
+COMMIT
+"""
+
+
+def test_session_affinity_is_not_reported_as_a_single_endpoint():
+    from kproxy.traceparse import Event, Hop, Packet
+    s = ex.parse_save(AFFINITY_SAVE)
+    rcheck = s.chain("nat", "KUBE-SVC-S")[1].text
+    dnat = s.chain("nat", "KUBE-SEP-B")[0].text
+    hop = Hop({"SRC": "10.244.0.3", "SPORT": "20001", "DST": "10.96.0.7", "DPORT": "80"}, ["SYN"],
+              [Event("nat", "KUBE-SVC-S", "rule", "JUMP:KUBE-SEP-B", rcheck),
+               Event("nat", "KUBE-SEP-B", "rule", "ACCEPT", dnat)])
+    steps, decided = walk(Packet([hop]), s, PODS)
+    assert decided["choice"]["affinity"] and decided["choice"]["rolled_no"] == []
+    assert decided["dnat"] == "10.244.0.5:8080"
+    line = tr.choice_text(decided["choice"])
+    assert "session affinity" in line and "single endpoint" not in line
+    # an ordinary roll keeps its wording
+    plain = {"probability": None, "rolled_no": [{"probability": 0.5}], "affinity": False}
+    assert tr.choice_text(plain) == "random choice: p=0.5 no, the last rule (no roll)"
