@@ -338,7 +338,7 @@ class Frontend:
                 with self.ctx.confined("FailedDelete", kind, ns, name, problems):
                     self.delete_user_object(key)
         self.ctx.store.put(self.manifest_keys, {"files": {f: sorted(k) for f, k in self.file_keys.items()},
-                                       "sources": self.sources})
+                                                "sources": self.sources})
         self.load_problems = problems
         self.ctx.store.put(MANIFEST_ERRORS, problems + [self.ctx.obj_problems[k] for k in sorted(self.ctx.obj_problems)])
 
@@ -403,7 +403,7 @@ class Frontend:
             obj = objs[key]
             owner = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
             retry(self.ctx.store, lambda txn: (txn.delete(key), allocation.release_owner(txn, owner),
-                                           loadbalancer.release(txn, owner)), attempts=30)
+                                               loadbalancer.release(txn, owner)), attempts=30)
             objs.pop(key, None)
         else:
             self.ctx.remove(kind, key)

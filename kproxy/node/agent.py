@@ -110,7 +110,7 @@ class Agent:
                     self.sync_local_pod(key, pod)
         finally:  # probes and restarts of every pod, whatever happened above; one pod's failure is its own
             self.kubelet.tick(guard=lambda p: self.ctx.confined("FailedSync", "Pod", p["metadata"]["namespace"],
-                                                             p["metadata"]["name"]))
+                                                                p["metadata"]["name"]))
         ran = {k: rt.pod for k, rt in self.kubelet.pods.items()}
         for key in self.kubelet.finished_pods():
             old, cur = ran[key], pods.get(key)
