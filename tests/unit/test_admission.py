@@ -203,7 +203,7 @@ def _daemon(state: Path) -> Daemon:
 
 def _folder_problem(d: Daemon, text: str) -> str:
     (Path(d.cfg.manifests) / "web.yaml").write_text(text)
-    d._poll_manifests()
+    d.frontend.poll()
     [problem] = [p for p in d.store.get(MANIFEST_ERRORS) if p.get("source", "").endswith("web.yaml")]
     return problem["message"]
 
@@ -234,7 +234,7 @@ spec:
 def test_the_daemon_and_apply_refuse_an_update_with_the_same_message(tmp_path, monkeypatch):
     d = _daemon(tmp_path / "lab")
     (Path(d.cfg.manifests) / "web.yaml").write_text(DEPLOY % ("web", "web"))
-    d._poll_manifests()
+    d.frontend.poll()
     stored = d.store.get(key_of("Deployment", "default", "web"))
     assert stored["spec"]["selector"] == {"matchLabels": {"app": "web"}}
     changed = DEPLOY % ("web2", "web2")

@@ -8,6 +8,7 @@ import pytest
 
 from kproxy.cluster import commands, lab
 from kproxy.config import LabConfig
+from kproxy.controllers import pods as podw
 from kproxy.daemon import NODE_LEASES, Daemon, key_of
 
 
@@ -60,7 +61,7 @@ def test_etcd_serves_tls_only_and_asks_every_client_and_peer_for_a_certificate()
 def _daemon(tmp_path, role: str, node: str = "node-1") -> Daemon:
     cfg = LabConfig(state_dir=str(tmp_path), sandbox=True, node_name=node)
     d = Daemon(cfg, controller=role == "controller", agent=role == "agent")
-    d.shared, d.leader = True, True  # as on etcd: other processes write the store too
+    d.ctx.shared = d.ctx.cache.shared = d.ctx.leader = True  # as on etcd: other processes write the store too
     return d
 
 
@@ -82,29 +83,29 @@ def _pod(name: str, owner: str | None = None, node: str | None = None) -> dict:
 def controller(tmp_path):
     d = _daemon(tmp_path, "controller")
     for n in ("node-1", "node-2", "node-3"):
-        d._save(_node(n))
-    d.leases = {"node-1", "node-2", "node-3"}
+        d.ctx.save(_node(n))
+    d.ctx.cache.leases = {"node-1", "node-2", "node-3"}
     return d
 
 
 def test_the_scheduler_spreads_a_deployment_first(controller):
-    controller._save(_pod("other-1", node="node-1"))  # another app's pod already on node-1
-    controller._save(_pod("other-2", node="node-1"))
+    controller.ctx.save(_pod("other-1", node="node-1"))  # another app's pod already on node-1
+    controller.ctx.save(_pod("other-2", node="node-1"))
     for i in range(6):
-        controller._schedule(_pod(f"web-{i}", owner="web"))
-    web = [p for p in controller.objects["Pod"].values() if p["metadata"]["name"].startswith("web-")]
+        podw.schedule(controller.ctx, _pod(f"web-{i}", owner="web"))
+    web = [p for p in controller.ctx.objects["Pod"].values() if p["metadata"]["name"].startswith("web-")]
     assert collections.Counter(p["spec"]["nodeName"] for p in web) == {"node-1": 2, "node-2": 2, "node-3": 2}
     events = [e for _, e in controller.store.list("/registry/events/") if e["reason"] == "Scheduled"]
     assert len(events) == 6
 
 
 def test_a_pod_waits_for_a_ready_node(controller):
-    controller.leases = set()
-    controller._schedule(_pod("lonely"))
+    controller.ctx.cache.leases = set()
+    podw.schedule(controller.ctx, _pod("lonely"))
     stored = controller.store.get(key_of("Pod", "default", "lonely"))
     assert "nodeName" not in stored["spec"]
-    controller.leases = {"node-2"}
-    controller._reconcile_pods()  # a later pass places it
+    controller.ctx.cache.leases = {"node-2"}
+    controller.controllers.reconcile_pods()  # a later pass places it
     assert controller.store.get(key_of("Pod", "default", "lonely"))["spec"]["nodeName"] == "node-2"
 
 
@@ -112,37 +113,37 @@ def test_a_node_whose_lease_lapsed_goes_not_ready_with_its_pods(controller):
     pod = _pod("p", node="node-2")
     pod["status"] = {"phase": "Running", "podIP": "10.244.2.2",
                      "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}]}
-    controller._save(pod)
-    controller.leases = {"node-1", "node-3"}
-    controller._node_lifecycle()
+    controller.ctx.save(pod)
+    controller.ctx.cache.leases = {"node-1", "node-3"}
+    controller.controllers.node_lifecycle()
     node = controller.store.get(key_of("Node", "", "node-2"))
     assert node["status"]["conditions"][0]["status"] == "Unknown"
     assert node["status"]["conditions"][0]["reason"] == "NodeStatusUnknown"
     stored = controller.store.get(key_of("Pod", "default", "p"))
     assert {c["type"]: c["status"] for c in stored["status"]["conditions"]} == {"Ready": "False",
                                                                                 "ContainersReady": "False"}
-    assert controller._ready_nodes() == ["node-1", "node-3"]
-    controller.leases = {"node-1", "node-2", "node-3"}  # the agent is back
-    controller._node_lifecycle()
+    assert controller.ctx.ready_nodes() == ["node-1", "node-3"]
+    controller.ctx.cache.leases = {"node-1", "node-2", "node-3"}  # the agent is back
+    controller.controllers.node_lifecycle()
     assert controller.store.get(key_of("Node", "", "node-2"))["status"]["conditions"][0]["status"] == "True"
 
 
 def test_an_agent_writes_status_over_the_controllers_deletion_mark(tmp_path):
     """Both roles write a pod: the agent's status write keeps the controller's deletionTimestamp."""
     ctl, agent = _daemon(tmp_path, "controller"), _daemon(tmp_path, "agent", "node-2")
-    ctl._save(_pod("p", node="node-2"))
-    agent._list_all()
-    ctl._terminate_pod(key_of("Pod", "default", "p"))
-    agent._write_pod_status(key_of("Pod", "default", "p"), {"phase": "Running", "podIP": "10.244.2.9"})
+    ctl.ctx.save(_pod("p", node="node-2"))
+    agent.ctx.cache.list_all()
+    podw.terminate(ctl.ctx, key_of("Pod", "default", "p"))
+    podw.write_pod_status(agent.ctx, key_of("Pod", "default", "p"), {"phase": "Running", "podIP": "10.244.2.9"})
     stored = ctl.store.get(key_of("Pod", "default", "p"))
     assert stored["metadata"].get("deletionTimestamp") and stored["status"]["podIP"] == "10.244.2.9"
 
 
 def test_the_cache_follows_other_writers_and_leases(tmp_path):
     a, b = _daemon(tmp_path, "controller"), _daemon(tmp_path, "agent", "node-2")
-    a._list_all()
-    b._save(_node("node-2"))
+    a.ctx.cache.list_all()
+    b.ctx.save(_node("node-2"))
     b.store.put(NODE_LEASES + "node-2", {"kind": "Lease"})
-    a.dirty = False
+    a.ctx.dirty = False
     a._refresh(0.0)
-    assert a.dirty and "node-2" in a.leases and key_of("Node", "", "node-2") in a.objects["Node"]
+    assert a.ctx.dirty and "node-2" in a.ctx.cache.leases and key_of("Node", "", "node-2") in a.ctx.objects["Node"]

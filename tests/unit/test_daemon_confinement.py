@@ -1,7 +1,7 @@
 """Issue 12 #2, #1, #6, #7, #12 on the daemon, without root: one object's failure is confined
 to it, a failing background thread cannot be missed, a half-saved file loses nothing, one
 identity in two files is reported, and a full disk says so. A Daemon on a temporary SQLite
-store drives its own steps (`_poll_manifests`, `_reconcile_pods`, `_loop`) directly."""
+store drives its roles' steps (`frontend.poll`, `controllers.reconcile_pods`, `_loop`) directly."""
 from __future__ import annotations
 
 import errno
@@ -57,9 +57,9 @@ def _age_folder(d: Daemon, seconds: float = 5.0) -> None:
     past = time.time() - seconds
     for p in [Path(d.cfg.manifests), *Path(d.cfg.manifests).iterdir()]:
         os.utime(p, (past, past))
-    d.signature = None  # mtimes changed: the next poll reads the folder again
-    d._poll_manifests()
-    d.sig_changed_at = time.monotonic() - seconds
+    d.frontend.signature = None  # mtimes changed: the next poll reads the folder again
+    d.frontend.poll()
+    d.frontend.sig_changed_at = time.monotonic() - seconds
 
 
 def _svc(d: Daemon, name: str) -> dict | None:
@@ -82,7 +82,7 @@ def test_an_object_whose_admission_raises_does_not_stop_the_others(tmp_path, mon
     monkeypatch.setattr(allocation, "allocate_service", allocate)
     _write(d, "bad.yaml", SVC.format(name="bad", port=80))
     _write(d, "good.yaml", SVC.format(name="good", port=80))
-    d._poll_manifests()  # raised for everything before
+    d.frontend.poll()  # raised for everything before
     assert _svc(d, "good")["spec"]["clusterIP"]
     assert _svc(d, "bad") is None
     problems = d.store.get(MANIFEST_ERRORS)
@@ -94,7 +94,7 @@ def test_an_object_whose_admission_raises_does_not_stop_the_others(tmp_path, mon
     # fixed: admitted on the next load, the problem goes
     monkeypatch.setattr(allocation, "allocate_service", real)
     _write(d, "bad.yaml", SVC.format(name="bad", port=81))
-    d._poll_manifests()
+    d.frontend.poll()
     assert _svc(d, "bad") is not None
     assert not [p for p in d.store.get(MANIFEST_ERRORS) if p.get("name") == "bad"]
 
@@ -111,7 +111,7 @@ def test_a_file_whose_reading_raises_does_not_stop_the_others(tmp_path, monkeypa
     monkeypatch.setattr(manifest, "read_file", read)
     _write(d, "bad.yaml", SVC.format(name="bad", port=80))
     _write(d, "good.yaml", SVC.format(name="good", port=80))
-    d._poll_manifests()
+    d.frontend.poll()
     assert _svc(d, "good") is not None
     (problem,) = d.store.get(MANIFEST_ERRORS)
     assert problem["source"].endswith("bad.yaml") and "Exceeds the limit" in problem["message"]
@@ -121,7 +121,7 @@ def test_a_deployment_whose_reconcile_raises_does_not_stop_the_others(tmp_path, 
     d = _daemon(tmp_path)
     _write(d, "a.yaml", DEPLOY.format(name="bad"))
     _write(d, "b.yaml", DEPLOY.format(name="good"))
-    d._poll_manifests()
+    d.frontend.poll()
     real = replicas.reconcile_deployment
 
     def reconcile(deploy, *args, **kw):
@@ -129,15 +129,15 @@ def test_a_deployment_whose_reconcile_raises_does_not_stop_the_others(tmp_path, 
             raise KeyError("template")
         return real(deploy, *args, **kw)
     monkeypatch.setattr(replicas, "reconcile_deployment", reconcile)
-    d._reconcile_pods()
-    owners = [replicas.owner_deployment(p) for p in d.objects["Pod"].values()]
+    d.controllers.reconcile_pods()
+    owners = [replicas.owner_deployment(p) for p in d.ctx.objects["Pod"].values()]
     assert owners.count("good") == 2 and "bad" not in owners
     d._publish()
     problem = next(p for p in d.store.get(MANIFEST_ERRORS) if p.get("name") == "bad")
     assert problem["kind"] == "Deployment" and problem["source"].endswith("a.yaml")
     assert _events(d, "FailedReconcile")[0]["involvedObject"]["name"] == "bad"
     monkeypatch.setattr(replicas, "reconcile_deployment", real)  # works again: the problem clears
-    d._reconcile_pods()
+    d.controllers.reconcile_pods()
     d._publish()
     assert not [p for p in d.store.get(MANIFEST_ERRORS) if p.get("name") == "bad"]
 
@@ -145,9 +145,9 @@ def test_a_deployment_whose_reconcile_raises_does_not_stop_the_others(tmp_path, 
 def test_a_service_whose_endpoints_raise_keeps_its_slices_and_the_others_get_theirs(tmp_path, monkeypatch):
     d = _daemon(tmp_path)
     _write(d, "svc.yaml", SVC.format(name="bad", port=80) + "---\n" + SVC.format(name="good", port=80))
-    d._poll_manifests()
-    d._sync_endpoints()
-    before = {k for k in d.objects["EndpointSlice"] if "/bad" in k}
+    d.frontend.poll()
+    d.controllers.sync_endpoints()
+    before = {k for k in d.ctx.objects["EndpointSlice"] if "/bad" in k}
     assert before
     real = endpoints.slices_for_service
 
@@ -156,17 +156,17 @@ def test_a_service_whose_endpoints_raise_keeps_its_slices_and_the_others_get_the
             raise ValueError("boom")
         return real(svc, *args, **kw)
     monkeypatch.setattr(endpoints, "slices_for_service", slices)
-    d._sync_endpoints()
-    assert {k for k in d.objects["EndpointSlice"] if "/bad" in k} == before  # kept, not removed
-    assert key_of("Endpoints", "default", "good") in d.objects["Endpoints"]
-    assert ("FailedToUpdateEndpointSlices", "Service", "default", "bad") in d.obj_problems
+    d.controllers.sync_endpoints()
+    assert {k for k in d.ctx.objects["EndpointSlice"] if "/bad" in k} == before  # kept, not removed
+    assert key_of("Endpoints", "default", "good") in d.ctx.objects["Endpoints"]
+    assert ("FailedToUpdateEndpointSlices", "Service", "default", "bad") in d.ctx.obj_problems
 
 
 def test_a_service_whose_rules_fail_to_render_is_left_out_and_the_others_programmed(tmp_path, monkeypatch):
     from kproxy.proxy import render
-    d = _daemon(tmp_path)
+    d = _daemon(tmp_path, agent=True)  # the proxy role comes with the agent
     _write(d, "svc.yaml", SVC.format(name="bad", port=80) + "---\n" + SVC.format(name="good", port=80))
-    d._poll_manifests()
+    d.frontend.poll()
     synced = []
 
     def sync(services, slices, full=False, changed=None):
@@ -175,7 +175,7 @@ def test_a_service_whose_rules_fail_to_render_is_left_out_and_the_others_program
             raise TypeError("'<' not supported between instances of 'str' and 'NoneType'")
         synced.append(names)
         return types.SimpleNamespace(full=full, duration=0.0, applied=False)
-    d.proxier = types.SimpleNamespace(cfg=render.ProxyConfig(cluster_cidr="10.244.0.0/16", node_name="node-1",
+    d.proxy.proxier = types.SimpleNamespace(cfg=render.ProxyConfig(cluster_cidr="10.244.0.0/16", node_name="node-1",
                                                              node_ips=["192.168.49.2"]), sync=sync,
                                       health_check_ports=dict)
     real = render.render
@@ -185,11 +185,11 @@ def test_a_service_whose_rules_fail_to_render_is_left_out_and_the_others_program
             raise TypeError("'<' not supported between instances of 'str' and 'NoneType'")
         return real(services, *args, **kw)
     monkeypatch.setattr(render, "render", render_one)
-    d._sync_proxy()  # raised for every Service before
-    assert d.dirty and list(d.proxy_quarantine) == [key_of("Service", "default", "bad")]
-    d._sync_proxy()
+    d.proxy.sync()  # raised for every Service before
+    assert d.ctx.dirty and list(d.proxy.quarantine) == [key_of("Service", "default", "bad")]
+    d.proxy.sync()
     assert synced == [["good"]]
-    assert ("FailedProxyRules", "Service", "default", "bad") in d.obj_problems
+    assert ("FailedProxyRules", "Service", "default", "bad") in d.ctx.obj_problems
     assert _events(d, "FailedProxyRules")[0]["involvedObject"]["name"] == "bad"
 
 
@@ -217,9 +217,9 @@ def test_a_failing_thread_is_logged_reported_and_restarted(tmp_path, monkeypatch
         runs.append(time.monotonic())
         if len(runs) == 1:
             raise OSError("libpcap is not available")
-        d.components.ok("announcer")
+        d.ctx.components.ok("announcer")
         d.stopping.wait()
-    t = d._supervise("announcer", target)
+    t = d.ctx.supervise("announcer", target)
     time.sleep(0.2)  # failed, waiting its back-off: the published health record says so
     d._publish()
     rec = d.store.get(HEALTH)["components"]["announcer"]
@@ -234,7 +234,7 @@ def test_a_failing_thread_is_logged_reported_and_restarted(tmp_path, monkeypatch
     assert ev and ev[0]["involvedObject"] == {"kind": "Node", "namespace": "", "name": d.cfg.node_name}
     assert ev[0]["message"] == "announcer: OSError: libpcap is not available"
     time.sleep(0.05)
-    comp = d.components.snapshot()["announcer"]
+    comp = d.ctx.components.snapshot()["announcer"]
     assert comp["state"] == "ok" and comp["restarts"] == 1
     d.stopping.set()
     t.join(2)
@@ -249,26 +249,26 @@ def test_the_announcer_fails_in_its_supervised_thread_when_libpcap_is_missing(tm
     def no_libpcap(*args, **kw):
         raise scapy.Scapy_Exception("Failed to compile filter expression arp and arp[6:2] = 1 (-1)")
     monkeypatch.setattr(scapy.conf, "L2listen", no_libpcap)
-    d = _daemon(tmp_path)
-    monkeypatch.setattr(type(d), "_host_iface", lambda self: "lo")  # not the sandbox's lab link
+    d = _daemon(tmp_path, agent=True)
+    monkeypatch.setattr(type(d.agent), "host_iface", lambda self: "lo")  # not the sandbox's lab link
     d.cfg.sandbox = False
-    d.objects["Service"][key_of("Service", "default", "lb")] = {
+    d.ctx.objects["Service"][key_of("Service", "default", "lb")] = {
         "kind": "Service", "metadata": {"name": "lb", "namespace": "default"},
         "spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}}
-    d._announce_load_balancers()
+    d.agent.announce_load_balancers()
     deadline = time.monotonic() + 10
     while not _events(d, "AnnouncerFailed") and time.monotonic() < deadline:
         time.sleep(0.05)
-    comp = d.components.snapshot()["announcer"]
+    comp = d.ctx.components.snapshot()["announcer"]
     assert comp["state"] == "failed" and "Failed to compile filter" in comp["message"]
-    assert d.announcer.ips == {"192.0.2.10"}
+    assert d.agent.announcer.ips == {"192.0.2.10"}
     d.stopping.set()
-    d.announcer.stop()
+    d.agent.announcer.stop()
 
 
 def test_status_of_the_control_socket_carries_the_health(tmp_path):
     d = _daemon(tmp_path)
-    d.components.failed("announcer", "OSError: no libpcap")
+    d.ctx.components.failed("announcer", "OSError: no libpcap")
     a, b = socket.socketpair()
     with b:
         b.sendall(b"{}\n")
@@ -287,20 +287,20 @@ def test_a_file_saved_in_two_steps_loses_no_service(tmp_path):
     _age_folder(d)
     ip = _svc(d, "two")["spec"]["clusterIP"]
     f.write_text(SVC.format(name="one", port=80) + "---\n")  # the editor's first step
-    d._poll_manifests()
-    assert _svc(d, "two") is not None and d.removals_waiting  # not deleted while the file changes
+    d.frontend.poll()
+    assert _svc(d, "two") is not None and d.frontend.removals_waiting  # not deleted while the file changes
     f.write_text(both)  # 50 ms later: the second step
-    d._poll_manifests()
-    assert _svc(d, "two")["spec"]["clusterIP"] == ip and not d.removals_waiting
+    d.frontend.poll()
+    assert _svc(d, "two")["spec"]["clusterIP"] == ip and not d.frontend.removals_waiting
     # a real removal happens once the folder is quiet
     f.write_text(SVC.format(name="one", port=80))
     past = time.time() - 5
     for p in (f, f.parent):
         os.utime(p, (past, past))
-    d._poll_manifests()
+    d.frontend.poll()
     assert _svc(d, "two") is not None  # just seen changing: waits
-    d.sig_changed_at = time.monotonic() - 5  # a second later, nothing changed: the poll removes it
-    d._poll_manifests()
+    d.frontend.sig_changed_at = time.monotonic() - 5  # a second later, nothing changed: the poll removes it
+    d.frontend.poll()
     assert _svc(d, "two") is None and _svc(d, "one") is not None
 
 
@@ -309,10 +309,10 @@ def test_kproxy_delete_removes_at_once(tmp_path):
     d = _daemon(tmp_path)
     _write(d, "one.yaml", SVC.format(name="one", port=80))
     f = _write(d, "two.yaml", SVC.format(name="two", port=80))
-    d._poll_manifests()
+    d.frontend.poll()
     f.unlink()
-    d.folder_settled = True  # what the control socket's "sync" sets
-    d._poll_manifests()
+    d.frontend.folder_settled = True  # what the control socket's "sync" sets
+    d.frontend.poll()
     assert _svc(d, "two") is None
 
 
@@ -320,11 +320,11 @@ def test_kproxy_delete_removes_at_once(tmp_path):
 def test_one_identity_in_two_files_is_reported_and_never_flips(tmp_path):
     d = _daemon(tmp_path)
     _write(d, "b.yaml", SVC.format(name="web", port=81))
-    d._poll_manifests()
+    d.frontend.poll()
     _write(d, "a.yaml", SVC.format(name="web", port=80))  # read first, by file order
     for _ in range(3):
-        d.signature = None
-        d._poll_manifests()
+        d.frontend.signature = None
+        d.frontend.poll()
         assert _svc(d, "web")["spec"]["ports"][0]["port"] == 81  # the version admitted before
     problems = [p for p in d.store.get(MANIFEST_ERRORS) if "declared in both" in p["message"]]
     assert sorted(Path(p["source"]).name for p in problems) == ["a.yaml", "b.yaml"]
@@ -336,11 +336,11 @@ def test_a_new_identity_in_two_files_is_the_first_files(tmp_path):
     d = _daemon(tmp_path)
     _write(d, "b.yaml", SVC.format(name="web", port=81))
     _write(d, "a.yaml", SVC.format(name="web", port=80))
-    d._poll_manifests()
+    d.frontend.poll()
     assert _svc(d, "web")["spec"]["ports"][0]["port"] == 80
     (Path(d.cfg.manifests) / "a.yaml").unlink()  # resolved: the other file's version, no problem
-    d.folder_settled = True
-    d._poll_manifests()
+    d.frontend.folder_settled = True
+    d.frontend.poll()
     assert _svc(d, "web")["spec"]["ports"][0]["port"] == 81
     assert not [p for p in d.store.get(MANIFEST_ERRORS) if "declared in both" in p["message"]]
 
@@ -349,11 +349,11 @@ def test_a_new_identity_in_two_files_is_the_first_files(tmp_path):
 def test_disk_full_is_a_status_line_and_an_event_and_pods_keep_restarting(tmp_path, monkeypatch):
     d = _daemon(tmp_path, agent=True)
     ticks = []
-    d.kubelet = types.SimpleNamespace(pods={}, tick=lambda guard=None: ticks.append(1), finished_pods=lambda: [])
+    d.agent.kubelet = types.SimpleNamespace(pods={}, tick=lambda guard=None: ticks.append(1), finished_pods=lambda: [])
 
     def full(*args, **kw):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "store.db"))
-    monkeypatch.setattr(d, "_reconcile_pods", full)
+    monkeypatch.setattr(d.controllers, "reconcile", full)
     with pytest.raises(OSError):
         d._pass(time.monotonic())
     assert ticks == [1]  # probes and restarts still ran
@@ -391,10 +391,10 @@ def test_a_pod_that_fails_its_tick_does_not_stop_the_others(tmp_path):
     k._check_containers = check
     k._check_readiness = k._check_liveness = lambda rt, now: False
     d = _daemon(tmp_path)
-    k.tick(guard=lambda p: d._confined("FailedSync", "Pod", p["metadata"]["namespace"], p["metadata"]["name"]))
+    k.tick(guard=lambda p: d.ctx.confined("FailedSync", "Pod", p["metadata"]["namespace"], p["metadata"]["name"]))
     assert seen == ["good"]
-    assert ("FailedSync", "Pod", "default", "bad") in d.obj_problems
-    assert d.components.is_failed("disk")
+    assert ("FailedSync", "Pod", "default", "bad") in d.ctx.obj_problems
+    assert d.ctx.components.is_failed("disk")
 
 
 def test_the_folder_refuses_what_apply_refuses_an_unserved_version_and_a_mistyped_pool(tmp_path):
@@ -405,7 +405,7 @@ def test_the_folder_refuses_what_apply_refuses_an_unserved_version_and_a_mistype
     _write(d, "pool.yaml", "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\n"
                            "metadata: {name: p, namespace: metallb-system}\nspec: {addresses: [5]}\n")
     _write(d, "good.yaml", SVC.format(name="good", port=80))
-    d._poll_manifests()
+    d.frontend.poll()
     assert _svc(d, "good")["spec"]["clusterIP"]
     problems = {p["source"].rsplit("/", 1)[1]: p["message"] for p in d.store.get(MANIFEST_ERRORS)}
     assert 'no matches for kind "Deployment" in version "apps/v2"' in problems["v2.yaml"]
@@ -420,7 +420,7 @@ def test_symlinks_in_the_folder_are_reported_and_a_broken_one_stops_nothing(tmp_
     (folder / "broken.yaml").symlink_to(tmp_path / "gone.yaml")
     (folder / "shadow.yaml").symlink_to("/etc/shadow")
     _write(d, "good.yaml", SVC.format(name="good", port=80))
-    d._poll_manifests()
+    d.frontend.poll()
     assert _svc(d, "good")["spec"]["clusterIP"]
     problems = {p["source"].rsplit("/", 1)[1]: p["message"] for p in d.store.get(MANIFEST_ERRORS)}
     assert set(problems) == {"broken.yaml", "shadow.yaml"}
@@ -432,9 +432,9 @@ def test_a_pool_withheld_for_holding_a_lab_address_says_so_once(tmp_path):
     """A pool admitted before a Node took an address in it hands out nothing: an event says why
     (once, not every pass), so the <pending> Services are not a silent mystery."""
     d = _daemon(tmp_path)
-    d.objects["IPAddressPool"]["/p"] = {"kind": "IPAddressPool", "spec": {"addresses": ["192.168.49.96/28"]},
+    d.ctx.objects["IPAddressPool"]["/p"] = {"kind": "IPAddressPool", "spec": {"addresses": ["192.168.49.96/28"]},
                                         "metadata": {"name": "p", "namespace": "metallb-system"}}
-    assert d._pools() == [] and d._pools() == []
+    assert d.ctx.pools() == [] and d.ctx.pools() == []
     (ev,) = _events(d, "PoolWithheld")
     assert ev["count"] == 1 and ev["involvedObject"]["name"] == "p"
     assert "holds 192.168.49.100 (the lab's outside host)" in ev["message"]
