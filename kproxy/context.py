@@ -27,6 +27,7 @@ from kproxy.controllers import allocation, loadbalancer
 from kproxy.node.kubelet import now_iso
 from kproxy.proxy import changes, metrics
 from kproxy.store.base import Store
+from kproxy.store.open import open_store  # noqa: F401 - the one opener (also the daemon's name)
 from kproxy.store.cache import Cache, key_of, obj_id  # noqa: F401 - re-exported for the roles
 from kproxy.api import meta
 
@@ -42,15 +43,6 @@ def host_ip() -> str:
     return parts[parts.index("src") + 1] if "src" in parts else "127.0.0.1"
 
 
-def open_store(cfg: LabConfig) -> Store:
-    """etcd when the lab has one (multi-node), else the embedded SQLite file."""
-    if cfg.store_url:
-        from kproxy.store.etcd import EtcdStore
-        return EtcdStore(cfg.store_url, **cfg.store_tls)
-    from kproxy.store.sqlite import SqliteStore
-    return SqliteStore(Path(cfg.state_dir) / "store.db")
-
-
 class Context:
     """One daemon process's shared state. `store` defaults to `open_store(cfg)`; `node_ip` to
     the sandbox node's address (or the host's)."""
@@ -60,7 +52,7 @@ class Context:
         self.cfg = cfg
         self.shared = cfg.multi_node  # other processes write the store too
         self.state = Path(cfg.state_dir)
-        self.store = store if store is not None else open_store(cfg)
+        self.store = store if store is not None else open_store(cfg)  # kproxy/store/open.py: the one opener
         self.naming = cfg.naming
         self.node_cfg = NodeConfig(node_name=cfg.node_name, sandbox=cfg.sandbox, pod_cidr=cfg.node_pod_cidr,
                                    cluster_cidr=cfg.cluster_cidr, service_cidr=cfg.service_cidr,

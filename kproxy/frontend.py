@@ -38,23 +38,6 @@ REMOVAL_QUIET_SECONDS = 1.0                  # removals wait until the folder wa
 POLL_PERIOD = 0.25
 
 
-def manifest_signature(folder: Path) -> tuple:
-    """Names, sizes and mtimes of the manifest files: polling this works on shared folders too."""
-    if not folder.is_dir():
-        return ()
-    sig = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for f in sorted(files):
-            if f.endswith((".yaml", ".yml", ".json")) and not f.startswith("."):
-                try:  # lstat: a symlink is reported by the reader, never followed (nor broken)
-                    st = os.lstat(os.path.join(root, f))
-                except OSError:  # removed since the walk listed it: the next poll sees it gone
-                    continue
-                sig.append((root, f, st.st_size, st.st_mtime_ns))
-    return tuple(sig)
-
-
 class Frontend:
     """The admission front of one controller process (every controller admits, as API servers
     all do; only the leader's controllers reconcile)."""
@@ -125,7 +108,7 @@ class Frontend:
             time.monotonic() - self.sig_changed_at >= REMOVAL_QUIET_SECONDS
 
     def poll(self) -> None:
-        sig = manifest_signature(Path(self.cfg.manifests))
+        sig = manifest.folder_signature(Path(self.cfg.manifests))  # the reader's own listing
         if sig == self.signature:
             if self.removals_waiting and (self.folder_settled or self.folder_quiet()):
                 self.load_manifests()  # the folder is quiet now: what vanished from it goes
