@@ -1,9 +1,12 @@
 """`rules`: the iptables rules kproxy owns, read live from a node (iptables-save, filtered to
 kproxy's chains) or rendered offline (`--render -f PATH`: no root, no daemon) by the same
 renderer the proxy uses (kproxy/proxy/render.py), after the same admission as `apply`.
+`--render --proxy-mode nftables` prints kube-proxy's nftables table instead (kproxy/proxy/nft),
+from the same digest, as `add table/set/map/chain/rule/element` lines.
 """
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 
@@ -57,13 +60,17 @@ def _node_port_hint(obj: dict, node_port_range: tuple[int, int]) -> str | None:
 @click.option("--render", "render_only", is_flag=True, help="Print the rules for -f PATH without root or daemon.")
 @click.option("-f", "--filename", "path", type=click.Path(exists=True))
 @click.option("-n", "--namespace", default="default")
+@click.option("--proxy-mode", type=click.Choice(["iptables", "nftables"]), default="iptables",
+              help="Which kube-proxy mode's rules --render prints.")
 @click.option("--cluster-cidr", default="10.244.0.0/16")
+@click.option("--service-cidr", default=LabConfig.service_cidr,
+              help="ClusterIP range (nftables: cluster-ips-check drops its unallocated addresses).")
 @click.option("--node-name", default="node-1")
 @click.option("--node-ip", default="192.168.49.2")
 @click.option("--service-node-port-range", default="30000-32767")
 @state_dir_option
 @click.option("--node", default=None, help="Whose rules (a multi-node lab; default: the first node).")
-def rules(target, render_only, path, namespace, cluster_cidr, node_name, node_ip, service_node_port_range, node,
+def rules(target, render_only, path, namespace, proxy_mode, cluster_cidr, service_cidr, node_name, node_ip, service_node_port_range, node,
           state_dir):
     """Print the live rules kproxy owns (iptables-save form), or --render them offline."""
     from kproxy.proxy import applier, render
@@ -94,8 +101,20 @@ def rules(target, render_only, path, namespace, cluster_cidr, node_name, node_ip
             elif obj["kind"] == "EndpointSlice":
                 slices.append(obj)
         cfg = render.ProxyConfig(cluster_cidr=cluster_cidr or None, node_name=node_name, node_ips=[node_ip])
-        click.echo(render.render(services, slices, cfg).text, nl=False)
+        if proxy_mode == "nftables":
+            from kproxy.proxy.nft import render as nft_render
+            cidrs = [c.strip() for c in service_cidr.split(",") if c.strip()]
+            for cidr in cidrs:
+                try:
+                    ipaddress.IPv4Network(cidr, strict=False)
+                except ValueError:
+                    fail(f'--service-cidr "{cidr}": want an IPv4 CIDR, e.g. 10.96.0.0/12')
+            click.echo(nft_render.render(services, slices, cfg, cidrs).text, nl=False)
+        else:
+            click.echo(render.render(services, slices, cfg).text, nl=False)
         sys.exit(rc)
+    if proxy_mode != "iptables":
+        fail("--proxy-mode nftables: only with --render for now (labs run the iptables mode)")
     need_root()
     cfg, store = running_lab(state_dir)
     netns = node_netns(cfg, store, node)
