@@ -79,3 +79,22 @@ def test_rendered_table_as_the_kernel_lists_it(netns):
         assert ours[block] == theirs[block], block
     # nothing outside the namespace's own table was made
     assert run("nft", "list", "tables").stdout.split() == ["table", "ip", "kube-proxy"]
+
+
+def test_every_own_golden_case_loads(netns):
+    """kproxy's own cases (tests/unit/golden_nft) load as one transaction each, and the kernel
+    then holds exactly the chains and sets rendered (names ending in "/udp/" included)."""
+    from tests.unit.test_nft_features import CASES, GOLDEN, render_case
+
+    def run(*args, **kw):
+        return subprocess.run(["ip", "netns", "exec", netns, *args], check=True, capture_output=True, text=True,
+                              **kw)
+
+    for name in CASES:
+        result = render_case(yaml.safe_load((GOLDEN / f"{name}.yaml").read_text()))
+        run("nft", "-f", "-", input=result.transaction)
+        listed = normalized(run("nft", "list", "table", "ip", "kube-proxy").stdout)
+        want = {f"chain {c}" for c in result.table.chains} | {
+            f"{'map' if s.is_map else 'set'} {s.name}" for s in result.table.sets.values()}
+        assert set(listed) - {"table"} == want, name
+        run("nft", "delete", "table", "ip", "kube-proxy")

@@ -8,7 +8,6 @@ rules must come in the same order. The case uses the same manifests as the iptab
 from __future__ import annotations
 
 import collections
-import difflib
 import re
 
 import pytest
@@ -19,38 +18,13 @@ from kproxy.proxy.model import ProxyConfig
 from kproxy.proxy.nft import names
 from kproxy.proxy.nft.render import render
 from tests.reference import reference
+from tests.unit.nft_compare import assert_same_transaction, lines
 
 REFERENCE = reference("kube-proxy-nftables")
 pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"{REFERENCE} not present")
 
 CLI_ARGS = ["--cluster-cidr", "10.0.0.0/8", "--service-cidr", "172.30.0.0/16", "--node-name", "test-node",
             "--node-ip", "192.168.0.2", "--service-node-port-range", "3000-32767"]
-
-
-def lines(text: str) -> list[str]:
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-
-
-_RULE = re.compile(r"^add rule ip kube-proxy (\S+) (.*)$")
-
-
-def rules_by_chain(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = collections.defaultdict(list)
-    for ln in lines(text):
-        m = _RULE.match(ln)
-        if m:
-            out[m.group(1)].append(m.group(2))
-    return dict(out)
-
-
-def assert_same_transaction(expected: str, got: str) -> None:
-    """Same lines (as a multiset) and the same rule order within every chain."""
-    want, have = collections.Counter(lines(expected)), collections.Counter(lines(got))
-    if want != have:
-        diff = "\n".join(difflib.unified_diff(sorted(want.elements()), sorted(have.elements()),
-                                              "expected", "rendered", lineterm=""))
-        pytest.fail(f"rendered lines differ from the expected text:\n{diff}")
-    assert rules_by_chain(expected) == rules_by_chain(got)
 
 
 def _objects() -> tuple[list[dict], list[dict]]:
