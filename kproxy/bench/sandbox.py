@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from kproxy.config import LabConfig
@@ -168,6 +169,13 @@ class Lab:
     def pods(self) -> list[dict]:
         return json.loads(self.kproxy("get", "pods", "-o", "json", timeout=120).stdout)["items"]
 
+    def app_pods(self, app: str) -> list[dict]:
+        """The pods labelled ``app=<app>`` (what gen.deployment(app, ...) makes)."""
+        return [p for p in self.pods() if p["metadata"].get("labels", {}).get("app") == app]
+
+    def pod_with_ip(self, pod_ip: str) -> dict | None:
+        return next((p for p in self.pods() if p.get("status", {}).get("podIP") == pod_ip), None)
+
     def daemon_pid(self) -> int | None:
         p = self.state_dir / "daemon.pid"
         try:
@@ -186,6 +194,15 @@ class Lab:
 
     def nat_save(self) -> str:
         return _run(["ip", "netns", "exec", self.node_netns, "iptables-save", "-t", "nat"], timeout=120).stdout
+
+    def wait_rule(self, ip: str, timeout: float) -> float | None:
+        """Seconds until the node's nat table has a rule for ``ip`` (polled), None after ``timeout``."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if f"-d {ip}/32 " in self.nat_save():
+                return time.monotonic() - start
+            time.sleep(0.2)
+        return None
 
 
 def ready(pod: dict) -> bool:
