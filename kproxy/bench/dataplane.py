@@ -100,12 +100,14 @@ def ensure_wrk(bench: Bench) -> bool:
         return False
     log("installing Debian's wrk (apt-get install wrk)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    res = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "wrk"], env=env,
-                         capture_output=True, text=True, timeout=300)
-    if res.returncode != 0:
+
+    def install() -> subprocess.CompletedProcess:
+        return subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "wrk"], env=env,
+                              capture_output=True, text=True, timeout=300)
+    res = install()
+    if res.returncode != 0:  # a stale package list: once more after apt-get update
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=300)
-        res = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "wrk"], env=env,
-                             capture_output=True, text=True, timeout=300)
+        res = install()
     if res.returncode != 0 or not shutil.which("wrk"):
         bench.note(f"wrk could not be installed: {res.stderr.strip()[-200:]}; data plane skipped")
         return False
@@ -189,6 +191,7 @@ def throughput(bench: Bench, lab: Lab, ips: list[str]) -> None:
     out["round_ratios"] = ratios
     out["ratio"] = stats.percentile(ratios, 50)
     bench.res["dataplane"] = out
+
 
 def pin_pod_server(pod_ns: str | None) -> bool:
     """Pin the pod server of ``pod_ns`` (a pod netns of this lab) to CPU 1."""
