@@ -13,9 +13,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+from kproxy.api.meta import pod_ready
 from kproxy.config import LabConfig
+from kproxy.node.network import list_netns, netns_pids
 from kproxy.teardown import kill_pids
 
 PY = sys.executable
@@ -30,16 +33,6 @@ def _run(args: list[str], timeout: float = 60, check: bool = True, **kw) -> subp
     if check and res.returncode != 0:
         raise BenchError(f"{' '.join(args[:6])} failed ({res.returncode}): {res.stderr.strip()[:400]}")
     return res
-
-
-def netns_pids(name: str) -> list[int]:
-    res = _run(["ip", "netns", "pids", name], check=False)
-    return [int(p) for p in res.stdout.split() if p.isdigit()]
-
-
-def netns_list() -> list[str]:
-    out = _run(["ip", "netns", "list"], check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
 class Cleanup:
@@ -84,7 +77,7 @@ class Cleanup:
             self.del_netns(name)
         for path in self.paths:
             shutil.rmtree(path, ignore_errors=True)
-        return [n for n in netns_list() if n.startswith(self.tag + "-")]
+        return [n for n in list_netns() if n.startswith(self.tag + "-")]
 
 
 def run_worker(cleanup: Cleanup, netns: str, payload: dict, timeout: float) -> dict:
@@ -143,7 +136,7 @@ class Lab:
             if pid_file.exists():
                 kill_pids([int(pid_file.read_text().split()[0])])
         finally:
-            for name in netns_list():  # a crashed lab: its leftovers by its own prefix
+            for name in list_netns():  # a crashed lab: its leftovers by its own prefix
                 if name.startswith(self.prefix + "-"):
                     kill_pids(netns_pids(name))
                     _run(["ip", "netns", "del", name], check=False)
@@ -168,6 +161,13 @@ class Lab:
     def pods(self) -> list[dict]:
         return json.loads(self.kproxy("get", "pods", "-o", "json", timeout=120).stdout)["items"]
 
+    def app_pods(self, app: str) -> list[dict]:
+        """The pods labelled ``app=<app>`` (what gen.deployment(app, ...) makes)."""
+        return [p for p in self.pods() if p["metadata"].get("labels", {}).get("app") == app]
+
+    def pod_with_ip(self, pod_ip: str) -> dict | None:
+        return next((p for p in self.pods() if p.get("status", {}).get("podIP") == pod_ip), None)
+
     def daemon_pid(self) -> int | None:
         p = self.state_dir / "daemon.pid"
         try:
@@ -187,11 +187,19 @@ class Lab:
     def nat_save(self) -> str:
         return _run(["ip", "netns", "exec", self.node_netns, "iptables-save", "-t", "nat"], timeout=120).stdout
 
+    def wait_rule(self, ip: str, timeout: float) -> float | None:
+        """Seconds until the node's nat table has a rule for ``ip`` (polled), None after ``timeout``."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if f"-d {ip}/32 " in self.nat_save():
+                return time.monotonic() - start
+            time.sleep(0.2)
+        return None
+
 
 def ready(pod: dict) -> bool:
-    return (not pod["metadata"].get("deletionTimestamp")
-            and any(c.get("type") == "Ready" and c.get("status") == "True"
-                    for c in pod.get("status", {}).get("conditions", [])))
+    """Ready and not being deleted (a Deployment's old pods keep Ready while they stop)."""
+    return not pod["metadata"].get("deletionTimestamp") and pod_ready(pod)
 
 
 def rss_kib(pid: int) -> tuple[int, int]:

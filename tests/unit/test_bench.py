@@ -16,7 +16,8 @@ from kproxy.bench.dataplane import parse_wrk
 from kproxy.bench.plot import Canvas, bar_panel, line_panel, png_bytes
 from kproxy.bench.restore import parse
 from kproxy.proxy.applier import with_listing
-from kproxy.bench.run import _repeat, parse_args
+from kproxy.bench.run import parse_args
+from kproxy.bench.sync import _repeat
 from kproxy.bench.table import fmt_ratio, fmt_seconds, format_table, verdict
 from kproxy.bench.worker import CFG
 from kproxy.proxy import render
