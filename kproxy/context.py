@@ -34,6 +34,7 @@ from kproxy.api import meta
 log = logging.getLogger("kproxy")
 
 PROXIED_KINDS = ("Service", "EndpointSlice")  # what the proxy role reads, change-tracked
+MANIFEST_KEYS = "/kproxy/manifest-keys"  # what each admission front's folder declared (+ /<node> per front)
 
 
 def host_ip() -> str:
@@ -75,10 +76,18 @@ class Context:
         self.lease: int | None = None   # this process's lease: node heartbeat or leadership
         self.leader = not self.shared   # controllers: only the leader reconciles (admission: all)
         self.withheld_pools: set[tuple[str, str]] = set()  # (pool, lab address in it) already reported
-        self.source_of: Callable[[str, str, str], str | None] = lambda kind, ns, name: None  # the front's
-        self.declared: Callable[[], set[str]] = set  # keys the manifests declare (the front's)
-        self.system_keys: set[str] = set()  # objects kproxy itself keeps (default/kubernetes Endpoints)
         self.change_hooks: list[Callable[[float], None]] = []  # the proxy role's programming-latency clock
+
+    def source_of(self, kind: str, ns: str, name: str) -> str | None:
+        """The manifest file that declares an object, read from what every admission front wrote
+        to the store (MANIFEST_KEYS, one record per front): any role can name the file of an
+        object it failed on without asking the front."""
+        key = key_of(kind, ns, name)
+        for _, record in self.store.list(MANIFEST_KEYS):
+            for source, keys in sorted((record or {}).get("files", {}).items()):
+                if key in keys:
+                    return source
+        return None
 
     @property
     def objects(self) -> dict[str, dict[str, dict]]:
@@ -112,7 +121,8 @@ class Context:
 
     # -- confinement and health -----------------------------------------------------------
     @contextlib.contextmanager
-    def confined(self, reason: str, kind: str, ns: str, name: str, problems: list | None = None):
+    def confined(self, reason: str, kind: str, ns: str, name: str, problems: list | None = None,
+                 source: str | None = None):
         """One object's step: an exception in it stops that object only. It is logged with its
         traceback, recorded as a problem {source, kind, namespace, name, message} (in
         `problems` when given, else until that step works again) and as a `reason` event on the
@@ -128,10 +138,11 @@ class Context:
             self.note_disk(e)
             msg = f"Internal error occurred: {kind} {f'{ns}/' if ns else ''}{name}: {supervise.describe(e)}"
             problem = {"kind": kind, "namespace": ns or "", "name": name, "reason": reason, "message": msg}
-            try:
-                source = self.source_of(kind, ns, name)
-            except Exception:  # noqa: BLE001 - a kind without a registry path
-                source = None
+            if source is None:  # the admission front knows it; any other role asks the store
+                try:
+                    source = self.source_of(kind, ns, name)
+                except Exception:  # noqa: BLE001 - a kind without a registry path, a store away
+                    source = None
             if source:
                 problem["source"] = source
             if problems is not None:

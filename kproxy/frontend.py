@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kproxy import supervise
 from kproxy.api import admission, errors, manifest, meta
-from kproxy.context import Context, key_of, obj_id
+from kproxy.context import MANIFEST_KEYS, Context, key_of, obj_id
 from kproxy.controllers import allocation, endpoints, loadbalancer
 from kproxy.controllers import pods as podw
 from kproxy.store.etcd import retry
@@ -32,7 +32,6 @@ log = logging.getLogger("kproxy")
 
 SYSTEM_NAMESPACES = meta.SYSTEM_NAMESPACES
 USER_KINDS = meta.ADMITTED_KINDS
-MANIFEST_KEYS = "/kproxy/manifest-keys"      # objects that came from the manifests folder
 MANIFEST_ERRORS = "/kproxy/manifest-errors"
 REMOVAL_QUIET_SECONDS = 1.0                  # removals wait until the folder was this long unchanged
 POLL_PERIOD = 0.25
@@ -57,8 +56,6 @@ class Frontend:
         self.folder_settled = False     # `kproxy apply/delete` asked: the folder is complete now
         self.requests: list[dict] = []  # the control socket's delete-pod requests
         self.next_poll = 0.0
-        ctx.source_of = self.source_of  # a confined failure names the file that declared the object
-        ctx.declared = lambda: set(self.sources)  # user Endpoints: the controllers mirror, never remove them
 
     # -- start and each pass --------------------------------------------------------------
     @property
@@ -145,13 +142,13 @@ class Frontend:
                   "addressType": "IPv4",
                   "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
                   "endpoints": [{"addresses": [self.ctx.node_ip], "conditions": {"ready": True}}]}
-        eps = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "kubernetes", "namespace": "default"},
+        eps = {"apiVersion": "v1", "kind": "Endpoints",  # skip-mirror, as the API server labels its own
+               "metadata": {"name": "kubernetes", "namespace": "default", "labels": {endpoints.SKIP_MIRROR: "true"}},
                "subsets": [{"addresses": [{"ip": self.ctx.node_ip}],
                             "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]}]}
         for obj in (slice_, eps):
             self.ctx.new_meta(obj, self.ctx.objects[obj["kind"]].get(key_of(obj["kind"], "default", "kubernetes")))
             self.ctx.save(obj)
-        self.ctx.system_keys = {key_of("Endpoints", "default", "kubernetes")}
         if self.cfg.cluster_dns:
             self.ensure_cluster_dns()
 
@@ -301,13 +298,12 @@ class Frontend:
         for key, obj in sorted(desired.items(), key=lambda kv: order[kv[1]["kind"]]):
             if self.sources.get(key) != obj or key not in self.ctx.objects[obj["kind"]]:
                 kind, ns, name = obj_id(obj)
-                msg = None
-                with self.ctx.confined("FailedCreate", kind, ns, name, problems):
+                msg, source = None, self.source_of(kind, ns, name)
+                with self.ctx.confined("FailedCreate", kind, ns, name, problems, source):
                     msg = self.admit(key, copy.deepcopy(obj))  # admission changes it; the memo keeps it
                     if msg:
                         problems.append({"message": msg, "kind": kind, "namespace": ns, "name": name,
-                                         **({"source": self.source_of(kind, ns, name)}
-                                            if self.source_of(kind, ns, name) else {})})
+                                         **({"source": source} if source else {})})
                 if msg or self.sources.get(key) != obj:
                     keep.add(key)  # an update refused (or failed) keeps the admitted version
         gone = set(self.sources) - set(desired) - keep
@@ -318,7 +314,7 @@ class Frontend:
         else:
             for key in sorted(gone):
                 kind, ns, name = obj_id(self.sources[key])
-                with self.ctx.confined("FailedDelete", kind, ns, name, problems):
+                with self.ctx.confined("FailedDelete", kind, ns, name, problems, self.source_of(kind, ns, name)):
                     self.delete_user_object(key)
         self.ctx.store.put(self.manifest_keys, {"files": {f: sorted(k) for f, k in self.file_keys.items()},
                                                 "sources": self.sources})

@@ -13,6 +13,9 @@ from kproxy.api.meta import LABEL_SERVICE_NAME, pod_ready, selector_matches
 from kproxy.controllers.replicas import safe_encode
 
 MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
+# On Endpoints the Endpoints controller (and the API server, for default/kubernetes) manages: the
+# mirroring controller leaves them alone, and only such Endpoints are ever removed by a controller.
+SKIP_MIRROR = "endpointslice.kubernetes.io/skip-mirror"
 SERVICE_NAME = LABEL_SERVICE_NAME
 
 
@@ -83,6 +86,12 @@ def slices_for_service(svc: dict, pods: list[dict], node_name: str) -> list[dict
     return out
 
 
+def managed(endpoints_obj: dict) -> bool:
+    """Endpoints written by a controller (or the API server), not by a user: kept in step with
+    their Service, never mirrored into EndpointSlices."""
+    return (endpoints_obj.get("metadata", {}).get("labels") or {}).get(SKIP_MIRROR) == "true"
+
+
 def endpoints_from_slices(svc: dict, slices: list[dict]) -> dict:
     """The legacy Endpoints object kubectl shows under `get endpoints`."""
     meta = svc["metadata"]
@@ -102,7 +111,7 @@ def endpoints_from_slices(svc: dict, slices: list[dict]) -> dict:
             subset["notReadyAddresses"] = [_address(e) for e in not_ready]
         subsets.append(subset)
     obj = {"apiVersion": "v1", "kind": "Endpoints",
-           "metadata": {"name": meta["name"], "namespace": meta["namespace"]}}
+           "metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": {SKIP_MIRROR: "true"}}}
     if subsets:
         obj["subsets"] = subsets
     return obj

@@ -160,7 +160,8 @@ class Controllers:
             pods_by_ns.setdefault(pod["metadata"]["namespace"], []).append(pod)
         want_slices: dict[str, dict] = {}
         want_eps: dict[str, dict] = {}
-        user_eps = {k for k in self.ctx.declared() if k.startswith("/registry/endpoints/")}
+        # the store says whose Endpoints are whose: a user's are mirrored, never removed here
+        user_eps = {k for k, ep in self.ctx.objects["Endpoints"].items() if not endpoints.managed(ep)}
         for svc in list(self.ctx.objects["Service"].values()):
             ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
             got = None
@@ -178,14 +179,20 @@ class Controllers:
                    if sl["metadata"].get("labels", {}).get(endpoints.MANAGED_BY)}
         for key in managed - set(want_slices):
             self.ctx.remove("EndpointSlice", key)
-        for key in set(self.ctx.objects["Endpoints"]) - set(want_eps) - user_eps - self.ctx.system_keys:
-            self.ctx.remove("Endpoints", key)
+        services = self.ctx.objects["Service"]
+        for key, ep in list(self.ctx.objects["Endpoints"].items()):
+            svc = services.get(key_of("Service", ep["metadata"]["namespace"], ep["metadata"]["name"]))
+            # a managed Endpoints goes with its Service (or its selector); a selector-less Service's
+            # (default/kubernetes: the API server's own) is left alone, as upstream's controller does
+            if endpoints.managed(ep) and key not in want_eps and (svc is None or svc["spec"].get("selector")):
+                self.ctx.remove("Endpoints", key)
         for kind, want in (("EndpointSlice", want_slices), ("Endpoints", want_eps)):
             for key, obj in want.items():
                 old = self.ctx.objects[kind].get(key)
                 if old is not None:
                     comparable = {k: v for k, v in old.items() if k != "metadata"}
-                    if comparable == {k: v for k, v in obj.items() if k != "metadata"}:
+                    if comparable == {k: v for k, v in obj.items() if k != "metadata"} \
+                            and old["metadata"].get("labels") == obj["metadata"].get("labels"):
                         continue
                 self.ctx.new_meta(obj, old)
                 self.ctx.save(obj)

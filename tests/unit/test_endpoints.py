@@ -200,7 +200,8 @@ def test_endpoints_from_slices_splits_ready_and_not_ready():
     ep = endpoints_from_slices(s, slices_for_service(s, pods, NODE))
     assert ep == {
         "apiVersion": "v1", "kind": "Endpoints",
-        "metadata": {"name": "web", "namespace": "default"},
+        "metadata": {"name": "web", "namespace": "default",
+                     "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": [{
             "ports": [{"protocol": "TCP", "port": 8080}],  # the empty name is dropped
             "addresses": [{"ip": "10.244.0.2", "nodeName": NODE,
@@ -222,7 +223,9 @@ def test_endpoints_without_ready_or_not_ready_lists():
 def test_endpoints_without_pods_has_no_subsets():
     s = svc()
     ep = endpoints_from_slices(s, slices_for_service(s, [], NODE))
-    assert ep == {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web", "namespace": "default"}}
+    assert ep == {"apiVersion": "v1", "kind": "Endpoints",  # labelled as upstream's Endpoints controller does
+                  "metadata": {"name": "web", "namespace": "default",
+                               "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}}}
 
 
 def test_endpoints_one_subset_per_slice():

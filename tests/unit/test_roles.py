@@ -122,6 +122,38 @@ def test_the_controllers_make_endpoints_from_ready_pods(tmp_path):
     assert ctx.store.get(key_of("Endpoints", "default", "web"))["subsets"][0]["addresses"][0]["ip"] == "10.244.0.5"
 
 
+def test_whose_endpoints_is_read_from_the_store_not_asked_of_the_front(tmp_path):
+    """The controllers tell their Endpoints by the label upstream's controller puts on them
+    (skip-mirror): a user's are mirrored into EndpointSlices and never removed; the API server's
+    own (default/kubernetes, selector-less Service) stays; a managed one goes with its Service."""
+    ctx = Context(_cfg(tmp_path), SqliteStore(tmp_path / "s.db"), node_ip="192.168.49.2")
+    front = Frontend(ctx)
+    front.ensure_system_objects()  # default/kubernetes and its Endpoints, as the API server keeps them
+    for name, selector in (("web", {"app": "web"}), ("ext", None)):
+        front.admit_service({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+                             "spec": {**({"selector": selector} if selector else {}), "type": "ClusterIP",
+                                      "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}})
+    ctx.save({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "ext", "namespace": "default"},
+              "subsets": [{"addresses": [{"ip": "192.0.2.7"}], "ports": [{"port": 8080, "protocol": "TCP"}]}]})
+    ctx.save(_pod("p", ip="10.244.0.5", ready=True))
+    Controllers(ctx).sync()
+    web = ctx.store.get(key_of("Endpoints", "default", "web"))
+    assert web["metadata"]["labels"] == {"endpointslice.kubernetes.io/skip-mirror": "true"}
+    mirrored = [sl for sl in ctx.cache.list("EndpointSlice")
+                if sl["metadata"]["labels"].get("kubernetes.io/service-name") == "ext"]
+    assert [ep["addresses"] for sl in mirrored for ep in sl["endpoints"]] == [["192.0.2.7"]]
+    ctx.remove("Service", key_of("Service", "default", "web"))
+    ctx.remove("Service", key_of("Service", "default", "ext"))
+    Controllers(ctx).sync()
+    assert ctx.store.get(key_of("Endpoints", "default", "web")) is None      # managed: gone with its Service
+    assert ctx.store.get(key_of("Endpoints", "default", "ext")) is not None  # the user's: the user removes it
+    assert ctx.store.get(key_of("Endpoints", "default", "kubernetes"))["subsets"][0]["addresses"] == [
+        {"ip": "192.168.49.2"}]
+    assert not [sl for sl in ctx.cache.list("EndpointSlice")  # the API server's own is not mirrored
+                if sl["metadata"]["labels"].get("endpointslice.kubernetes.io/managed-by", "").startswith("endpointslicemirroring")
+                and sl["metadata"]["labels"].get("kubernetes.io/service-name") == "kubernetes"]
+
+
 # -- the proxy role ---------------------------------------------------------------------------
 def _proxy(tmp_path) -> tuple[Context, ProxyRole, FakeKernel]:
     ctx = Context(_cfg(tmp_path), SqliteStore(tmp_path / "s.db"), node_ip="192.168.49.2")
