@@ -173,7 +173,7 @@ def _read_documents(paths: str | tuple[str, ...]) -> list:
     docs = []
     for path in (paths,) if isinstance(paths, str) else paths:
         if path == "-":
-            docs += manifest.read_text(sys.stdin.read(), "STDIN")
+            docs += manifest.read_stream(sys.stdin.buffer, "STDIN")
         elif not os.path.lexists(path):  # a broken symlink is refused by the reader, as a symlink
             fail(f'the path "{path}" does not exist')
         else:

@@ -1,0 +1,80 @@
+"""Holes found by re-running issue 12's red team on the merged code (roles, admission gate,
+CLI package): each test fails on the code before its fix."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kproxy import cli
+from kproxy.api import manifest
+from kproxy.config import LabConfig
+
+
+class _Endless(io.RawIOBase):
+    """/dev/zero as a stream: reading all of it never ends."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        b[:] = b"\0" * len(b)
+        return len(b)
+
+
+def test_stdin_is_read_only_up_to_the_size_cap():
+    docs = manifest.read_stream(io.BufferedReader(_Endless()), "STDIN")
+    assert len(docs) == 1 and "larger than 3145728 bytes" in docs[0].error
+
+
+def test_stdin_that_is_not_utf8_is_named_as_such():
+    docs = manifest.read_stream(io.BytesIO(b"\xff\xfe kind: x\n"), "STDIN")
+    assert docs[0].error == "error reading STDIN: invalid UTF-8 at byte 0: manifests must be UTF-8 text"
+
+
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    cfg = LabConfig(state_dir=str(tmp_path / "state"), sandbox=True)
+    cfg.save()
+    Path(cfg.manifests).mkdir(parents=True)
+    return cfg
+
+
+def test_apply_from_stdin_with_bad_bytes_is_one_clear_line(lab):
+    res = CliRunner().invoke(cli.main, ["apply", "-f", "-"], input=b"\xff\n",
+                             env={"KPROXY_STATE_DIR": lab.state_dir})
+    assert res.exit_code == 1
+    assert "invalid UTF-8 at byte 0" in res.output and "internal error" not in res.output
+
+
+def _pool(*addresses):
+    return {"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+            "metadata": {"name": "p", "namespace": "metallb-system"}, "spec": {"addresses": list(addresses)}}
+
+
+@pytest.mark.parametrize("text, held", [
+    ("127.0.0.0/30", "127.0.0.0"), ("127.0.0.1/32", "127.0.0.1"), ("126.255.255.254-127.0.0.2", "127.0.0.0"),
+    ("0.0.0.0/31", "0.0.0.0"), ("169.254.0.0/24", "169.254.0.0"), ("224.0.0.1-224.0.0.9", "224.0.0.1"),
+    ("239.1.1.0/24", "239.1.1.0"), ("255.255.255.255", "255.255.255.255"),
+])
+def test_a_pool_holding_a_special_address_is_refused(text, held):
+    """A pool is refused what a LoadBalancer ingress is refused: it would hand that address out."""
+    from kproxy.api.validation import validate
+    errs = [str(e) for e in validate(_pool("192.168.200.0/29", text))]
+    assert len(errs) == 1, errs
+    assert errs[0].startswith(f'spec.addresses[1]: Invalid value: "{text}": holds {held}: a LoadBalancer IP may not')
+
+
+def test_an_ordinary_pool_is_still_accepted():
+    from kproxy.api.validation import validate
+    assert validate(_pool("192.168.200.0/24", "10.0.0.1-10.0.0.9", "172.16.0.5")) == []
+
+
+def test_an_undefined_alias_as_a_merge_key_names_the_merge_key_not_a_python_object():
+    (doc,) = manifest.read_text("apiVersion: v1\nkind: Service\n<<: *nope\nmetadata: {name: a}\n", "f.yaml")
+    assert "object at 0x" not in doc.error
+    assert "line 3: <<: found undefined alias nope" in doc.error
