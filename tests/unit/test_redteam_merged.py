@@ -78,3 +78,11 @@ def test_an_undefined_alias_as_a_merge_key_names_the_merge_key_not_a_python_obje
     (doc,) = manifest.read_text("apiVersion: v1\nkind: Service\n<<: *nope\nmetadata: {name: a}\n", "f.yaml")
     assert "object at 0x" not in doc.error
     assert "line 3: <<: found undefined alias nope" in doc.error
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "inf", "1e308"])
+def test_trace_refuses_a_timeout_the_probe_cannot_use(value):
+    """-5 printed the probe's traceback as 'no answer', nan/inf/1e308 'cannot convert float ... to integer'."""
+    res = CliRunner().invoke(cli.main, ["trace", "--timeout", value, "outside", "svc/web"])
+    assert res.exit_code == 2, res.output
+    assert "Invalid value for '--timeout'" in res.output and "Traceback" not in res.output
