@@ -51,7 +51,10 @@ def daemon_pid(state_dir: str) -> int | None:
 
 
 def not_running(state_dir: str) -> str:
-    return f"the lab in {state_dir} is not running; start it with kproxy up"
+    """With the lab's own `up` (issue 12 #13: a bare `kproxy up` would replace a 3-node lab)."""
+    from kproxy.cli.lifecycle import up_command  # lifecycle imports this module
+    cfg = LabConfig.load(state_dir)
+    return f"the lab in {state_dir} is not running; start it with {up_command(cfg) if cfg else 'kproxy up'}"
 
 
 def running_lab(state_dir: str | None) -> tuple[LabConfig, Store]:

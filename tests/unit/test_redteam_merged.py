@@ -86,3 +86,14 @@ def test_trace_refuses_a_timeout_the_probe_cannot_use(value):
     res = CliRunner().invoke(cli.main, ["trace", "--timeout", value, "outside", "svc/web"])
     assert res.exit_code == 2, res.output
     assert "Invalid value for '--timeout'" in res.output and "Traceback" not in res.output
+
+
+def test_a_stopped_multi_node_lab_is_started_again_with_its_own_options(tmp_path, monkeypatch):
+    """`get`/`exec`/`logs` after the controller died said 'start it with kproxy up' (one node, no
+    sandbox), as `status` did before issue 12 #13: every command now gives the lab's own `up`."""
+    from kproxy.cli import common
+    cfg = LabConfig(state_dir=str(tmp_path / "s"), sandbox=True, nodes=3)
+    cfg.save()
+    msg = common.not_running(cfg.state_dir)
+    assert msg.endswith(f"start it with kproxy up --state-dir {cfg.state_dir} --sandbox --nodes 3")
+    assert common.not_running(str(tmp_path / "none")).endswith("start it with kproxy up")
