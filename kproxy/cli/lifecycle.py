@@ -346,10 +346,15 @@ def status(state_dir):
     if not pid:
         click.echo(f"start it with: {up_command(cfg)}")
         sys.exit(1)
+    stopped = []
     if cfg.store_url:
         from kproxy.cluster.lab import process_pids
-        for role, p in process_pids(cfg).items():
+        alive = process_pids(cfg)
+        for role, p in alive.items():
             click.echo(f"{role}: running, pid {p}")
+        stopped = _stopped_processes(cfg, alive)
+        for role in stopped:
+            click.echo(f"{role}: not running")
     store = open_store(cfg, client=True)
     if store:
         ps = proxy_status(store)
@@ -393,9 +398,23 @@ def status(state_dir):
     errs = reply.get("errors") if reply.get("errors") is not None else stored_errors
     for e in errs or []:
         click.echo(f"error: {_problem_line(e)}")
+    if stopped:
+        click.echo(f"a process of the lab is gone ({', '.join(stopped)}): start the lab again with "
+                   f"`kproxy down --state-dir {state_dir}` then `{up_command(cfg)}` (objects and IPs are kept)")
     if failed:
         click.echo(f"a component failed: its traceback is in {state_dir}/daemon.log (or the process's own log)")
+    if failed or stopped:
         sys.exit(1)
+
+
+def _stopped_processes(cfg: LabConfig, alive: dict[str, int]) -> list[str]:
+    """The processes `up` started (an agent per node dir, etcd) that are gone: an agent killed
+    left status at exit 0, naming only the live ones, while its node went NotReady."""
+    state = Path(cfg.state_dir)
+    started = [f"agent {d.parent.name}" for d in sorted(state.glob("nodes/*/daemon.pid"))]
+    if (state / "etcd.pid").exists():
+        started.append("etcd")
+    return [role for role in started if role not in alive]
 
 
 def _problem_line(e: dict) -> str:

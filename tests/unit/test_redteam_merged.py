@@ -97,3 +97,29 @@ def test_a_stopped_multi_node_lab_is_started_again_with_its_own_options(tmp_path
     msg = common.not_running(cfg.state_dir)
     assert msg.endswith(f"start it with kproxy up --state-dir {cfg.state_dir} --sandbox --nodes 3")
     assert common.not_running(str(tmp_path / "none")).endswith("start it with kproxy up")
+
+
+def test_status_of_a_multi_node_lab_with_an_agent_killed_names_it_and_exits_1(tmp_path, monkeypatch):
+    """kill -9 of agent node-2: status listed the live processes only, with exit 0, while node-2
+    went NotReady (and `up` refuses while the controller runs)."""
+    from kproxy.cli import lifecycle
+    from kproxy.cluster import lab as cluster_lab
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    cfg = LabConfig(state_dir=str(tmp_path / "s"), sandbox=True, nodes=3, store_url="https://192.168.49.2:2379")
+    cfg.save()
+    for n in (1, 2, 3):
+        (tmp_path / "s" / "nodes" / f"node-{n}").mkdir(parents=True)
+        (tmp_path / "s" / "nodes" / f"node-{n}" / "daemon.pid").write_text(str(100 + n))
+    (tmp_path / "s" / "etcd.pid").write_text("99")
+    alive = {"agent node-1": 101, "agent node-3": 103, "controller": 100, "etcd": 99}
+    monkeypatch.setattr(lifecycle, "daemon_pid", lambda state_dir: 100)
+    monkeypatch.setattr(cluster_lab, "process_pids", lambda c: dict(alive))
+    monkeypatch.setattr(lifecycle, "open_store", lambda *a, **k: None)
+    monkeypatch.setattr(lifecycle, "control", lambda *a, **k: {})
+    res = CliRunner().invoke(cli.main, ["status", "--state-dir", cfg.state_dir])
+    assert res.exit_code == 1, res.output
+    assert "agent node-2: not running" in res.output
+    assert f"kproxy up --state-dir {cfg.state_dir} --sandbox --nodes 3" in res.output
+    alive["agent node-2"] = 102
+    res = CliRunner().invoke(cli.main, ["status", "--state-dir", cfg.state_dir])
+    assert res.exit_code == 0 and "not running" not in res.output, res.output
