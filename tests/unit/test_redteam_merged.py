@@ -123,3 +123,16 @@ def test_status_of_a_multi_node_lab_with_an_agent_killed_names_it_and_exits_1(tm
     alive["agent node-2"] = 102
     res = CliRunner().invoke(cli.main, ["status", "--state-dir", cfg.state_dir])
     assert res.exit_code == 0 and "not running" not in res.output, res.output
+
+
+@pytest.mark.parametrize("node", ["../../etc", "NODE-1", "a/b", "x" * 254])
+def test_a_pod_bound_to_a_node_name_that_is_not_a_name_is_refused(node):
+    """ValidateNodeName: `nodeName: ../../etc` was admitted and left Pending on a node that cannot exist."""
+    from kproxy.api.validation import validate
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
+           "spec": {"nodeName": node, "containers": [{"name": "c", "image": "nginx"}]}}
+    from kproxy.api.defaults import apply_defaults
+    errs = [str(e) for e in validate(apply_defaults(pod))]
+    assert len(errs) == 1 and errs[0].startswith(f'spec.nodeName: Invalid value: "{node}"'), errs
+    pod["spec"]["nodeName"] = "node-2"
+    assert validate(apply_defaults(pod)) == []
