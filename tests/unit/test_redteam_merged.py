@@ -136,3 +136,31 @@ def test_a_pod_bound_to_a_node_name_that_is_not_a_name_is_refused(node):
     assert len(errs) == 1 and errs[0].startswith(f'spec.nodeName: Invalid value: "{node}"'), errs
     pod["spec"]["nodeName"] = "node-2"
     assert validate(apply_defaults(pod)) == []
+
+
+def _huge_pod(size: int) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "huge", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c", "sleep 1"],
+                                     "args": ["x" * size]}]}}
+
+
+def test_an_object_too_big_for_one_etcd_request_is_refused_in_etcds_words():
+    """A 2 MB Pod (well under the 3 MiB file cap) was admitted and written; etcd then refused it
+    ('Too Many Requests', its 1.5 MiB limit) and every controller pass failed: no new Service was
+    programmed while the file stayed in the folder."""
+    from kproxy.api import admission
+    gate = admission.Admission(remember=True)
+    verdict = gate.admit(_huge_pod(2_000_000), "huge.yaml")
+    assert verdict.reason == admission.TOO_LARGE and verdict.message == "etcdserver: request is too large"
+    assert verdict.kubectl_message("huge.yaml") == \
+        'Error from server: error when creating "huge.yaml": etcdserver: request is too large'
+    assert gate.admit(_huge_pod(1_000_000), "big.yaml").ok  # under the limit: still taken
+
+
+def test_apply_of_an_object_too_big_for_etcd_writes_nothing(lab, tmp_path):
+    import json as _json
+    src = tmp_path / "huge.json"
+    src.write_text(_json.dumps(_huge_pod(2_000_000)))
+    res = CliRunner().invoke(cli.main, ["apply", "-f", str(src)], env={"KPROXY_STATE_DIR": lab.state_dir})
+    assert res.exit_code == 1 and "etcdserver: request is too large" in res.output, res.output
+    assert os.listdir(lab.manifests) == []
