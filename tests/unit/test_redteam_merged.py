@@ -164,3 +164,22 @@ def test_apply_of_an_object_too_big_for_etcd_writes_nothing(lab, tmp_path):
     res = CliRunner().invoke(cli.main, ["apply", "-f", str(src)], env={"KPROXY_STATE_DIR": lab.state_dir})
     assert res.exit_code == 1 and "etcdserver: request is too large" in res.output, res.output
     assert os.listdir(lab.manifests) == []
+
+
+def test_reapplying_a_headless_service_without_cluster_ip_keeps_it_headless(tmp_path):
+    """patchAllocatedValues carries an old clusterIP "None" too (needsClusterIP of both): a headless
+    Service re-applied without `clusterIP` became a ClusterIP Service with a new address."""
+    import random
+    from kproxy.controllers.allocation import CLUSTER_IPS, ServiceRanges, allocate_service
+    from kproxy.store.sqlite import SqliteStore
+    store = SqliteStore(tmp_path / "s.db")
+    spec = {"clusterIP": "None", "ports": [{"name": "http", "protocol": "TCP", "port": 80}]}
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hl", "namespace": "default"}, "spec": spec}
+    with store.transaction() as txn:
+        old = allocate_service(txn, svc, None, ServiceRanges(), random.Random(1))
+    new = {**svc, "spec": {"ports": [{"name": "http", "protocol": "TCP", "port": 80}]}}
+    with store.transaction() as txn:
+        allocate_service(txn, new, old, ServiceRanges(), random.Random(1))
+    assert (new["spec"]["clusterIP"], new["spec"]["clusterIPs"]) == ("None", ["None"])
+    assert dict(store.list(CLUSTER_IPS)) == {}
+    store.close()
