@@ -292,7 +292,8 @@ def down(purge, state_dir):
     removed = teardown.remove_leftovers(cfg)
     control_socket.unregister(cfg.naming.prefix)
     if purge:
-        for name in ("store.db", "store.db-wal", "store.db-shm", "daemon.log", "config.json", "etcd.log", "etcd.pid"):
+        for name in ("store.db", "store.db-wal", "store.db-shm", "daemon.log", "config.json", "etcd.log", "etcd.pid",
+                     "folder-index.json"):
             (Path(state_dir) / name).unlink(missing_ok=True)
         for name in ("logs", "etcd", "nodes", "pki"):  # pki: a new lab gets a new CA
             shutil.rmtree(Path(state_dir) / name, ignore_errors=True)

@@ -183,3 +183,14 @@ def test_reapplying_a_headless_service_without_cluster_ip_keeps_it_headless(tmp_
     assert (new["spec"]["clusterIP"], new["spec"]["clusterIPs"]) == ("None", ["None"])
     assert dict(store.list(CLUSTER_IPS)) == {}
     store.close()
+
+
+def test_down_purge_leaves_only_the_manifests_folder(lab, monkeypatch):
+    """The folder index (`apply`'s, 0600, every file's objects) outlived `down --purge`."""
+    from kproxy import teardown
+    monkeypatch.setattr(teardown, "remove_leftovers", lambda cfg: [])
+    state = Path(lab.state_dir)
+    (state / "folder-index.json").write_text("{}")
+    res = CliRunner().invoke(cli.main, ["down", "--purge", "--state-dir", lab.state_dir])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in state.iterdir()) == [Path(lab.manifests).name]
