@@ -176,6 +176,8 @@ def _read_documents(paths: str | tuple[str, ...]) -> list:
     docs = []
     for path in (paths,) if isinstance(paths, str) else paths:
         if path == "-":
+            if sys.stdin is None:  # `apply -f - <&-`
+                fail("error reading STDIN: standard input is closed")
             docs += manifest.read_stream(sys.stdin.buffer, "STDIN")
         elif not os.path.lexists(path):  # a broken symlink is refused by the reader, as a symlink
             fail(f'the path "{path}" does not exist')

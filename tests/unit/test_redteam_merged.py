@@ -194,3 +194,12 @@ def test_down_purge_leaves_only_the_manifests_folder(lab, monkeypatch):
     res = CliRunner().invoke(cli.main, ["down", "--purge", "--state-dir", lab.state_dir])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in state.iterdir()) == [Path(lab.manifests).name]
+
+
+def test_apply_from_a_closed_stdin_is_one_clear_line(lab, monkeypatch):
+    """`apply -f - <&-` said `kproxy apply failed: AttributeError: 'NoneType' object ...`."""
+    from kproxy.cli import common
+    monkeypatch.setattr(common.sys, "stdin", None)
+    with pytest.raises(SystemExit) as exc:
+        common._read_documents("-")
+    assert exc.value.code == 1
