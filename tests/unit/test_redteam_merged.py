@@ -203,3 +203,32 @@ def test_apply_from_a_closed_stdin_is_one_clear_line(lab, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         common._read_documents("-")
     assert exc.value.code == 1
+
+
+def _selector_pod(name: str, selector: dict) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "uid": name},
+            "spec": {"nodeSelector": selector, "containers": [{"name": "c"}]}}
+
+
+def test_a_pod_whose_node_selector_no_node_matches_stays_pending(tmp_path):
+    """`nodeSelector: {disk: ssd}` with no such node ran the pod on node-1 anyway."""
+    from kproxy.controllers import pods as podw
+    from kproxy.daemon import Daemon, key_of
+    d = Daemon(LabConfig(state_dir=str(tmp_path), sandbox=True), controller=True, agent=True)
+    d.agent.register_node()
+    ssd, here = _selector_pod("ssd", {"disk": "ssd"}), _selector_pod("here", {"kubernetes.io/hostname": "node-1"})
+    for pod in (ssd, here):
+        podw.schedule(d.ctx, pod)
+    assert not ssd["spec"].get("nodeName")
+    assert ssd["status"]["conditions"][0]["message"] == \
+        "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+    assert here["spec"]["nodeName"] == "node-1"
+    events = [e for _, e in d.store.list("/registry/events/") if e["reason"] == "FailedScheduling"]
+    assert [e["involvedObject"]["name"] for e in events] == ["ssd"]
+    assert d.ctx.objects["Pod"][key_of("Pod", "default", "ssd")]["status"]["phase"] == "Pending"
+
+
+def test_the_scheduler_message_sorts_its_reasons_as_fit_error_does():
+    from kproxy.controllers import replicas
+    assert replicas.too_many_pods(3, 1, 0, 2) == ("0/3 nodes are available: 1 Too many pods, "
+                                                  "2 node(s) didn't match Pod's node affinity/selector.")
