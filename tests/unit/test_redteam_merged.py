@@ -232,3 +232,10 @@ def test_the_scheduler_message_sorts_its_reasons_as_fit_error_does():
     from kproxy.controllers import replicas
     assert replicas.too_many_pods(3, 1, 0, 2) == ("0/3 nodes are available: 1 Too many pods, "
                                                   "2 node(s) didn't match Pod's node affinity/selector.")
+
+
+def test_failed_scheduling_is_reported_by_the_scheduler_not_the_kubelet():
+    from kproxy.describe import event_source
+    ev = {"reason": "FailedScheduling", "involvedObject": {"kind": "Pod", "name": "p"}}
+    assert event_source(ev) == "default-scheduler"
+    assert event_source({**ev, "reason": "Started"}) == "kubelet"
