@@ -128,9 +128,12 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
         from kproxy.controllers.loadbalancer import parse_range
         for r in lb_pools:
             try:
-                parse_range(r)
+                lo, hi = parse_range(r)
             except ValueError as e:
                 fail(f"--lb-pool {r}: {e}")
+            from kproxy.api.validation.pools import special_address_errors  # as a pool manifest is refused
+            for err in special_address_errors("--lb-pool", r, lo, hi):
+                fail(f"--lb-pool {r}: {err.detail}")
         cfg.lb_pools = list(lb_pools)
         from kproxy.controllers.loadbalancer import conflict_message, lab_addresses, pool_conflicts
         for i, ip, what in pool_conflicts(cfg.lb_pools, lab_addresses(cfg)):

@@ -239,3 +239,16 @@ def test_failed_scheduling_is_reported_by_the_scheduler_not_the_kubelet():
     ev = {"reason": "FailedScheduling", "involvedObject": {"kind": "Pod", "name": "p"}}
     assert event_source(ev) == "default-scheduler"
     assert event_source({**ev, "reason": "Started"}) == "kubelet"
+
+
+@pytest.mark.parametrize("pool", ["127.0.0.0/30", "0.0.0.0-0.0.0.3", "224.0.0.0/28"])
+def test_up_refuses_a_lb_pool_holding_a_special_address(tmp_path, monkeypatch, pool):
+    """--lb-pool took 127.0.0.0/30 (the manifest form of it is refused since this branch)."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+
+    def no_lab(self):
+        raise AssertionError("the pool was taken: up went on to start a lab")
+    monkeypatch.setattr(LabConfig, "save", no_lab)  # whatever happens, no lab is started here
+    res = CliRunner().invoke(cli.main, ["up", "--sandbox", "--state-dir", str(tmp_path / "s"), "--lb-pool", pool])
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith(f"error: --lb-pool {pool}: holds ") and "a LoadBalancer IP may not be" in res.output

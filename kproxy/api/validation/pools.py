@@ -40,13 +40,13 @@ def _pool_address_errors(path: str, text: str) -> Errors:
             return [invalid(path, text, POOL_ADDRESS_FORMAT)]
         if b < a:
             return [invalid(path, text, "the range ends before it starts")]
-        return _special_errors(path, text, int(a), int(b))
+        return special_address_errors(path, text, int(a), int(b))
     text = text.strip()
     cidr = parse_cidr(text) if "/" in text else parse_ip(text)  # a bare address is a /32, as the parser reads it
     if cidr is None or cidr.version != 4:
         return [invalid(path, text, POOL_ADDRESS_FORMAT)]
     net = ipaddress.IPv4Network(text, strict=False)
-    return _special_errors(path, text, int(net.network_address), int(net.broadcast_address))
+    return special_address_errors(path, text, int(net.network_address), int(net.broadcast_address))
 
 
 # What validate_routable_ip refuses in a Service's LoadBalancer ingress: a pool holding one of these
@@ -55,7 +55,7 @@ _SPECIAL_V4 = tuple(ipaddress.IPv4Network(n) for n in (
     "0.0.0.0/32", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32"))
 
 
-def _special_errors(path: str, text: str, lo: int, hi: int) -> Errors:
+def special_address_errors(path: str, text: str, lo: int, hi: int) -> Errors:
     """The first special address the range [lo, hi] holds, refused in the ingress' own words."""
     for net in _SPECIAL_V4:
         first, last = int(net.network_address), int(net.broadcast_address)
