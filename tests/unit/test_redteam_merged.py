@@ -252,3 +252,18 @@ def test_up_refuses_a_lb_pool_holding_a_special_address(tmp_path, monkeypatch, p
     res = CliRunner().invoke(cli.main, ["up", "--sandbox", "--state-dir", str(tmp_path / "s"), "--lb-pool", pool])
     assert res.exit_code == 1, res.output
     assert res.output.startswith(f"error: --lb-pool {pool}: holds ") and "a LoadBalancer IP may not be" in res.output
+
+
+def test_a_stored_pool_holding_loopback_hands_out_nothing(tmp_path):
+    """A pool admitted before the rule (a store of an older lab) must not hand out 127.0.0.0 either:
+    a refused update of it would keep the stored version serving."""
+    from kproxy.daemon import Daemon, key_of
+    d = Daemon(LabConfig(state_dir=str(tmp_path), sandbox=True), controller=True, agent=True)
+    for name, addresses in (("lo", ["127.0.0.0/30"]), ("ok", ["192.168.49.240-192.168.49.250"])):
+        d.ctx.objects["IPAddressPool"][key_of("IPAddressPool", "metallb-system", name)] = _pool(*addresses) | {
+            "metadata": {"name": name, "namespace": "metallb-system"}}
+    assert [p.name for p in d.ctx.pools()] == ["ok"]
+    d.ctx.pools()  # said once
+    withheld = [e for _, e in d.store.list("/registry/events/") if e["reason"] == "PoolWithheld"]
+    assert len(withheld) == 1 and "holds 127.0.0.0: a LoadBalancer IP may not be in the loopback range" in \
+        withheld[0]["message"]
