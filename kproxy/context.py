@@ -221,7 +221,8 @@ class Context:
             special = [e.detail for lo, hi in pool.ranges for e in special_address_errors("", "", lo, hi)]
             if special and (pool.name, special[0]) not in self.withheld_pools:
                 self.withheld_pools.add((pool.name, special[0]))
-                obj = next((o for o in self.objects["IPAddressPool"].values() if o["metadata"]["name"] == pool.name), {})
+                obj = next((o for o in self.objects["IPAddressPool"].values()
+                            if o["metadata"]["name"] == pool.name), {})
                 self.event("IPAddressPool", obj.get("metadata", {}).get("namespace", ""), pool.name, "PoolWithheld",
                            f"pool {pool.name} {special[0]}")
             if special:
