@@ -226,8 +226,18 @@ class Context:
             pools.append(loadbalancer.Pool("default", tuple(loadbalancer.parse_range(r) for r in self.cfg.lb_pools)))
         reserved = self.lab_addresses()  # a pool that holds a node's address hands out nothing
         usable = []
+        from kproxy.api.validation.pools import special_address_errors  # a pool stored before that rule
         for pool in pools:
             held = sorted(ip for ip in reserved if ":" not in ip and pool.contains(ip))
+            special = [e.detail for lo, hi in pool.ranges for e in special_address_errors("", "", lo, hi)]
+            if special and (pool.name, special[0]) not in self.withheld_pools:
+                self.withheld_pools.add((pool.name, special[0]))
+                obj = next((o for o in self.objects["IPAddressPool"].values()
+                            if o["metadata"]["name"] == pool.name), {})
+                self.event("IPAddressPool", obj.get("metadata", {}).get("namespace", ""), pool.name, "PoolWithheld",
+                           f"pool {pool.name} {special[0]}")
+            if special:
+                continue
             if not held:
                 usable.append(pool)
             elif (pool.name, held[0]) not in self.withheld_pools:  # said once, not every pass

@@ -119,7 +119,7 @@ def event_source(ev: dict) -> str:
         return src
     kind, reason = (ev.get("involvedObject") or {}).get("kind"), ev.get("reason")
     if kind == "Pod":
-        return "default-scheduler" if reason == "Scheduled" else "kubelet"
+        return "default-scheduler" if reason in ("Scheduled", "FailedScheduling") else "kubelet"
     if kind == "Deployment":
         return "deployment-controller"
     if kind == "Node":

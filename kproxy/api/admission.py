@@ -17,7 +17,9 @@ server's order:
    leaves them empty (``defaults.patch_allocated_values``), so re-applying an unchanged file is
    never "an update of clusterIP";
 6. the namespace must exist (the NamespaceLifecycle admission plugin runs after validation);
-7. an IPAddressPool's addresses must parse (MetalLB's webhook).
+7. an IPAddressPool's addresses must parse (MetalLB's webhook);
+8. the object must fit in one etcd request (``MAX_STORED_BYTES``): etcd refuses a bigger one with
+   "request is too large", and a 2 MB Pod the gate took stopped every pass of the controller.
 
 The verdict carries the defaulted object *as declared* (allocations are the allocator's job:
 the daemon's store keeps them), and the refusal worded as the API server words it
@@ -26,6 +28,7 @@ the daemon's store keeps them), and the refusal worded as the API server words i
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Container, Mapping, Sequence
 
@@ -34,6 +37,9 @@ from kproxy.api.defaults import apply_defaults, patch_allocated_values
 from kproxy.api.validation import DEFAULT_NODE_PORT_RANGE, DEFAULT_SERVICE_CIDR, validate, validate_update
 
 NO_MATCH, INVALID, NOT_FOUND, INTERNAL = "NoMatch", "Invalid", "NotFound", "InternalError"
+TOO_LARGE = "RequestEntityTooLarge"
+# etcd's default --max-request-bytes (1.5 MiB) less room for the status, key and request around it
+MAX_STORED_BYTES = 1536 * 1024 - 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,7 @@ class Verdict:
 
     obj: Any                   # the defaulted object (the document itself when step 1 refused it)
     message: str | None = None  # the refusal as the API server words it; None: admitted
-    reason: str = ""           # NO_MATCH, INVALID, NOT_FOUND or INTERNAL (a kproxy bug, named)
+    reason: str = ""           # NO_MATCH, INVALID, NOT_FOUND, TOO_LARGE or INTERNAL (a kproxy bug, named)
     update: bool = False       # judged as an update of an admitted object
 
     @property
@@ -56,6 +62,9 @@ class Verdict:
         if self.reason == NOT_FOUND:
             verb = "applying" if self.update else "creating"
             return f'Error from server (NotFound): error when {verb} "{source}": {self.message}'
+        if self.reason == TOO_LARGE:
+            verb = "applying" if self.update else "creating"
+            return f'Error from server: error when {verb} "{source}": {self.message}'
         return f"error: {self.message}"
 
 
@@ -116,7 +125,7 @@ class Admission:
             return Verdict(obj, unserved, NO_MATCH)
         update = old is not None
         try:
-            new, errs = self._create_checks(obj)
+            new, errs, size = self._create_checks(obj)
             if not errs and new.get("kind") == "IPAddressPool" and self.reserved is not None:
                 errs = self._reserved_errors(new)  # not memoized: the lab's addresses change
             if not errs and update:
@@ -128,6 +137,8 @@ class Admission:
         kind, ns, name = meta.obj_key(new)
         if errs:
             return Verdict(new, str(errors.InvalidError(str(kind), str(name), errs)), INVALID, update)
+        if size > MAX_STORED_BYTES:
+            return Verdict(new, "etcdserver: request is too large", TOO_LARGE, update)
         if ns and kind != "Namespace" and namespaces is not None and not self._namespace_exists(ns, namespaces):
             return Verdict(new, f'namespaces "{ns}" not found', NOT_FOUND, update)
         return Verdict(new, None, "", update)
@@ -138,20 +149,22 @@ class Admission:
             self._last, self._memo = self._memo, {}
 
     # -- steps ------------------------------------------------------------------------------
-    def _create_checks(self, obj: dict) -> tuple[dict, list]:
-        """Steps 2-4 and 7: the defaulted object and the errors of creating it."""
+    def _create_checks(self, obj: dict) -> tuple[dict, list, int]:
+        """Steps 2-4, 7 and 8's measure: the defaulted object, the errors of creating it, its size
+        as JSON (0 when already refused)."""
         if self._memo is not None:
             hit = self._memo.get(id(obj)) or self._last.get(id(obj))
             if hit is not None and hit[0] is obj:
                 self._memo[id(obj)] = hit
-                return hit[1], hit[2]
+                return hit[1], hit[2], hit[3]
         new = apply_defaults(obj)
         errs = validate(new, node_port_range=self.node_port_range, service_cidr=self.service_cidr)
         if not errs and new.get("kind") == "IPAddressPool":
             errs = _pool_errors(new)
+        size = 0 if errs else len(json.dumps(new, separators=(",", ":")).encode())
         if self._memo is not None:
-            self._memo[id(obj)] = (obj, new, errs)
-        return new, errs
+            self._memo[id(obj)] = (obj, new, errs, size)
+        return new, errs, size
 
     def _update_errors(self, old: dict, new: dict) -> list:
         """Step 5: the update rules, on the manifest with the allocated values carried over."""

@@ -28,7 +28,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Iterable
 
 import yaml
 
@@ -99,6 +99,20 @@ def read_manifest_text(path: str | os.PathLike) -> tuple[str | None, str | None]
     except UnicodeDecodeError as exc:
         return None, f"error reading {source}: invalid UTF-8 at byte {exc.start}: manifests must be UTF-8 text"
     return text.removeprefix("\ufeff"), None
+
+
+def read_stream(stream: BinaryIO, source: str = "STDIN") -> list[Document]:
+    """Parse a byte stream (``-f -``) under the rules of a file: at most MAX_FILE_BYTES are read
+    (``< /dev/zero`` must not fill the memory), UTF-8 only (never a lone surrogate passed on)."""
+    data = stream.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        return [Document(source, 0, error=f"error reading {source}: {_too_large()}")]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [Document(source, 0, error=f"error reading {source}: invalid UTF-8 at byte {exc.start}: "
+                                          "manifests must be UTF-8 text")]
+    return read_text(text.removeprefix("\ufeff"), source)
 
 
 def read_text(text: str, source: str = "<stdin>") -> list[Document]:

@@ -146,7 +146,7 @@ class _Builder:
         for frame in self.stack:
             if frame.is_map:
                 if frame.key is not _NO_KEY:
-                    parts.append(frame.key)
+                    parts.append("<<" if frame.key is _MERGE else frame.key)  # never the sentinel's repr
             else:
                 parts.append(frame.index)
         if extra is not _NO_KEY:

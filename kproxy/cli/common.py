@@ -51,7 +51,10 @@ def daemon_pid(state_dir: str) -> int | None:
 
 
 def not_running(state_dir: str) -> str:
-    return f"the lab in {state_dir} is not running; start it with kproxy up"
+    """With the lab's own `up` (issue 12 #13: a bare `kproxy up` would replace a 3-node lab)."""
+    from kproxy.cli.lifecycle import up_command  # lifecycle imports this module
+    cfg = LabConfig.load(state_dir)
+    return f"the lab in {state_dir} is not running; start it with {up_command(cfg) if cfg else 'kproxy up'}"
 
 
 def running_lab(state_dir: str | None) -> tuple[LabConfig, Store]:
@@ -173,7 +176,9 @@ def _read_documents(paths: str | tuple[str, ...]) -> list:
     docs = []
     for path in (paths,) if isinstance(paths, str) else paths:
         if path == "-":
-            docs += manifest.read_text(sys.stdin.read(), "STDIN")
+            if sys.stdin is None:  # `apply -f - <&-`
+                fail("error reading STDIN: standard input is closed")
+            docs += manifest.read_stream(sys.stdin.buffer, "STDIN")
         elif not os.path.lexists(path):  # a broken symlink is refused by the reader, as a symlink
             fail(f'the path "{path}" does not exist')
         else:

@@ -128,9 +128,12 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
         from kproxy.controllers.loadbalancer import parse_range
         for r in lb_pools:
             try:
-                parse_range(r)
+                lo, hi = parse_range(r)
             except ValueError as e:
                 fail(f"--lb-pool {r}: {e}")
+            from kproxy.api.validation.pools import special_address_errors  # as a pool manifest is refused
+            for err in special_address_errors("--lb-pool", r, lo, hi):
+                fail(f"--lb-pool {r}: {err.detail}")
         cfg.lb_pools = list(lb_pools)
         from kproxy.controllers.loadbalancer import conflict_message, lab_addresses, pool_conflicts
         for i, ip, what in pool_conflicts(cfg.lb_pools, lab_addresses(cfg)):
@@ -292,7 +295,8 @@ def down(purge, state_dir):
     removed = teardown.remove_leftovers(cfg)
     control_socket.unregister(cfg.naming.prefix)
     if purge:
-        for name in ("store.db", "store.db-wal", "store.db-shm", "daemon.log", "config.json", "etcd.log", "etcd.pid"):
+        for name in ("store.db", "store.db-wal", "store.db-shm", "daemon.log", "config.json", "etcd.log", "etcd.pid",
+                     "folder-index.json"):
             (Path(state_dir) / name).unlink(missing_ok=True)
         for name in ("logs", "etcd", "nodes", "pki"):  # pki: a new lab gets a new CA
             shutil.rmtree(Path(state_dir) / name, ignore_errors=True)
@@ -346,10 +350,15 @@ def status(state_dir):
     if not pid:
         click.echo(f"start it with: {up_command(cfg)}")
         sys.exit(1)
+    stopped = []
     if cfg.store_url:
         from kproxy.cluster.lab import process_pids
-        for role, p in process_pids(cfg).items():
+        alive = process_pids(cfg)
+        for role, p in alive.items():
             click.echo(f"{role}: running, pid {p}")
+        stopped = _stopped_processes(cfg, alive)
+        for role in stopped:
+            click.echo(f"{role}: not running")
     store = open_store(cfg, client=True)
     if store:
         ps = proxy_status(store)
@@ -393,9 +402,23 @@ def status(state_dir):
     errs = reply.get("errors") if reply.get("errors") is not None else stored_errors
     for e in errs or []:
         click.echo(f"error: {_problem_line(e)}")
+    if stopped:
+        click.echo(f"a process of the lab is gone ({', '.join(stopped)}): start the lab again with "
+                   f"`kproxy down --state-dir {state_dir}` then `{up_command(cfg)}` (objects and IPs are kept)")
     if failed:
         click.echo(f"a component failed: its traceback is in {state_dir}/daemon.log (or the process's own log)")
+    if failed or stopped:
         sys.exit(1)
+
+
+def _stopped_processes(cfg: LabConfig, alive: dict[str, int]) -> list[str]:
+    """The processes `up` started (an agent per node dir, etcd) that are gone: an agent killed
+    left status at exit 0, naming only the live ones, while its node went NotReady."""
+    state = Path(cfg.state_dir)
+    started = [f"agent {d.parent.name}" for d in sorted(state.glob("nodes/*/daemon.pid"))]
+    if (state / "etcd.pid").exists():
+        started.append("etcd")
+    return [role for role in started if role not in alive]
 
 
 def _problem_line(e: dict) -> str:

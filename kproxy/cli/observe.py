@@ -20,13 +20,21 @@ from kproxy.store.base import object_key
 
 
 # -- trace, explain (kproxy/trace.py, kproxy/explain.py) -------------------------------------
+def _finite(value: float, param) -> float:
+    """FloatRange lets NaN through (every comparison with it is false); the probe cannot use it."""
+    if value != value:  # noqa: PLR0124 - NaN is the one value not equal to itself
+        raise click.BadParameter(f"{value} is not in the range 0.1<=x<=300.", param=param)
+    return value
+
+
 @click.command()
 @click.argument("src")
 @click.argument("dst")
 @click.option("--proto", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)
 @click.option("-n", "--namespace", default="default")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--timeout", default=3.0, show_default=True, help="Seconds the probe waits for an answer.")
+@click.option("--timeout", default=3.0, show_default=True, type=click.FloatRange(0.1, 300),
+              callback=lambda ctx, param, v: _finite(v, param), help="Seconds the probe waits for an answer.")
 @state_dir_option
 def trace(src, dst, proto, namespace, output, timeout, state_dir):
     """Send one real connection from SRC (a pod, node/NAME or outside) to DST (svc/NAME[:PORT],

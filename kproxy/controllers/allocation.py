@@ -126,8 +126,8 @@ def allocate_service(txn: Txn, svc: dict, old: dict | None, ranges: ServiceRange
     if stype == "ExternalName":
         spec.pop("clusterIP", None)
         spec.pop("clusterIPs", None)
-    elif spec.get("clusterIP") == "None":
-        spec["clusterIPs"] = ["None"]
+    elif spec.get("clusterIP") == "None" or (not spec.get("clusterIP") and old_spec.get("clusterIP") == "None"):
+        spec["clusterIP"], spec["clusterIPs"] = "None", ["None"]  # patchAllocatedValues keeps "None" too
     else:
         wanted = spec.get("clusterIP") or None
         if not wanted and old_spec.get("clusterIP") not in (None, "", "None"):

@@ -36,10 +36,15 @@ def schedule(ctx: Context, pod: dict, bound: dict[str, int] | None = None) -> No
         if bound is None:
             bound = replicas.pods_per_node(ctx.objects["Pod"].values())
         caps = capacities(ctx)
+        ready = len(caps)
+        selector = pod["spec"].get("nodeSelector") or {}
+        if selector:  # NodeAffinity's filter: a pod for `disk: ssd` ran on any node
+            caps = {n: c for n, c in caps.items() if selector.items() <= node_labels(ctx, n).items()}
         fits = [n for n, cap in caps.items() if bound.get(n, 0) < cap]
         if not fits:
-            not_ready = len({n["metadata"]["name"] for n in ctx.objects["Node"].values()} - set(caps))
-            unschedulable(ctx, pod, replicas.too_many_pods(len(caps), len(caps), not_ready) if caps else "")
+            not_ready = len({n["metadata"]["name"] for n in ctx.objects["Node"].values()} - set(capacities(ctx)))
+            message = replicas.too_many_pods(ready, len(caps), not_ready, ready - len(caps)) if ready else ""
+            unschedulable(ctx, pod, message)
             return
         # spread a Deployment's pods first (the default topology spread), then all pods
         load = {n: [0, 0] for n in fits}
@@ -56,6 +61,14 @@ def schedule(ctx: Context, pod: dict, bound: dict[str, int] | None = None) -> No
     ctx.save(pod)
     ctx.event("Pod", ns, name, "Scheduled", f"Successfully assigned {ns}/{name} to {pod['spec']['nodeName']}",
               "Normal")
+
+
+def node_labels(ctx: Context, name: str) -> dict:
+    """A node's labels; the kubelet's own ones while its Node is not registered yet."""
+    for node in ctx.objects["Node"].values():
+        if node["metadata"]["name"] == name:
+            return node["metadata"].get("labels") or {}
+    return {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}
 
 
 def unschedulable(ctx: Context, pod: dict, message: str) -> None:

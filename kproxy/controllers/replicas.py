@@ -130,11 +130,15 @@ def pods_per_node(pods) -> dict[str, int]:
     return counts
 
 
-def too_many_pods(ready: int, full: int, not_ready: int = 0) -> str:
-    """The scheduler's FailedScheduling message when no Ready node has room."""
+def too_many_pods(ready: int, full: int, not_ready: int = 0, unmatched: int = 0) -> str:
+    """The scheduler's FailedScheduling message when no Ready node has room (or matches the
+    pod's nodeSelector: `unmatched`); reasons sorted as FitError.Error sorts them."""
     reasons = [f"{not_ready} node(s) had untolerated taint {{node.kubernetes.io/unreachable: }}"] if not_ready else []
     if full:
         reasons.append(f"{full} Too many pods")
+    if unmatched:
+        reasons.append(f"{unmatched} node(s) didn't match Pod's node affinity/selector")
+        reasons.sort()
     total = ready + not_ready
     if not total:
         return "no nodes available to schedule pods"

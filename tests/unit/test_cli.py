@@ -279,7 +279,8 @@ def test_commands_say_when_the_lab_is_not_running(lab, args):
     lab.stop()
     res = lab.run(*args)
     assert res.exit_code == 1
-    assert res.output == f"error: the lab in {lab.dir} is not running; start it with kproxy up\n"
+    assert res.output == (f"error: the lab in {lab.dir} is not running; start it with "
+                          f"kproxy up --state-dir {lab.dir} --sandbox\n")
 
 
 def test_status_of_a_stopped_lab(lab):

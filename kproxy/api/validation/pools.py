@@ -6,6 +6,8 @@ Which ranges a lab allows is the admission gate's own check (``admission.py``), 
 from __future__ import annotations
 
 from kproxy.api.errors import invalid, required
+import ipaddress
+
 from kproxy.api.validation.common import (
     Errors,
     as_dict,
@@ -13,6 +15,7 @@ from kproxy.api.validation.common import (
     parse_cidr,
     parse_ip,
     validate_object_meta,
+    validate_routable_ip,
 )
 
 POOL_ADDRESS_FORMAT = "must be an IPv4 CIDR (192.168.10.0/24) or range (192.168.10.1-192.168.10.9)"
@@ -37,9 +40,27 @@ def _pool_address_errors(path: str, text: str) -> Errors:
             return [invalid(path, text, POOL_ADDRESS_FORMAT)]
         if b < a:
             return [invalid(path, text, "the range ends before it starts")]
-        return []
+        return special_address_errors(path, text, int(a), int(b))
     text = text.strip()
     cidr = parse_cidr(text) if "/" in text else parse_ip(text)  # a bare address is a /32, as the parser reads it
     if cidr is None or cidr.version != 4:
         return [invalid(path, text, POOL_ADDRESS_FORMAT)]
+    net = ipaddress.IPv4Network(text, strict=False)
+    return special_address_errors(path, text, int(net.network_address), int(net.broadcast_address))
+
+
+# What validate_routable_ip refuses in a Service's LoadBalancer ingress: a pool holding one of these
+# would hand it out and the allocator would program it (a 127.0.0.0/30 pool gave 127.0.0.0).
+_SPECIAL_V4 = tuple(ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/32", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32"))
+
+
+def special_address_errors(path: str, text: str, lo: int, hi: int) -> Errors:
+    """The first special address the range [lo, hi] holds, refused in the ingress' own words."""
+    for net in _SPECIAL_V4:
+        first, last = int(net.network_address), int(net.broadcast_address)
+        if lo <= last and first <= hi:
+            ip = str(ipaddress.IPv4Address(max(lo, first)))
+            return [invalid(path, text, f"holds {ip}: a LoadBalancer IP {e.detail}")
+                    for e in validate_routable_ip(path, ip)][:1]
     return []

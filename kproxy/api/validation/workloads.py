@@ -69,6 +69,8 @@ def validate_pod_spec(spec: dict, path: str) -> Errors:
     errs += _validate_init_containers(init_containers, containers, f"{path}.initContainers")
     enum_field(errs, f"{path}.restartPolicy", spec.get("restartPolicy"), RESTART_POLICIES)
     enum_field(errs, f"{path}.dnsPolicy", spec.get("dnsPolicy"), DNS_POLICIES)
+    if isinstance(spec.get("nodeName"), str) and spec["nodeName"]:  # ValidateNodeName ("../../etc" was taken)
+        errs += format_errors(f"{path}.nodeName", spec["nodeName"], is_dns1123_subdomain)
     if spec.get("terminationGracePeriodSeconds") is not None:
         nonnegative(errs, f"{path}.terminationGracePeriodSeconds", spec["terminationGracePeriodSeconds"])
     errs += _validate_security_context(spec.get("securityContext"), f"{path}.securityContext")
