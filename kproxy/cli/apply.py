@@ -98,6 +98,8 @@ def apply(path, wait, timeout, state_dir):
     lab_gate = gate(cfg)
     candidates = []  # (object, source, the admitted version it updates), valid so far
     docs, rc = served_documents(path)
+    if not docs and rc == 0:  # kubectl's words for a file, folder or stdin that holds no object
+        fail("no objects passed to apply")
     for doc in docs:  # the API server's answer to each object, before anything is written
         old = admitted_version(store, doc.obj)
         verdict = lab_gate.admit(doc.obj, doc.source, old=old)

@@ -90,6 +90,9 @@ def test_apply_refuses_each_case_clearly(lab, cases):
         out = res.stdout + res.stderr
         assert time.monotonic() - start < 10, f"{name}: apply took too long"
         assert "Traceback" not in out, f"{name}:\n{out}"
+        if "apply_error" in want:  # accepted in the folder; `apply` of no object is kubectl's error
+            assert res.returncode == 1 and want["apply_error"] in out, f"{name}:\n{out}"
+            continue
         if "accepted" in want:
             assert res.returncode == 0, f"{name} ({want['accepted']}):\n{out}"
             lab.kproxy("delete", "-f", str(stage / name), check=False)

@@ -399,3 +399,11 @@ def test_a_cluster_process_saves_its_settings_and_runs_the_daemon_in_its_role(la
     cfg = LabConfig.load(lab.state_dir)
     assert cfg.store_url == "https://192.168.49.2:2379"
     assert {k: getattr(cfg, k) for k in saved} == saved
+
+
+def test_apply_of_no_object_is_kubectls_error_and_writes_nothing(lab, tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("---\n# nothing here\n---\n")
+    res = run(lab, "apply", "-f", str(empty))
+    assert one_line_error(res) == "error: no objects passed to apply"
+    assert not any(Path(lab.manifests).iterdir())
