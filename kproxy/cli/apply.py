@@ -326,6 +326,12 @@ def delete(args, path, namespace, state_dir):
             for kind, ns, name, source in targets:
                 scoped = kind in CLUSTER_SCOPED
                 word = f'{singular_name(kind)} "{name}"'
+                if kind == "Namespace" and name in ("default", "kube-system", "kube-public"):
+                    # the NamespaceLifecycle admission plugin's refusal
+                    click.echo(f'Error from server (Forbidden): namespaces "{name}" is forbidden: '
+                               "this namespace may not be deleted", err=True)
+                    rc = 1
+                    continue
                 if f.remove(kind, ns, name, cluster_scoped=scoped):
                     changed = True
                     if kind == "Namespace":  # as the namespace controller does: everything in it goes too

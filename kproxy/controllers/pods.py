@@ -57,10 +57,12 @@ def schedule(ctx: Context, pod: dict, bound: dict[str, int] | None = None) -> No
         bound[pod["spec"]["nodeName"]] = bound.get(pod["spec"]["nodeName"], 0) + 1
         if any(c.get("type") == "PodScheduled" for c in (pod.get("status") or {}).get("conditions", [])):
             pod["status"] = {"phase": "Pending"}  # it was unschedulable: the kubelet reports from here
-    ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-    ctx.save(pod)
-    ctx.event("Pod", ns, name, "Scheduled", f"Successfully assigned {ns}/{name} to {pod['spec']['nodeName']}",
-              "Normal")
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        ctx.save(pod)
+        ctx.event("Pod", ns, name, "Scheduled", f"Successfully assigned {ns}/{name} to {pod['spec']['nodeName']}",
+                  "Normal")
+        return
+    ctx.save(pod)  # it named its node itself: the scheduler never saw it, so no Scheduled event
 
 
 def node_labels(ctx: Context, name: str) -> dict:

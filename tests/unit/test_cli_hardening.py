@@ -407,3 +407,10 @@ def test_apply_of_no_object_is_kubectls_error_and_writes_nothing(lab, tmp_path):
     res = run(lab, "apply", "-f", str(empty))
     assert one_line_error(res) == "error: no objects passed to apply"
     assert not any(Path(lab.manifests).iterdir())
+
+
+def test_a_system_namespace_may_not_be_deleted(lab):
+    res = run(lab, "delete", "namespace", "default")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert 'Error from server (Forbidden): namespaces "default" is forbidden: this namespace may not be deleted' \
+        in res.output

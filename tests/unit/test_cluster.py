@@ -147,3 +147,10 @@ def test_the_cache_follows_other_writers_and_leases(tmp_path):
     a.ctx.dirty = False
     a._refresh(0.0)
     assert a.ctx.dirty and "node-2" in a.ctx.cache.leases and key_of("Node", "", "node-2") in a.ctx.objects["Node"]
+
+
+def test_a_pod_that_names_its_node_gets_no_scheduled_event(controller):
+    """The scheduler never saw it (spec.nodeName set by its author), so it says nothing."""
+    podw.schedule(controller.ctx, _pod("pinned", node="node-2"))
+    assert controller.store.get(key_of("Pod", "default", "pinned"))["spec"]["nodeName"] == "node-2"
+    assert not [e for _, e in controller.store.list("/registry/events/") if e["reason"] == "Scheduled"]
