@@ -186,10 +186,13 @@ def test_udp_client_follows_a_replaced_pod(lab):
 def test_rules_flushed_by_hand_come_back(lab, backends):
     ip = svc(lab, "sticky")["spec"]["clusterIP"]
     node = lab.cfg.naming.node_netns
-    subprocess.run(["ip", "netns", "exec", node, "iptables", "-t", "nat", "-F", "KUBE-SERVICES"], check=True)
-    entry = re.compile(rf"^-A KUBE-SERVICES -d {re.escape(ip)}/32 ", re.M)
-    assert not entry.search(lab.node_save())
+    # flush and look in one go: a periodic resync may repair it within milliseconds of the flush
     start = time.monotonic()
+    flushed = subprocess.run(["ip", "netns", "exec", node, "sh", "-c",
+                              "iptables -t nat -F KUBE-SERVICES && iptables-save -t nat"],
+                             check=True, capture_output=True, text=True).stdout
+    entry = re.compile(rf"^-A KUBE-SERVICES -d {re.escape(ip)}/32 ", re.M)
+    assert not entry.search(flushed)
     lab.wait_for(lambda: entry.search(lab.node_save()), timeout=10, interval=0.1)
     assert time.monotonic() - start <= 2 * 2 + 1  # within the 2 s sync period (plus one loop)
     assert hits(lab, "client", f"http://{ip}/", 3)[0] in backends
