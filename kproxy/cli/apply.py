@@ -76,6 +76,18 @@ def _namespace_exists(ns: str, f: folder.Folder, store: Store | None, batch: set
         return False
 
 
+def _writable_lab(state_dir: str | None) -> tuple[LabConfig, str, bool]:
+    """The lab whose manifests folder apply and delete edit, its state dir, and whether its
+    daemon runs; an agent-only node has no folder of its own."""
+    need_root()
+    state_dir = state_dir_from_env(state_dir)
+    cfg = lab(state_dir)
+    if cfg.extra.get("role") == "agent":
+        fail("this node runs only an agent: apply and delete on the control-plane node, where the "
+             "controller reads its manifests folder")
+    return cfg, state_dir, daemon_pid(state_dir) is not None
+
+
 @click.command()
 @click.option("-f", "--filename", "path", required=True, multiple=True,
               help="A file, a folder or - (standard input); repeatable.")
@@ -84,14 +96,8 @@ def _namespace_exists(ns: str, f: folder.Folder, store: Store | None, batch: set
 @state_dir_option
 def apply(path, wait, timeout, state_dir):
     """Write objects into the lab's manifests folder (create or update)."""
-    need_root()
     started = time.time()
-    state_dir = state_dir_from_env(state_dir)
-    cfg = lab(state_dir)
-    if cfg.extra.get("role") == "agent":
-        fail("this node runs only an agent: apply and delete on the control-plane node, where the "
-             "controller reads its manifests folder")
-    running = daemon_pid(state_dir) is not None
+    cfg, state_dir, running = _writable_lab(state_dir)
     if wait and not running:
         fail(f"--wait needs a running lab: {not_running(state_dir)}")
     store = open_store(cfg, client=True) if running else None
@@ -296,13 +302,7 @@ def delete(args, path, namespace, state_dir):
     """Delete objects: `delete -f PATH`, `delete KIND NAME...` or `delete KIND/NAME...`.
 
     Deleting a Namespace deletes the objects in it too."""
-    need_root()
-    state_dir = state_dir_from_env(state_dir)
-    cfg = lab(state_dir)
-    if cfg.extra.get("role") == "agent":
-        fail("this node runs only an agent: apply and delete on the control-plane node, where the "
-             "controller reads its manifests folder")
-    running = daemon_pid(state_dir) is not None
+    cfg, state_dir, running = _writable_lab(state_dir)
     store = open_store(cfg, client=True) if running else None
     rc = 0
     targets: list[tuple[str, str, str, str | None]] = []  # kind, namespace, name, source file

@@ -95,12 +95,7 @@ def explain(target, namespace, node, watch, reset, output, state_dir):
     word, _, name = target.partition("/")
     if resolve_kind(word) != "Service" or not name:
         fail("TARGET is svc/NAME")
-    if store.get(object_key("Service", namespace, name)) is None:
-        click.echo(not_found("Service", name), err=True)
-        sys.exit(1)
-    netns = node_netns(cfg, store, node)
-    if netns and not netns_exists(netns):
-        fail(not_running(cfg.state_dir))
+    netns = _service_node(cfg, store, namespace, name, node)
     prefix = ["ip", "netns", "exec", netns] if netns else []
     service = f"{namespace}/{name}"
 
@@ -129,6 +124,18 @@ def explain(target, namespace, node, watch, reset, output, state_dir):
         sys.exit(130)
 
 
+def _service_node(cfg: LabConfig, store, namespace: str, name: str, node: str | None) -> str | None:
+    """The netns of the node whose rules show the Service (None: the host); exits with
+    kubectl's NotFound when there is no such Service, or when the node's netns is gone."""
+    if store.get(object_key("Service", namespace, name)) is None:
+        click.echo(not_found("Service", name), err=True)
+        sys.exit(1)
+    netns = node_netns(cfg, store, node)
+    if netns and not netns_exists(netns):
+        fail(not_running(cfg.state_dir))
+    return netns
+
+
 def _outside_ip(cfg: LabConfig) -> str:
     from kproxy.node.network import NodeConfig
     return NodeConfig(lab_cidr=cfg.lab_cidr).outside_ip
@@ -153,14 +160,9 @@ def graph(svc_name, namespace, node, fmt, out_file, state_dir):
     cfg, store = running_lab(state_dir)
     if svc_name:
         need_root()
-        if store.get(object_key("Service", namespace, svc_name)) is None:
-            click.echo(not_found("Service", svc_name), err=True)
-            sys.exit(1)
         from kproxy.explain import parse_save
         from kproxy.trace import pods_by_ip
-        netns = node_netns(cfg, store, node)
-        if netns and not netns_exists(netns):
-            fail(not_running(cfg.state_dir))
+        netns = _service_node(cfg, store, namespace, svc_name, node)
         g = gr.service_graph(f"{namespace}/{svc_name}", parse_save(_node_save(cfg, netns)), pods_by_ip(store))
     else:
         g = gr.lab_graph(store.values(kind_prefix("Node")), store.values(kind_prefix("Pod")),
