@@ -237,6 +237,12 @@ def test_the_mode_is_a_saved_lab_setting_and_an_agent_flag(tmp_path):
     assert "--proxy-mode" not in up_command(LabConfig(state_dir=str(tmp_path)))
     assert agent_argv("kproxy", str(tmp_path), "https://x:2379", "n", "1.2.3.4", proxy_mode="nftables")[-2:] == [
         "--proxy-mode", "nftables"]
+    from kproxy.cluster.units import AGENT_UNIT, node_units
+    unit = node_units(False, "node-2", "192.168.56.12", "192.168.56.11", "10.244.2.0/24", "/usr/bin/kproxy",
+                      str(tmp_path), proxy_mode="nftables")[AGENT_UNIT]
+    assert "--proxy-mode nftables" in unit
+    assert "--proxy-mode" not in node_units(False, "node-2", "192.168.56.12", "192.168.56.11", "10.244.2.0/24",
+                                            "/usr/bin/kproxy", str(tmp_path))[AGENT_UNIT]
 
 
 LISTING = """table ip kube-proxy {
