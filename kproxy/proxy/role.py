@@ -191,7 +191,11 @@ class ProxyRole:
                    and sl["metadata"].get("labels", {}).get(endpoints.SERVICE_NAME) == name]
             rendered = False
             with self.ctx.confined("FailedProxyRules", "Service", ns, name):
-                render.render([svc], own, self.proxier.cfg)
+                if self.nftables:
+                    from kproxy.proxy.nft import render as nft_render
+                    nft_render.render([svc], own, self.proxier.cfg)
+                else:
+                    render.render([svc], own, self.proxier.cfg)
                 rendered = True
             if not rendered:
                 self.quarantine[key_of("Service", ns, name)] = svc

@@ -71,6 +71,15 @@ def test_the_node_holds_the_nftables_table_and_no_iptables_rules(lab, web):
     assert other.returncode == 1 and "runs in nftables mode" in other.stderr
 
 
+def test_healthz_metrics_and_status_in_this_mode(lab, web):
+    res = lab.exec("outside", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{NODE_IP}:10256/healthz")
+    assert res.stdout == "200", res
+    m = lab.exec("node/node-1", "curl", "-s", "http://127.0.0.1:10249/metrics", check=True).stdout
+    assert int(re.search(r"^kubeproxy_sync_proxy_rules_duration_seconds_count (\d+)", m, re.M).group(1)) >= 2
+    assert re.search(r"^kubeproxy_network_programming_duration_seconds_count [1-9]", m, re.M)
+    assert re.search(r"^last rules sync: \S+ \(full, ", lab.kproxy("status").stdout, re.M)
+
+
 def test_service_without_endpoints_refuses_at_once(lab, web):
     lab.apply(EMPTY)
     ip = cluster_ip(lab, "nobody")
