@@ -281,3 +281,30 @@ def test_rules_svc_shows_the_services_chains_and_its_map_elements():
     assert 'elements = { 10.96.0.10 . tcp . 81 comment "default/web:q" : goto reject-chain }' in out
     assert "BBBB" not in out and "web2" not in out and "chain services" not in out
     assert out.startswith("table ip kube-proxy {\n") and out.endswith("}\n")
+
+
+def test_a_service_whose_nftables_rules_fail_to_render_is_quarantined(tmp_path, monkeypatch, nft):
+    """The quarantine renders each Service alone with the mode's own renderer (the iptables one
+    would find nothing wrong with a Service only the nftables renderer trips on)."""
+    from kproxy.proxy.nft import render as nft_render
+    monkeypatch.setattr(syncer, "run_nft", nft)
+    real = nft_render.render_digest
+
+    def render_digest(d, *args, **kw):
+        if any(sp.name == "bad" for sp in d.ports):
+            raise TypeError("'<' not supported between instances of 'str' and 'NoneType'")
+        return real(d, *args, **kw)
+    monkeypatch.setattr(nft_render, "render_digest", render_digest)
+    monkeypatch.setattr(syncer, "render_digest", render_digest)
+    cfg = LabConfig(state_dir=str(tmp_path), sandbox=True, proxy_mode="nftables")
+    Path(cfg.manifests).mkdir(parents=True, exist_ok=True)
+    ctx = Context(cfg, SqliteStore(tmp_path / "s.db"), node_ip="192.168.49.2")
+    role = ProxyRole(ctx, FakeKernel())
+    role.make_proxier()
+    Frontend(ctx).admit_service(svc("bad", ""))
+    Frontend(ctx).admit_service(svc("good", ""))
+    role.sync()
+    assert list(role.quarantine) == [key_of("Service", "default", "bad")]
+    role.sync()
+    assert ctx.store.get(PROXY_STATUS)["services"] == ["default/good"]
+    assert ("FailedProxyRules", "Service", "default", "bad") in ctx.obj_problems
