@@ -116,9 +116,12 @@ def test_external_traffic_policy_local_drops_without_local_endpoints(lab, backen
 
 def test_the_table_deleted_by_hand_comes_back(lab, web):
     node = lab.cfg.naming.node_netns
-    subprocess.run(["ip", "netns", "exec", node, "nft", "delete", "table", "ip", "kube-proxy"], check=True)
-    assert not nft_list(lab)
+    # delete and look in one go: a periodic resync may restore it within milliseconds
     start = time.monotonic()
+    tables = subprocess.run(["ip", "netns", "exec", node, "sh", "-c",
+                             "nft delete table ip kube-proxy && nft list tables"],
+                            check=True, capture_output=True, text=True).stdout
+    assert "table ip kube-proxy" not in tables
     lab.wait_for(lambda: programmed_endpoints(lab), timeout=10, interval=0.1)
     assert time.monotonic() - start <= 2 * 2 + 1  # within the 2 s sync period (plus one loop)
     answers = hits(lab, "client", f"http://{cluster_ip(lab, 'web')}/", 30)
