@@ -45,6 +45,7 @@ class LabConfig:
     dns_upstreams: list = field(default_factory=list)  # where names outside the cluster go
     iptables_sync_period: float = 30.0          # kube-proxy's --iptables-sync-period
     masquerade_all: bool = False                 # kube-proxy's --masquerade-all
+    proxy_mode: str = "iptables"                 # kube-proxy's --proxy-mode: iptables or nftables
     healthz_bind_address: str = "0.0.0.0:10256"
     metrics_bind_address: str = "127.0.0.1:10249"
     extra: dict = field(default_factory=dict)

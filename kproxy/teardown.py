@@ -6,6 +6,7 @@ living in this instance's namespaces.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -63,4 +64,9 @@ def remove_leftovers(cfg: LabConfig) -> list[str]:
         from kproxy.proxy.applier import Applier, have_iptables
         if have_iptables():
             Applier().cleanup()
+        from kproxy.proxy.nft.syncer import remove_table  # the nftables mode's table, if any
+        try:
+            remove_table()
+        except RuntimeError as e:
+            logging.getLogger("kproxy").warning("%s", e)
     return removed

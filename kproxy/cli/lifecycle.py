@@ -56,6 +56,8 @@ def up_command(cfg: LabConfig) -> str:
         parts.append("--service-node-port-range %d-%d" % tuple(cfg.node_port_range))
     if cfg.masquerade_all:
         parts.append("--masquerade-all")
+    if cfg.proxy_mode != base.proxy_mode:
+        parts.append(f"--proxy-mode {cfg.proxy_mode}")
     if not cfg.cluster_dns:
         parts.append("--no-cluster-dns")
     parts += [f"--lb-pool {r}" for r in cfg.lb_pools]
@@ -75,6 +77,8 @@ def up_command(cfg: LabConfig) -> str:
 @click.option("--iptables-sync-period", type=float, default=None,
               help="Seconds between full resyncs that restore rules changed by hand (default 30).")
 @click.option("--masquerade-all", is_flag=True, default=None, help="SNAT all Service traffic, as kube-proxy's flag.")
+@click.option("--proxy-mode", type=click.Choice(["iptables", "nftables"]), default=None,
+              help="kube-proxy's mode: iptables rules or the `ip kube-proxy` nftables table (default iptables; kept).")
 @click.option("--healthz-bind-address", default=None, help="IP:PORT of /healthz and /livez (default 0.0.0.0:10256).")
 @click.option("--metrics-bind-address", default=None, help="IP:PORT of /metrics (default 127.0.0.1:10249).")
 @click.option("--lb-pool", "lb_pools", multiple=True,
@@ -90,7 +94,7 @@ def up_command(cfg: LabConfig) -> str:
 @click.option("--timeout", default=180, show_default=True, help="Seconds to wait for the initial reconcile.")
 @state_dir_option
 def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node_name, iptables_sync_period,
-       masquerade_all, healthz_bind_address, metrics_bind_address, lb_pools, cluster_dns, dns_upstreams,
+       masquerade_all, proxy_mode, healthz_bind_address, metrics_bind_address, lb_pools, cluster_dns, dns_upstreams,
        foreground, nodes, overlay, timeout, state_dir):
     """Start the lab daemon; returns once the initial manifests are reconciled."""
     need_root()
@@ -117,6 +121,7 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
     cfg.sandbox = sandbox
     for attr, value in (("service_cidr", service_cidr), ("cluster_cidr", pod_cidr), ("node_name", node_name),
                         ("iptables_sync_period", iptables_sync_period), ("masquerade_all", masquerade_all),
+                        ("proxy_mode", proxy_mode),
                         ("healthz_bind_address", healthz_bind_address),
                         ("metrics_bind_address", metrics_bind_address)):
         if value:
@@ -479,13 +484,16 @@ def controller(store_url, store_ca, store_cert, store_key, manifests, name, node
 @click.option("--sandbox", is_flag=True, default=None, help="An emulated node (its own netns), as `up --nodes` makes.")
 @click.option("--overlay", type=click.Choice(["host-gw", "vxlan"]), default=None,
               help="How this node reaches the other nodes' pods (default host-gw; the same on every node).")
+@click.option("--proxy-mode", type=click.Choice(["iptables", "nftables"]), default=None,
+              help="kube-proxy's mode on this node (default iptables).")
 @state_dir_option
-def agent(store_url, store_ca, store_cert, store_key, node_name, node_ip, pod_cidr, sandbox, overlay, state_dir):
+def agent(store_url, store_ca, store_cert, store_key, node_name, node_ip, pod_cidr, sandbox, overlay, proxy_mode,
+          state_dir):
     """Run one node of a multi-node lab in the foreground: its pods, iptables rules, layer-2
     announcements and routes to the other nodes' pods."""
     need_root()
     cfg = _process_config(state_dir, store_url, node_name=node_name, node_ip=node_ip, pod_cidr=pod_cidr,
-                          sandbox=sandbox, overlay=overlay, extra={"role": "agent"}, store_ca=store_ca,
-                          store_cert=store_cert, store_key=store_key)
+                          sandbox=sandbox, overlay=overlay, proxy_mode=proxy_mode, extra={"role": "agent"},
+                          store_ca=store_ca, store_cert=store_cert, store_key=store_key)
     from kproxy.daemon import main as daemon_main
     daemon_main(["--state-dir", cfg.state_dir, "--role", "agent"])

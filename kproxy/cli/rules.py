@@ -2,7 +2,8 @@
 kproxy's chains) or rendered offline (`--render -f PATH`: no root, no daemon) by the same
 renderer the proxy uses (kproxy/proxy/render.py), after the same admission as `apply`.
 `--render --proxy-mode nftables` prints kube-proxy's nftables table instead (kproxy/proxy/nft),
-from the same digest, as `add table/set/map/chain/rule/element` lines.
+from the same digest, as `add table/set/map/chain/rule/element` lines. A lab running in
+nftables mode (`up --proxy-mode nftables`) shows `nft list table ip kube-proxy` live instead.
 """
 from __future__ import annotations
 
@@ -25,6 +26,34 @@ def _node_save(cfg: LabConfig, netns: str | None) -> str:
     if res.returncode != 0:
         fail(f"iptables-save failed: {res.stderr.strip()}")
     return res.stdout
+
+
+def _nft_rules(cfg: LabConfig, store, netns: str | None, target: str | None, namespace: str,
+               node: str | None) -> None:
+    """A lab in nftables mode: `nft list table ip kube-proxy` from the node, whole or one Service's part."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    res = subprocess.run([*prefix, "nft", "list", "table", "ip", "kube-proxy"], capture_output=True, text=True)
+    if res.returncode != 0:
+        fail(f"nft list table ip kube-proxy failed: {res.stderr.strip()}")
+    if not target:
+        click.echo(res.stdout, nl=False)
+        return
+    word, _, name = target.partition("/")
+    if resolve_kind(word) != "Service" or not name:
+        fail("TARGET is svc/NAME")
+    svc = store.get(object_key("Service", namespace, name))
+    if svc is None:
+        click.echo(not_found("Service", name), err=True)
+        sys.exit(1)
+    from kproxy.proxy import render
+    from kproxy.proxy.nft import listing
+    from kproxy.proxy.nft import render as nft_render
+    slices = [s for _, s in store.list(object_key("EndpointSlice", namespace, ""))]
+    pcfg = render.ProxyConfig(cluster_cidr=cfg.cluster_cidr, node_name=node or cfg.node_name, node_ips=["0.0.0.0"])
+    base = nft_render.render([], [], pcfg).table
+    own = nft_render.render([svc], slices, pcfg).table
+    click.echo(listing.filtered(res.stdout, set(own.chains) - set(base.chains), set(own.sets) - set(base.sets),
+                                f"{namespace}/{name}"), nl=False)
 
 
 def render_warnings(svc: dict) -> list[str]:
@@ -60,8 +89,8 @@ def _node_port_hint(obj: dict, node_port_range: tuple[int, int]) -> str | None:
 @click.option("--render", "render_only", is_flag=True, help="Print the rules for -f PATH without root or daemon.")
 @click.option("-f", "--filename", "path", type=click.Path(exists=True))
 @click.option("-n", "--namespace", default="default")
-@click.option("--proxy-mode", type=click.Choice(["iptables", "nftables"]), default="iptables",
-              help="Which kube-proxy mode's rules --render prints.")
+@click.option("--proxy-mode", type=click.Choice(["iptables", "nftables"]), default=None,
+              help="Which kube-proxy mode's rules --render prints (default iptables; live: the lab's mode).")
 @click.option("--cluster-cidr", default="10.244.0.0/16")
 @click.option("--service-cidr", default=LabConfig.service_cidr,
               help="ClusterIP range (nftables: cluster-ips-check drops its unallocated addresses).")
@@ -72,7 +101,8 @@ def _node_port_hint(obj: dict, node_port_range: tuple[int, int]) -> str | None:
 @click.option("--node", default=None, help="Whose rules (a multi-node lab; default: the first node).")
 def rules(target, render_only, path, namespace, proxy_mode, cluster_cidr, service_cidr, node_name, node_ip, service_node_port_range, node,
           state_dir):
-    """Print the live rules kproxy owns (iptables-save form), or --render them offline."""
+    """Print the live rules kproxy owns (iptables-save form; a lab in nftables mode: `nft list
+    table ip kube-proxy`), or --render them offline."""
     from kproxy.proxy import applier, render
     if render_only:
         if not path:
@@ -113,13 +143,17 @@ def rules(target, render_only, path, namespace, proxy_mode, cluster_cidr, servic
         else:
             click.echo(render.render(services, slices, cfg).text, nl=False)
         sys.exit(rc)
-    if proxy_mode != "iptables":
-        fail("--proxy-mode nftables: only with --render for now (labs run the iptables mode)")
     need_root()
     cfg, store = running_lab(state_dir)
     netns = node_netns(cfg, store, node)
     if netns and not netns_exists(netns):
         fail(not_running(cfg.state_dir))
+    if proxy_mode and proxy_mode != cfg.proxy_mode:
+        fail(f"--proxy-mode {proxy_mode}: the lab in {cfg.state_dir} runs in {cfg.proxy_mode} mode "
+             f"(`kproxy down`, then `kproxy up --proxy-mode {proxy_mode}` to switch)")
+    if cfg.proxy_mode == "nftables":
+        _nft_rules(cfg, store, netns, target, namespace, node)
+        return
     saved = _node_save(cfg, netns)
     if not target:
         click.echo(applier.owned_lines(saved), nl=False)

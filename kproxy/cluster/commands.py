@@ -57,7 +57,7 @@ def controller_argv(kproxy: str, state_dir: str, store: str, manifests: str,
 
 
 def agent_argv(kproxy: str, state_dir: str, store: str, node: str, node_ip: str, pod_cidr: str | None = None,
-               sandbox: bool = False, pki_dir: str | None = None) -> list[str]:
+               sandbox: bool = False, pki_dir: str | None = None, proxy_mode: str = "iptables") -> list[str]:
     """`kproxy agent`: one node's pods, iptables rules and layer-2 announcements. Its etcd
     certificate: PKI/node-NODE.crt (PKI: the lab's pki folder, default STATE/pki)."""
     tls = Pki(pki_dir or Path(state_dir) / "pki").client(f"node-{node}")
@@ -67,4 +67,6 @@ def agent_argv(kproxy: str, state_dir: str, store: str, node: str, node_ip: str,
         argv += ["--pod-cidr", pod_cidr]
     if sandbox:
         argv.append("--sandbox")
+    if proxy_mode != "iptables":
+        argv += ["--proxy-mode", proxy_mode]
     return argv

@@ -148,7 +148,8 @@ def start_agent(cfg: LabConfig, index: int) -> subprocess.Popen:
     Path(node.state_dir).mkdir(parents=True, exist_ok=True)
     node.save()
     return _spawn(commands.agent_argv(kproxy_bin(), node.state_dir, node.store_url, node.node_name, node.node_ip,
-                                      node.pod_cidr, sandbox=True, pki_dir=str(Pki.of(cfg.state_dir).root)),
+                                      node.pod_cidr, sandbox=True, pki_dir=str(Pki.of(cfg.state_dir).root),
+                                      proxy_mode=cfg.proxy_mode),
                   Path(node.state_dir) / "agent.log")
 
 

@@ -56,7 +56,8 @@ def unit_text(description: str, argv: list[str], after=(), requires=(), wants=()
 
 
 def node_units(role_first_node: bool, node: str, node_ip: str, first_ip: str, pod_cidr: str, kproxy_bin: str,
-               state_dir: str = DEFAULT_STATE_DIR, manifests: str | None = None) -> dict[str, str]:
+               state_dir: str = DEFAULT_STATE_DIR, manifests: str | None = None,
+               proxy_mode: str = "iptables") -> dict[str, str]:
     """The unit files of one node: etcd + controller + agent on the first node, an agent elsewhere."""
     state = Path(state_dir)
     store = commands.store_url(first_ip)
@@ -76,7 +77,8 @@ def node_units(role_first_node: bool, node: str, node_ip: str, first_ip: str, po
     agent_state = state / "nodes" / node if role_first_node else state
     files[AGENT_UNIT] = unit_text(
         f"kproxy agent of {node} (pods, iptables rules, routes)",
-        commands.agent_argv(kproxy_bin, str(agent_state), store, node, node_ip, pod_cidr, pki_dir=pki_dir),
+        commands.agent_argv(kproxy_bin, str(agent_state), store, node, node_ip, pod_cidr, pki_dir=pki_dir,
+                            proxy_mode=proxy_mode),
         after=online + ((ETCD_UNIT,) if role_first_node else ()), wants=online, kill_mode="mixed",
         pre=[["-/sbin/modprobe", "br_netfilter"]])  # bridged pod traffic must meet iptables, after a reboot too
     return files
@@ -111,8 +113,10 @@ def _cidr(ctx, param, value):
 @click.option("--ca-from", "ca_from", default=None, type=click.Path(exists=True, file_okay=False),
               help="The lab CA's folder (ca.crt, ca.key; the same on every node): copy it into STATE/pki and "
                    "issue this node's etcd certificates there.")
+@click.option("--proxy-mode", type=click.Choice(["iptables", "nftables"]), default="iptables", show_default=True,
+              help="The agent's kube-proxy mode.")
 def units(node, node_ip, first_node_ip, pod_cidr, control_plane, state_dir, manifests, kproxy_bin, write_dir,
-          ca_from):
+          ca_from, proxy_mode):
     """Render the systemd units of one real node of a multi-node lab (see vagrant/README.md)."""
     if control_plane is None:
         control_plane = node_ip == first_node_ip
@@ -125,7 +129,8 @@ def units(node, node_ip, first_node_ip, pod_cidr, control_plane, state_dir, mani
             raise click.ClickException(f"cannot issue the certificates of {node} from {ca_from}: {e}") from None
         click.echo(f"certificates of {node} in {Pki.of(state_dir).root}", err=True)
     kproxy_bin = kproxy_bin or str(Path(sys.executable).with_name("kproxy"))
-    files = node_units(control_plane, node, node_ip, first_node_ip, pod_cidr, kproxy_bin, state_dir, manifests)
+    files = node_units(control_plane, node, node_ip, first_node_ip, pod_cidr, kproxy_bin, state_dir, manifests,
+                       proxy_mode)
     for name, text in files.items():
         if write_dir:
             Path(write_dir).mkdir(parents=True, exist_ok=True)

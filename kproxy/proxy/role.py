@@ -9,7 +9,9 @@ quarantined (FailedProxyRules) so the others keep being programmed. Each sync's 
 store key PROXY_STATUS (`kproxy apply --wait` and `kproxy status` read it).
 
 The kernel is behind `applier` (a Kernel: the real iptables-restore, or proxy/fake.FakeKernel
-in unit tests).
+in unit tests). With `proxy_mode: nftables` the Proxier is replaced by proxy/nft/syncer's
+NftSyncer (the same surface; its canary is the `ip kube-proxy` table), and starting in one mode
+removes the other mode's rules, as kube-proxy's cleanup does.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class ProxyRole:
     def __init__(self, ctx: Context, kernel=None):
         self.ctx, self.cfg = ctx, ctx.cfg
         self.applier = kernel if kernel is not None else kernel_io.Applier()
+        self.fake_kernel = kernel is not None
         self.proxier: proxier.Proxier | None = None
         self.health = healthcheck.ProxyHealth(ctx.cfg.iptables_sync_period)
         self.http = healthcheck.HttpEndpoints()
@@ -55,17 +58,45 @@ class ProxyRole:
         self.ctx.supervise("metrics-server", lambda: self.serve_http(
             "metrics", self.cfg.metrics_bind_address, self.metrics_answer))
 
+    @property
+    def nftables(self) -> bool:
+        return getattr(self.cfg, "proxy_mode", "iptables") == "nftables"
+
     def make_proxier(self) -> None:
-        self.proxier = proxier.Proxier(render.ProxyConfig(
-            cluster_cidr=self.cfg.cluster_cidr, node_name=self.cfg.node_name, node_ips=[self.ctx.node_ip],
-            masquerade_all=self.cfg.masquerade_all), applier=self.applier)
+        pcfg = render.ProxyConfig(cluster_cidr=self.cfg.cluster_cidr, node_name=self.cfg.node_name,
+                                  node_ips=[self.ctx.node_ip], masquerade_all=self.cfg.masquerade_all)
+        from kproxy.proxy.nft import syncer as nft
+        if self.nftables:
+            self.proxier = nft.NftSyncer(pcfg, self.cfg.service_cidr.split(","))  # type: ignore[assignment]
+        else:
+            self.proxier = proxier.Proxier(pcfg, applier=self.applier)
+        if self.fake_kernel:  # unit tests: nothing of the machine's is touched
+            return
+        try:  # the other mode's rules go (kube-proxy's cleanup); a fresh netns has none
+            if self.nftables:
+                if kernel_io.have_iptables() and any(kernel_io.kube_chains(self.applier.save()).values()):
+                    log.info("nftables mode: removing the iptables mode's KUBE-* chains")
+                    self.applier.cleanup()
+            elif nft.have_nft():
+                other = nft.NftSyncer(pcfg)
+                if other.table_exists():
+                    log.info("iptables mode: removing the nftables mode's table ip kube-proxy")
+                    other.cleanup()
+        except kernel_io.IptablesError as e:
+            log.warning("cannot remove the other proxy mode's rules: %s", e)
+            self.ctx.node_event("FailedCleanup", f"cannot remove the other proxy mode's rules: {e}")
 
     def stop(self) -> None:
         self.http.stop()
 
     def cleanup(self) -> None:
         """A stopped node takes its rules with it (a sandbox's go with its namespace)."""
-        if not self.cfg.sandbox and kernel_io.have_iptables():
+        if self.cfg.sandbox:
+            return
+        if self.nftables:
+            from kproxy.proxy.nft import syncer as nft
+            nft.remove_table()
+        elif kernel_io.have_iptables():
             self.applier.cleanup()
 
     def serve_http(self, name: str, address: str, handler) -> None:
@@ -84,8 +115,10 @@ class ProxyRole:
             self.sync(force=True)  # restores rules flushed or deleted by hand
         elif now - self.last_canary > CANARY_PERIOD:
             self.last_canary = now
-            if not self.applier.canary_present():  # someone flushed the tables: resync now
-                log.warning("KUBE-PROXY-CANARY is gone: the tables were flushed; full resync")
+            kernel = self.proxier if self.nftables else self.applier
+            if not kernel.canary_present():  # someone flushed the tables: resync now
+                log.warning("%s is gone: the rules were flushed; full resync",
+                            "table ip kube-proxy" if self.nftables else "KUBE-PROXY-CANARY")
                 self.sync(force=True)
 
     def sync(self, force: bool = False) -> None:
@@ -158,7 +191,11 @@ class ProxyRole:
                    and sl["metadata"].get("labels", {}).get(endpoints.SERVICE_NAME) == name]
             rendered = False
             with self.ctx.confined("FailedProxyRules", "Service", ns, name):
-                render.render([svc], own, self.proxier.cfg)
+                if self.nftables:
+                    from kproxy.proxy.nft import render as nft_render
+                    nft_render.render([svc], own, self.proxier.cfg)
+                else:
+                    render.render([svc], own, self.proxier.cfg)
                 rendered = True
             if not rendered:
                 self.quarantine[key_of("Service", ns, name)] = svc

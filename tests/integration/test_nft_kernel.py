@@ -98,3 +98,76 @@ def test_every_own_golden_case_loads(netns):
             f"{'map' if s.is_map else 'set'} {s.name}" for s in result.table.sets.values()}
         assert set(listed) - {"table"} == want, name
         run("nft", "delete", "table", "ip", "kube-proxy")
+
+
+def test_the_syncers_transactions_leave_exactly_the_render(netns):
+    """proxy/nft/syncer.py against the real kernel: a first sync, a resync that keeps a live
+    affinity set's entries, then a Service and its affinity gone: each one `nft -f`, and the
+    kernel then holds exactly the rendered chains, sets and maps."""
+    from kproxy.proxy.conntrack import Conntrack
+    from kproxy.proxy.nft.syncer import NftSyncer
+    from tests.unit.test_nft_syncer import eps, svc
+
+    def run(argv, stdin=None):
+        return subprocess.run(["ip", "netns", "exec", netns, *argv], input=stdin, capture_output=True, text=True)
+
+    cfg = ProxyConfig(cluster_cidr="10.244.0.0/16", node_name="node-1", node_ips=["192.168.49.2"])
+    s = NftSyncer(cfg, ["10.96.0.0/12"], run=run, conntrack=Conntrack(run=lambda a: None))
+
+    def objects(listing: str) -> set[str]:
+        return set(re.findall(r"^\t((?:chain|set|map) \S+) \{", listing, re.M))
+
+    def rendered(res) -> set[str]:
+        return {f"chain {c}" for c in res.result.table.chains} | {
+            f"{'map' if x.is_map else 'set'} {x.name}" for x in res.result.table.sets.values()}
+
+    both = [svc("web", "10.96.0.10", affinity=True), svc("db", "10.96.0.11")]
+    slices = [eps("web", "10.244.0.5", "10.244.0.6"), eps("db", "10.244.0.7")]
+    res = s.sync(both, slices)
+    assert objects(run(["nft", "list", "table", "ip", "kube-proxy"]).stdout) == rendered(res)
+    aff = next(n for n in res.result.table.sets if n.startswith("affinity-"))
+    run(["nft", "add", "element", "ip", "kube-proxy", aff, "{ 192.168.49.100 }"])  # a client's entry
+    s.sync(both, slices, full=True)
+    assert "192.168.49.100" in run(["nft", "list", "set", "ip", "kube-proxy", aff]).stdout  # kept
+    res = s.sync([svc("web", "10.96.0.10")], [eps("web", "10.244.0.5", "10.244.0.6")])
+    listed = run(["nft", "list", "table", "ip", "kube-proxy"]).stdout
+    assert objects(listed) == rendered(res) and "default/db" not in listed and "affinity-" not in listed
+    run(["nft", "delete", "table", "ip", "kube-proxy"])
+    assert not s.canary_present()
+    s.sync([svc("web", "10.96.0.10")], [eps("web", "10.244.0.5", "10.244.0.6")], full=True)
+    assert objects(run(["nft", "list", "table", "ip", "kube-proxy"]).stdout) == rendered(res)
+
+
+SWITCH = r"""
+import sys, tempfile
+from kproxy.config import LabConfig
+from kproxy.context import Context
+from kproxy.proxy.role import ProxyRole
+from kproxy.store.sqlite import SqliteStore
+d = tempfile.mkdtemp()
+cfg = LabConfig(state_dir=d, sandbox=True, proxy_mode=sys.argv[1])
+ctx = Context(cfg, SqliteStore(d + "/s.db"), node_ip="192.168.49.2")
+ProxyRole(ctx).make_proxier()
+"""
+
+
+def test_switching_modes_removes_the_other_modes_rules(netns):
+    """kube-proxy's cleanup: a node starting in nftables mode removes the iptables mode's
+    KUBE-* chains and jumps, and one starting in iptables mode the `ip kube-proxy` table;
+    other chains and tables stay."""
+    import sys
+
+    def run(*args, **kw):
+        return subprocess.run(["ip", "netns", "exec", netns, *args], check=True, capture_output=True, text=True,
+                              **kw)
+
+    run("iptables-restore", "--noflush", input="*nat\n:KUBE-SERVICES - [0:0]\n:MINE - [0:0]\n"
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\nCOMMIT\n")
+    run("nft", "add", "table", "ip", "mine")
+    run(sys.executable, "-c", SWITCH, "nftables")
+    saved = run("iptables-save").stdout
+    assert "KUBE-" not in saved and ":MINE" in saved
+    run("nft", "-f", "-", input="add table ip kube-proxy\n")
+    run(sys.executable, "-c", SWITCH, "iptables")
+    tables = run("nft", "list", "tables").stdout
+    assert "table ip kube-proxy" not in tables and "table ip mine" in tables

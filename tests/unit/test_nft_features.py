@@ -108,9 +108,11 @@ def test_rules_render_nftables_keeps_the_admission_gate(tmp_path):
     assert res.exit_code == 1 and "Bad_Name" in res.output and "cluster-ips { 172.30.0.9 }" not in res.output
 
 
-def test_live_rules_in_nftables_mode_say_not_yet():
+def test_live_rules_read_the_labs_own_mode(tmp_path):
+    """Live, `rules` shows what the lab's mode programs (tests/integration/test_nft_mode.py);
+    without a lab, --proxy-mode nftables is refused like any live `rules`."""
     from click.testing import CliRunner
 
     from kproxy import cli
-    res = CliRunner().invoke(cli.main, ["rules", "--proxy-mode", "nftables"])
-    assert res.exit_code != 0 and "only with --render" in res.output
+    res = CliRunner().invoke(cli.main, ["rules", "--proxy-mode", "nftables", "--state-dir", str(tmp_path)])
+    assert res.exit_code == 1 and "no lab in" in res.output
