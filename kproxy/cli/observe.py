@@ -44,6 +44,7 @@ def trace(src, dst, proto, namespace, output, timeout, state_dir):
     cfg, store = running_lab(state_dir)
     if not cfg.sandbox:
         fail("kproxy trace runs only in a --sandbox lab (it programs the lab's node namespaces, never the host's)")
+    _iptables_only(cfg, "trace")
     try:
         kind, name, port = tr.parse_destination(dst)
         if kind == "svc":
@@ -95,6 +96,7 @@ def explain(target, namespace, node, watch, reset, output, state_dir):
     word, _, name = target.partition("/")
     if resolve_kind(word) != "Service" or not name:
         fail("TARGET is svc/NAME")
+    _iptables_only(cfg, "explain")
     netns = _service_node(cfg, store, namespace, name, node)
     prefix = ["ip", "netns", "exec", netns] if netns else []
     service = f"{namespace}/{name}"
@@ -122,6 +124,14 @@ def explain(target, namespace, node, watch, reset, output, state_dir):
             time.sleep(1)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _iptables_only(cfg: LabConfig, what: str) -> None:
+    """trace, explain and the chain picture read iptables rules and counters: say so plainly in an
+    nftables lab rather than show an empty path (nft monitor trace and nft counters: not yet)."""
+    if cfg.proxy_mode != "iptables":
+        fail(f"kproxy {what} reads the iptables mode's rules; this lab runs in {cfg.proxy_mode} mode "
+             "(`kproxy rules` shows its table)")
 
 
 def _service_node(cfg: LabConfig, store, namespace: str, name: str, node: str | None) -> str | None:
@@ -162,6 +172,7 @@ def graph(svc_name, namespace, node, fmt, out_file, state_dir):
         need_root()
         from kproxy.explain import parse_save
         from kproxy.trace import pods_by_ip
+        _iptables_only(cfg, "graph --svc")
         netns = _service_node(cfg, store, namespace, svc_name, node)
         g = gr.service_graph(f"{namespace}/{svc_name}", parse_save(_node_save(cfg, netns)), pods_by_ip(store))
     else:

@@ -875,3 +875,14 @@ def test_render_of_valid_services_exits_0(tmp_path):
     res = CliRunner().invoke(cli.main, ["rules", "--render", "-f", str(f)])
     assert res.exit_code == 0, res.output
     assert res.stderr == ""
+
+
+@pytest.mark.parametrize("args", [["trace", "client", "svc/web"], ["explain", "svc/web"],
+                                  ["graph", "--svc", "web", "-o", "dot"]])
+def test_trace_explain_and_the_chain_picture_say_plainly_they_read_iptables(lab, args):
+    """In an nftables lab they would show an empty path: one clear line instead."""
+    lab.cfg.proxy_mode = "nftables"
+    lab.cfg.save()
+    res = lab.run(*args)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "reads the iptables mode's rules; this lab runs in nftables mode" in res.output
