@@ -352,6 +352,7 @@ def status(state_dir):
     pid = daemon_pid(state_dir)
     click.echo(f"daemon: {'running, pid %d' % pid if pid else 'not running'}")
     click.echo(f"manifests: {cfg.manifests}")
+    click.echo(f"proxy mode: {cfg.proxy_mode}")
     if not pid:
         click.echo(f"start it with: {up_command(cfg)}")
         sys.exit(1)

@@ -886,3 +886,9 @@ def test_trace_explain_and_the_chain_picture_say_plainly_they_read_iptables(lab,
     res = lab.run(*args)
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "reads the iptables mode's rules; this lab runs in nftables mode" in res.output
+
+
+def test_status_names_the_proxy_mode(lab):
+    lab.cfg.proxy_mode = "nftables"
+    lab.cfg.save()
+    assert "proxy mode: nftables" in lab.run("status").output.splitlines()
