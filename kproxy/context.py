@@ -28,7 +28,7 @@ from kproxy.node.kubelet import now_iso
 from kproxy.proxy import changes, metrics
 from kproxy.store.base import Store
 from kproxy.store.open import open_store  # noqa: F401 - the one opener (also the daemon's name)
-from kproxy.store.cache import Cache, key_of, obj_id  # noqa: F401 - re-exported for the roles
+from kproxy.store.cache import Cache, key_of, obj_id  # noqa: F401 - the roles' one spelling of both
 from kproxy.api import meta
 
 log = logging.getLogger("kproxy")

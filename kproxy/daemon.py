@@ -43,15 +43,14 @@ import time
 
 from kproxy import supervise
 from kproxy.config import LabConfig
-from kproxy.context import Context, key_of, obj_id, open_store  # noqa: F401 - the daemon's names, kept
+from kproxy.context import Context, key_of
 from kproxy.control import read_line
 from kproxy.controllers.manager import Controllers
-from kproxy.frontend import MANIFEST_ERRORS, MANIFEST_KEYS, Frontend  # noqa: F401
+from kproxy.frontend import MANIFEST_ERRORS, Frontend
 from kproxy.leases import Heartbeat
 from kproxy.node.agent import Agent
 from kproxy.node.network import enter_netns
-from kproxy.proxy.role import PROXY_STATUS, ProxyRole  # noqa: F401
-from kproxy.store.cache import NODE_LEASES  # noqa: F401
+from kproxy.proxy.role import ProxyRole
 
 log = logging.getLogger("kproxy")
 

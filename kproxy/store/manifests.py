@@ -24,7 +24,6 @@ so the folder means the same to apply as to the daemon.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os

@@ -13,7 +13,9 @@ from kproxy import cli
 from kproxy.api import admission
 from kproxy.api.admission import INVALID, NO_MATCH, NOT_FOUND, Admission
 from kproxy.config import LabConfig
-from kproxy.daemon import MANIFEST_ERRORS, Daemon, key_of
+from kproxy.context import key_of
+from kproxy.daemon import Daemon
+from kproxy.frontend import MANIFEST_ERRORS
 
 GATE = Admission()
 POD_FORBIDDEN = ("spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,"

@@ -9,7 +9,9 @@ import pytest
 from kproxy.cluster import commands, lab
 from kproxy.config import LabConfig
 from kproxy.controllers import pods as podw
-from kproxy.daemon import NODE_LEASES, Daemon, key_of
+from kproxy.context import key_of
+from kproxy.daemon import Daemon
+from kproxy.store.cache import NODE_LEASES
 
 
 def test_emulated_nodes_get_their_own_address_pod_cidr_and_state(tmp_path):

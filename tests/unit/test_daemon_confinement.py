@@ -18,7 +18,9 @@ import pytest
 from kproxy import supervise
 from kproxy.config import LabConfig
 from kproxy.controllers import allocation, endpoints, replicas
-from kproxy.daemon import HEALTH, MANIFEST_ERRORS, Daemon, key_of
+from kproxy.context import key_of
+from kproxy.daemon import HEALTH, Daemon
+from kproxy.frontend import MANIFEST_ERRORS
 
 SVC = """apiVersion: v1
 kind: Service

@@ -10,7 +10,8 @@ import pytest
 from kproxy.config import LabConfig
 from kproxy.controllers import pods as podw
 from kproxy.controllers import replicas
-from kproxy.daemon import Daemon, key_of
+from kproxy.context import key_of
+from kproxy.daemon import Daemon
 
 TOO_MANY = "0/1 nodes are available: 1 Too many pods."
 

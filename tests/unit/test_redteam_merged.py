@@ -213,7 +213,8 @@ def _selector_pod(name: str, selector: dict) -> dict:
 def test_a_pod_whose_node_selector_no_node_matches_stays_pending(tmp_path):
     """`nodeSelector: {disk: ssd}` with no such node ran the pod on node-1 anyway."""
     from kproxy.controllers import pods as podw
-    from kproxy.daemon import Daemon, key_of
+    from kproxy.context import key_of
+    from kproxy.daemon import Daemon
     d = Daemon(LabConfig(state_dir=str(tmp_path), sandbox=True), controller=True, agent=True)
     d.agent.register_node()
     ssd, here = _selector_pod("ssd", {"disk": "ssd"}), _selector_pod("here", {"kubernetes.io/hostname": "node-1"})
@@ -257,7 +258,8 @@ def test_up_refuses_a_lb_pool_holding_a_special_address(tmp_path, monkeypatch, p
 def test_a_stored_pool_holding_loopback_hands_out_nothing(tmp_path):
     """A pool admitted before the rule (a store of an older lab) must not hand out 127.0.0.0 either:
     a refused update of it would keep the stored version serving."""
-    from kproxy.daemon import Daemon, key_of
+    from kproxy.context import key_of
+    from kproxy.daemon import Daemon
     d = Daemon(LabConfig(state_dir=str(tmp_path), sandbox=True), controller=True, agent=True)
     for name, addresses in (("lo", ["127.0.0.0/30"]), ("ok", ["192.168.49.240-192.168.49.250"])):
         d.ctx.objects["IPAddressPool"][key_of("IPAddressPool", "metallb-system", name)] = _pool(*addresses) | {
