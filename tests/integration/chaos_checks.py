@@ -14,6 +14,30 @@ from kproxy.proxy.chains import is_service_chain
 from .conftest import prefixed_netns
 
 
+# The workload both chaos tests apply: a Deployment and NodePort Services over it.
+DEPLOY = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: chaos}
+spec:
+  replicas: %(replicas)d
+  selector: {matchLabels: {app: chaos}}
+  template:
+    metadata: {labels: {app: chaos}}
+    spec:
+      containers: [{name: c, image: x, ports: [{containerPort: 80}]}]
+"""
+
+SVC = """
+apiVersion: v1
+kind: Service
+metadata: {name: %(name)s}
+spec:
+  type: NodePort
+  selector: {app: chaos}
+  ports: [{port: 80}]
+"""
+
 def items(lab, kind: str) -> list[dict]:
     return json.loads(lab.kproxy("get", kind, "-A", "-o", "json").stdout)["items"]
 

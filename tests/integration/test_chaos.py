@@ -20,35 +20,12 @@ from kproxy.store.sqlite import SqliteStore
 
 import pytest
 
-from .chaos_checks import (OrphanReaper, items, my_children, reap, reap_all, services_snapshot, set_subreaper,
-                           wait_converged)
+from .chaos_checks import (DEPLOY, SVC, OrphanReaper, items, my_children, reap, reap_all, services_snapshot,
+                           set_subreaper, wait_converged)
 
 LAB_UP_ARGS = ("--no-cluster-dns",)  # what is killed and checked is the daemon's: a DNS pod only adds time
 TRIALS = 10
 SERVICES_PER_TRIAL = 4
-
-DEPLOY = """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: chaos}
-spec:
-  replicas: %(replicas)d
-  selector: {matchLabels: {app: chaos}}
-  template:
-    metadata: {labels: {app: chaos}}
-    spec:
-      containers: [{name: c, image: x, ports: [{containerPort: 80}]}]
-"""
-
-SVC = """
-apiVersion: v1
-kind: Service
-metadata: {name: %(name)s}
-spec:
-  type: NodePort
-  selector: {app: chaos}
-  ports: [{port: 80}]
-"""
 
 
 def _burst(lab, trial: int, results: list) -> None:

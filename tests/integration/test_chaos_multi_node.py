@@ -17,33 +17,11 @@ from kproxy.cluster import lab as cluster
 
 import pytest
 
-from .chaos_checks import items, reap, reap_all, services_snapshot, set_subreaper, wait_converged
+from .chaos_checks import DEPLOY, SVC, items, reap, reap_all, services_snapshot, set_subreaper, wait_converged
 
 LAB_UP_ARGS = ("--nodes", "3")
 NODES = 3
 
-APP = """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: chaos}
-spec:
-  replicas: 4
-  selector: {matchLabels: {app: chaos}}
-  template:
-    metadata: {labels: {app: chaos}}
-    spec:
-      containers: [{name: c, image: x, ports: [{containerPort: 80}]}]
-"""
-
-SVC = """
-apiVersion: v1
-kind: Service
-metadata: {name: %s}
-spec:
-  type: NodePort
-  selector: {app: chaos}
-  ports: [{port: 80}]
-"""
 
 
 def _check(lab, timeout: float = 60) -> None:
@@ -74,7 +52,7 @@ def test_kill_an_agent_the_controller_and_etcd_in_turn(lab, monkeypatch):
     start = time.monotonic()
     # what the test restarts carries the lab's mark, as what `kproxy up` started does
     monkeypatch.setenv("KPROXY_STATE_DIR", str(lab.state_dir))
-    lab.apply(APP + "---" + SVC % "before-1" + "---" + SVC % "before-2")
+    lab.apply(DEPLOY % {"replicas": 4} + "---" + SVC % {"name": "before-1"} + "---" + SVC % {"name": "before-2"})
     _check(lab)
     known = services_snapshot(items(lab, "svc"))
     state = Path(lab.state_dir)
@@ -86,7 +64,7 @@ def test_kill_an_agent_the_controller_and_etcd_in_turn(lab, monkeypatch):
         t0 = time.monotonic()
         _kill(pidfile)
         if role != "etcd":  # the rest of the lab takes changes meanwhile (etcd away: nothing does)
-            lab.apply(SVC % f"during-{role.split()[-1]}", wait=False)
+            lab.apply(SVC % {"name": f"during-{role.split()[-1]}"}, wait=False)
         time.sleep(1)
         restart()
         _check(lab)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import hits
+from .test_single_host import CLIENT
 
 APPS = """
 apiVersion: apps/v1
@@ -41,13 +42,7 @@ metadata: {name: web}
 spec:
   selector: {app: web}
   ports: [{name: http, port: 80, targetPort: http}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, labels: {app: client}}
-spec:
-  containers: [{name: c, image: busybox, command: [sleep, "3600"]}]
-"""
+---""" + CLIENT  # test_single_host's client pod
 
 pytestmark = pytest.mark.skipif(not shutil.which("chromium"), reason="chromium is not installed "
                                 "(scripts/setup --test)")

@@ -16,65 +16,10 @@ import time
 import pytest
 
 from .conftest import hits
+from .test_single_host import CLIENT, EMPTY, SOLO, WEB
 
-APPS = """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  replicas: 3
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers: [{name: web, image: nginx, ports: [{name: http, containerPort: 8080}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: http}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web-np}
-spec:
-  type: NodePort
-  selector: {app: web}
-  ports: [{port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, labels: {app: client}}
-spec:
-  containers: [{name: c, image: busybox, command: [sleep, "3600"]}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: solo}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: solo}}
-  template:
-    metadata: {labels: {app: solo}}
-    spec:
-      containers: [{name: solo, image: x, ports: [{containerPort: 80}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: solo}
-spec:
-  selector: {app: solo}
-  ports: [{port: 80}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: nobody}
-spec:
-  selector: {app: nothing-matches}
-  ports: [{port: 80}]
----
+# test_single_host's web (3 pods behind web and web-np), client pod, solo and nobody, plus:
+APPS = "---".join([WEB % {"replicas": 3}, CLIENT, SOLO, EMPTY]) + """---
 # externalTrafficPolicy Local with its only endpoint on another node: a selector-less Service
 # and a hand-written EndpointSlice, so this one-node lab has no local endpoint for it.
 apiVersion: v1
