@@ -150,16 +150,9 @@ def save(table: str | None = None) -> str:
 
 
 def kube_chains(saved: str) -> dict[str, set[str]]:
-    """KUBE-* chains per table in iptables-save output."""
-    out: dict[str, set[str]] = {}
-    table = None
-    for line in saved.splitlines():
-        if line.startswith("*"):
-            table = line[1:]
-            out.setdefault(table, set())
-        elif line.startswith(":KUBE-") and table:
-            out[table].add(line[1:].split()[0])
-    return out
+    """KUBE-* chains per table in iptables-save output (restoretext reads the declarations)."""
+    return {table: {c for c in chains if c.startswith("KUBE-")}
+            for table, chains in rt.declared_chains(saved).items()}
 
 
 class Kernel(Protocol):
