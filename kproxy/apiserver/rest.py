@@ -24,44 +24,21 @@ from aiohttp import web
 
 from kproxy.api import meta
 from kproxy.apiserver import status as st
+from kproxy.apiserver.resources import Resource, find
 from kproxy.apiserver.watchcache import Event, Expired, WatchCache, with_rv
 
 BOOKMARK_SECONDS = 5.0
 
 
-@dataclass(frozen=True)
-class Resource:
-    """One served resource: what a path segment names."""
-    kind: str
-    group: str
-    version: str
-    plural: str
-    namespaced: bool
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def key(self, ns: str | None, name: str = "") -> str:
-        """The store key (or, without name, the prefix) as the API server lays out etcd."""
-        plural = meta.KINDS[self.kind].plural
-        if self.namespaced and ns:
-            return f"/registry/{plural}/{ns}/{name}"
-        return f"/registry/{plural}/{name}"
+def store_key(res: Resource, ns: str | None, name: str = "") -> str:
+    """The store key of an object (without name: its collection's prefix), as the API server
+    lays out etcd: `/registry/services/NS/NAME`, `/registry/nodes/NAME`."""
+    plural = meta.KINDS[res.kind].plural
+    if res.namespaced and ns:
+        return f"/registry/{plural}/{ns}/{name}"
+    return f"/registry/{plural}/{name}"
 
 
-def _resources() -> dict[tuple[str, str, str], Resource]:
-    """(group, version, plural) -> Resource, from the kind registry (kproxy/api/meta.KINDS)."""
-    out = {}
-    for info in meta.KINDS.values():
-        for api_version in info.api_versions:
-            group, _, version = api_version.rpartition("/")
-            out[(group, version, info.plural)] = Resource(info.kind, group, version, info.plural, info.namespaced)
-    out[("events.k8s.io", "v1", "events")] = Resource("Event", "events.k8s.io", "v1", "events", True)
-    return out
-
-
-RESOURCES = _resources()
 WRITABLE = set(meta.ADMITTED_KINDS)   # kinds a client may create: they live in the manifests folder
 
 
@@ -78,11 +55,11 @@ class Target:
 def resolve(group: str, version: str, parts: list[str]) -> Target:
     """`[namespaces/NS/]PLURAL[/NAME[/SUB]]` under one group-version; ApiError 404 otherwise."""
     ns = None
-    if len(parts) >= 3 and parts[0] == "namespaces" and (group, version, parts[2]) in RESOURCES:
+    if len(parts) >= 3 and parts[0] == "namespaces" and find(group, version, parts[2]):
         ns, parts = parts[1], parts[2:]
-    if not parts or (group, version, parts[0]) not in RESOURCES or len(parts) > 3:
+    res = find(group, version, parts[0]) if parts and len(parts) <= 3 else None
+    if res is None:
         raise st.ApiError(st.no_route())
-    res = RESOURCES[(group, version, parts[0])]
     if ns is not None and not res.namespaced:
         raise st.ApiError(st.no_route())
     name = parts[1] if len(parts) > 1 else ""
@@ -198,7 +175,7 @@ class Reads:
                 if rs["metadata"]["name"] == t.name:
                     return rs
             raise st.ApiError(st.not_found(t.res.plural, t.res.group, t.name))
-        key = t.res.key(t.namespace, t.name)
+        key = store_key(t.res, t.namespace, t.name)
         obj, rev = self.cache.get(key)
         if obj is None:
             raise st.ApiError(st.not_found(t.res.plural, t.res.group, t.name))
@@ -212,7 +189,7 @@ class Reads:
         if t.res.kind == "ReplicaSet":
             objs, rev = self._replica_sets(t.namespace)
         else:
-            raw, rev = self.cache.list(t.res.key(t.namespace))
+            raw, rev = self.cache.list(store_key(t.res, t.namespace))
             objs = [present(t.res, k, o, r, self.cache) for k, o, r in raw]
         return [o for o in objs if labels(o["metadata"].get("labels") or {}) and fields(o)], rev
 
@@ -223,16 +200,15 @@ class Reads:
 
     def _replica_sets(self, ns: str | None) -> tuple[list[dict], int]:
         from kproxy import tables
-        dep = RESOURCES[("apps", "v1", "deployments")]
-        pod = RESOURCES[("", "v1", "pods")]
-        deps, rev = self.cache.list(dep.key(ns))
-        pods, _ = self.cache.list(pod.key(ns))
+        dep, pod = find("apps", "v1", "deployments"), find("", "v1", "pods")
+        deps, rev = self.cache.list(store_key(dep, ns))
+        pods, _ = self.cache.list(store_key(pod, ns))
         rss = tables.replica_sets([o for _, o, _ in deps], [o for _, o, _ in pods])
-        res = RESOURCES[("apps", "v1", "replicasets")]
+        res = find("apps", "v1", "replicasets")
         out = []
         for rs in rss:
             m = rs["metadata"]
-            key = res.key(m["namespace"], m["name"])
+            key = store_key(res, m["namespace"], m["name"])
             rs["metadata"]["uid"] = str(uuid.uuid5(uuid.NAMESPACE_URL, key))
             out.append(present(res, key, rs, rev))
         return out, rev
@@ -245,7 +221,7 @@ class Reads:
         q = request.query
         labels = label_matcher(q.get("labelSelector"))
         fields = field_matcher(t.res.kind, q.get("fieldSelector"))
-        prefix = t.res.key(t.namespace, t.name) if t.name else t.res.key(t.namespace)
+        prefix = store_key(t.res, t.namespace, t.name) if t.name else store_key(t.res, t.namespace)
         bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
         timeout = float(q.get("timeoutSeconds") or 1800)
         rv_text = q.get("resourceVersion") or ""
