@@ -278,8 +278,14 @@ class ApiServer:
 
     def start(self) -> None:
         self.bind_lab()
-        self.ctx.supervise("apiserver-cache", lambda: self.cache.run(self.ctx.stopping))
+        self.ctx.supervise("apiserver-cache", self._feed)
         self.ctx.supervise("apiserver", self.serve)
+
+    def _feed(self) -> None:
+        """The supervised thread that keeps the watch cache up to date with the store."""
+        self.cache.load()
+        self.ctx.components.ok("apiserver-cache")
+        self.cache.run(self.ctx.stopping)
 
     def stop(self) -> None:
         kubeconfig_path(self.state).unlink(missing_ok=True)

@@ -167,8 +167,10 @@ class WatchCache:
         self._kick.set()
 
     def run(self, stopping: threading.Event) -> None:
-        """The feed (a supervised thread): SQLite's change log or etcd's watch."""
-        self.load()
+        """The feed (a supervised thread): SQLite's change log or etcd's watch (after a first
+        `load` when none was made)."""
+        if not self.loaded.is_set():
+            self.load()
         if hasattr(self.store, "changes_since"):
             self._poll_sqlite(stopping)
         else:

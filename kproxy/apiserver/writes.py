@@ -325,8 +325,10 @@ class Writer:
                 out = dict(verdict.obj)
                 if cur is not None:
                     out["metadata"] = {**cur["metadata"], **out["metadata"]}
-                return code, rest.present(t.res, rest.store_key(t.res, t.namespace, name), out,
-                                          int(self.current(t, name)[1]))
+                shown = rest.present(t.res, rest.store_key(t.res, t.namespace, name), out, self.current(t, name)[1])
+                if cur is None:  # nothing was stored: no resourceVersion yet
+                    shown["metadata"].pop("resourceVersion", None)
+                return code, shown
             scoped = t.res.kind in desired.CLUSTER_SCOPED
             before = f.find(meta.obj_key(obj), scoped)
             _, old_rev = self.current(t, name)

@@ -258,6 +258,7 @@ def _print_summary(cfg: LabConfig) -> None:
             click.echo(f"  {name}: {nip}, pods {cidr}")
     else:
         click.echo(f"kproxy is up: node {cfg.node_name} ({ip}), manifests in {cfg.manifests}")
+    click.echo("  kubectl: export KUBECONFIG=$(kproxy kubeconfig --path)")
     if cfg.cluster_dns:
         click.echo(f"  cluster DNS: kube-system/kube-dns, zone {cfg.cluster_domain}")
     if cfg.lb_pools:
@@ -358,6 +359,7 @@ def status(state_dir):
     if not pid:
         click.echo(f"start it with: {up_command(cfg)}")
         sys.exit(1)
+    _api_line(state_dir)
     stopped = []
     if cfg.store_url:
         from kproxy.cluster.lab import process_pids
@@ -417,6 +419,17 @@ def status(state_dir):
         click.echo(f"a component failed: its traceback is in {state_dir}/daemon.log (or the process's own log)")
     if failed or stopped:
         sys.exit(1)
+
+
+def _api_line(state_dir: str) -> None:
+    """Where the lab's Kubernetes API answers (its kubeconfig names it), when it does."""
+    from kproxy.apiserver.server import kubeconfig_path
+    try:
+        server = next(line.split("server:", 1)[1].strip() for line in kubeconfig_path(state_dir).read_text().splitlines()
+                      if "server:" in line)
+    except (OSError, StopIteration):
+        return
+    click.echo(f"API server: {server} (export KUBECONFIG=$(kproxy kubeconfig --path))")
 
 
 def _stopped_processes(cfg: LabConfig, alive: dict[str, int]) -> list[str]:
