@@ -19,6 +19,8 @@ import termios
 
 from kproxy.apiserver import spdy, wschannel
 
+FIRST_RESIZE_WAIT = 1.0  # seconds a TTY command waits for the client's terminal size
+
 
 class SpdyExecChannels(wschannel.ExecChannels):
     """The same channels as SPDY streams named by their `streamtype` header."""
@@ -126,6 +128,11 @@ async def _wait(proc, outputs, feeder, chans) -> int | None:
 
 async def _run_tty(argv: list[str], chans: wschannel.ExecChannels) -> int | None:
     master, slave = os.openpty()
+    try:  # kubectl sends the terminal's size right after connecting: start the command with it
+        width, height = await asyncio.wait_for(chans.resizes.get(), FIRST_RESIZE_WAIT)
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+    except asyncio.TimeoutError:
+        pass
     try:
         proc = await asyncio.create_subprocess_exec(
             "setsid", "-c", *argv, stdin=slave, stdout=slave, stderr=slave, env={**os.environ, "TERM": "xterm"})

@@ -281,8 +281,8 @@ class PortForward:
         except (OSError, asyncio.TimeoutError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or "timed out")
             error.write(f"error forwarding port {port} to pod {meta['name']}, uid {meta.get('uid', '')}: "
-                        f"failed to connect to localhost:{port} inside namespace \"{meta['name']}\", "
-                        f"IPv4: dial tcp4 127.0.0.1:{port}: connect: {reason.lower()}".encode())
+                        f"dial tcp4 {self.pod.get('status', {}).get('podIP', '')}:{port}: connect: "
+                        f"{reason.lower()}".encode())
             error.close()
             data.close()
             return
