@@ -23,7 +23,7 @@ from aiohttp import web
 
 from kproxy.apiserver import execio, spdy, wschannel
 from kproxy.apiserver.podaccess import PodAccess
-from kproxy.node import access
+from kproxy.node import access as node_access
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _flag(request: web.Request, name: str) -> bool:
 
 def _container(pod: dict, request: web.Request) -> tuple[str | None, web.Response | None]:
     """The container the request names, or the pod's only one; the API server's errors otherwise."""
-    names, name = access.container_names(pod), request.query.get("container", "")
+    names, name = node_access.container_names(pod), request.query.get("container", "")
     pname = pod["metadata"]["name"]
     if not name:
         if len(names) == 1:
@@ -78,8 +78,8 @@ def _offered(request: web.Request) -> list[str]:
 
 
 class StreamHandlers:
-    def __init__(self, access_: PodAccess, lookup: Lookup):
-        self.access, self.lookup = access_, lookup
+    def __init__(self, access: PodAccess, lookup: Lookup):
+        self.access, self.lookup = access, lookup
 
     # ---- logs ------------------------------------------------------------------------------
     async def log(self, request: web.Request) -> web.StreamResponse:
@@ -100,7 +100,7 @@ class StreamHandlers:
         path = self.access.log_path(pod, cname)
         if path is None:
             return bad_request(f'container "{cname}" in pod "{name}" is waiting to start: '
-                               f'{access.waiting_reason(pod, cname)}')
+                               f'{node_access.waiting_reason(pod, cname)}')
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
@@ -117,7 +117,7 @@ class StreamHandlers:
         uid = pod["metadata"].get("uid")
         try:
             with open(path, "rb") as f:
-                more = await out(access.tail(f.read(), tail_lines))
+                more = await out(node_access.tail(f.read(), tail_lines))
                 while more and _flag(request, "follow"):
                     chunk = f.read(1 << 16)
                     if chunk:
@@ -245,8 +245,8 @@ class PortForward:
     """The streams of one port-forward connection: pairs (error, data) by requestID, then one
     TCP connection to the pod per pair, as the kubelet's httpstream port-forwarder does."""
 
-    def __init__(self, access_: PodAccess, pod: dict):
-        self.access, self.pod = access_, pod
+    def __init__(self, access: PodAccess, pod: dict):
+        self.access, self.pod = access, pod
         self.pending: dict[str, dict[str, spdy.Stream]] = {}
         self.tasks: set[asyncio.Task] = set()
 
@@ -364,14 +364,20 @@ async def finish_upgrade(request: web.Request, session: spdy.Session) -> None:
         transport.close()
 
 
-def add_routes(app: web.Application, access_: PodAccess, lookup: Lookup) -> None:
-    """Register the pods' log/exec/portforward/attach and the pod/service proxy routes."""
+MOUNTED = web.AppKey("kproxy.streams", bool)
+
+
+def add_routes(app: web.Application, access: PodAccess, lookup: Lookup) -> None:
+    """Register pods' log/exec/portforward and the services'/pods' proxy (once per app: a second
+    call is a no-op, aiohttp refuses a route registered twice)."""
     from kproxy.apiserver import proxyhttp
-    h = StreamHandlers(access_, lookup)
+    if app.get(MOUNTED):
+        return
+    app[MOUNTED] = True
+    h = StreamHandlers(access, lookup)
     base = "/api/v1/namespaces/{namespace}/pods/{name}"
     app.router.add_route("GET", base + "/log", h.log)
     for method in ("GET", "POST"):
         app.router.add_route(method, base + "/exec", h.exec)
         app.router.add_route(method, base + "/portforward", h.portforward)
     proxyhttp.add_routes(app, lookup)
-
