@@ -23,6 +23,16 @@ class PodAccess:
     def __init__(self, cfg: LabConfig):
         self.cfg = cfg
 
+    def elsewhere(self, pod: dict) -> str | None:
+        """Why this server cannot reach the pod's processes and files, or None. Only a real
+        multi-node lab has that case: a pod on another machine (there is no kubelet API to
+        ask; the sandbox's nodes all share this machine)."""
+        node = pod.get("spec", {}).get("nodeName")
+        if self.cfg.store_url and not self.cfg.sandbox and node and node != self.cfg.node_name:
+            return (f'pod "{pod["metadata"]["name"]}" runs on node {node}, another machine: its logs and '
+                    f"exec are reached there (`vagrant ssh {node}`, then `kproxy logs` / `kproxy exec`)")
+        return None
+
     def exec_argv(self, pod: dict, container: str, command: list[str]) -> list[str] | None:
         """The command line for `command` in `container` of `pod`; None: it is not running here."""
         return access.exec_argv(self.cfg, pod, container, command)

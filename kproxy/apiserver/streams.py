@@ -90,6 +90,8 @@ class StreamHandlers:
         cname, err = _container(pod, request)
         if err:
             return err
+        if where := self.access.elsewhere(pod):
+            return bad_request(where)
         if _flag(request, "previous"):
             return bad_request(f'previous terminated container "{cname}" in pod "{name}" not found')
         try:
@@ -134,9 +136,9 @@ class StreamHandlers:
                     if request.transport is None or request.transport.is_closing():
                         break
                     await asyncio.sleep(0.2)
-        except (ConnectionError, asyncio.CancelledError):
-            return resp
-        await resp.write_eof()
+            await resp.write_eof()
+        except ConnectionError:  # the client left
+            pass
         return resp
 
     # ---- exec ------------------------------------------------------------------------------
@@ -154,6 +156,8 @@ class StreamHandlers:
         phase = pod.get("status", {}).get("phase")
         if phase in ("Succeeded", "Failed"):
             return None, [], bad_request(f"cannot exec into a container in a completed pod; current phase is {phase}")
+        if where := self.access.elsewhere(pod):
+            return None, [], bad_request(where)
         argv = self.access.exec_argv(pod, cname, command)
         if argv is None:
             return None, [], bad_request(f'unable to upgrade connection: container not found ("{cname}")')
@@ -220,12 +224,23 @@ class StreamHandlers:
                                f"{pod.get('status', {}).get('phase', 'Pending')}")
         forward = PortForward(self.access, pod)
         if _wants_upgrade(request, "websocket"):
-            ws = web.WebSocketResponse(protocols=(wschannel.TUNNEL_PROTOCOL,), heartbeat=None)
+            ws = web.WebSocketResponse(protocols=(wschannel.TUNNEL_PROTOCOL, wschannel.V4), heartbeat=None)
             if not ws.can_prepare(request).ok:
                 return bad_request("unable to upgrade connection: subprotocol "
-                                   f"{wschannel.TUNNEL_PROTOCOL} required")
+                                   f"{wschannel.TUNNEL_PROTOCOL} or {wschannel.V4} required")
+            ports: list[int] = []
+            if ws.can_prepare(request).protocol == wschannel.V4:
+                try:
+                    ports = [int(p) for v in request.query.getall("ports", []) for p in v.split(",")]
+                    if not ports or not all(0 < p < 65536 for p in ports):
+                        raise ValueError
+                except ValueError:
+                    return bad_request("query parameter \"ports\" is required: one or more ports from 1 to 65535")
             await ws.prepare(request)
-            await wschannel.tunnel_spdy(ws, forward.on_stream)
+            if ws.ws_protocol == wschannel.V4:
+                await wschannel.channel_portforward(ws, ports, lambda port: self.access.open_connection(pod, port))
+            else:
+                await wschannel.tunnel_spdy(ws, forward.on_stream)
             forward.stop()
             return ws
         if _wants_upgrade(request, SPDY_UPGRADE):

@@ -192,3 +192,53 @@ async def tunnel_spdy(ws: web.WebSocketResponse, on_stream) -> None:
     await sender.close()
     reader.cancel()
     await ws.close()
+
+
+async def channel_portforward(ws: web.WebSocketResponse, ports: list[int], connect) -> None:
+    """Port-forward as the Python client (and other WebSocket clients) speaks it: v4.channel.k8s.io
+    with `?ports=`, port i on channels 2i (data) and 2i+1 (error), each channel's first message
+    the port number (2 bytes, little-endian). One pod connection per port for the WebSocket's
+    life; the WebSocket closes once every pod connection ended."""
+    sender = Sender(ws)
+    writers: dict[int, asyncio.StreamWriter] = {}
+    pumps = []
+    for i, port in enumerate(ports):
+        for channel in (2 * i, 2 * i + 1):
+            sender.send(bytes([channel]) + port.to_bytes(2, "little"))
+        try:
+            reader, writers[i] = await connect(port)
+        except (OSError, asyncio.TimeoutError) as e:
+            sender.send(bytes([2 * i + 1]) + f"error forwarding port {port}: {e}".encode())
+            continue
+
+        async def pump(i: int = i, reader: asyncio.StreamReader = reader) -> None:
+            try:
+                while chunk := await reader.read(1 << 16):
+                    sender.send(bytes([2 * i]) + chunk)
+                    await sender.drain()
+            except (ConnectionError, OSError):
+                pass
+        pumps.append(asyncio.ensure_future(pump()))
+
+    async def from_client() -> None:
+        async for msg in ws:
+            if msg.type != WSMsgType.BINARY or not msg.data or msg.data[0] % 2:
+                continue
+            writer = writers.get(msg.data[0] // 2)
+            if writer is not None and not writer.is_closing():
+                writer.write(msg.data[1:])
+                await writer.drain()
+    client = asyncio.ensure_future(from_client())
+    try:
+        if pumps:
+            await asyncio.wait([client, asyncio.gather(*pumps)], return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.sleep(0.1)
+    finally:
+        client.cancel()
+        for p in pumps:
+            p.cancel()
+        for w in writers.values():
+            w.close()
+        await sender.close()
+        await ws.close()

@@ -52,6 +52,9 @@ class FakeAccess(PodAccess):
         self.logs, self.ports = logs, ports
         self.commands: list[list[str]] = []
 
+    def elsewhere(self, pod):
+        return "pod runs elsewhere" if pod["metadata"].get("labels", {}).get("state") == "elsewhere" else None
+
     def exec_argv(self, pod, container, command):
         if pod["metadata"].get("labels", {}).get("state") == "stopped":
             return None

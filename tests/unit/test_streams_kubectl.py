@@ -273,3 +273,52 @@ def test_kubectl_proxy_reaches_service_and_pod(stub):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# ---- an old client: Debian's kubectl 1.20 (SPDY only) ----------------------------------------------
+
+OLD_KUBECTL = "/opt/kproxy/kubectl-1.20/usr/bin/kubectl"  # unpacked by `scripts/setup --test`
+
+
+def test_kubectl_1_20_exec_logs_port_forward(stub):
+    _need(OLD_KUBECTL)
+    old = stub.kubectl("version", "--client", "--short", binary=OLD_KUBECTL)
+    assert b"v1.20" in old.stdout
+    assert stub.kubectl("logs", "web-1", "--tail", "1", binary=OLD_KUBECTL).stdout == b"line3\n"
+    res = stub.kubectl("exec", "web-1", "--", "sh", "-c", "echo out; exit 3", binary=OLD_KUBECTL)
+    assert (res.returncode, res.stdout, res.stderr) == (3, b"out\n", b"command terminated with exit code 3\n")
+    res = stub.kubectl("exec", "-i", "web-1", "--", "tr", "a-z", "A-Z", input=b"old client\n", binary=OLD_KUBECTL)
+    assert (res.returncode, res.stdout) == (0, b"OLD CLIENT\n")
+    assert [r for r in stub.requests if "/exec?" in r][-1].startswith("POST")  # a SPDY upgrade
+    proc = stub.kubectl_bg("port-forward", "svc/web", ":80", binary=OLD_KUBECTL)
+    try:
+        port = int(_started(proc, rb"Forwarding from 127\.0\.0\.1:(\d+) -> 8080").group(1))
+        assert _curl(f"http://127.0.0.1:{port}/old") == b"pod web-1 answered GET /old HTTP/1.1"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# ---- the official Python client (kubernetes.stream: WebSocket v5/v4 channels) -------------------------
+
+def test_python_client_exec_and_port_forward(stub):
+    from kubernetes import client, config
+    from kubernetes.stream import portforward, stream
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(stub.kubeconfig)))
+    out = stream(api.connect_get_namespaced_pod_exec, "web-1", "default", command=["sh", "-c", "echo hi; echo oops >&2"],
+                 stderr=True, stdin=False, stdout=True, tty=False)
+    assert out == "hi\noops\n"
+    resp = stream(api.connect_get_namespaced_pod_exec, "web-1", "default", command=["sh", "-c", "exit 6"],
+                  stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+    resp.run_forever(timeout=10)
+    assert resp.returncode == 6
+    pf = portforward(api.connect_get_namespaced_pod_portforward, "web-1", "default", ports="8080")
+    sock = pf.socket(8080)
+    sock.setblocking(True)
+    sock.sendall(b"GET /py HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    sock.close()
+    assert data.endswith(b"pod web-1 answered GET /py HTTP/1.1")
+    assert pf.error(8080) is None
