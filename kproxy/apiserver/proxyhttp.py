@@ -13,6 +13,7 @@ Hop-by-hop headers and the client's credentials for the API server are not passe
 """
 from __future__ import annotations
 
+import os
 import random
 import ssl
 
@@ -106,6 +107,16 @@ def pod_location(lookup, ns: str, ident: str) -> tuple[str, str, int] | web.Resp
     return scheme, ip, int(port) if port else (443 if scheme == "https" else 80)
 
 
+def _dial_error(host: str, port: int, e: BaseException) -> str:
+    """Go's words for a failed dial, as the API server quotes them."""
+    os_error = getattr(e, "os_error", e)
+    if isinstance(os_error, OSError) and os_error.errno:  # asyncio rewords strerror: the errno's own words
+        return f"dial tcp {host}:{port}: connect: {os.strerror(os_error.errno).lower()}"
+    if isinstance(e, (TimeoutError, aiohttp.ServerTimeoutError)):
+        return f"dial tcp {host}:{port}: i/o timeout"
+    return str(e) or type(e).__name__
+
+
 class ProxyHandler:
     def __init__(self, lookup):
         self.lookup = lookup
@@ -132,6 +143,8 @@ class ProxyHandler:
         if isinstance(where, web.Response):
             return where
         scheme, host, port = where
+        if "path" not in request.match_info and request.method == "GET":  # as upstream: .../proxy -> .../proxy/
+            raise web.HTTPMovedPermanently(request.rel_url.with_path(request.rel_url.path + "/"))
         path = "/" + request.match_info.get("path", "")
         url = f"{scheme}://{host}:{port}{path}"
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -142,7 +155,7 @@ class ProxyHandler:
                 request.method, url, params=request.rel_url.query, headers=headers, data=body,
                 allow_redirects=False, ssl=self._insecure if scheme == "https" else None)
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            return _unavailable(f"error trying to reach service: {e}")
+            return _unavailable(f"error trying to reach service: {_dial_error(host, port, e)}")
         async with upstream:
             resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for k, v in upstream.headers.items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Callable
 
 from aiohttp import web
@@ -294,7 +295,8 @@ class PortForward:
         try:
             reader, writer = await self.access.open_connection(self.pod, port)
         except (OSError, asyncio.TimeoutError) as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or "timed out")
+            reason = (os.strerror(e.errno) if isinstance(e, OSError) and e.errno  # asyncio rewords strerror
+                      else "i/o timeout" if isinstance(e, asyncio.TimeoutError) else str(e))
             error.write(f"error forwarding port {port} to pod {meta['name']}, uid {meta.get('uid', '')}: "
                         f"dial tcp4 {self.pod.get('status', {}).get('podIP', '')}:{port}: connect: "
                         f"{reason.lower()}".encode())

@@ -72,7 +72,9 @@ def stub(tmp_path_factory):
     log = folder / "web-1.log"
     log.write_bytes(b"line1\nline2\nline3\n")
     pod_port = PodPort()
-    access = FakeAccess({"web-1/app": log}, {8080: pod_port.port})
+    closed = socket.socket()  # bound, never listening: a pod port that refuses connections
+    closed.bind(("127.0.0.1", 0))
+    access = FakeAccess({"web-1/app": log}, {8080: pod_port.port, 9999: closed.getsockname()[1]})
     objects = {
         ("Pod", "web-1"): pod("web-1", {"app": "web"}),
         ("Pod", "stopped"): pod("stopped", {"state": "stopped"}),
@@ -88,6 +90,7 @@ def stub(tmp_path_factory):
     server.log, server.pod_port = log, pod_port
     yield server
     server.stop()
+    closed.close()
 
 
 def _run(stub, *args, env=None, input=None):
@@ -255,6 +258,7 @@ def test_port_forward_refused_port_reports_the_pod_error(stub):
             proc.kill()
     assert (b"error forwarding port 9999 to pod web-1, uid uid-web-1: dial tcp4 127.0.0.1:9999: "
             b"connect: connection refused") in err
+    assert b"error: lost connection to pod" in err  # kubectl 1.32 gives up on a pod error, as with a cluster
 
 
 def test_kubectl_proxy_reaches_service_and_pod(stub):
@@ -270,6 +274,12 @@ def test_kubectl_proxy_reaches_service_and_pod(stub):
         assert (missing["code"], missing["message"]) == (404, 'services "nope" not found')
         wrong = json.loads(_curl(f"{base}/services/web:81/proxy/"))
         assert (wrong["code"], wrong["message"]) == (503, 'no service port 81 found for service "web"')
+        refused = json.loads(_curl(f"{base}/pods/web-1:9/proxy/"))
+        assert (refused["code"], refused["message"]) == (
+            503, "error trying to reach service: dial tcp 127.0.0.1:9: connect: connection refused")
+        moved = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+                                f"{base}/services/web:80/proxy"], capture_output=True, text=True).stdout
+        assert moved == f"301 {base}/services/web:80/proxy/"
     finally:
         proc.terminate()
         proc.wait(10)
