@@ -116,3 +116,43 @@ def test_kubectl_proxy_reaches_the_service(kube):
     assert by_pod.startswith(f"pod {pod} namespace default")
     logs = kubectl(kube, "logs", pod).stdout.decode()
     assert '"GET / HTTP/1.1" 200' in logs  # the request the proxy carried, in the pod's access log
+
+
+def test_exec_tty_in_the_pod(kube):
+    """-it (through `script`: kubectl needs a terminal): a terminal of the client's size."""
+    if not shutil.which("script"):
+        pytest.fail("script (bsdutils) is not installed")
+    res = subprocess.run(["script", "-qec", f"stty cols 101 rows 31; {KUBECTL} exec -it ticker -- "
+                          "sh -c 'stty size; hostname; exit 2'", "/dev/null"],
+                         capture_output=True, timeout=60, env=kube, stdin=subprocess.DEVNULL)
+    assert re.search(rb"31 101\r\nticker\r\ncommand terminated with exit code 2", res.stdout), res.stdout
+    assert res.returncode == 2
+
+
+OLD_KUBECTL = "/opt/kproxy/kubectl-1.20/usr/bin/kubectl"  # unpacked by `scripts/setup --test`
+
+
+def test_old_kubectl_exec_and_port_forward(kube):
+    """Debian's kubectl 1.20 speaks SPDY/3.1 for both."""
+    if not os.path.exists(OLD_KUBECTL):
+        pytest.fail(f"{OLD_KUBECTL} is missing (run scripts/setup --test)")
+    res = subprocess.run([OLD_KUBECTL, "exec", "-i", "ticker", "--", "sh", "-c", "cat; id -u"], env=kube,
+                         input=b"via spdy\n", capture_output=True, timeout=60)
+    assert (res.returncode, res.stdout) == (0, b"via spdy\n1000\n"), res.stderr
+    proc = subprocess.Popen([OLD_KUBECTL, "port-forward", "svc/web", ":80"], env=kube,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        port = int(_started(proc, rb"Forwarding from 127\.0\.0\.1:(\d+) -> 8080").group(1))
+        answer = _curl(f"http://127.0.0.1:{port}/")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert re.match(r"pod web-[a-z0-9]+-[a-z0-9]+ namespace default", answer), answer
+
+
+def test_kubectl_cp_from_a_pod(kube, tmp_path):
+    """kubectl cp is tar over exec: the file comes from the pod's view (its resolv.conf, mounted
+    over the host's as the kubelet does; the rest of the filesystem is the host's)."""
+    res = kubectl(kube, "cp", "ticker:/etc/resolv.conf", str(tmp_path / "resolv.conf"))
+    assert res.returncode == 0, res.stderr
+    assert "search default.svc.cluster.local svc.cluster.local cluster.local" in (tmp_path / "resolv.conf").read_text()
