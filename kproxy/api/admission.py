@@ -50,7 +50,7 @@ class Verdict:
     message: str | None = None  # the refusal as the API server words it; None: admitted
     reason: str = ""           # NO_MATCH, INVALID, NOT_FOUND, TOO_LARGE or INTERNAL (a kproxy bug, named)
     update: bool = False       # judged as an update of an admitted object
-    errors: tuple = ()         # INVALID: the field errors (the API server's 422 Status causes)
+    field_errors: tuple = ()   # INVALID: the FieldErrors (the API server's 422 details.causes)
 
     @property
     def ok(self) -> bool:

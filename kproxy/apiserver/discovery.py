@@ -12,7 +12,8 @@ everything in those two requests. kubectl 1.32 asks::
 and tells the forms apart by the response's ``Content-Type`` alone, so every answer names its
 form exactly. All bodies are built from :mod:`kproxy.apiserver.resources`, the one table.
 
-``add_routes(app)`` registers the GET routes here and OpenAPI's (:mod:`.openapi`); the core puts
+``invalid_status(kind, name, field_errors)`` (defined in :mod:`.strict`) is the 422 Invalid
+Status. ``add_routes(app)`` registers the GET routes here and OpenAPI's (:mod:`.openapi`); the core puts
 authentication in front of them (these handlers never look at who asks). The health checks are
 ``app[HEALTH_CHECKS]``: name -> callable returning None when healthy or the reason it is not
 (the core adds ``etcd``); they print as the API server prints them with ``?verbose``.
@@ -28,6 +29,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from kproxy.apiserver import resources as res
+from kproxy.apiserver.strict import invalid_status  # noqa: F401 - part of this module's interface
 
 KUBERNETES_VERSION = (1, 32, 0)
 GIT_VERSION = "v{}.{}.{}-kproxy".format(*KUBERNETES_VERSION)

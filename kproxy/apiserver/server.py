@@ -231,11 +231,15 @@ class ApiServer:
             raise st.ApiError(st.method_not_allowed())
         body = await request.read()
         call = lambda: self.writer.handle(verb, t, body, request.headers.get("Content-Type", ""), q)  # noqa: E731
-        code, result = await asyncio.get_running_loop().run_in_executor(None, call)
+        code, result, warnings = await asyncio.get_running_loop().run_in_executor(None, call)
         self.cache.kick()
         if isinstance(result, dict) and result.get("kind") != "Status" and verb in ("create", "update", "patch"):
-            return self.single(request, t, result, code)
-        return json_response(result, code)
+            resp = self.single(request, t, result, code)
+        else:
+            resp = json_response(result, code)
+        for w in warnings:
+            resp.headers.add("Warning", w)
+        return resp
 
     # -- bodies ---------------------------------------------------------------------------
     def collection(self, request: web.Request, t: rest.Target, items: list[dict], rev: int) -> web.Response:

@@ -119,21 +119,45 @@ class Writer:
         self.ctx, self.cfg, self.front, self.sync = ctx, ctx.cfg, frontend, sync
         self.gate = desired.gate(ctx.cfg)
         self.lock = threading.Lock()
+        self.validation = "Warn"          # this request's fieldValidation (writes are serialised)
+        self.warnings: list[str] = []
 
     # -- entry ------------------------------------------------------------------------------
-    def handle(self, verb: str, t: rest.Target, body: bytes, content_type: str, query) -> tuple[int, dict]:
-        """(HTTP code, answer) of one write; ApiError for a refusal."""
+    def handle(self, verb: str, t: rest.Target, body: bytes, content_type: str, query) -> tuple[int, dict, list]:
+        """(HTTP code, answer, Warning header values) of one write; ApiError for a refusal."""
         dry = "All" in query.getall("dryRun", []) if hasattr(query, "getall") else query.get("dryRun") == "All"
+        self.validation = query.get("fieldValidation") or "Warn"
+        self.warnings: list[str] = []
         with self.lock:
             if verb == "create":
-                return self.create(t, decode(body), dry)
-            if verb == "update":
-                return self.update(t, decode(body), dry)
-            if verb == "patch":
-                return self.patch(t, body, content_type, dry)
-            if verb == "delete":
-                return self.delete(t, decode(body) if body.strip() else {}, dry)
-            return self.delete_collection(t, query, dry)
+                obj = decode(body)
+                self._strict(t, obj, body, True)
+                code, out = self.create(t, obj, dry)
+            elif verb == "update":
+                obj = decode(body)
+                self._strict(t, obj, body, True)
+                code, out = self.update(t, obj, dry)
+            elif verb == "patch":
+                code, out = self.patch(t, body, content_type, dry)
+            elif verb == "delete":
+                code, out = self.delete(t, decode(body) if body.strip() else {}, dry)
+            else:
+                code, out = self.delete_collection(t, query, dry)
+        return code, out, self.warnings
+
+    def _strict(self, t: rest.Target, obj: dict, body: bytes | None, create: bool) -> None:
+        """kubectl's validation path (discovery's strict.py): with fieldValidation=Strict an
+        unknown or duplicate field is a 400 in the decoder's words; Warn (the default) makes
+        them Warning headers; Ignore says nothing."""
+        if self.validation == "Ignore" or t.sub == "scale":
+            return
+        from kproxy.apiserver import strict
+        found = strict.problems(t.res.kind, obj, body)
+        if not found:
+            return
+        if self.validation == "Strict":
+            raise st.ApiError(strict.strict_status(t.res.kind, t.res.version, found, create))
+        self.warnings += strict.warning_headers(found)
 
     # -- reading the truth --------------------------------------------------------------------
     def current(self, t: rest.Target, name: str | None = None) -> tuple[dict | None, int]:
@@ -209,6 +233,7 @@ class Writer:
         new = apply_patch(t.res.kind, shown, body, content_type)
         if not isinstance(new, dict):
             raise st.ApiError(st.bad_request("the patch did not leave an object"))
+        self._strict(t, new, None, False)
         self._precondition(t, new, rev)
         new = self._shape(t, new)
         if new["metadata"].get("name") != t.name:
@@ -353,7 +378,7 @@ class Writer:
 
     def _refusal(self, t: rest.Target, name: str, verdict: admission.Verdict) -> dict:
         if verdict.reason == admission.INVALID:
-            return st.invalid(t.res.kind, name, verdict.errors)
+            return st.invalid(t.res.kind, name, verdict.field_errors)
         if verdict.reason == admission.NOT_FOUND:
             ns = (verdict.obj.get("metadata") or {}).get("namespace", "")
             return st.not_found("namespaces", "", ns)

@@ -180,7 +180,7 @@ def target(plural="services", name="", group="", sub="", ns="default") -> rest.T
 
 def call(w, verb, t, body=None, ctype="application/json", query=None):
     raw = json.dumps(body).encode() if body is not None else b""
-    return w.handle(verb, t, raw, ctype, MultiDict(query or {}))
+    return w.handle(verb, t, raw, ctype, MultiDict(query or {}))[:2]
 
 
 def refusal(fn) -> dict:
@@ -248,7 +248,7 @@ def test_generate_name_dry_run_patch_scale_and_delete(lab):
     assert code == 201 and dry["metadata"]["name"].startswith("gen-") and not list(Path(cfg.manifests).iterdir())
     _, made = call(w, "create", target(), {"metadata": {"generateName": "gen-"}, "spec": {"ports": [{"port": 80}]}})
     assert len(made["metadata"]["name"]) == len("gen-") + 5
-    code, patched = w.handle("patch", target(name=made["metadata"]["name"]), b'{"metadata":{"labels":{"x":"y"}}}',
+    code, patched, _ = w.handle("patch", target(name=made["metadata"]["name"]), b'{"metadata":{"labels":{"x":"y"}}}',
                              "application/merge-patch+json", MultiDict())
     assert patched["metadata"]["labels"] == {"x": "y"}
     dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
@@ -257,7 +257,7 @@ def test_generate_name_dry_run_patch_scale_and_delete(lab):
                                  "spec": {"containers": [{"name": "web", "image": "kproxy/podserver"}]}}}}
     dt = lambda **kw: target("deployments", group="apps", **kw)  # noqa: E731
     call(w, "create", dt(), dep)
-    code, scale = w.handle("patch", dt(name="web", sub="scale"), b'{"spec":{"replicas":3}}',
+    code, scale, _ = w.handle("patch", dt(name="web", sub="scale"), b'{"spec":{"replicas":3}}',
                            "application/merge-patch+json", MultiDict())
     assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 3
     assert store.get("/registry/deployments/default/web")["spec"]["replicas"] == 3
