@@ -77,6 +77,7 @@ class ApiServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.token = ""
         self.extra_routes: list = []  # callables (app) -> None: streams' add_routes
+        self.extra_routes.append(_streams(ctx.cfg, self.lookup))
 
     # -- set-up ---------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -295,6 +296,15 @@ class ApiServer:
         kubeconfig_path(self.state).unlink(missing_ok=True)
         for s in self.sockets:
             s.close()
+
+
+def _streams(cfg, lookup):
+    """pods/{log,exec,portforward} and the proxy subresources (kproxy/apiserver/streams.py)."""
+    from functools import partial
+
+    from kproxy.apiserver import streams
+    from kproxy.apiserver.podaccess import PodAccess
+    return partial(streams.add_routes, access=PodAccess(cfg), lookup=lookup)
 
 
 async def _until(event: threading.Event) -> None:
