@@ -90,3 +90,22 @@ def test_server_side_apply_and_expose(kubectl):
     svc = json.loads(kubectl.stub.requests[-1]["body"])
     assert svc["spec"]["selector"] == {"app": "hello"}
     assert svc["spec"]["ports"][0]["port"] == 80 and svc["spec"]["type"] == "NodePort"
+
+
+def test_typed_create_commands_send_protobuf_and_are_read(kubectl):
+    """kubectl 1.32's `create deployment/service/namespace` POST protobuf (kproxy.apiserver.protobuf)."""
+    out = kubectl("create", "deployment", "pb", "--image=nginx", "--replicas=0", "--port=8080").stdout
+    assert out.strip() == "deployment.apps/pb created"
+    request = kubectl.stub.requests[-1]
+    assert request["content_type"] == "application/vnd.kubernetes.protobuf"
+    stored = kubectl.stub.objects[("Deployment", "default", "pb")]
+    assert stored["spec"]["replicas"] == 0
+    assert stored["spec"]["template"]["spec"]["containers"][0]["ports"] == [{"containerPort": 8080}]
+    assert kubectl("create", "service", "nodeport", "pbsvc", "--tcp=80:8080", "--node-port=30002").stdout.strip() \
+        == "service/pbsvc created"
+    assert kubectl.stub.objects[("Service", "default", "pbsvc")]["spec"]["ports"][0]["nodePort"] == 30002
+    bad = kubectl("create", "service", "nodeport", "pbbad", "--tcp=80:8080", "--node-port=99999", check=False)
+    # kubectl's own wrapping for `create service` (a real cluster prints the same)
+    assert bad.stderr.strip() == ('error: failed to create NodePort service: Service "pbbad" is invalid: '
+                                  'spec.ports[0].nodePort: Invalid value: 99999: provided port is not in the valid '
+                                  'range. The range of valid ports is 30000-32767')
