@@ -109,3 +109,30 @@ def test_typed_create_commands_send_protobuf_and_are_read(kubectl):
     assert bad.stderr.strip() == ('error: failed to create NodePort service: Service "pbbad" is invalid: '
                                   'spec.ports[0].nodePort: Invalid value: 99999: provided port is not in the valid '
                                   'range. The range of valid ports is 30000-32767')
+
+
+KUBECTL_1_20 = "/opt/kproxy/kubectl-1.20/usr/bin/kubectl"  # Debian's kubernetes-client (scripts/setup --test)
+
+
+def test_kubectl_1_20_validates_against_the_v2_protobuf(kubectl):
+    import os
+    import subprocess
+    if not os.access(KUBECTL_1_20, os.X_OK):
+        pytest.fail(f"{KUBECTL_1_20} is missing: scripts/setup --test unpacks Debian's kubectl 1.20 there")
+
+    def old(*args):
+        return subprocess.run([KUBECTL_1_20, *args], env={"KUBECONFIG": str(kubectl.tmp / "kubeconfig"),
+                                                           "HOME": str(kubectl.tmp)},
+                              capture_output=True, text=True, timeout=60)
+    typo_text = SERVICE.replace("NODEPORT", "30091").replace("name: web", "name: oldtypo").replace("selector:", "selectr:")
+    typo = old("apply", "-f", _manifest(kubectl, "oldtypo.yaml", typo_text))
+    assert typo.returncode == 1
+    assert ('error validating data: ValidationError(Service.spec): unknown field "selectr" in '
+            'io.k8s.api.core.v1.ServiceSpec') in typo.stderr
+    web = SERVICE.replace("NODEPORT", "30090").replace("name: web", "name: old")
+    assert old("apply", "-f", _manifest(kubectl, "old.yaml", web)).stdout.strip() == "service/old created"
+    bad = old("apply", "-f", _manifest(kubectl, "oldbad.yaml", web.replace("30090", "99999").replace("old}", "oldbad}")))
+    assert bad.stderr.strip() == ('The Service "oldbad" is invalid: spec.ports[0].nodePort: Invalid value: 99999: '
+                                  'provided port is not in the valid range. The range of valid ports is 30000-32767')
+    explain = old("explain", "svc.spec.ports").stdout
+    assert "RESOURCE: ports <[]Object>" in explain and "nodePort\t<integer>" in explain
