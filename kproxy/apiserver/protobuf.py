@@ -10,7 +10,7 @@ from k8s.io/api v0.32.9), and the result is the JSON the same Go value marshals 
 the server cannot tell a protobuf create from a JSON one: ``omitempty`` zero values dropped,
 pointers kept when set (``replicas: 0`` stays), inline structs merged, and the types with a JSON
 form of their own (Time, MicroTime, Duration, IntOrString, Quantity, RawExtension, FieldsV1)
-written as Go writes them. The envelope is runtime.Unknown behind the magic ``k8s\\x00``.
+written as Go writes them; one exception: a zero ``creationTimestamp`` (Go's ``null``) is left out. The envelope is runtime.Unknown behind the magic ``k8s\\x00``.
 
 Interface: ``is_protobuf(content_type)``, ``decode(body) -> dict`` (raises ``ProtobufError``,
 which the core answers with 400 BadRequest).
@@ -269,8 +269,11 @@ def _message(name: str, buf: bytes, depth: int = 0) -> Any:
             elif "o" not in flags:
                 out[json_name] = None
             continue
-        if kind == "msg":  # a non-pointer struct: Go's omitempty never drops it
-            out[json_name] = value if present else _message(typ, b"", depth + 1)
+        if kind == "msg":  # a non-pointer struct: Go's omitempty never drops it...
+            value = value if present else _message(typ, b"", depth + 1)
+            if value is None and "o" in flags:
+                continue  # ...but a zero Time (null in Go's JSON) is left out: the server sets its own
+            out[json_name] = value
             continue
         if not present:
             value = _ZERO[kind]

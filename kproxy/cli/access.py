@@ -10,31 +10,16 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 import click
 
 from kproxy import tables
 from kproxy.api import meta
-from kproxy.cli.common import (daemon_pid, fail, list_objects, need_root, netns_exists, node_netns, not_found,
+from kproxy.cli.common import (daemon_pid, fail, list_objects, need_root, node_netns, not_found,
                                resolve_kind, running_lab, singular_name, state_dir_option)
-from kproxy.config import LabConfig
-from kproxy.node.inpod import in_pod
-from kproxy.node.naming import pod_hostname, pod_log_dir, pod_slug
+from kproxy.node import access
+from kproxy.node.access import pod_netns  # noqa: F401  (kproxy/cli/observe.py takes it from here)
 from kproxy.store.base import Store, object_key
-
-
-def pod_netns(cfg: LabConfig, namespace: str, name: str) -> str:
-    """A pod's netns on this machine. On a real node of a multi-node lab the agent's state dir
-    (so its prefix) is not the CLI's: then the one `kp*-NS-NAME` namespace here is the pod's."""
-    netns = cfg.naming.pod_netns(namespace, name)
-    if cfg.store_url and not cfg.sandbox and not netns_exists(netns):
-        from kproxy.node.network import list_netns
-        found = [n for n in list_netns() if n.startswith("kp") and n.endswith(f"-{pod_slug(namespace, name)}")
-                 and n[:n.index("-")].isalnum()]
-        if len(found) == 1:
-            return found[0]
-    return netns
 
 
 def detach_stdin() -> None:
@@ -91,17 +76,6 @@ def _container_of(pod: dict, container: str | None) -> str:
     return container
 
 
-def _exec_user(pod: dict, cname: str) -> str | None:
-    """As kubectl exec: the command runs as the container does (its securityContext)."""
-    from kproxy.node.security import CreateContainerConfigError, run_as
-    spec = next((c for c in pod["spec"].get("containers", []) if c.get("name") == cname), {})
-    try:
-        who = run_as(pod, spec)
-    except CreateContainerConfigError:
-        return None  # never started: the exec is refused as not running
-    return who.arg() if who else None
-
-
 @click.command(name="exec", context_settings={"ignore_unknown_options": True})
 @click.argument("target")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -116,7 +90,7 @@ def exec_(target, command, stdin, tty, container, namespace, state_dir):
     need_root()
     cfg, store = running_lab(state_dir)
     argv = list(command)
-    hostname, user = None, None
+    in_pod_argv = None
     if not argv:
         fail("you must specify at least one command for the container")
     word, _, name = target.rpartition("/")
@@ -135,12 +109,8 @@ def exec_(target, command, stdin, tty, container, namespace, state_dir):
         phase = pod.get("status", {}).get("phase")
         if phase in ("Succeeded", "Failed"):
             fail(f"cannot exec into a container in a completed pod; current phase is {phase}")
-        netns = pod_netns(cfg, namespace, pname)
-        hostname = pod_hostname(pod)
-        user = _exec_user(pod, cname)
-        running = any(cs.get("name") == cname and "running" in (cs.get("state") or {})
-                      for cs in pod.get("status", {}).get("containerStatuses") or [])
-        if not running or not netns_exists(netns):
+        in_pod_argv = access.exec_argv(cfg, pod, cname, argv)
+        if in_pod_argv is None:
             fail(f'unable to upgrade connection: container not found ("{cname}")')
     if stdin and tty and not sys.stdin.isatty():
         click.echo("Unable to use a TTY - input is not a terminal or the right kind of file", err=True)
@@ -148,10 +118,9 @@ def exec_(target, command, stdin, tty, container, namespace, state_dir):
         detach_stdin()
     sys.stdout.flush()
     sys.stderr.flush()
+    if in_pod_argv:  # as in its containers: the pod's network, hostname, resolv.conf, hosts and user
+        os.execvp(in_pod_argv[0], in_pod_argv)
     if netns is None:
-        os.execvp(argv[0], argv)
-    if hostname:  # as in its containers: the pod's network, hostname, resolv.conf and hosts
-        argv = in_pod(netns, hostname, argv, user)
         os.execvp(argv[0], argv)
     os.execvp("ip", ["ip", "netns", "exec", netns, *argv])
 
@@ -190,15 +159,6 @@ def port_forward(target, ports, address, namespace, state_dir):
     portforward.serve(listeners, lambda msg: click.echo(msg, err=msg.startswith("E:")))
 
 
-def _tail(data: bytes, n: int) -> bytes:
-    if n < 0:
-        return data
-    if n == 0:
-        return b""
-    lines = data.splitlines(keepends=True)
-    return b"".join(lines[-n:])
-
-
 @click.command()
 @click.argument("target")
 @click.argument("container_arg", required=False, metavar="[CONTAINER]")
@@ -216,16 +176,12 @@ def logs(target, container_arg, namespace, container, follow, tail, state_dir):
     if count > 1:
         click.echo(f"Found {count} pods, using pod/{pname}", err=True)
     cname = _container_of(pod, container or container_arg)
-    path = cfg.logs / pod_log_dir(namespace, pname) / f"{cname}.log"
-    if not path.exists() and cfg.store_url:  # a real node's agent keeps them in its own state dir
-        path = next(Path(cfg.state_dir).glob(f"nodes/*/logs/{pod_log_dir(namespace, pname)}/{cname}.log"), path)
-    if not path.exists():
-        statuses = {cs.get("name"): cs for cs in pod.get("status", {}).get("containerStatuses") or []}
-        reason = ((statuses.get(cname) or {}).get("state", {}).get("waiting") or {}).get("reason", "ContainerCreating")
-        fail(f'container "{cname}" in pod "{pname}" is waiting to start: {reason}')
+    path = access.log_path(cfg, pod, cname)
+    if path is None:
+        fail(f'container "{cname}" in pod "{pname}" is waiting to start: {access.waiting_reason(pod, cname)}')
     out = sys.stdout.buffer
     with open(path, "rb") as f:
-        out.write(_tail(f.read(), tail))
+        out.write(access.tail(f.read(), tail))
         out.flush()
         if not follow:
             return

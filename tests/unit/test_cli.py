@@ -753,7 +753,8 @@ def execs(monkeypatch):
     monkeypatch.setattr(os, "execvp", fake_exec)
     monkeypatch.setattr(cli, "PASS_THROUGH", (Exec,))  # seen by the test, not turned into an error line
     monkeypatch.setattr(access, "detach_stdin", lambda: calls.append("no stdin"))
-    monkeypatch.setattr(access, "netns_exists", lambda name: True)
+    from kproxy.node import access as node_access  # where the pod's command line is made
+    monkeypatch.setattr(node_access, "netns_exists", lambda name: True)
     return calls
 
 

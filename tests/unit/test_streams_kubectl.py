@@ -1,0 +1,334 @@
+"""The streams with the REAL kubectl (/usr/bin/kubectl, v1.32) against a stub API server
+(tests/unit/kubectl_stub.py) that mounts kproxy/apiserver/streams.add_routes: logs [-f]
+[--tail], exec (WebSocket v5 as kubectl 1.32 does by default, and SPDY/3.1 as older clients
+do, forced with KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false), exec -t through a pseudo-terminal,
+port-forward (SPDY tunnelled in a WebSocket, and plain SPDY) and the service/pod proxy
+through `kubectl proxy`. Each asserts what kubectl printed or which "pod" answered.
+
+Needs kubectl and curl (scripts/setup); fails loudly without them.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import aiohttp
+import pytest
+
+from tests.unit.kubectl_stub import KUBECTL, TOKEN, FakeAccess, StubServer, pod
+
+NO_WS = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false", "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}
+
+
+def _need(tool: str) -> None:
+    if not shutil.which(tool):
+        pytest.fail(f"{tool} is not installed (run scripts/setup)")
+
+
+class PodPort:
+    """A loopback HTTP server standing for port 8080 of pod web-1: it names itself and the request."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _one(conn):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        body = b"pod web-1 answered " + data.split(b"\r\n")[0]
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory):
+    _need(KUBECTL)
+    _need("curl")
+    folder = tmp_path_factory.mktemp("streams")
+    log = folder / "web-1.log"
+    log.write_bytes(b"line1\nline2\nline3\n")
+    pod_port = PodPort()
+    closed = socket.socket()  # bound, never listening: a pod port that refuses connections
+    closed.bind(("127.0.0.1", 0))
+    access = FakeAccess({"web-1/app": log}, {8080: pod_port.port, 9999: closed.getsockname()[1]})
+    objects = {
+        ("Pod", "web-1"): pod("web-1", {"app": "web"}),
+        ("Pod", "stopped"): pod("stopped", {"state": "stopped"}),
+        ("Pod", "two"): pod("two", containers=("a", "b")),
+        ("Service", "web"): {"apiVersion": "v1", "kind": "Service",
+                             "metadata": {"name": "web", "namespace": "default", "uid": "svc-uid"},
+                             "spec": {"selector": {"app": "web"}, "clusterIP": "10.96.0.10",
+                                      "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+        ("Endpoints", "web"): {"subsets": [{"addresses": [{"ip": "127.0.0.1"}],
+                                            "ports": [{"name": "http", "port": pod_port.port}]}]},
+    }
+    server = StubServer(folder, access, objects).start()
+    server.log, server.pod_port = log, pod_port
+    yield server
+    server.stop()
+    closed.close()
+
+
+def _run(stub, *args, env=None, input=None):
+    full = {**os.environ, "KUBECONFIG": str(stub.kubeconfig), "HOME": str(stub.folder), **(env or {})}
+    return subprocess.run([KUBECTL, *args], input=input, capture_output=True, timeout=60, env=full)
+
+
+# ---- logs -------------------------------------------------------------------------------------
+
+def test_logs_and_tail(stub):
+    assert _run(stub, "logs", "web-1").stdout == b"line1\nline2\nline3\n"
+    assert _run(stub, "logs", "web-1", "--tail", "2").stdout == b"line2\nline3\n"
+    assert _run(stub, "logs", "pod/web-1", "-c", "app", "--limit-bytes", "3").stdout == b"lin"
+
+
+def test_logs_errors(stub):
+    res = _run(stub, "logs", "stopped")
+    assert res.returncode == 1
+    assert b'container "app" in pod "stopped" is waiting to start: ContainerCreating' in res.stderr
+    res = _run(stub, "logs", "web-1", "-c", "nope")
+    assert b"container nope is not valid for pod web-1" in res.stderr
+
+
+def test_logs_follow_until_the_pod_is_gone(stub):
+    env = {**os.environ, "KUBECONFIG": str(stub.kubeconfig), "HOME": str(stub.folder)}
+    proc = subprocess.Popen([KUBECTL, "logs", "-f", "web-1", "--tail", "1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    try:
+        time.sleep(1.0)
+        with open(stub.log, "ab") as f:
+            f.write(b"appended while following\n")
+        time.sleep(1.0)
+        assert proc.poll() is None  # still following
+        saved = stub.objects.pop(("Pod", "web-1"))
+        try:
+            out, err = proc.communicate(timeout=10)
+        finally:
+            stub.objects[("Pod", "web-1")] = saved
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        with open(stub.log, "rb") as f:
+            data = f.read()
+        stub.log.write_bytes(data.replace(b"appended while following\n", b""))
+    assert proc.returncode == 0, err
+    assert out == b"line3\nappended while following\n"
+
+
+# ---- exec -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("env", [{}, NO_WS], ids=["websocket", "spdy"])
+def test_exec_output_and_exit_code(stub, env):
+    res = _run(stub, "exec", "web-1", "--", "sh", "-c", "echo out; echo err >&2; exit 3", env=env)
+    assert res.stdout == b"out\n"
+    assert res.stderr == b"err\ncommand terminated with exit code 3\n"
+    assert res.returncode == 3
+    seen = [r for r in stub.requests if "/exec?" in r][-1]
+    assert seen.startswith("POST" if env else "GET")  # a WebSocket is a GET, a SPDY upgrade a POST
+
+
+@pytest.mark.parametrize("env", [{}, NO_WS], ids=["websocket", "spdy"])
+def test_exec_stdin_reaches_the_command_and_ends(stub, env):
+    res = _run(stub, "exec", "-i", "web-1", "--", "sh", "-c", "tr a-z A-Z; echo done", env=env,
+               input=b"hello from stdin\n" * 1000)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == b"HELLO FROM STDIN\n" * 1000 + b"done\n"
+
+
+def test_exec_without_i_gets_no_stdin(stub):
+    res = _run(stub, "exec", "web-1", "--", "sh", "-c", "cat; echo eof", input=b"ignored\n")
+    assert res.stdout == b"eof\n"
+
+
+@pytest.mark.parametrize("env", [{}, NO_WS], ids=["websocket", "spdy"])
+def test_exec_tty(stub, env):
+    """-it through `script` (kubectl needs a terminal): the command has a terminal of the
+    client's size and TERM, and one output stream."""
+    _need("script")
+    full = {**os.environ, "KUBECONFIG": str(stub.kubeconfig), "HOME": str(stub.folder), **env}
+    res = subprocess.run(["script", "-qec", f"stty cols 99 rows 33; {KUBECTL} exec -it web-1 -- "
+                          "sh -c 'tty; stty size; echo $TERM; echo err >&2; exit 4'", "/dev/null"],
+                         capture_output=True, timeout=60, env=full, stdin=subprocess.DEVNULL)
+    out = res.stdout.replace(b"^@", b"")  # script's own NUL on our closed stdin, echoed by the terminal
+    assert re.search(rb"/dev/pts/\d+\r\n33 99\r\nxterm\r\nerr\r\ncommand terminated with exit code 4", out), out
+    assert res.returncode == 4
+
+
+def test_exec_errors(stub):
+    res = _run(stub, "exec", "stopped", "--", "true")
+    assert res.returncode == 1
+    assert res.stderr == b'Error from server (BadRequest): unable to upgrade connection: container not found ("app")\n'
+    res = _run(stub, "exec", "web-1", "-c", "zz", "--", "true")
+    assert res.stderr == b"Error from server (BadRequest): container zz is not valid for pod web-1\n"
+
+
+def test_websocket_v4_exit_status_and_resize_json(stub):
+    """A v4 client (no close signal): the error channel carries the Status kubectl decodes."""
+    async def talk():
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        url = (f"https://127.0.0.1:{stub.port}/api/v1/namespaces/default/pods/web-1/exec"
+               "?command=sh&command=-c&command=exit+7&container=app&stdout=true&stderr=true")
+        async with aiohttp.ClientSession() as s:
+            async with s.ws_connect(url, protocols=("v4.channel.k8s.io",), ssl=ctx,
+                                    headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+                assert ws.protocol == "v4.channel.k8s.io"
+                msgs = [m.data async for m in ws if m.type == aiohttp.WSMsgType.BINARY]
+        return msgs
+    msgs = asyncio.run(talk())
+    (err,) = [m for m in msgs if m[0] == 3]
+    status = json.loads(err[1:])
+    assert status == {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+                      "message": "command terminated with non-zero exit code: error executing command "
+                                 "[sh -c exit 7], exit code 7",
+                      "details": {"causes": [{"reason": "ExitCode", "message": "7"}]}}
+
+
+# ---- port-forward and the proxy ------------------------------------------------------------------
+
+def _curl(url: str) -> bytes:
+    return subprocess.run(["curl", "-s", "-m", "10", url], capture_output=True, timeout=20).stdout
+
+
+def _started(proc: subprocess.Popen, pattern: bytes, timeout: float = 15) -> re.Match:
+    deadline, seen = time.time() + timeout, b""
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        seen += line
+        m = re.search(pattern, seen)
+        if m:
+            return m
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(f"kubectl did not start: {seen!r} {proc.stderr.read()!r}")
+
+
+@pytest.mark.parametrize("env", [{}, NO_WS], ids=["websocket-tunnel", "spdy"])
+def test_port_forward_service(stub, env):
+    """kubectl resolves svc/web to pod web-1 and port 80 to targetPort 8080 itself; every
+    connection is a pair of SPDY streams here, answered by the pod's port."""
+    full = {**os.environ, "KUBECONFIG": str(stub.kubeconfig), "HOME": str(stub.folder), **env}
+    proc = subprocess.Popen([KUBECTL, "port-forward", "svc/web", ":80"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=full)
+    try:
+        port = int(_started(proc, rb"Forwarding from 127\.0\.0\.1:(\d+) -> 8080").group(1))
+        for i in range(3):
+            assert _curl(f"http://127.0.0.1:{port}/n{i}") == f"pod web-1 answered GET /n{i} HTTP/1.1".encode()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert [r for r in stub.requests if r.endswith("/portforward")][-1].startswith("POST" if env else "GET")
+
+
+def test_port_forward_refused_port_reports_the_pod_error(stub):
+    full = {**os.environ, "KUBECONFIG": str(stub.kubeconfig), "HOME": str(stub.folder)}
+    proc = subprocess.Popen([KUBECTL, "port-forward", "pod/web-1", ":9999"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=full)
+    try:
+        port = int(_started(proc, rb"Forwarding from 127\.0\.0\.1:(\d+) -> 9999").group(1))
+        assert _curl(f"http://127.0.0.1:{port}/") == b""
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (b"error forwarding port 9999 to pod web-1, uid uid-web-1: dial tcp4 127.0.0.1:9999: "
+            b"connect: connection refused") in err
+    assert b"error: lost connection to pod" in err  # kubectl 1.32 gives up on a pod error, as with a cluster
+
+
+def test_kubectl_proxy_reaches_service_and_pod(stub):
+    full = {**os.environ, "KUBECONFIG": str(stub.kubeconfig), "HOME": str(stub.folder)}
+    proc = subprocess.Popen([KUBECTL, "proxy", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full)
+    try:
+        port = int(_started(proc, rb"Starting to serve on 127\.0\.0\.1:(\d+)").group(1))
+        base = f"http://127.0.0.1:{port}/api/v1/namespaces/default"
+        assert _curl(f"{base}/services/web:80/proxy/") == b"pod web-1 answered GET / HTTP/1.1"
+        assert _curl(f"{base}/services/web:http/proxy/a/b?c=d") == b"pod web-1 answered GET /a/b?c=d HTTP/1.1"
+        assert _curl(f"{base}/pods/web-1:{stub.pod_port.port}/proxy/p") == b"pod web-1 answered GET /p HTTP/1.1"
+        missing = json.loads(_curl(f"{base}/services/nope:80/proxy/"))
+        assert (missing["code"], missing["message"]) == (404, 'services "nope" not found')
+        wrong = json.loads(_curl(f"{base}/services/web:81/proxy/"))
+        assert (wrong["code"], wrong["message"]) == (503, 'no service port 81 found for service "web"')
+        refused = json.loads(_curl(f"{base}/pods/web-1:9/proxy/"))
+        assert (refused["code"], refused["message"]) == (
+            503, "error trying to reach service: dial tcp 127.0.0.1:9: connect: connection refused")
+        moved = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+                                f"{base}/services/web:80/proxy"], capture_output=True, text=True).stdout
+        assert moved == f"301 {base}/services/web:80/proxy/"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# ---- an old client: Debian's kubectl 1.20 (SPDY only) ----------------------------------------------
+
+OLD_KUBECTL = "/opt/kproxy/kubectl-1.20/usr/bin/kubectl"  # unpacked by `scripts/setup --test`
+
+
+def test_kubectl_1_20_exec_logs_port_forward(stub):
+    _need(OLD_KUBECTL)
+    old = stub.kubectl("version", "--client", "--short", binary=OLD_KUBECTL)
+    assert b"v1.20" in old.stdout
+    assert stub.kubectl("logs", "web-1", "--tail", "1", binary=OLD_KUBECTL).stdout == b"line3\n"
+    res = stub.kubectl("exec", "web-1", "--", "sh", "-c", "echo out; exit 3", binary=OLD_KUBECTL)
+    assert (res.returncode, res.stdout, res.stderr) == (3, b"out\n", b"command terminated with exit code 3\n")
+    res = stub.kubectl("exec", "-i", "web-1", "--", "tr", "a-z", "A-Z", input=b"old client\n", binary=OLD_KUBECTL)
+    assert (res.returncode, res.stdout) == (0, b"OLD CLIENT\n")
+    assert [r for r in stub.requests if "/exec?" in r][-1].startswith("POST")  # a SPDY upgrade
+    proc = stub.kubectl_bg("port-forward", "svc/web", ":80", binary=OLD_KUBECTL)
+    try:
+        port = int(_started(proc, rb"Forwarding from 127\.0\.0\.1:(\d+) -> 8080").group(1))
+        assert _curl(f"http://127.0.0.1:{port}/old") == b"pod web-1 answered GET /old HTTP/1.1"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# ---- the official Python client (kubernetes.stream: WebSocket v5/v4 channels) -------------------------
+
+def test_python_client_exec_and_port_forward(stub):
+    from kubernetes import client, config
+    from kubernetes.stream import portforward, stream
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(stub.kubeconfig)))
+    out = stream(api.connect_get_namespaced_pod_exec, "web-1", "default", command=["sh", "-c", "echo hi; echo oops >&2"],
+                 stderr=True, stdin=False, stdout=True, tty=False)
+    assert out == "hi\noops\n"
+    resp = stream(api.connect_get_namespaced_pod_exec, "web-1", "default", command=["sh", "-c", "exit 6"],
+                  stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+    resp.run_forever(timeout=10)
+    assert resp.returncode == 6
+    pf = portforward(api.connect_get_namespaced_pod_portforward, "web-1", "default", ports="8080")
+    sock = pf.socket(8080)
+    sock.setblocking(True)
+    sock.sendall(b"GET /py HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    sock.close()
+    assert data.endswith(b"pod web-1 answered GET /py HTTP/1.1")
+    assert pf.error(8080) is None
