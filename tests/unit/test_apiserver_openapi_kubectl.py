@@ -136,3 +136,19 @@ def test_kubectl_1_20_validates_against_the_v2_protobuf(kubectl):
                                   'provided port is not in the valid range. The range of valid ports is 30000-32767')
     explain = old("explain", "svc.spec.ports").stdout
     assert "RESOURCE: ports <[]Object>" in explain and "nodePort\t<integer>" in explain
+
+
+def test_crd_kind_is_applied_with_a_merge_patch(kubectl):
+    """MetalLB's kinds are CRDs: their v3 PATCH accepts no strategic merge patch, so kubectl sends
+    a JSON merge patch, as against a real cluster with MetalLB installed."""
+    pool = ("apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: pool, namespace: metallb-system}\n"
+            "spec: {addresses: [192.168.49.200-192.168.49.210]}\n")
+    assert kubectl("apply", "-f", _manifest(kubectl, "pool.yaml", pool)).stdout.strip() == \
+        "ipaddresspool.metallb.io/pool created"
+    changed = pool.replace("210]", "220]")
+    proc = kubectl("apply", "-f", _manifest(kubectl, "pool2.yaml", changed), "-v=6")
+    assert proc.stdout.strip() == "ipaddresspool.metallb.io/pool configured"
+    patch = kubectl.stub.requests[-1]
+    assert patch["method"] == "PATCH" and patch["content_type"] == "application/merge-patch+json"
+    assert json.loads(patch["body"])["spec"] == {"addresses": ["192.168.49.200-192.168.49.220"]}
+    assert "/openapi/v3/apis/metallb.io/v1beta1?hash=" in proc.stderr
