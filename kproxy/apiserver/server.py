@@ -223,7 +223,11 @@ class ApiServer:
         if method == "GET":
             if not t.name:
                 if q.get("watch") in ("true", "1"):
-                    return await reads.watch(request, t)
+                    table = _table_wanted(request)
+                    convert = None
+                    if table is not None and _to_table(t.res.kind, [], table) is not None:
+                        convert = lambda o: _to_table(t.res.kind, [o], table)  # noqa: E731
+                    return await reads.watch(request, t, convert)
                 items, rev = reads.items(t, q)
                 return self.collection(request, t, items, rev)
             obj = reads.get(t)

@@ -97,6 +97,15 @@ def merge_patch(target, patch):
     return out
 
 
+def _without_directives(patch):
+    """A strategic merge patch read as a merge patch: its `$...` directives dropped."""
+    if isinstance(patch, dict):
+        return {k: _without_directives(v) for k, v in patch.items() if not k.startswith("$")}
+    if isinstance(patch, list):
+        return [_without_directives(v) for v in patch]
+    return patch
+
+
 def apply_patch(kind: str, obj: dict, body: bytes, content_type: str) -> dict:
     """patchsel's apply_patch (strategic merge, merge, JSON patch, apply) when merged."""
     try:
@@ -109,7 +118,7 @@ def apply_patch(kind: str, obj: dict, body: bytes, content_type: str) -> dict:
                 import jsonpatch
                 return jsonpatch.apply_patch(obj, json.loads(body))
             if ctype in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
-                return merge_patch(obj, json.loads(body))
+                return merge_patch(obj, _without_directives(json.loads(body)))
         except Exception as e:  # noqa: BLE001 - a patch that does not apply is the client's error
             raise st.ApiError(st.status(422, "Invalid", str(e))) from None
         raise st.ApiError(st.unsupported_media(ctype)) from None
