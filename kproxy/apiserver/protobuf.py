@@ -1,207 +1,299 @@
-"""Request bodies in Kubernetes' protobuf encoding, decoded to the JSON objects the rest of the
-server handles.
+"""Read Kubernetes protobuf request bodies (``application/vnd.kubernetes.protobuf``) as JSON dicts.
 
-Why: kubectl's typed clients (`kubectl create deployment`, `create service ...`, `create
-namespace`) send `Content-Type: application/vnd.kubernetes.protobuf` whatever the server
-advertises (they accept JSON answers, so answers stay JSON). There is no maintained Python
-package with Kubernetes' generated protobuf schemas, so the wire format (varints, length-
-delimited fields) is read here against a table of the messages those commands send: field
-numbers from k8s.io/api's and k8s.io/apimachinery's generated.proto (stable across releases:
-protobuf field numbers never change). A field not in the table is skipped, never guessed.
+kubectl 1.32's typed clients write protobuf: `kubectl create deployment`, `create namespace`,
+`create service clusterip ...` POST a protobuf body (``Accept: application/vnd.kubernetes.protobuf,
+application/json``) and do not retry in JSON after a 415, so without this those commands fail
+against the lab. Responses stay JSON (the Accept allows it); only bodies are read here.
 
-The envelope (runtime.Unknown after the 4-byte magic `k8s\\0`): typeMeta (apiVersion, kind),
-raw (the object's own message), contentEncoding, contentType. gogo-protobuf writes every
-non-pointer field, zero or not, so zero scalars ("" / 0 / false) are dropped as Go's JSON
-`omitempty` drops them, except the pointer fields where a zero means something (`replicas: 0`).
+The wire layout is the Go structs' (``protobuf_v1_32.json.gz``, made by :mod:`.protobuf_trim`
+from k8s.io/api v0.32.9), and the result is the JSON the same Go value marshals to, so the rest of
+the server cannot tell a protobuf create from a JSON one: ``omitempty`` zero values dropped,
+pointers kept when set (``replicas: 0`` stays), inline structs merged, and the types with a JSON
+form of their own (Time, MicroTime, Duration, IntOrString, Quantity, RawExtension, FieldsV1)
+written as Go writes them; one exception: a zero ``creationTimestamp`` (Go's ``null``) is left out. The envelope is runtime.Unknown behind the magic ``k8s\\x00``.
+
+Interface: ``is_protobuf(content_type)``, ``decode(body) -> dict`` (raises ``ProtobufError``,
+which the core answers with 400 BadRequest).
 """
+
 from __future__ import annotations
 
-import datetime
+import base64
+import datetime as dt
+import functools
+import gzip
+import json
+import struct
+from typing import Any
+
+from kproxy.apiserver.protobuf_trim import DATA_FILE
 
 MAGIC = b"k8s\x00"
 CONTENT_TYPE = "application/vnd.kubernetes.protobuf"
+_MAX_DEPTH = 100
 
 
 class ProtobufError(ValueError):
-    pass
+    """A body that is not a Kubernetes protobuf object the lab knows."""
 
 
-S, I32, I64, B, BYTES = "string", "int32", "int64", "bool", "bytes"
-MAP = "map"          # map<string, string>
-QMAP = "qmap"        # map<string, Quantity>
-KEEP_ZERO = {"replicas", "minReadySeconds", "terminationGracePeriodSeconds", "revisionHistoryLimit"}
-
-# message -> {field number: (json name, type or message, repeated)}
-SCHEMA: dict[str, dict[int, tuple[str, str, bool]]] = {
-    "Unknown": {1: ("typeMeta", "TypeMeta", False), 2: ("raw", BYTES, False), 3: ("contentEncoding", S, False),
-                4: ("contentType", S, False)},
-    "TypeMeta": {1: ("apiVersion", S, False), 2: ("kind", S, False)},
-    "ObjectMeta": {1: ("name", S, False), 2: ("generateName", S, False), 3: ("namespace", S, False),
-                   5: ("uid", S, False), 6: ("resourceVersion", S, False), 7: ("generation", I64, False),
-                   8: ("creationTimestamp", "Time", False), 11: ("labels", MAP, False),
-                   12: ("annotations", MAP, False), 13: ("ownerReferences", "OwnerReference", True),
-                   14: ("finalizers", S, True)},
-    "OwnerReference": {1: ("kind", S, False), 3: ("name", S, False), 4: ("uid", S, False),
-                       5: ("apiVersion", S, False), 6: ("controller", B, False),
-                       7: ("blockOwnerDeletion", B, False)},
-    "LabelSelector": {1: ("matchLabels", MAP, False), 2: ("matchExpressions", "LabelSelectorRequirement", True)},
-    "LabelSelectorRequirement": {1: ("key", S, False), 2: ("operator", S, False), 3: ("values", S, True)},
-    # core/v1
-    "Namespace": {1: ("metadata", "ObjectMeta", False), 2: ("spec", "NamespaceSpec", False),
-                  3: ("status", "NamespaceStatus", False)},
-    "NamespaceSpec": {1: ("finalizers", S, True)},
-    "NamespaceStatus": {1: ("phase", S, False)},
-    "Service": {1: ("metadata", "ObjectMeta", False), 2: ("spec", "ServiceSpec", False),
-                3: ("status", "ServiceStatus", False)},
-    "ServiceSpec": {1: ("ports", "ServicePort", True), 2: ("selector", MAP, False), 3: ("clusterIP", S, False),
-                    4: ("type", S, False), 5: ("externalIPs", S, True), 7: ("sessionAffinity", S, False),
-                    8: ("loadBalancerIP", S, False), 9: ("loadBalancerSourceRanges", S, True),
-                    10: ("externalName", S, False), 11: ("externalTrafficPolicy", S, False),
-                    12: ("healthCheckNodePort", I32, False), 13: ("publishNotReadyAddresses", B, False),
-                    17: ("ipFamilyPolicy", S, False), 18: ("clusterIPs", S, True), 19: ("ipFamilies", S, True),
-                    20: ("allocateLoadBalancerNodePorts", B, False), 21: ("loadBalancerClass", S, False),
-                    22: ("internalTrafficPolicy", S, False)},
-    "ServicePort": {1: ("name", S, False), 2: ("protocol", S, False), 3: ("port", I32, False),
-                    4: ("targetPort", "IntOrString", False), 5: ("nodePort", I32, False),
-                    6: ("appProtocol", S, False)},
-    "ServiceStatus": {},
-    "Pod": {1: ("metadata", "ObjectMeta", False), 2: ("spec", "PodSpec", False)},
-    "PodTemplateSpec": {1: ("metadata", "ObjectMeta", False), 2: ("spec", "PodSpec", False)},
-    "PodSpec": {2: ("containers", "Container", True), 3: ("restartPolicy", S, False),
-                4: ("terminationGracePeriodSeconds", I64, False), 6: ("dnsPolicy", S, False),
-                7: ("nodeSelector", MAP, False), 8: ("serviceAccountName", S, False), 10: ("nodeName", S, False),
-                16: ("hostname", S, False), 17: ("subdomain", S, False), 19: ("schedulerName", S, False),
-                20: ("initContainers", "Container", True)},
-    "Container": {1: ("name", S, False), 2: ("image", S, False), 3: ("command", S, True), 4: ("args", S, True),
-                  5: ("workingDir", S, False), 6: ("ports", "ContainerPort", True), 7: ("env", "EnvVar", True),
-                  8: ("resources", "ResourceRequirements", False), 13: ("terminationMessagePath", S, False),
-                  14: ("imagePullPolicy", S, False), 16: ("stdin", B, False), 17: ("stdinOnce", B, False),
-                  18: ("tty", B, False), 20: ("terminationMessagePolicy", S, False)},
-    "ContainerPort": {1: ("name", S, False), 2: ("hostPort", I32, False), 3: ("containerPort", I32, False),
-                      4: ("protocol", S, False), 5: ("hostIP", S, False)},
-    "EnvVar": {1: ("name", S, False), 2: ("value", S, False)},
-    "ResourceRequirements": {1: ("limits", QMAP, False), 2: ("requests", QMAP, False)},
-    # apps/v1
-    "Deployment": {1: ("metadata", "ObjectMeta", False), 2: ("spec", "DeploymentSpec", False),
-                   3: ("status", "DeploymentStatus", False)},
-    "DeploymentSpec": {1: ("replicas", I32, False), 2: ("selector", "LabelSelector", False),
-                       3: ("template", "PodTemplateSpec", False), 4: ("strategy", "DeploymentStrategy", False),
-                       5: ("minReadySeconds", I32, False), 6: ("revisionHistoryLimit", I32, False),
-                       7: ("paused", B, False), 9: ("progressDeadlineSeconds", I32, False)},
-    "DeploymentStrategy": {1: ("type", S, False), 2: ("rollingUpdate", "RollingUpdateDeployment", False)},
-    "RollingUpdateDeployment": {1: ("maxUnavailable", "IntOrString", False), 2: ("maxSurge", "IntOrString", False)},
-    "DeploymentStatus": {},
-    # autoscaling/v1
-    "Scale": {1: ("metadata", "ObjectMeta", False), 2: ("spec", "ScaleSpec", False)},
-    "ScaleSpec": {1: ("replicas", I32, False)},
-}
-ROOTS = {"Namespace", "Service", "Pod", "Deployment", "Scale"}
+@functools.lru_cache(maxsize=1)
+def _data() -> dict[str, Any]:
+    return json.loads(gzip.decompress(DATA_FILE.read_bytes()))
 
 
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    shift = value = 0
+def is_protobuf(content_type: str | None) -> bool:
+    return (content_type or "").split(";", 1)[0].strip().lower() == CONTENT_TYPE
+
+
+# -- wire ------------------------------------------------------------------------------------
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
     while True:
-        if i >= len(data) or shift > 63:
-            raise ProtobufError("a truncated varint")
-        b = data[i]
-        i += 1
-        value |= (b & 0x7F) << shift
+        if pos >= len(buf):
+            raise ProtobufError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
         if not b & 0x80:
-            return value, i
+            return result, pos
         shift += 7
+        if shift > 63:
+            raise ProtobufError("varint too long")
 
 
-def fields(data: bytes):
-    """(field number, wire type, value) of one message: ints for varints, bytes otherwise."""
-    i = 0
-    while i < len(data):
-        key, i = _varint(data, i)
-        num, wire = key >> 3, key & 7
+def _fields(buf: bytes):
+    """Yield (number, wire_type, value) with value an int (varint/fixed) or bytes (length-delimited)."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
         if wire == 0:
-            value, i = _varint(data, i)
-        elif wire == 2:
-            n, i = _varint(data, i)
-            if i + n > len(data):
-                raise ProtobufError("a truncated field")
-            value, i = data[i:i + n], i + n
+            value, pos = _varint(buf, pos)
         elif wire == 1:
-            value, i = data[i:i + 8], i + 8
+            if pos + 8 > len(buf):
+                raise ProtobufError("truncated fixed64")
+            value, pos = buf[pos:pos + 8], pos + 8
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            if pos + length > len(buf):
+                raise ProtobufError("truncated field")
+            value, pos = buf[pos:pos + length], pos + length
         elif wire == 5:
-            value, i = data[i:i + 4], i + 4
+            if pos + 4 > len(buf):
+                raise ProtobufError("truncated fixed32")
+            value, pos = buf[pos:pos + 4], pos + 4
         else:
-            raise ProtobufError(f"an unsupported wire type {wire}")
-        yield num, wire, value
+            raise ProtobufError(f"unsupported wire type {wire}")
+        yield number, wire, value
 
 
-def _scalar(kind: str, wire: int, value):
-    if kind in (S,):
-        return value.decode("utf-8")
-    if kind == BYTES:
-        return value
-    if wire != 0:
-        raise ProtobufError(f"a {kind} field that is not a varint")
-    if kind == B:
-        return bool(value)
-    if kind == I32:
-        return value - (1 << 64) if value >= 1 << 63 else value  # negative int32s are 10-byte varints
-    return value - (1 << 64) if value >= 1 << 63 else value
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def _special(kind: str, data: bytes):
-    if kind == "Time":
-        secs = next((v for n, w, v in fields(data) if n == 1 and w == 0), 0)
-        if not secs:
-            return None
-        return datetime.datetime.fromtimestamp(secs, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    if kind == "IntOrString":
-        parts = {n: v for n, _, v in fields(data)}
-        return parts.get(3, b"").decode() if parts.get(1) == 1 else _scalar(I32, 0, parts.get(2, 0))
-    if kind == "Quantity":
-        return next((v.decode() for n, _, v in fields(data) if n == 1), "")
-    raise KeyError(kind)
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtobufError("a string is not UTF-8") from None
 
 
-def message(name: str, data: bytes, depth: int = 0) -> dict:
-    """One message of SCHEMA as a JSON-shaped dict."""
-    if depth > 32:
-        raise ProtobufError("nested too deeply")
-    schema = SCHEMA[name]
-    out: dict = {}
-    for num, wire, value in fields(data):
-        spec = schema.get(num)
-        if spec is None:
-            continue  # a field kubectl's create commands do not set: skipped
-        key, kind, repeated = spec
-        if kind in (MAP, QMAP):
-            entry = {n: v for n, _, v in fields(value)}
-            k = entry.get(1, b"").decode()
-            v = entry.get(2, b"")
-            out.setdefault(key, {})[k] = _special("Quantity", v) if kind == QMAP else v.decode()
+# -- scalars and special types ---------------------------------------------------------------
+def _scalar(kind: str, wire: int, value: Any) -> list[Any]:
+    """One or (packed) several scalars of ``kind``."""
+    if kind == "string":
+        return [_text(value)] if wire == 2 else _bad(kind)
+    if kind == "bytes":
+        return [base64.b64encode(value).decode()] if wire == 2 else _bad(kind)
+    if kind == "double":
+        if wire == 1:
+            return [struct.unpack("<d", value)[0]]
+        if wire == 2:
+            return [struct.unpack("<d", value[i:i + 8])[0] for i in range(0, len(value) - 7, 8)]
+        return _bad(kind)
+    if wire == 0:
+        values = [value]
+    elif wire == 2:  # packed
+        values, pos = [], 0
+        while pos < len(value):
+            v, pos = _varint(value, pos)
+            values.append(v)
+    else:
+        return _bad(kind)
+    return [bool(v) for v in values] if kind == "bool" else [_signed(v) for v in values]
+
+
+def _bad(kind: str):
+    raise ProtobufError(f"a {kind} field has the wrong wire type")
+
+
+def _plain(buf: bytes) -> dict[int, Any]:
+    """Last value per field number (for the small special messages)."""
+    return {n: v for n, _, v in _fields(buf)}
+
+
+def _time(buf: bytes, micro: bool) -> str | None:
+    f = _plain(buf)
+    seconds, nanos = _signed(f.get(1, 0)) if isinstance(f.get(1, 0), int) else 0, f.get(2, 0)
+    if not f:
+        return None  # Go's zero Time marshals to an empty message, and to null in JSON
+    when = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=seconds)
+    if micro:
+        return when.strftime("%Y-%m-%dT%H:%M:%S") + f".{int(nanos) // 1000:06d}Z"
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def go_duration(ns: int) -> str:
+    """Go's time.Duration.String()."""
+    if ns == 0:
+        return "0s"
+    sign, ns = ("-", -ns) if ns < 0 else ("", ns)
+    if ns < 1_000_000_000:
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if ns >= size:
+                return sign + _trim(ns / size) + unit
+    hours, rest = divmod(ns, 3_600_000_000_000)
+    minutes, rest = divmod(rest, 60_000_000_000)
+    out = sign
+    if hours:
+        out += f"{hours}h"
+    if hours or minutes:
+        out += f"{minutes}m"
+    return out + _trim(rest / 1e9) + "s"
+
+
+def _trim(x: float) -> str:
+    return f"{x:.9f}".rstrip("0").rstrip(".")
+
+
+def _raw_json(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ProtobufError("an embedded JSON field does not parse") from None
+
+
+def _special(name: str, buf: bytes) -> Any:
+    if name == "meta/v1.Time":
+        return _time(buf, micro=False)
+    if name == "meta/v1.MicroTime":
+        return _time(buf, micro=True)
+    f = _plain(buf)
+    if name == "meta/v1.Duration":
+        return go_duration(_signed(f.get(1, 0)))
+    if name in ("meta/v1.FieldsV1", "runtime.RawExtension"):
+        return _raw_json(f.get(1, b""))
+    if name == "intstr.IntOrString":
+        if f.get(1, 0) == 1:
+            return _text(f.get(3, b""))
+        v = _signed(f.get(2, 0))
+        return v - (1 << 32) if v >= 1 << 31 else v
+    if name == "resource.Quantity":
+        return _text(f.get(1, b""))
+    if name == "meta/v1.TypeMeta":
+        return {"apiVersion": _text(f.get(1, b"")), "kind": _text(f.get(2, b""))}
+    raise ProtobufError(f"no decoder for {name}")
+
+
+_ZERO = {"string": "", "bytes": "", "int": 0, "bool": False, "double": 0.0}
+
+
+def _zero_special(name: str) -> Any:
+    return _special(name, b"")
+
+
+# -- messages --------------------------------------------------------------------------------
+def _map_entry(kinds: list, buf: bytes, depth: int) -> tuple[Any, Any]:
+    key_kind, value_kind, value_type = kinds
+    key: Any = _ZERO[key_kind]
+    value: Any = None
+    for n, wire, v in _fields(buf):
+        if n == 1:
+            key = _scalar(key_kind, wire, v)[-1]
+        elif n == 2:
+            value = _message(value_type, v, depth + 1) if value_kind == "msg" else _scalar(value_kind, wire, v)[-1]
+    if value is None:
+        value = _message(value_type, b"", depth + 1) if value_kind == "msg" else _ZERO[value_kind]
+    return key, value
+
+
+def _message(name: str, buf: bytes, depth: int = 0) -> Any:
+    if depth > _MAX_DEPTH:
+        raise ProtobufError("the object nests too deeply")
+    messages = _data()["messages"]
+    if name not in messages:
+        return _special(name, buf)
+    layout = {f[0]: f for f in messages[name]}
+    seen: dict[int, Any] = {}
+    for n, wire, v in _fields(buf):
+        field = layout.get(n)
+        if field is None:
+            continue  # a field this version does not know: dropped, as the decoder drops it
+        _, _, kind, typ, flags = field
+        if kind == "msg":
+            if wire != 2:
+                _bad("message")
+            items = [_message(typ, v, depth + 1)]
+        elif kind == "map":
+            if wire != 2:
+                _bad("map")
+            items = [_map_entry(typ, v, depth)]
+        else:
+            items = _scalar(kind, wire, v)
+        if "r" in flags or kind == "map":
+            seen.setdefault(n, []).extend(items)
+        else:
+            seen[n] = items[-1]
+    out: dict[str, Any] = {}
+    for n, json_name, kind, typ, flags in messages[name]:
+        present = n in seen
+        value = seen.get(n)
+        if kind == "map":
+            value = dict(value or [])
+        if "i" in flags:  # inline: the nested struct's fields are the parent's
+            inner = value if present else _message(typ, b"", depth + 1)
+            out.update(inner if isinstance(inner, dict) else {})
             continue
-        if kind in ("Time", "IntOrString", "Quantity"):
-            item = _special(kind, value)
-        elif kind in SCHEMA:
-            item = message(kind, value, depth + 1)
-        else:
-            item = _scalar(kind, wire, value)
-        if repeated:
-            out.setdefault(key, []).append(item)
-        elif item is None or (item in ("", 0, False) and not isinstance(item, dict) and key not in KEEP_ZERO):
-            continue  # omitempty
-        else:
-            out[key] = item
+        if "p" in flags:
+            if present:
+                out[json_name] = value
+            elif "o" not in flags:
+                out[json_name] = None
+            continue
+        if "r" in flags or kind == "map":
+            if value:
+                out[json_name] = value
+            elif "o" not in flags:
+                out[json_name] = None
+            continue
+        if kind == "msg":  # a non-pointer struct: Go's omitempty never drops it...
+            value = value if present else _message(typ, b"", depth + 1)
+            if value is None and "o" in flags:
+                continue  # ...but a zero Time (null in Go's JSON) is left out: the server sets its own
+            out[json_name] = value
+            continue
+        if not present:
+            value = _ZERO[kind]
+        if "o" in flags and value == _ZERO[kind]:
+            continue
+        out[json_name] = value
     return out
 
 
 def decode(body: bytes) -> dict:
-    """A protobuf request body (the `k8s\\0` envelope) as the object's JSON form."""
+    """A protobuf request body as the JSON object the same Go value marshals to."""
     if not body.startswith(MAGIC):
-        raise ProtobufError("not a Kubernetes protobuf body (no k8s magic)")
-    env = message("Unknown", body[len(MAGIC):])
-    tm = env.get("typeMeta") or {}
-    kind = tm.get("kind", "")
-    if kind not in ROOTS:
-        raise ProtobufError(f"kind {kind!r} in protobuf is not decoded by this server; send JSON")
-    obj = {"apiVersion": tm.get("apiVersion", ""), "kind": kind}
-    obj.update(message(kind, env.get("raw", b"")))
-    return obj
+        raise ProtobufError("the body does not start with the Kubernetes protobuf prefix")
+    envelope = _plain(body[len(MAGIC):])
+    type_meta = _special("meta/v1.TypeMeta", envelope.get(1, b""))
+    if envelope.get(3) or envelope.get(4):
+        raise ProtobufError("encoded or nested content types are not supported")
+    api_version, kind = type_meta["apiVersion"], type_meta["kind"]
+    name = _data()["kinds"].get(f"{api_version} {kind}")
+    if name is None:
+        raise ProtobufError(f'no kind "{kind}" is registered for version "{api_version}"')
+    obj = _message(name, envelope.get(2, b""))
+    return {"apiVersion": api_version, "kind": kind, **obj}
