@@ -208,6 +208,31 @@ def test_websocket_v4_exit_status_and_resize_json(stub):
                       "details": {"causes": [{"reason": "ExitCode", "message": "7"}]}}
 
 
+@pytest.mark.parametrize("env", [{}, NO_WS], ids=["websocket", "spdy"])
+def test_attach_shows_new_output_until_the_pod_is_gone(stub, env):
+    full = {**os.environ, "KUBECONFIG": str(stub.kubeconfig), "HOME": str(stub.folder), **env}
+    proc = subprocess.Popen([KUBECTL, "attach", "web-1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full)
+    try:
+        deadline = time.time() + 10
+        while not any("/attach?" in r for r in stub.requests[-3:]) and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        with open(stub.log, "ab") as f:
+            f.write(b"written after attach\n")
+        time.sleep(1.0)
+        saved = stub.objects.pop(("Pod", "web-1"))
+        try:
+            out, err = proc.communicate(timeout=10)
+        finally:
+            stub.objects[("Pod", "web-1")] = saved
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stub.log.write_bytes(stub.log.read_bytes().replace(b"written after attach\n", b""))
+    assert out == b"written after attach\n", err  # not the lines written before
+    assert proc.returncode == 0, err
+
+
 # ---- port-forward and the proxy ------------------------------------------------------------------
 
 def _curl(url: str) -> bytes:
