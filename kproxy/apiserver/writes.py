@@ -142,9 +142,9 @@ class Writer:
     def handle(self, verb: str, t: rest.Target, body: bytes, content_type: str, query) -> tuple[int, dict, list]:
         """(HTTP code, answer, Warning header values) of one write; ApiError for a refusal."""
         dry = "All" in query.getall("dryRun", []) if hasattr(query, "getall") else query.get("dryRun") == "All"
-        self.validation = query.get("fieldValidation") or "Warn"
-        self.warnings: list[str] = []
         with self.lock:
+            self.validation = query.get("fieldValidation") or "Warn"
+            self.warnings = []
             if verb == "create":
                 obj = decode(body, content_type)
                 self._strict(t, obj, body, True)
@@ -159,7 +159,7 @@ class Writer:
                 code, out = self.delete(t, _options(body, content_type), dry)
             else:
                 code, out = self.delete_collection(t, query, dry)
-        return code, out, self.warnings
+            return code, out, self.warnings
 
     def _strict(self, t: rest.Target, obj: dict, body: bytes | None, create: bool) -> None:
         """kubectl's validation path (discovery's strict.py): with fieldValidation=Strict an
