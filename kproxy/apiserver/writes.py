@@ -125,7 +125,18 @@ def apply_patch(kind: str, obj: dict, body: bytes, content_type: str) -> dict:
     try:
         return patchsel_apply(kind, obj, body, content_type)
     except PatchError as e:
-        raise st.ApiError(st.status(e.code, e.reason, e.message)) from None
+        raise st.ApiError(e.status()) from None
+
+
+def server_side_apply(kind: str, obj: dict | None, body: bytes, manager: str) -> dict:
+    """`application/apply-patch+yaml`: patchsel's ssa.py when there, else the applied
+    configuration merged onto the object (fields are set, none removed: no field ownership)."""
+    try:
+        from kproxy.apiserver.ssa import server_side_apply as ssa
+    except ImportError:
+        applied = decode(body)
+        return merge_patch(obj, applied) if obj is not None else applied
+    return ssa(kind, obj, body, manager)
 
 
 class Writer:
@@ -154,7 +165,7 @@ class Writer:
                 self._strict(t, obj, body, True)
                 code, out = self.update(t, obj, dry)
             elif verb == "patch":
-                code, out = self.patch(t, body, content_type, dry)
+                code, out = self.patch(t, body, content_type, dry, query.get("fieldManager") or "")
             elif verb == "delete":
                 code, out = self.delete(t, _options(body, content_type), dry)
             else:
@@ -233,8 +244,10 @@ class Writer:
         self._precondition(t, obj, rev)
         return self._write(t, clean(obj), cur, dry, 200)
 
-    def patch(self, t: rest.Target, body: bytes, content_type: str, dry: bool) -> tuple[int, dict]:
+    def patch(self, t: rest.Target, body: bytes, content_type: str, dry: bool, manager: str = "") -> tuple[int, dict]:
         cur, rev = self.current(t)
+        if content_type.split(";")[0].strip() == "application/apply-patch+yaml" and not t.sub:
+            return self.apply(t, cur, rev, body, dry, manager)
         if cur is None:
             raise st.ApiError(st.not_found(t.res.plural, t.res.group, t.name))
         if t.sub not in ("", "scale"):
@@ -254,6 +267,22 @@ class Writer:
         new = self._shape(t, new)
         if new["metadata"].get("name") != t.name:
             raise st.ApiError(st.bad_request("a patch cannot change the object's name"))
+        return self._write(t, clean(new), cur, dry, 200)
+
+    def apply(self, t: rest.Target, cur: dict | None, rev: int, body: bytes, dry: bool,
+              manager: str) -> tuple[int, dict]:
+        """Server-side apply (`kubectl apply --server-side`): creates the object when absent."""
+        shown = rest.present(t.res, "", cur, rev) if cur is not None else None
+        new = server_side_apply(t.res.kind, shown, body, manager)
+        self._strict(t, new, None, False)
+        self._precondition(t, new, rev)
+        new = self._shape(t, new)
+        if new["metadata"].get("name") != t.name:
+            raise st.ApiError(st.bad_request("the name of the object does not match the name on the URL"))
+        if cur is None:
+            if t.res.kind not in rest.WRITABLE:
+                raise st.ApiError(st.method_not_allowed())
+            return self._write(t, clean(new), None, dry, 201)
         return self._write(t, clean(new), cur, dry, 200)
 
     def delete(self, t: rest.Target, options: dict, dry: bool) -> tuple[int, dict]:
