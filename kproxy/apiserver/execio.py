@@ -65,6 +65,31 @@ class SpdyExecChannels(wschannel.ExecChannels):
         await self.session.drain()
 
 
+async def attach(path, alive, chans: wschannel.ExecChannels) -> None:
+    """`kubectl attach`: what the container writes from now on (its log file's new bytes),
+    until the pod is gone (`alive()` false) or the client leaves."""
+    f = open(path, "rb") if path is not None else None
+    try:
+        if f is not None:
+            f.seek(0, os.SEEK_END)
+        while not chans.gone.is_set():
+            chunk = f.read(1 << 16) if f is not None else b""
+            if chunk:
+                chans.stdout(chunk)
+                await chans.drain()
+                continue
+            if not alive():
+                break
+            try:
+                await asyncio.wait_for(chans.gone.wait(), 0.2)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        if f is not None:
+            f.close()
+    await chans.finish(wschannel.success_status())
+
+
 def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode  # killed by signal N: 128+N, as a shell says
 

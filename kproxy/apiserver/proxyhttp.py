@@ -107,6 +107,16 @@ def pod_location(lookup, ns: str, ident: str) -> tuple[str, str, int] | web.Resp
     return scheme, ip, int(port) if port else (443 if scheme == "https" else 80)
 
 
+def rewrite_location(location: str, prefix: str, backend: str) -> str:
+    """A redirect to the backend itself stays under the proxy path (as upstream's proxy
+    transport rewrites it): `/login` or `http://10.244.0.5:8080/login` -> PREFIX/login."""
+    if location.startswith(backend + "/") or location == backend:
+        location = location[len(backend):] or "/"
+    if location.startswith("/") and not location.startswith("//"):
+        return prefix + location
+    return location
+
+
 def _dial_error(host: str, port: int, e: BaseException) -> str:
     """Go's words for a failed dial, as the API server quotes them."""
     os_error = getattr(e, "os_error", e)
@@ -158,7 +168,10 @@ class ProxyHandler:
             return _unavailable(f"error trying to reach service: {_dial_error(host, port, e)}")
         async with upstream:
             resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            prefix = request.rel_url.path[:request.rel_url.path.index("/proxy") + len("/proxy")]
             for k, v in upstream.headers.items():
+                if k.lower() == "location":
+                    v = rewrite_location(v, prefix, f"{scheme}://{host}:{port}")
                 if k.lower() not in HOP_BY_HOP:
                     resp.headers.add(k, v)
             await resp.prepare(request)

@@ -168,7 +168,34 @@ class StreamHandlers:
         argv, command, err = self._exec_target(request)
         if err:
             return err
-        stdin, tty = _flag(request, "stdin"), _flag(request, "tty")
+        tty = _flag(request, "tty")
+        return await self._channels(request, _flag(request, "stdin"), tty,
+                                    lambda chans: execio.run(argv, command, tty, chans))
+
+    async def attach(self, request: web.Request) -> web.StreamResponse:
+        """The container's output from now on (its stdin is not open: pods here run without one)."""
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        pod = self.lookup("Pod", ns, name)
+        if pod is None:
+            return pod_not_found(name)
+        cname, err = _container(pod, request)
+        if err:
+            return err
+        if where := self.access.elsewhere(pod):
+            return bad_request(where)
+        if not node_access.container_running(pod, cname):
+            return bad_request(f'unable to upgrade connection: container not found ("{cname}")')
+        path, uid = self.access.log_path(pod, cname), pod["metadata"].get("uid")
+
+        def alive() -> bool:
+            now = self.lookup("Pod", ns, name)
+            return now is not None and now["metadata"].get("uid") == uid
+        return await self._channels(request, False, _flag(request, "tty"),
+                                    lambda chans: execio.attach(path, alive, chans))
+
+    async def _channels(self, request: web.Request, stdin: bool, tty: bool, run) -> web.StreamResponse:
+        """Accept the client's transport for exec/attach (WebSocket channel.k8s.io, or a SPDY
+        upgrade) and `await run(chans)` with its channels."""
         if _wants_upgrade(request, "websocket"):
             ws = web.WebSocketResponse(protocols=wschannel.EXEC_PROTOCOLS, heartbeat=None)
             if not ws.can_prepare(request).ok:
@@ -177,7 +204,7 @@ class StreamHandlers:
             chans = wschannel.WsExecChannels(ws, ws.ws_protocol or wschannel.V1, stdin, tty)
             pump = asyncio.ensure_future(chans.pump())
             try:
-                await execio.run(argv, command, tty, chans)
+                await run(chans)
             finally:
                 pump.cancel()
             return ws
@@ -187,14 +214,16 @@ class StreamHandlers:
             if proto is None:
                 return bad_request(f"unable to upgrade: unable to negotiate protocol: client supports {offered}, "
                                    f"server supports {list(wschannel.EXEC_PROTOCOLS[1:])}")
-            return await self._spdy_exec(request, proto, argv, command, stdin, tty)
+            return await self._spdy_channels(request, proto, stdin, tty, run)
         return bad_request("Upgrade request required")
 
-    async def _spdy_exec(self, request, proto, argv, command, stdin, tty) -> web.StreamResponse:
-        want = {"error"} | ({"stdin"} if stdin else set()) | {"stdout"} | \
-            ({"stderr"} if not tty and _flag(request, "stderr") else set()) | ({"resize"} if tty and proto != wschannel.V2 else set())
-        if not _flag(request, "stdout"):
-            want.discard("stdout")
+    async def _spdy_channels(self, request, proto, stdin, tty, run) -> web.StreamResponse:
+        """SPDY: wait for the streams the query promised (error, stdin, stdout, stderr without a
+        TTY, resize with one), as the kubelet does, then run."""
+        want = {"error"} | ({"stdin"} if _flag(request, "stdin") else set()) | \
+            ({"stdout"} if _flag(request, "stdout") else set()) | \
+            ({"stderr"} if not tty and _flag(request, "stderr") else set()) | \
+            ({"resize"} if tty and proto not in (wschannel.V1, wschannel.V2) else set())
         streams: dict[str, spdy.Stream] = {}
         ready = asyncio.Event()
 
@@ -209,8 +238,9 @@ class StreamHandlers:
             session.goaway()
             await finish_upgrade(request, session)
             return resp
-        chans = execio.SpdyExecChannels(proto, streams, session, tty)
-        await execio.run(argv, command, tty, chans)
+        if not stdin:
+            streams.pop("stdin", None)
+        await run(execio.SpdyExecChannels(proto, streams, session, tty))
         await finish_upgrade(request, session)
         return resp
 
@@ -385,7 +415,7 @@ MOUNTED = web.AppKey("kproxy.streams", bool)
 
 
 def add_routes(app: web.Application, access: PodAccess, lookup: Lookup) -> None:
-    """Register pods' log/exec/portforward and the services'/pods' proxy (once per app: a second
+    """Register pods' log/exec/attach/portforward and the services'/pods' proxy (once per app: a second
     call is a no-op, aiohttp refuses a route registered twice)."""
     from kproxy.apiserver import proxyhttp
     if app.get(MOUNTED):
@@ -396,5 +426,6 @@ def add_routes(app: web.Application, access: PodAccess, lookup: Lookup) -> None:
     app.router.add_route("GET", base + "/log", h.log)
     for method in ("GET", "POST"):
         app.router.add_route(method, base + "/exec", h.exec)
+        app.router.add_route(method, base + "/attach", h.attach)
         app.router.add_route(method, base + "/portforward", h.portforward)
     proxyhttp.add_routes(app, lookup)

@@ -10,6 +10,7 @@ Needs kubectl and curl (scripts/setup); fails loudly without them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -64,6 +65,37 @@ class PodPort:
         conn.close()
 
 
+class BlobPort:
+    """Port 7000 of the pod: `D` -> sends BLOB and closes; `U` + bytes + EOF -> their sha1 and length."""
+    BLOB = bytes(range(256)) * 20_000  # 5 MB
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        if conn.recv(1) == b"D":
+            conn.sendall(self.BLOB)
+        else:
+            h, n = hashlib.sha1(), 0
+            while data := conn.recv(65536):
+                h.update(data)
+                n += len(data)
+            conn.sendall(f"{h.hexdigest()} {n}".encode())
+        conn.close()
+
+
 @pytest.fixture(scope="module")
 def stub(tmp_path_factory):
     _need(KUBECTL)
@@ -74,7 +106,9 @@ def stub(tmp_path_factory):
     pod_port = PodPort()
     closed = socket.socket()  # bound, never listening: a pod port that refuses connections
     closed.bind(("127.0.0.1", 0))
-    access = FakeAccess({"web-1/app": log}, {8080: pod_port.port, 9999: closed.getsockname()[1]})
+    blob_port = BlobPort()
+    access = FakeAccess({"web-1/app": log}, {8080: pod_port.port, 9999: closed.getsockname()[1],
+                                              7000: blob_port.port})
     objects = {
         ("Pod", "web-1"): pod("web-1", {"app": "web"}),
         ("Pod", "stopped"): pod("stopped", {"state": "stopped"}),
@@ -208,6 +242,31 @@ def test_websocket_v4_exit_status_and_resize_json(stub):
                       "details": {"causes": [{"reason": "ExitCode", "message": "7"}]}}
 
 
+@pytest.mark.parametrize("env", [{}, NO_WS], ids=["websocket", "spdy"])
+def test_attach_shows_new_output_until_the_pod_is_gone(stub, env):
+    full = {**os.environ, "KUBECONFIG": str(stub.kubeconfig), "HOME": str(stub.folder), **env}
+    proc = subprocess.Popen([KUBECTL, "attach", "web-1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full)
+    try:
+        deadline = time.time() + 10
+        while not any("/attach?" in r for r in stub.requests[-3:]) and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        with open(stub.log, "ab") as f:
+            f.write(b"written after attach\n")
+        time.sleep(1.0)
+        saved = stub.objects.pop(("Pod", "web-1"))
+        try:
+            out, err = proc.communicate(timeout=10)
+        finally:
+            stub.objects[("Pod", "web-1")] = saved
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stub.log.write_bytes(stub.log.read_bytes().replace(b"written after attach\n", b""))
+    assert out == b"written after attach\n", err  # not the lines written before
+    assert proc.returncode == 0, err
+
+
 # ---- port-forward and the proxy ------------------------------------------------------------------
 
 def _curl(url: str) -> bytes:
@@ -243,6 +302,37 @@ def test_port_forward_service(stub, env):
         proc.terminate()
         proc.wait(10)
     assert [r for r in stub.requests if r.endswith("/portforward")][-1].startswith("POST" if env else "GET")
+
+
+@pytest.mark.parametrize("env", [{}, NO_WS], ids=["websocket-tunnel", "spdy"])
+def test_port_forward_carries_megabytes_both_ways(stub, env):
+    """5 MB down and up, the upload ended by a half-close (the client's FIN reaches the pod)."""
+    full = {**os.environ, "KUBECONFIG": str(stub.kubeconfig), "HOME": str(stub.folder), **env}
+    proc = subprocess.Popen([KUBECTL, "port-forward", "pod/web-1", ":7000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=full)
+    try:
+        port = int(_started(proc, rb"Forwarding from 127\.0\.0\.1:(\d+) -> 7000").group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+            c.sendall(b"D")
+            down = b"".join(iter(lambda: c.recv(1 << 20), b""))
+        assert down == BlobPort.BLOB
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+            c.sendall(b"U" + BlobPort.BLOB)
+            c.shutdown(socket.SHUT_WR)
+            up = b"".join(iter(lambda: c.recv(1 << 20), b""))
+        assert up.decode() == f"{hashlib.sha1(BlobPort.BLOB).hexdigest()} {len(BlobPort.BLOB)}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("env", [{}, NO_WS], ids=["websocket", "spdy"])
+def test_exec_carries_megabytes_both_ways(stub, env):
+    data = BlobPort.BLOB
+    res = _run(stub, "exec", "-i", "web-1", "--", "sh", "-c", "tee /dev/stderr | sha1sum", input=data, env=env)
+    assert res.returncode == 0
+    assert res.stdout.split()[0].decode() == hashlib.sha1(data).hexdigest()
+    assert res.stderr == data
 
 
 def test_port_forward_refused_port_reports_the_pod_error(stub):
