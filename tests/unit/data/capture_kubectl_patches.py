@@ -84,7 +84,10 @@ def main() -> None:
             del PATCHES[:]
             cmd = p["command"].replace("-f ", f"--validate=false -f {tmp}/")
             subprocess.run(cmd, shell=True, check=True, env={**os.environ, "KUBECONFIG": str(cfg)}, capture_output=True)
-            p.update(PATCHES[-1])
+            p.update(PATCHES[0])
+            p.pop("then", None)
+            if len(PATCHES) > 1:  # kubectl apply --server-side's follow-up (csaupgrade) patch
+                p["then"] = PATCHES[1:]
     server.shutdown()
     HERE.write_text(json.dumps(data, indent=1) + "\n")
 
