@@ -427,9 +427,9 @@ def _jsonpath_cell(o: dict, col: Column):
 
 
 def cell_text(v) -> str:
-    """How kubectl prints a cell: `<none>` for null, true/false for booleans."""
+    """How kubectl prints a cell: nothing for null, true/false for booleans."""
     if v is None:
-        return "<none>"
+        return ""
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
