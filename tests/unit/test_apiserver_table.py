@@ -115,6 +115,15 @@ def test_events_wide_cells_follow_the_column_order(now):
                                                                     "scaled", "up"]
 
 
+def test_events_k8s_io_events_print_like_core_ones(now):
+    ev = {"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "web.2", "namespace": "default"},
+          "eventTime": "2024-05-01T12:00:00.000000Z", "reportingController": "kproxy", "reportingInstance": "node-1",
+          "action": "Scale", "reason": "Scaled", "note": "scaled down", "type": "Normal",
+          "regarding": {"kind": "Deployment", "name": "web"}}
+    assert to_table("Event", [ev])["rows"][0]["cells"] == ["10m", "Normal", "Scaled", "deployment/web", "",
+                                                           "kproxy, node-1", "scaled down", "10m", 1, "web.2"]
+
+
 def test_metallb_pool_uses_the_crd_printer_columns():
     pool = {"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
             "metadata": {"name": "lab", "namespace": "metallb-system", "creationTimestamp": CREATED},
