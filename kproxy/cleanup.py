@@ -100,7 +100,7 @@ class Leftovers:
     netns: list[str] = field(default_factory=list)
     etc_netns: list[Path] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
-    state_files: list[Path] = field(default_factory=list)  # stale pid files and sockets
+    state_files: list[Path] = field(default_factory=list)  # stale pid files, sockets, kubeconfigs
     registry: list[str] = field(default_factory=list)
     host_mode: list[str] = field(default_factory=list)  # dead host-mode labs: rules left for `down`
 
@@ -147,6 +147,7 @@ def find(only: set[str] | None = None, proc: str = control.PROC) -> tuple[Leftov
             if pid_file.exists() and not control.pid_file_alive(pid_file, str(pid_file.parent), proc):
                 found.state_files.append(pid_file)
         found.state_files += [s for s in [sd / "kproxy.sock", *sd.glob("nodes/*/kproxy.sock")] if s.exists()]
+        found.state_files += [s for s in [sd / "kubeconfig"] if s.exists()]  # a dead lab's API server is gone
         cfg = LabConfig.load(state_dir) if (sd / "config.json").exists() else None
         if cfg and not cfg.sandbox:
             found.host_mode.append(state_dir)

@@ -80,7 +80,8 @@ class Daemon:
             from kproxy.apiserver.writes import Writer
             self.apiserver = ApiServer(ctx, Writer(ctx, self.frontend, self.sync))
         self.cond = threading.Condition()
-        self.generation = 0
+        self.generation = 0  # passes completed
+        self.started = 0     # passes begun: a pass numbered `started + 1` begins after any moment now
         self.ready = False
         self.published: tuple | None = None  # (problems, health) last written to the store
 
@@ -148,8 +149,8 @@ class Daemon:
         if self.frontend and settled:
             self.frontend.folder_settled = True
         with self.cond:
-            target = self.generation + 2
-            self.ctx.poke.set()
+            self.ctx.poke.set()  # first: the pass numbered `target` sees it when it begins
+            target = self.started + 1  # the next pass to begin: it reads the folder as it is now
             return self.cond.wait_for(lambda: self.generation >= target or self.ctx.stopping.is_set(),
                                       timeout=timeout) and not self.ctx.stopping.is_set()
 
@@ -194,6 +195,11 @@ class Daemon:
         ctx = self.ctx
         while not ctx.stopping.is_set():
             now = time.monotonic()
+            self.started += 1
+            if ctx.poke.is_set():  # a poke (kproxy apply, an API write): this pass re-reads the folder
+                ctx.poke.clear()
+                if self.frontend:
+                    self.frontend.next_poll = 0.0
             try:
                 if self.frontend:
                     self.frontend.step(now)
@@ -222,11 +228,7 @@ class Daemon:
                 self.generation += 1
                 self.ready = True
                 self.cond.notify_all()
-            ctx.poke.wait(0.1)
-            if ctx.poke.is_set():
-                ctx.poke.clear()
-                if self.frontend:
-                    self.frontend.next_poll = 0.0  # a poke (kproxy apply) re-reads the folder now
+            ctx.poke.wait(0.1)  # a poke ends the wait; the next pass sees it (above)
 
     def _pass(self, now: float) -> None:
         ctx = self.ctx

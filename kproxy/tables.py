@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import calendar
+import json
 import time
+from typing import NamedTuple
 
 from kproxy.api.meta import pod_ready  # noqa: F401 - the one definition, read by printers as tables.pod_ready
 
@@ -72,6 +74,7 @@ def pod_status(pod: dict) -> str:
 
 
 def _ports(svc: dict) -> str:
+    """makePortString: port[:nodePort]/protocol, comma-joined."""
     out = []
     for p in svc["spec"].get("ports", []):
         node = f":{p['nodePort']}" if p.get("nodePort") else ""
@@ -80,18 +83,33 @@ def _ports(svc: dict) -> str:
 
 
 def _external(svc: dict) -> str:
+    """getServiceExternalIP (wide): ExternalName's name, LoadBalancer ingress + externalIPs
+    (`<pending>` without either), externalIPs for the other types."""
     spec = svc["spec"]
-    if spec.get("type") == "ExternalName":
+    kind = spec.get("type", "ClusterIP")
+    if kind == "ExternalName":
         return spec.get("externalName", "<none>")
-    ips = [i.get("ip") or i.get("hostname") for i in svc.get("status", {}).get("loadBalancer", {}).get("ingress", [])]
-    ips += spec.get("externalIPs", [])
-    if ips:
-        return ",".join(ips)
-    return "<pending>" if spec.get("type") == "LoadBalancer" else "<none>"
+    ips = list(spec.get("externalIPs") or [])
+    if kind == "LoadBalancer":
+        ingress = [i.get("ip") or i.get("hostname") or "" for i in
+                   (svc.get("status") or {}).get("loadBalancer", {}).get("ingress") or []]
+        ips = [i for i in ingress if i] + ips
+        return ",".join(ips) or "<pending>"
+    return ",".join(ips) or "<none>"
 
 
-def _selector(sel: dict | None) -> str:
-    return ",".join(f"{k}={v}" for k, v in (sel or {}).items()) or "<none>"
+def selector_string(sel: dict | None) -> str:
+    """metav1.LabelSelectorAsSelector(sel).String(): requirements sorted by key, `k=v`,
+    `k in (a,b)`, `k notin (a)`, `k`, `!k`; `<none>` for a nil selector."""
+    if sel is None:
+        return "<none>"
+    reqs = [(k, f"{k}={v}") for k, v in (sel.get("matchLabels") or {}).items()]
+    for e in sel.get("matchExpressions") or []:
+        k, op, vals = e.get("key", ""), e.get("operator"), ",".join(sorted(set(e.get("values") or [])))
+        text = {"In": f"{k} in ({vals})", "NotIn": f"{k} notin ({vals})", "Exists": k,
+                "DoesNotExist": f"!{k}"}.get(op, k)
+        reqs.append((k, text))
+    return ",".join(t for _, t in sorted(reqs, key=lambda r: r[0])) or "<none>"
 
 
 def format_labels(labels: dict | None) -> str:
@@ -189,91 +207,259 @@ def replica_sets(deployments: list[dict], pods: list[dict]) -> list[dict]:
     return out
 
 
+def _more(items: list[str], empty: str) -> str:
+    """listWithMoreString: the first 3, then `+ N more...`."""
+    if not items:
+        return empty
+    return ",".join(items[:3]) + (f" + {len(items) - 3} more..." if len(items) > 3 else "")
+
+
+def _slice_ports(sl: dict) -> str:
+    """formatDiscoveryPorts: each port's number, else its name, else `*`."""
+    return _more([str(p["port"]) if p.get("port") is not None else p.get("name") or "*"
+                  for p in sl.get("ports") or []], "<unset>")
+
+
 def _slice_endpoints(sl: dict) -> str:
-    addrs = [a for e in sl.get("endpoints", []) for a in e.get("addresses", [])]
-    if not addrs:
-        return "<unset>"
-    return ",".join(addrs[:3]) + (f" + {len(addrs) - 3} more..." if len(addrs) > 3 else "")
+    return _more([a for e in sl.get("endpoints") or [] for a in e.get("addresses") or []], "<unset>")
 
 
-def _row(kind: str, o: dict, wide: bool) -> list[str]:
-    m, spec, st = o["metadata"], o.get("spec", {}), o.get("status", {})
+def _containers(template: dict) -> tuple[str, str]:
+    """layoutContainerCells: names and images, comma-joined."""
+    c = (template.get("spec") or {}).get("containers") or []
+    return ",".join(x.get("name", "") for x in c), ",".join(x.get("image", "") for x in c)
+
+
+def _event_times(ev: dict) -> tuple[str, str, int]:
+    """printEvent's LAST SEEN, FIRST SEEN and COUNT (series first, eventTime as a fallback)."""
+    first = age(ev.get("firstTimestamp")) if ev.get("firstTimestamp") else age(_micro(ev.get("eventTime")))
+    last = age(ev.get("lastTimestamp")) if ev.get("lastTimestamp") else first
+    count = ev.get("count") or 1
+    series = ev.get("series")
+    if series:
+        last, count = age(_micro(series.get("lastObservedTime"))), series.get("count", count)
+    return last, first, count
+
+
+def _micro(ts: str | None) -> str | None:
+    """A MicroTime (2024-05-01T12:00:00.123456Z) cut to the seconds age() reads."""
+    return ts[:19] + "Z" if ts and len(ts) > 20 else ts
+
+
+def _event_object(ev: dict) -> str:
+    inv = ev.get("involvedObject") or {}
+    kind = (inv.get("kind") or "").lower()
+    return f"{kind}/{inv['name']}" if inv.get("name") else kind
+
+
+def _event_source(ev: dict) -> str:
+    src = ev.get("source") or {}
+    component = src.get("component") or ev.get("reportingComponent") or ""
+    instance = src.get("host") or ev.get("reportingInstance") or ""
+    return f"{component}, {instance}" if instance else component
+
+
+def _node_status(node: dict) -> str:
+    conds = {c.get("type"): c.get("status") for c in (node.get("status") or {}).get("conditions") or []}
+    status = ["Unknown"] if "Ready" not in conds else ["Ready" if conds["Ready"] == "True" else "NotReady"]
+    if (node.get("spec") or {}).get("unschedulable"):
+        status.append("SchedulingDisabled")
+    return ",".join(status)
+
+
+def _node_info(node: dict, key: str) -> str:
+    return ((node.get("status") or {}).get("nodeInfo") or {}).get(key) or "<unknown>"
+
+
+def _node_address(node: dict, kind: str) -> str:
+    return next((a["address"] for a in (node.get("status") or {}).get("addresses") or [] if a.get("type") == kind),
+                "<none>")
+
+
+def _readiness_gates(pod: dict) -> str:
+    gates = (pod.get("spec") or {}).get("readinessGates") or []
+    if not gates:
+        return "<none>"
+    conds = {c.get("type"): c.get("status") for c in (pod.get("status") or {}).get("conditions") or []}
+    return f"{sum(1 for g in gates if conds.get(g.get('conditionType')) == 'True')}/{len(gates)}"
+
+
+def _pod_ip(pod: dict) -> str:
+    st = pod.get("status") or {}
+    ips = st.get("podIPs") or []
+    return (ips[0].get("ip") if ips else st.get("podIP")) or "<none>"
+
+
+def cells(kind: str, o: dict) -> list:
+    """One row's cells for every column of COLUMNS[kind] (the wide ones included), typed as the
+    API server's printers type them (integers where upstream puts int64). The API server's
+    Table and `kproxy get` both come from here."""
+    m, spec, st = o["metadata"], o.get("spec") or {}, o.get("status") or {}
     a = age(m.get("creationTimestamp"))
     if kind == "Pod":
-        cs = st.get("containerStatuses", [])
         total = len(spec.get("containers", []))
-        ready = ready_containers(o)
-        row = [m["name"], f"{ready}/{total}", pod_status(o), str(sum(c.get("restartCount", 0) for c in cs)), a]
-        return row + ([st.get("podIP", "<none>"), spec.get("nodeName", "<none>"), "<none>", "<none>"] if wide else [])
+        restarts = str(sum(c.get("restartCount", 0) for c in st.get("containerStatuses", [])))
+        return [m["name"], f"{ready_containers(o)}/{total}", pod_status(o), restarts, a,
+                _pod_ip(o), spec.get("nodeName") or "<none>", st.get("nominatedNodeName") or "<none>",
+                _readiness_gates(o)]
     if kind == "Service":
-        row = [m["name"], spec.get("type", "ClusterIP"), spec.get("clusterIP", "<none>") or "<none>",
-               _external(o), _ports(o), a]
-        return row + ([_selector(spec.get("selector"))] if wide else [])
+        ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+        return [m["name"], spec.get("type", "ClusterIP"), ips[0] if ips else "<none>", _external(o), _ports(o), a,
+                format_labels(spec.get("selector"))]
     if kind == "Deployment":
-        want = spec.get("replicas", 1)
-        row = [m["name"], f"{st.get('readyReplicas', 0)}/{want}", str(st.get("updatedReplicas", 0)),
-               str(st.get("availableReplicas", 0)), a]
-        if wide:
-            c = spec.get("template", {}).get("spec", {}).get("containers", [])
-            row += [",".join(x["name"] for x in c), ",".join(x.get("image", "") for x in c),
-                    _selector(spec.get("selector", {}).get("matchLabels"))]
-        return row
+        names, images = _containers(spec.get("template") or {})
+        return [m["name"], f"{st.get('readyReplicas', 0)}/{spec.get('replicas', 1)}", st.get("updatedReplicas", 0),
+                st.get("availableReplicas", 0), a, names, images, selector_string(spec.get("selector"))]
+    if kind == "ReplicaSet":
+        names, images = _containers(spec.get("template") or {})
+        return [m["name"], spec.get("replicas", 1), st.get("replicas", 0), st.get("readyReplicas", 0), a,
+                names, images, selector_string(spec.get("selector"))]
     if kind == "Endpoints":
         return [m["name"], _endpoints(o), a]
     if kind == "EndpointSlice":
-        ports = ",".join(str(p.get("port")) for p in o.get("ports", [])) or "<unset>"
-        return [m["name"], o.get("addressType", "IPv4"), ports, _slice_endpoints(o), a]
+        return [m["name"], o.get("addressType", "IPv4"), _slice_ports(o), _slice_endpoints(o), a]
     if kind == "Node":
-        row = [m["name"], "Ready" if node_ready(o) else "NotReady", node_roles(o), a, NODE_VERSION]
-        if wide:
-            row += [node_ip(o), "<none>", spec.get("podCIDR", "<none>")]
-        return row
-    if kind == "ReplicaSet":
-        row = [m["name"], str(spec.get("replicas", 1)), str(st.get("replicas", 0)), str(st.get("readyReplicas", 0)), a]
-        if wide:
-            c = spec.get("template", {}).get("spec", {}).get("containers", [])
-            row += [",".join(x["name"] for x in c), ",".join(x.get("image", "") for x in c),
-                    format_labels(spec.get("selector", {}).get("matchLabels"))]
-        return row
+        return [m["name"], _node_status(o), node_roles(o), a, NODE_VERSION, _node_address(o, "InternalIP"),
+                _node_address(o, "ExternalIP"), _node_info(o, "osImage"), _node_info(o, "kernelVersion"),
+                _node_info(o, "containerRuntimeVersion")]
     if kind == "Namespace":
         return [m["name"], st.get("phase", "Active"), a]
     if kind == "Lease":
         return [m["name"], spec.get("holderIdentity", ""), a]
     if kind == "Event":
-        inv = o.get("involvedObject", {})
-        return [age(o.get("lastTimestamp")), o.get("type", ""), o.get("reason", ""),
-                f"{inv.get('kind', '').lower()}/{inv.get('name', '')}", o.get("message", "")]
+        last, first, count = _event_times(o)
+        inv = o.get("involvedObject") or {}
+        return [last, o.get("type", ""), o.get("reason", ""), _event_object(o), inv.get("fieldPath", ""),
+                _event_source(o), (o.get("message") or "").strip(), first, count, m["name"]]
+    if kind in CUSTOM_COLUMNS:
+        return [m["name"]] + [_jsonpath_cell(o, c) for c in CUSTOM_COLUMNS[kind]]
     return [m["name"], a]
 
 
-HEADERS = {
-    "Pod": (["NAME", "READY", "STATUS", "RESTARTS", "AGE"], ["IP", "NODE", "NOMINATED NODE", "READINESS GATES"]),
-    "Service": (["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"], ["SELECTOR"]),
-    "Deployment": (["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], ["CONTAINERS", "IMAGES", "SELECTOR"]),
-    "ReplicaSet": (["NAME", "DESIRED", "CURRENT", "READY", "AGE"], ["CONTAINERS", "IMAGES", "SELECTOR"]),
-    "Endpoints": (["NAME", "ENDPOINTS", "AGE"], []),
-    "EndpointSlice": (["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"], []),
-    "Node": (["NAME", "STATUS", "ROLES", "AGE", "VERSION"], ["INTERNAL-IP", "EXTERNAL-IP", "POD-CIDR"]),
-    "Namespace": (["NAME", "STATUS", "AGE"], []),
-    "Lease": (["NAME", "HOLDER", "AGE"], []),
-    "Event": (["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"], []),
+class Column(NamedTuple):
+    """A meta.k8s.io/v1 TableColumnDefinition as upstream's printers declare it; `doc` is the
+    description (or the key of a long one in kproxy.apiserver.columndocs)."""
+
+    name: str
+    doc: str = ""
+    priority: int = 0
+    type: str = "string"
+    format: str = ""
+    path: str = ""  # custom resources: the additionalPrinterColumn's jsonPath
+
+
+NAME = Column("Name", "name", format="name")
+AGE = Column("Age", "creationTimestamp")
+CONTAINERS = Column("Containers", "Names of each container in the template.", 1)
+IMAGES = Column("Images", "Images referenced by each container in the template.", 1)
+COLUMNS: dict[str, tuple[Column, ...]] = {
+    "Pod": (NAME, Column("Ready", "The aggregate readiness state of this pod for accepting traffic."),
+            Column("Status", "The aggregate status of the containers in this pod."),
+            Column("Restarts", "The number of times the containers in this pod have been restarted and when the "
+                               "last container in this pod has restarted."),
+            AGE, Column("IP", "podIP", 1), Column("Node", "nodeName", 1),
+            Column("Nominated Node", "nominatedNodeName", 1), Column("Readiness Gates", "readinessGates", 1)),
+    "Service": (NAME, Column("Type", "svc.type"), Column("Cluster-IP", "svc.clusterIP"),
+                Column("External-IP", "svc.externalIPs"), Column("Port(s)", "svc.ports"), AGE,
+                Column("Selector", "svc.selector", 1)),
+    "Deployment": (NAME, Column("Ready", "Number of the pod with ready state"),
+                   Column("Up-to-date", "deploy.updatedReplicas"), Column("Available", "deploy.availableReplicas"),
+                   AGE, CONTAINERS, IMAGES, Column("Selector", "deploy.selector", 1)),
+    "ReplicaSet": (NAME, Column("Desired", "rs.replicas", type="integer"),
+                   Column("Current", "rs.status.replicas", type="integer"),
+                   Column("Ready", "rs.readyReplicas", type="integer"), AGE, CONTAINERS, IMAGES,
+                   Column("Selector", "rs.selector", 1)),
+    "Endpoints": (NAME, Column("Endpoints", "ep.subsets"), AGE),
+    "EndpointSlice": (NAME, Column("AddressType", "eps.addressType"), Column("Ports", "eps.ports"),
+                      Column("Endpoints", "eps.endpoints"), AGE),
+    "Node": (NAME, Column("Status", "The status of the node"), Column("Roles", "The roles of the node"), AGE,
+             Column("Version", "node.kubeletVersion"), Column("Internal-IP", "node.addresses", 1),
+             Column("External-IP", "node.addresses", 1), Column("OS-Image", "node.osImage", 1),
+             Column("Kernel-Version", "node.kernelVersion", 1),
+             Column("Container-Runtime", "node.containerRuntimeVersion", 1)),
+    "Namespace": (NAME, Column("Status", "The status of the namespace"), AGE),
+    "Lease": (NAME, Column("Holder", "lease.holderIdentity"), AGE),
+    "Event": (Column("Last Seen", "ev.lastTimestamp"), Column("Type", "ev.type"), Column("Reason", "ev.reason"),
+              Column("Object", "ev.involvedObject"), Column("Subobject", "ev.fieldPath", 1),
+              Column("Source", "ev.source", 1), Column("Message", "ev.message"),
+              Column("First Seen", "ev.firstTimestamp", 1), Column("Count", "ev.count", 1),
+              Column("Name", "name", 1, format="name")),
 }
+# MetalLB's CRDs' additionalPrinterColumns (metallb v0.13 manifests); a CRD's table is NAME
+# then these (no AGE: a CRD that lists columns gets only those).
+_CRD_DOC = "Custom resource definition column (in JSONPath format): "
+CUSTOM_COLUMNS: dict[str, tuple[Column, ...]] = {
+    "IPAddressPool": (Column("Auto Assign", _CRD_DOC + ".spec.autoAssign", type="boolean", path=".spec.autoAssign"),
+                      Column("Avoid Buggy IPs", _CRD_DOC + ".spec.avoidBuggyIPs", type="boolean",
+                             path=".spec.avoidBuggyIPs"),
+                      Column("Addresses", _CRD_DOC + ".spec.addresses", path=".spec.addresses")),
+    "L2Advertisement": (Column("IPAddressPools", _CRD_DOC + ".spec.ipAddressPools", path=".spec.ipAddressPools"),
+                        Column("IPAddressPool Selectors", _CRD_DOC + ".spec.ipAddressPoolSelectors",
+                               path=".spec.ipAddressPoolSelectors"),
+                        Column("Interfaces", _CRD_DOC + ".spec.interfaces", path=".spec.interfaces"),
+                        Column("Node Selectors", _CRD_DOC + ".spec.nodeSelectors", 10, path=".spec.nodeSelectors")),
+}
+for _kind, _cols in CUSTOM_COLUMNS.items():
+    COLUMNS[_kind] = (NAME,) + _cols
+
+
+def columns(kind: str) -> tuple[Column, ...]:
+    """The kind's columns; NAME and AGE for a kind without a printer."""
+    return COLUMNS.get(kind, (NAME, AGE))
+
+
+def _jsonpath_cell(o: dict, col: Column):
+    """The CRD table convertor's cell: None when absent, a string column as kubectl's jsonpath
+    prints the value (lists and maps as JSON), a boolean/integer/number column's JSON value."""
+    v: object = o
+    for part in col.path.strip(".").split("."):
+        v = v.get(part) if isinstance(v, dict) else None
+    if v is None:
+        return None
+    if col.type == "string":
+        return json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else \
+            ("true" if v is True else "false" if v is False else str(v))
+    if col.type == "boolean":
+        return v if isinstance(v, bool) else None
+    if col.type in ("integer", "number"):
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return v
+
+
+def cell_text(v) -> str:
+    """How kubectl prints a cell: `<none>` for null, true/false for booleans."""
+    if v is None:
+        return "<none>"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _row(kind: str, o: dict, wide: bool) -> list[str]:
+    """The printed row: every cell with -o wide, else the priority-0 ones (kubectl's rule)."""
+    return [cell_text(c) for c, col in zip(cells(kind, o), columns(kind)) if wide or col.priority == 0]
+
+
+# `kproxy get -o wide` only (the API server's Table stays kubectl's): a node's pod CIDR, which a
+# lab's reader needs to follow pod addresses to nodes.
+KPROXY_WIDE = {"Node": ("POD-CIDR", lambda n: (n.get("spec") or {}).get("podCIDR") or "<none>")}
 
 
 def render(kind: str, items: list[dict], wide: bool = False, with_namespace: bool = False,
            show_labels: bool = False, name_prefix: str = "") -> str:
     """kubectl's table; `name_prefix` (`pod/`) as kubectl writes it when it lists several kinds,
     `show_labels` adds the LABELS column."""
-    base, extra = HEADERS.get(kind, (["NAME", "AGE"], []))
-    header = (["NAMESPACE"] if with_namespace else []) + base + (extra if wide else []) \
-        + (["LABELS"] if show_labels else [])
+    shown = [c.name.upper() for c in columns(kind) if wide or c.priority == 0]
+    extra = KPROXY_WIDE.get(kind) if wide else None
+    shown += [extra[0]] if extra else []
+    header = (["NAMESPACE"] if with_namespace else []) + shown + (["LABELS"] if show_labels else [])
     rows = [header]
     if kind == "Event":  # oldest first, newest last, as `kubectl get events --sort-by=.lastTimestamp`
         order = sorted(items, key=lambda o: (o.get("lastTimestamp", ""), o["metadata"]["name"]))
     else:
         order = sorted(items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
     for o in order:
-        row = _row(kind, o, wide)
+        row = _row(kind, o, wide) + ([extra[1](o)] if extra else [])
         if name_prefix and kind != "Event":
             row[0] = name_prefix + row[0]
         if show_labels:

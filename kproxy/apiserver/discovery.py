@@ -242,7 +242,10 @@ async def _discovery_root(request: web.Request, core: bool) -> web.Response:
         return _status(406, "NotAcceptable", "only the following media types are accepted: application/json, "
                        + AGGREGATED_V2 + ", " + AGGREGATED_V2BETA1)
     if form != "legacy":
-        return _json_response(aggregated(core, form), _AGGREGATED[form])
+        resp = _json_response(aggregated(core, form), _AGGREGATED[form])
+        if request.headers.get("If-None-Match") == resp.headers["ETag"]:  # client-go's HTTP cache
+            return web.Response(status=304, headers={"ETag": resp.headers["ETag"], "Vary": "Accept"})
+        return resp
     return _json_response(api_versions(_server_address(request)) if core else api_group_list())
 
 

@@ -11,10 +11,9 @@ kubectl 1.32 reads OpenAPI **v3** for everything it uses it for:
   kind's path lists that query parameter; the server then refuses unknown fields
   (:mod:`.strict`), so the v3 documents must list it and the server must honour it.
 
-OpenAPI v2 is served as JSON only. client-go asks for v2 in protobuf alone (gnostic's
-``application/com.github.proto-openapi.spec.v2@v1.0+protobuf``) and kubectl 1.32 uses it only
-when v3 is missing (``explain --output plaintext-openapiv2``); such a request gets 406, which
-client-go treats as "no v2" and kubectl falls back to its compiled-in types.
+OpenAPI v2 is served as JSON and, as client-go asks for it, in gnostic's protobuf
+(:mod:`.openapi_pb`): kubectl 1.32 uses v2 only when v3 is missing, but kubectl 1.20 (Debian's)
+validates every apply against it and fails without it.
 
 The schemas come from ``openapi_v1_32.json.gz``, made by :mod:`.openapi_trim` from Kubernetes
 v1.32's ``api/openapi-spec/swagger.json`` (see there for the exact source); the v3 form is
@@ -33,6 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kproxy.apiserver import openapi_pb
 from kproxy.apiserver import resources as res
 from kproxy.apiserver.openapi_trim import DATA_FILE
 
@@ -54,6 +54,7 @@ def definitions() -> dict[str, Any]:
     return data()["definitions"]
 
 
+@functools.lru_cache(maxsize=None)
 def definition_for(group: str, version: str, kind: str) -> str | None:
     """The definition name carrying this group-version-kind (``io.k8s.api.core.v1.Service``)."""
     want = {"group": group, "version": version, "kind": kind}
@@ -224,14 +225,35 @@ def _etag(body: bytes) -> str:
     return '"' + hashlib.sha512(body).hexdigest()[:64].upper() + '"'
 
 
+@functools.lru_cache(maxsize=1)
+def v2_protobuf() -> bytes:
+    """The v2 document in gnostic's protobuf (what client-go asks for): :mod:`.openapi_pb`."""
+    from kproxy.apiserver.discovery import GIT_VERSION
+    return openapi_pb.document("Kubernetes", GIT_VERSION, definitions())
+
+
+def _v2_form(accept: str | None) -> str | None:
+    """"json", "protobuf" or None: the first of the client's media ranges we can answer."""
+    if not accept:
+        return "json"
+    for part in accept.split(","):
+        mtype = part.split(";", 1)[0].strip().lower()
+        if mtype.startswith(_V2_PROTOBUF):
+            return "protobuf"
+        if mtype in (JSON, "application/*", "*/*"):
+            return "json"
+    return None
+
+
 async def _v2(request: web.Request) -> web.Response:
-    if not _accepts_json(request.headers.get("Accept")):
-        return _not_acceptable(JSON)
-    body = v2_document()
+    form = _v2_form(request.headers.get("Accept"))
+    if form is None:
+        return _not_acceptable(f"{JSON}, {openapi_pb.ACCEPT}")
+    body, ctype = (v2_protobuf(), openapi_pb.CONTENT_TYPE) if form == "protobuf" else (v2_document(), JSON)
     etag = _etag(body)
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers={"ETag": etag})
-    return web.Response(body=body, headers={"Content-Type": JSON, "ETag": etag, "Vary": "Accept"})
+    return web.Response(body=body, headers={"Content-Type": ctype, "ETag": etag, "Vary": "Accept"})
 
 
 async def _v3_index(request: web.Request) -> web.Response:
@@ -265,8 +287,22 @@ async def _v3_group_version(request: web.Request) -> web.Response:
     return web.Response(body=body, headers=headers)
 
 
+def warm() -> None:
+    """Build every document once (about 0.25 s): the first `kubectl apply` should not wait for it."""
+    v3_index()
+    v2_document()
+    v2_protobuf()
+
+
+async def _warm_in_background(app: web.Application) -> None:
+    import asyncio
+    asyncio.get_running_loop().run_in_executor(None, warm)
+
+
 def add_routes(app: web.Application) -> None:
-    """The OpenAPI GET routes (``discovery.add_routes`` calls this)."""
+    """The OpenAPI GET routes (``discovery.add_routes`` calls this); the documents are built in a
+    worker thread when the app starts, never on the event loop."""
+    app.on_startup.append(_warm_in_background)
     app.router.add_get("/openapi/v2", _v2)
     app.router.add_get("/openapi/v3", _v3_index)
     app.router.add_get("/openapi/v3/", _v3_index)

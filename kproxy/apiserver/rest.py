@@ -214,10 +214,12 @@ class Reads:
         return out, rev
 
     # -- watch ------------------------------------------------------------------------------
-    async def watch(self, request: web.Request, t: Target) -> web.StreamResponse:
+    async def watch(self, request: web.Request, t: Target,
+                    convert: Callable[[dict], dict] | None = None) -> web.StreamResponse:
         """A watch stream: JSON lines {type, object}, from the request's resourceVersion (none
         or "0": the current objects as ADDED first), BOOKMARKs when asked, an ERROR event with
-        a 410 Status when the version is older than the cache's window."""
+        a 410 Status when the version is older than the cache's window. `convert`: each event's
+        object as the client asked for it (a one-row Table for `kubectl get -w`)."""
         q = request.query
         labels = label_matcher(q.get("labelSelector"))
         fields = field_matcher(t.res.kind, q.get("fieldSelector"))
@@ -258,7 +260,8 @@ class Reads:
                     obj = present(t.res, ev.key, ev.obj, ev.rev, self.cache)
                     if not (labels(obj["metadata"].get("labels") or {}) and fields(obj)):
                         continue  # (a change that moves an object out of the selection: not sent)
-                    lines.append(json.dumps({"type": ev.type, "object": obj}).encode() + b"\n")
+                    shown = convert(obj) if convert else obj
+                    lines.append(json.dumps({"type": ev.type, "object": shown}).encode() + b"\n")
                 if lines:
                     await resp.write(b"".join(lines))
             await send(initial)

@@ -140,11 +140,19 @@ class ApiServer:
         app = web.Application(middlewares=[self._auth], client_max_size=8 * 1024 * 1024)
         app[discovery.HEALTH_CHECKS] = {"etcd": self._store_check, "informer-sync": self._cache_check}
         discovery.add_routes(app)
+        self._mount_streams(app)
         for add in self.extra_routes:
             add(app)
         app.router.add_route("*", "/api/v1/{tail:.+}", self._core)
         app.router.add_route("*", "/apis/{group}/{version}/{tail:.+}", self._grouped)
         return app
+
+    def _mount_streams(self, app: web.Application) -> None:
+        """pods/log, exec, portforward and the services'/pods' proxy (streams.py): the pods are
+        reached from this process, which lives in the lab (the sandbox node's namespace)."""
+        from kproxy.apiserver import streams
+        from kproxy.apiserver.podaccess import PodAccess
+        streams.add_routes(app, PodAccess(self.cfg), self.lookup)
 
     def lookup(self, kind: str, ns: str, name: str) -> dict | None:
         """An object as the API returns it (streams' pod and Service look-ups), or None."""
@@ -215,7 +223,11 @@ class ApiServer:
         if method == "GET":
             if not t.name:
                 if q.get("watch") in ("true", "1"):
-                    return await reads.watch(request, t)
+                    table = _table_wanted(request)
+                    convert = None
+                    if table is not None and _to_table(t.res.kind, [], table) is not None:
+                        convert = lambda o: _to_table(t.res.kind, [o], table)  # noqa: E731
+                    return await reads.watch(request, t, convert)
                 items, rev = reads.items(t, q)
                 return self.collection(request, t, items, rev)
             obj = reads.get(t)

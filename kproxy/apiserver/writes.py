@@ -45,7 +45,14 @@ _ALNUM = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's utilrand alphabet (gene
 
 
 def decode(body: bytes, content_type: str = "") -> dict:
-    """A request body: JSON (kubectl, the Python client) or YAML; 400 when neither."""
+    """A request body: JSON (kubectl, the Python client), YAML, or protobuf (kubectl's typed
+    clients: `create deployment/service/namespace`); 400 when none of them."""
+    from kproxy.apiserver import protobuf
+    if content_type.split(";")[0].strip() == protobuf.CONTENT_TYPE or body.startswith(protobuf.MAGIC):
+        try:
+            return protobuf.decode(body)
+        except (protobuf.ProtobufError, UnicodeDecodeError) as e:
+            raise st.ApiError(st.bad_request(f"the body of the request could not be decoded: {e}")) from None
     try:
         obj = json.loads(body) if body.strip()[:1] in (b"{", b"[") else yaml.safe_load(body)
     except (ValueError, yaml.YAMLError) as e:
@@ -90,6 +97,15 @@ def merge_patch(target, patch):
     return out
 
 
+def _without_directives(patch):
+    """A strategic merge patch read as a merge patch: its `$...` directives dropped."""
+    if isinstance(patch, dict):
+        return {k: _without_directives(v) for k, v in patch.items() if not k.startswith("$")}
+    if isinstance(patch, list):
+        return [_without_directives(v) for v in patch]
+    return patch
+
+
 def apply_patch(kind: str, obj: dict, body: bytes, content_type: str) -> dict:
     """patchsel's apply_patch (strategic merge, merge, JSON patch, apply) when merged."""
     try:
@@ -102,7 +118,7 @@ def apply_patch(kind: str, obj: dict, body: bytes, content_type: str) -> dict:
                 import jsonpatch
                 return jsonpatch.apply_patch(obj, json.loads(body))
             if ctype in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
-                return merge_patch(obj, json.loads(body))
+                return merge_patch(obj, _without_directives(json.loads(body)))
         except Exception as e:  # noqa: BLE001 - a patch that does not apply is the client's error
             raise st.ApiError(st.status(422, "Invalid", str(e))) from None
         raise st.ApiError(st.unsupported_media(ctype)) from None
@@ -130,17 +146,17 @@ class Writer:
         self.warnings: list[str] = []
         with self.lock:
             if verb == "create":
-                obj = decode(body)
+                obj = decode(body, content_type)
                 self._strict(t, obj, body, True)
                 code, out = self.create(t, obj, dry)
             elif verb == "update":
-                obj = decode(body)
+                obj = decode(body, content_type)
                 self._strict(t, obj, body, True)
                 code, out = self.update(t, obj, dry)
             elif verb == "patch":
                 code, out = self.patch(t, body, content_type, dry)
             elif verb == "delete":
-                code, out = self.delete(t, decode(body) if body.strip() else {}, dry)
+                code, out = self.delete(t, _options(body, content_type), dry)
             else:
                 code, out = self.delete_collection(t, query, dry)
         return code, out, self.warnings
@@ -394,6 +410,13 @@ class Writer:
         if message.startswith("namespaces "):
             return st.status(404, "NotFound", message)
         return st.internal(message)
+
+
+def _options(body: bytes, content_type: str) -> dict:
+    """A delete's DeleteOptions (JSON); any other body (protobuf) is taken as no options."""
+    if not body.strip() or body.startswith(b"k8s\x00"):
+        return {}
+    return decode(body, content_type)
 
 
 class _StoreView:

@@ -202,6 +202,27 @@ def test_a_hand_edited_file_is_a_watch_event_and_old_versions_are_gone(lab, api)
     assert json.loads(res.stdout.splitlines()[0])["object"]["message"] == st["message"]
 
 
+def test_kubectl_create_commands_send_protobuf_and_land_in_the_folder(lab, api):
+    """`kubectl create deployment/service/namespace` use typed clients: protobuf bodies."""
+    base, s, env, _ = api
+    assert kubectl(env, "create", "namespace", "shop").stdout.strip() == "namespace/shop created"
+    out = kubectl(env, "create", "deployment", "hello", "-n", "shop", "--image=nginx", "--port=8080").stdout
+    assert out.strip() == "deployment.apps/hello created"
+    out = kubectl(env, "create", "service", "nodeport", "hello", "-n", "shop", "--tcp=80:8080",
+                  "--node-port=30123").stdout
+    assert out.strip() == "service/hello created"
+    svc = json.loads(kubectl(env, "get", "svc", "hello", "-n", "shop", "-o", "json").stdout)
+    assert svc["spec"]["ports"] == [{"name": "80-8080", "nodePort": 30123, "port": 80, "protocol": "TCP",
+                                     "targetPort": 8080}]
+    assert svc["spec"]["selector"] == {"app": "hello"}
+    dep = json.loads(kubectl(env, "get", "deploy", "hello", "-n", "shop", "-o", "json").stdout)
+    assert dep["spec"]["template"]["spec"]["containers"][0]["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+    names = sorted(p.name for p in lab.manifests.iterdir())
+    assert {"namespace-shop.yaml", "deployment-shop-hello.yaml", "service-shop-hello.yaml"} <= set(names), names
+    assert kubectl(env, "delete", "namespace", "shop").stdout.strip() == 'namespace "shop" deleted'
+    assert not [n for n in lab.manifests.iterdir() if "shop" in n.name]
+
+
 def test_kubectl_delete_removes_the_file(lab, api):
     base, s, env, _ = api
     assert kubectl(env, "delete", "svc", "web").stdout.strip() == 'service "web" deleted'

@@ -18,7 +18,7 @@ import yaml
 from aiohttp import web
 
 from kproxy.api.admission import INVALID, Admission
-from kproxy.apiserver import discovery, resources, strict
+from kproxy.apiserver import discovery, protobuf, resources, strict
 
 KUBECTL = shutil.which("kubectl")
 
@@ -107,14 +107,14 @@ class Stub:
             return web.json_response({"kind": f"{r.kind}List", "apiVersion": r.group_version,
                                       "metadata": {"resourceVersion": "1"}, "items": items})
         ctype = request.headers.get("Content-Type", "")
-        if "protobuf" in ctype or "cbor" in ctype:  # as the lab's server: JSON and YAML only
+        if "cbor" in ctype:  # as the lab's server: JSON, YAML and (for typed clients' bodies) protobuf
             return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                      "message": f'the body of the request was in an unknown format - '
-                                      f'accepted media types include: application/json, application/yaml, '
-                                      f'application/json-patch+json, application/merge-patch+json, '
-                                      f'application/apply-patch+yaml', "reason": "UnsupportedMediaType",
-                                      "code": 415}, status=415)
-        body = yaml.safe_load(raw) if "yaml" in ctype else json.loads(raw)
+                                      "message": "the body of the request was in an unknown format",
+                                      "reason": "UnsupportedMediaType", "code": 415}, status=415)
+        if protobuf.is_protobuf(ctype):
+            body = protobuf.decode(raw)
+        else:
+            body = yaml.safe_load(raw) if "yaml" in ctype else json.loads(raw)
         create = request.method in ("POST", "PUT")
         if request.method == "PATCH":
             old = self.objects.get(key)
@@ -126,7 +126,8 @@ class Stub:
             name = name or obj["metadata"]["name"]
             key = (r.kind, ns or "", name)
         if request.query.get("fieldValidation") == "Strict":
-            found = strict.problems(r.kind, obj, raw if "json" in ctype and create else None)
+            found = [] if protobuf.is_protobuf(ctype) else \
+                strict.problems(r.kind, obj, raw if "json" in ctype and create else None)
             if found:
                 return web.json_response(strict.strict_status(r.kind, r.version, found, create=create),
                                          status=400)

@@ -266,3 +266,54 @@ def test_generate_name_dry_run_patch_scale_and_delete(lab):
                                                               "uid": gone["details"]["uid"]}
     assert store.get("/registry/deployments/default/web") is None
     assert not (Path(cfg.manifests) / "deployment-default-web.yaml").exists()
+
+
+# -- protobuf request bodies (kubectl create deployment/service/namespace) ---------------------
+def _v(n: int) -> bytes:
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def _f(num: int, value) -> bytes:
+    if isinstance(value, int):
+        return _v(num << 3) + _v(value)
+    data = value.encode() if isinstance(value, str) else value
+    return _v(num << 3 | 2) + _v(len(data)) + data
+
+
+def test_protobuf_bodies_decode_as_kubectl_create_sends_them():
+    from kproxy.apiserver import protobuf
+    labels = _f(11, _f(1, "app") + _f(2, "hello"))
+    meta = _f(1, "hello") + _f(3, "") + labels + _f(8, b"")  # empty namespace, zero creationTimestamp
+    port = _f(1, "") + _f(2, 0) + _f(3, 8080) + _f(4, "TCP")
+    container = _f(1, "nginx") + _f(2, "nginx") + _f(6, port) + _f(8, b"")
+    template = _f(1, _f(11, _f(1, "app") + _f(2, "hello"))) + _f(2, _f(2, container))
+    spec = _f(1, 0) + _f(2, _f(1, _f(1, "app") + _f(2, "hello"))) + _f(3, template) + _f(4, b"") + _f(99, "x")
+    raw = _f(1, meta) + _f(2, spec) + _f(3, b"")
+    body = protobuf.MAGIC + _f(1, _f(1, "apps/v1") + _f(2, "Deployment")) + _f(2, raw)
+    assert protobuf.decode(body) == {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "hello", "labels": {"app": "hello"}},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "hello"}},
+                 "template": {"metadata": {"labels": {"app": "hello"}},
+                              "spec": {"containers": [{"name": "nginx", "image": "nginx",
+                                                       "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                                                       "resources": {}}]}},
+                 "strategy": {}},
+        "status": {}}
+    # a Service port's targetPort is an IntOrString: int (type 0) or string (type 1)
+    sport = _f(1, "80-8080") + _f(2, "TCP") + _f(3, 80) + _f(4, _f(1, 0) + _f(2, 8080)) + _f(5, 0)
+    named = _f(3, 81) + _f(4, _f(1, 1) + _f(3, "http"))
+    raw = _f(1, _f(1, "mn")) + _f(2, _f(1, sport) + _f(1, named) + _f(4, "ClusterIP"))
+    body = protobuf.MAGIC + _f(1, _f(1, "v1") + _f(2, "Service")) + _f(2, raw)
+    svc = protobuf.decode(body)
+    assert svc["spec"] == {"ports": [{"name": "80-8080", "protocol": "TCP", "port": 80, "targetPort": 8080},
+                                     {"port": 81, "targetPort": "http"}], "type": "ClusterIP"}
+    with pytest.raises(protobuf.ProtobufError, match="ConfigMap"):
+        protobuf.decode(protobuf.MAGIC + _f(1, _f(1, "v1") + _f(2, "ConfigMap")) + _f(2, b""))
+    with pytest.raises(protobuf.ProtobufError):
+        protobuf.decode(protobuf.MAGIC + b"\x0a\xff")  # truncated

@@ -127,3 +127,33 @@ def test_health_text_as_upstream_prints_it():
     assert d.health_report("healthz", {"etcd": lambda: 1 / 0}, False, only="etcd")[0] == 500
     assert d.health_report("healthz", {}, False, only="ping") == (200, "ok")
     assert d.health_report("healthz", {}, False, only="nope")[0] == 404
+
+
+def test_aggregated_answers_carry_their_form_and_an_etag():
+    """The handlers through aiohttp's test client: Content-Type names the form, ETag allows a 304."""
+    import asyncio
+    asyncio.run(_through_aiohttp())
+
+
+async def _through_aiohttp():
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    app = web.Application()
+    d.add_routes(app)
+    async with TestClient(TestServer(app)) as client:
+        accept = d.AGGREGATED_V2 + "," + d.AGGREGATED_V2BETA1 + ",application/json"
+        resp = await client.get("/apis", headers={"Accept": accept})
+        assert resp.status == 200 and resp.headers["Content-Type"] == d.AGGREGATED_V2
+        etag = resp.headers["ETag"]
+        again = await client.get("/apis", headers={"Accept": accept, "If-None-Match": etag})
+        assert again.status == 304
+        legacy = await client.get("/api", headers={"Accept": "application/json"})
+        body = await legacy.json()
+        assert legacy.headers["Content-Type"].startswith("application/json") and body["kind"] == "APIVersions"
+        assert body["serverAddressByClientCIDRs"][0]["serverAddress"].startswith("127.0.0.1:")
+        assert (await client.get("/apis", headers={"Accept": "application/vnd.kubernetes.protobuf"})).status == 406
+        assert (await client.get("/apis/nope/v1")).status == 404
+        health = await client.get("/livez?verbose")
+        assert health.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert (await health.text()).endswith("livez check passed\n")

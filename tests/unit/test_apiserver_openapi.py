@@ -121,3 +121,30 @@ def test_invalid_status_from_the_admission_gate():
                    "The range of valid ports is 30000-32767"}]}
     dep = strict.invalid_status("Deployment", "d", [errors.required("spec.selector")])
     assert dep["details"]["group"] == "apps" and dep["message"] == 'Deployment.apps "d" is invalid: spec.selector: Required value'
+
+
+def test_v2_protobuf_is_gnostics_document():
+    """Read back with the wire reader of kproxy.apiserver.protobuf: field numbers of gnostic's
+    openapiv2/OpenAPIv2.proto (Document.definitions = 9, NamedSchema, Schema.vendor_extension = 31)."""
+    from kproxy.apiserver import protobuf
+
+    def fields(buf):
+        out = {}
+        for n, _, v in protobuf._fields(buf):
+            out.setdefault(n, []).append(v)
+        return out
+
+    doc = fields(openapi.v2_protobuf())
+    assert doc[1] == [b"2.0"]
+    assert fields(doc[2][0])[1] == [b"Kubernetes"]
+    named = {fields(d)[1][0].decode(): fields(d)[2][0] for d in fields(doc[9][0])[1]}
+    assert set(named) == set(openapi.definitions())
+    spec = fields(named["io.k8s.api.core.v1.ServiceSpec"])
+    props = {fields(p)[1][0].decode(): fields(fields(p)[2][0]) for p in fields(spec[25][0])[1]}
+    ports = props["ports"]
+    assert fields(ports[22][0])[1] == [b"array"]
+    extensions = {fields(e)[1][0].decode(): json.loads(fields(fields(e)[2][0])[2][0]) for e in ports[31]}
+    assert extensions["x-kubernetes-patch-merge-key"] == "port"
+    assert extensions["x-kubernetes-patch-strategy"] == "merge"
+    item = fields(fields(ports[23][0])[1][0])
+    assert item[1] == [b"#/definitions/io.k8s.api.core.v1.ServicePort"]

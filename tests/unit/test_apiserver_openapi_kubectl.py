@@ -90,3 +90,65 @@ def test_server_side_apply_and_expose(kubectl):
     svc = json.loads(kubectl.stub.requests[-1]["body"])
     assert svc["spec"]["selector"] == {"app": "hello"}
     assert svc["spec"]["ports"][0]["port"] == 80 and svc["spec"]["type"] == "NodePort"
+
+
+def test_typed_create_commands_send_protobuf_and_are_read(kubectl):
+    """kubectl 1.32's `create deployment/service/namespace` POST protobuf (kproxy.apiserver.protobuf)."""
+    out = kubectl("create", "deployment", "pb", "--image=nginx", "--replicas=0", "--port=8080").stdout
+    assert out.strip() == "deployment.apps/pb created"
+    request = kubectl.stub.requests[-1]
+    assert request["content_type"] == "application/vnd.kubernetes.protobuf"
+    stored = kubectl.stub.objects[("Deployment", "default", "pb")]
+    assert stored["spec"]["replicas"] == 0
+    assert stored["spec"]["template"]["spec"]["containers"][0]["ports"] == [{"containerPort": 8080}]
+    assert kubectl("create", "service", "nodeport", "pbsvc", "--tcp=80:8080", "--node-port=30002").stdout.strip() \
+        == "service/pbsvc created"
+    assert kubectl.stub.objects[("Service", "default", "pbsvc")]["spec"]["ports"][0]["nodePort"] == 30002
+    bad = kubectl("create", "service", "nodeport", "pbbad", "--tcp=80:8080", "--node-port=99999", check=False)
+    # kubectl's own wrapping for `create service` (a real cluster prints the same)
+    assert bad.stderr.strip() == ('error: failed to create NodePort service: Service "pbbad" is invalid: '
+                                  'spec.ports[0].nodePort: Invalid value: 99999: provided port is not in the valid '
+                                  'range. The range of valid ports is 30000-32767')
+
+
+KUBECTL_1_20 = "/opt/kproxy/kubectl-1.20/usr/bin/kubectl"  # Debian's kubernetes-client (scripts/setup --test)
+
+
+def test_kubectl_1_20_validates_against_the_v2_protobuf(kubectl):
+    import os
+    import subprocess
+    if not os.access(KUBECTL_1_20, os.X_OK):
+        pytest.fail(f"{KUBECTL_1_20} is missing: scripts/setup --test unpacks Debian's kubectl 1.20 there")
+
+    def old(*args):
+        return subprocess.run([KUBECTL_1_20, *args], env={"KUBECONFIG": str(kubectl.tmp / "kubeconfig"),
+                                                           "HOME": str(kubectl.tmp)},
+                              capture_output=True, text=True, timeout=60)
+    typo_text = SERVICE.replace("NODEPORT", "30091").replace("name: web", "name: oldtypo").replace("selector:", "selectr:")
+    typo = old("apply", "-f", _manifest(kubectl, "oldtypo.yaml", typo_text))
+    assert typo.returncode == 1
+    assert ('error validating data: ValidationError(Service.spec): unknown field "selectr" in '
+            'io.k8s.api.core.v1.ServiceSpec') in typo.stderr
+    web = SERVICE.replace("NODEPORT", "30090").replace("name: web", "name: old")
+    assert old("apply", "-f", _manifest(kubectl, "old.yaml", web)).stdout.strip() == "service/old created"
+    bad = old("apply", "-f", _manifest(kubectl, "oldbad.yaml", web.replace("30090", "99999").replace("old}", "oldbad}")))
+    assert bad.stderr.strip() == ('The Service "oldbad" is invalid: spec.ports[0].nodePort: Invalid value: 99999: '
+                                  'provided port is not in the valid range. The range of valid ports is 30000-32767')
+    explain = old("explain", "svc.spec.ports").stdout
+    assert "RESOURCE: ports <[]Object>" in explain and "nodePort\t<integer>" in explain
+
+
+def test_crd_kind_is_applied_with_a_merge_patch(kubectl):
+    """MetalLB's kinds are CRDs: their v3 PATCH accepts no strategic merge patch, so kubectl sends
+    a JSON merge patch, as against a real cluster with MetalLB installed."""
+    pool = ("apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: pool, namespace: metallb-system}\n"
+            "spec: {addresses: [192.168.49.200-192.168.49.210]}\n")
+    assert kubectl("apply", "-f", _manifest(kubectl, "pool.yaml", pool)).stdout.strip() == \
+        "ipaddresspool.metallb.io/pool created"
+    changed = pool.replace("210]", "220]")
+    proc = kubectl("apply", "-f", _manifest(kubectl, "pool2.yaml", changed), "-v=6")
+    assert proc.stdout.strip() == "ipaddresspool.metallb.io/pool configured"
+    patch = kubectl.stub.requests[-1]
+    assert patch["method"] == "PATCH" and patch["content_type"] == "application/merge-patch+json"
+    assert json.loads(patch["body"])["spec"] == {"addresses": ["192.168.49.200-192.168.49.220"]}
+    assert "/openapi/v3/apis/metallb.io/v1beta1?hash=" in proc.stderr

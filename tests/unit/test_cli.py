@@ -573,8 +573,11 @@ def test_get_nodes(lab):
     res = lab.run("get", "nodes")
     assert out_lines(res) == ["NAME     STATUS   ROLES           AGE   VERSION",
                               "node-1   Ready    control-plane   10m   v1.33.0-kproxy"]
-    wide = lab.run("get", "no", "-o", "wide")
-    assert out_lines(wide)[1].split()[-3:] == ["192.168.49.2", "<none>", "10.244.0.0/24"]
+    wide = lab.run("get", "no", "-o", "wide")  # kubectl's wide columns (printers.go), then kproxy's POD-CIDR
+    assert out_lines(wide)[0].split()[5:] == ["INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION",
+                                              "CONTAINER-RUNTIME", "POD-CIDR"]
+    assert out_lines(wide)[1].split()[5:7] + out_lines(wide)[1].split()[-1:] == \
+        ["192.168.49.2", "<none>", "10.244.0.0/24"]
 
 
 def test_get_o_name(lab):
