@@ -343,7 +343,10 @@ def _to_table(kind: str, objs: list[dict], include: str) -> dict | None:
         from kproxy.apiserver.table import to_table
     except ImportError:
         return None  # the plain objects: kubectl prints them itself
+    if include not in ("None", "Metadata", "Object"):
+        raise st.ApiError(st.bad_request(f'invalid value "{include}" for includeObject: must be one of None, '
+                                         "Metadata, Object"))
     try:
         return to_table(kind, objs, include)
     except KeyError:
-        return None
+        return None  # a kind without columns: the plain objects
