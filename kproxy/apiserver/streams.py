@@ -117,7 +117,10 @@ class StreamHandlers:
         uid = pod["metadata"].get("uid")
         try:
             with open(path, "rb") as f:
-                more = await out(node_access.tail(f.read(), tail_lines))
+                f.seek(node_access.tail_offset(f, tail_lines))
+                more = True
+                while more and (chunk := f.read(1 << 16)):  # what is there now, a block at a time
+                    more = await out(chunk)
                 while more and _flag(request, "follow"):
                     chunk = f.read(1 << 16)
                     if chunk:
