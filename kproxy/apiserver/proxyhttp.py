@@ -20,6 +20,8 @@ import ssl
 import aiohttp
 from aiohttp import web
 
+from kproxy.apiserver import status as st
+
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "authorization", "host", "content-length"}
 
@@ -41,11 +43,7 @@ def split_scheme_name_port(text: str) -> tuple[str, str, str] | None:
 
 
 def _status(code: int, reason: str, message: str, details: dict | None = None) -> web.Response:
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
-    if details:
-        body["details"] = details
-    return web.json_response(body, status=code)
+    return st.response(st.status(code, reason, message, details))
 
 
 def _unavailable(message: str) -> web.Response:
@@ -60,7 +58,7 @@ def service_location(lookup, ns: str, ident: str) -> tuple[str, str, int] | web.
     scheme, name, port = parsed
     svc = lookup("Service", ns, name)
     if svc is None:
-        return _status(404, "NotFound", f'services "{name}" not found', {"name": name, "kind": "services"})
+        return st.response(st.not_found("services", "", name))
     ports = svc.get("spec", {}).get("ports") or []
     port_name = port
     if port.isdigit():
@@ -94,7 +92,7 @@ def pod_location(lookup, ns: str, ident: str) -> tuple[str, str, int] | web.Resp
     scheme, name, port = parsed
     pod = lookup("Pod", ns, name)
     if pod is None:
-        return _status(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
+        return st.response(st.not_found("pods", "", name))
     ip = pod.get("status", {}).get("podIP")
     if not ip:
         return _status(400, "BadRequest", f'address not allowed: pod "{name}" has no IP address')

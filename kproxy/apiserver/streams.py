@@ -23,6 +23,7 @@ from typing import Callable
 from aiohttp import web
 
 from kproxy.apiserver import execio, spdy, wschannel
+from kproxy.apiserver import status as st
 from kproxy.apiserver.podaccess import PodAccess
 from kproxy.node import access as node_access
 
@@ -34,20 +35,16 @@ STREAM_TIMEOUT = 30.0  # how long an exec waits for the client's SPDY streams
 
 
 def status_response(code: int, reason: str, message: str, details: dict | None = None) -> web.Response:
-    """An API error as the API server answers it: a Status object."""
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
-    if details:
-        body["details"] = details
-    return web.json_response(body, status=code)
+    """An API error as the API server answers it: a Status object (status.py's)."""
+    return st.response(st.status(code, reason, message, details))
 
 
 def bad_request(message: str) -> web.Response:
-    return status_response(400, "BadRequest", message)
+    return st.response(st.bad_request(message))
 
 
 def pod_not_found(name: str) -> web.Response:
-    return status_response(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
+    return st.response(st.not_found("pods", "", name))
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -120,7 +117,10 @@ class StreamHandlers:
         uid = pod["metadata"].get("uid")
         try:
             with open(path, "rb") as f:
-                more = await out(node_access.tail(f.read(), tail_lines))
+                f.seek(node_access.tail_offset(f, tail_lines))
+                more = True
+                while more and (chunk := f.read(1 << 16)):  # what is there now, a block at a time
+                    more = await out(chunk)
                 while more and _flag(request, "follow"):
                     chunk = f.read(1 << 16)
                     if chunk:

@@ -181,7 +181,9 @@ def logs(target, container_arg, namespace, container, follow, tail, state_dir):
         fail(f'container "{cname}" in pod "{pname}" is waiting to start: {access.waiting_reason(pod, cname)}')
     out = sys.stdout.buffer
     with open(path, "rb") as f:
-        out.write(access.tail(f.read(), tail))
+        f.seek(access.tail_offset(f, tail))
+        while chunk := f.read(1 << 16):
+            out.write(chunk)
         out.flush()
         if not follow:
             return

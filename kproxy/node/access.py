@@ -82,6 +82,32 @@ def waiting_reason(pod: dict, cname: str) -> str:
     return ((statuses.get(cname) or {}).get("state", {}).get("waiting") or {}).get("reason", "ContainerCreating")
 
 
+def tail_offset(f, n: int, block: int = 1 << 16) -> int:
+    """Where the last `n` lines of the open file `f` start (-1: all, 0), reading backwards in
+    blocks: `--tail 10` of a large log costs a block, not the whole file."""
+    end = f.seek(0, os.SEEK_END)
+    if n < 0:
+        return 0
+    if n == 0:
+        return end
+    pos, newlines = end, 0
+    f.seek(end - 1 if end else 0)
+    skip_last = end > 0 and f.read(1) == b"\n"  # a final newline ends the last line, it does not start one
+    while pos > 0:
+        start = max(0, pos - block)
+        f.seek(start)
+        chunk = f.read(pos - start)
+        if skip_last and pos == end:
+            chunk = chunk[:-1]
+        for i in range(len(chunk) - 1, -1, -1):
+            if chunk[i] == 10:
+                newlines += 1
+                if newlines == n:
+                    return start + i + 1
+        pos = start
+    return 0
+
+
 def tail(data: bytes, n: int) -> bytes:
     """The last `n` lines (-1: all), as `--tail` / `tailLines` take them."""
     if n < 0:

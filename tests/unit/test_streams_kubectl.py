@@ -267,6 +267,42 @@ def test_attach_shows_new_output_until_the_pod_is_gone(stub, env):
     assert proc.returncode == 0, err
 
 
+def _ws_exec(stub, query: str, protocol: str, send: list[bytes]) -> tuple[str, dict[int, bytes]]:
+    """Speak channel.k8s.io by hand: send the messages, collect what comes back per channel."""
+    async def talk():
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        url = f"https://127.0.0.1:{stub.port}/api/v1/namespaces/default/pods/web-1/exec?{query}"
+        got: dict[int, bytes] = {}
+        async with aiohttp.ClientSession() as s:
+            async with s.ws_connect(url, protocols=(protocol,), ssl=ctx,
+                                    headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+                for m in send:
+                    await ws.send_bytes(m)
+                async for m in ws:
+                    if m.type == aiohttp.WSMsgType.BINARY and m.data:
+                        got[m.data[0]] = got.get(m.data[0], b"") + m.data[1:]
+                return ws.protocol, got
+    return asyncio.run(talk())
+
+
+def test_websocket_v5_protocol_by_hand(stub):
+    """v5's close signal ([255, 0]: EOF on stdin) ends `cat`; resize on channel 4 sizes the TTY;
+    v1's error channel is text."""
+    proto, got = _ws_exec(stub, "command=cat&container=app&stdin=true&stdout=true&stderr=true",
+                          "v5.channel.k8s.io", [b"\x00hello ", b"\x00world", bytes([255, 0])])
+    assert proto == "v5.channel.k8s.io"
+    assert got[1] == b"hello world"
+    assert json.loads(got[3]) == {"metadata": {}, "status": "Success"}
+    proto, got = _ws_exec(stub, "command=stty&command=size&container=app&stdin=true&stdout=true&tty=true",
+                          "v5.channel.k8s.io", [b'\x04{"Width":120,"Height":40}', bytes([255, 0])])
+    assert got[1] == b"40 120\r\n" and 2 not in got  # a TTY: one output channel
+    proto, got = _ws_exec(stub, "command=sh&command=-c&command=exit+2&container=app&stdout=true",
+                          "channel.k8s.io", [])
+    assert proto == "channel.k8s.io"  # v1: the error channel carries text
+    assert got[3] == b"command terminated with non-zero exit code: error executing command [sh -c exit 2], exit code 2"
+
+
 # ---- port-forward and the proxy ------------------------------------------------------------------
 
 def _curl(url: str) -> bytes:
