@@ -49,6 +49,7 @@ class LabConfig:
     healthz_bind_address: str = "0.0.0.0:10256"
     metrics_bind_address: str = "127.0.0.1:10249"
     extra: dict = field(default_factory=dict)
+    api_port: int = 0                            # the API server's port on the host's loopback (0: a free one)
     # multi-node: the cluster's etcd, the node count of an emulated lab, and this node's part
     store_url: str = ""                          # etcd (https://IP:2379); "" = the embedded SQLite store
     store_ca: str = ""                           # the CA etcd's certificate must chain to (STATE/pki/ca.crt)

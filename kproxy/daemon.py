@@ -8,7 +8,11 @@ the store (the cache) and setting `ctx.dirty` or poking the loop.
 - the controllers (controllers/manager.py): Deployments -> pods, scheduling, node lifecycle,
   EndpointSlices, LoadBalancer IPs; only the leader runs them;
 - the node agent (node/agent.py): its Node, the kubelet loop, routes, layer-2 announcements;
-- the proxy (proxy/role.py): Services and EndpointSlices -> iptables, /healthz, /metrics.
+- the proxy (proxy/role.py): Services and EndpointSlices -> iptables, /healthz, /metrics;
+- the API server (apiserver/server.py), with the front: HTTPS on the host's loopback (its socket
+  made before the daemon enters a sandbox lab's namespace) and at the node's address:6443 in
+  the lab; it reads a watch cache of the store and writes through the manifests folder, then
+  waits for a pass of this loop (`sync`) so its answer carries what the front admitted.
 
 `--role all` (`kproxy up`, one node on SQLite) runs all four; a multi-node lab (etcd) runs one
 `controller` (front + controllers) and one `agent` (agent + proxy) per node, each process
@@ -70,6 +74,11 @@ class Daemon:
         self.agent = Agent(ctx) if agent else None
         self.proxy = ProxyRole(ctx, kernel) if agent else None
         self.heartbeat = Heartbeat(ctx, node=agent) if ctx.shared else None
+        self.apiserver = None
+        if controller:
+            from kproxy.apiserver.server import ApiServer
+            from kproxy.apiserver.writes import Writer
+            self.apiserver = ApiServer(ctx, Writer(ctx, self.frontend, self.sync))
         self.cond = threading.Condition()
         self.generation = 0
         self.ready = False
@@ -95,6 +104,8 @@ class Daemon:
         try:
             if self.agent:
                 self.agent.setup()
+            if self.apiserver:
+                self._prepare_apiserver()
             if self.cfg.sandbox:
                 enter_netns(ctx.naming.node_netns)  # before any thread: all of them live there
             if self.agent:
@@ -113,10 +124,34 @@ class Daemon:
                 self._start_up(self.frontend.ensure_system_objects)
             if self.agent:
                 self._start_up(self.agent.register_node)
+            if self.apiserver:
+                self.apiserver.start()
             ctx.supervise("control-socket", self._serve_control)
             self._loop()
         finally:
             self.shutdown()
+
+    def _prepare_apiserver(self) -> None:
+        """Certificates and the host loopback socket (before enter_netns); a failure here (the
+        --api-port taken) leaves the lab running without an API, shown in `kproxy status`."""
+        try:
+            self.apiserver.prepare()
+        except Exception as e:  # noqa: BLE001 - the lab itself can run without its API
+            log.exception("the API server cannot start")
+            self.ctx.components.failed("apiserver", supervise.describe(e))
+            self.apiserver = None
+
+    def sync(self, timeout: float = 60, settled: bool = True) -> bool:
+        """Wait until a whole pass of the loop began after this call (the front re-read the
+        folder, poked now); `settled`: the folder is complete (removals need not wait).
+        False when the daemon stops or the pass did not come in `timeout` seconds."""
+        if self.frontend and settled:
+            self.frontend.folder_settled = True
+        with self.cond:
+            target = self.generation + 2
+            self.ctx.poke.set()
+            return self.cond.wait_for(lambda: self.generation >= target or self.ctx.stopping.is_set(),
+                                      timeout=timeout) and not self.ctx.stopping.is_set()
 
     def _load_store(self) -> None:
         self.ctx.cache.list_all()
@@ -141,6 +176,8 @@ class Daemon:
         self.ctx.stopping.set()
         if self.heartbeat:
             self.heartbeat.revoke()
+        if self.apiserver:
+            self.apiserver.stop()
         if self.proxy:
             self.proxy.stop()
         if self.agent:
@@ -283,12 +320,8 @@ class Daemon:
             if op in ("sync", "delete-pod"):
                 if self.frontend and op == "delete-pod":
                     self.frontend.requests.append(req)
-                elif self.frontend:  # `kproxy apply/delete` wrote the folder whole: removals need not wait
-                    self.frontend.folder_settled = True
-                with self.cond:
-                    target = self.generation + 2  # a whole pass that began after this request
-                    self.ctx.poke.set()
-                    self.cond.wait_for(lambda: self.generation >= target or self.ctx.stopping.is_set(), timeout=60)
+                # `kproxy apply/delete` wrote the folder whole: removals need not wait
+                self.sync(60, settled=op == "sync")
             try:
                 errs = self.ctx.store.get(MANIFEST_ERRORS) or []
             except Exception as e:  # noqa: BLE001 - the store is away: say so

@@ -50,6 +50,7 @@ class Verdict:
     message: str | None = None  # the refusal as the API server words it; None: admitted
     reason: str = ""           # NO_MATCH, INVALID, NOT_FOUND, TOO_LARGE or INTERNAL (a kproxy bug, named)
     update: bool = False       # judged as an update of an admitted object
+    field_errors: tuple = ()   # INVALID: the FieldErrors (the API server's 422 details.causes)
 
     @property
     def ok(self) -> bool:
@@ -136,7 +137,7 @@ class Admission:
                            INTERNAL, update)
         kind, ns, name = meta.obj_key(new)
         if errs:
-            return Verdict(new, str(errors.InvalidError(str(kind), str(name), errs)), INVALID, update)
+            return Verdict(new, str(errors.InvalidError(str(kind), str(name), errs)), INVALID, update, tuple(errs))
         if size > MAX_STORED_BYTES:
             return Verdict(new, "etcdserver: request is too large", TOO_LARGE, update)
         if ns and kind != "Namespace" and namespaces is not None and not self._namespace_exists(ns, namespaces):

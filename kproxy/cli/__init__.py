@@ -10,6 +10,7 @@ This package is the command line, one module per kind of work:
     access.py     exec, logs, port-forward
     rules.py      rules (live, or --render offline)
     observe.py    trace, explain, graph, dashboard: the path a packet takes
+    kubeconfig.py kubeconfig: the admin kubeconfig of the lab's API server
 
 This file is the click group: it turns any unexpected exception into one `error:` line and
 registers the commands (`python -m kproxy.cli` runs it through __main__.py).
@@ -21,7 +22,7 @@ import sys
 
 import click
 
-from kproxy.cli import access, apply, get, lifecycle, observe, rules
+from kproxy.cli import access, apply, get, kubeconfig, lifecycle, observe, rules
 from kproxy.cluster.units import units  # `kproxy units`, for the Vagrant lab's provisioning
 
 
@@ -78,5 +79,5 @@ def main() -> None:
 for _command in (lifecycle.up, lifecycle.down, lifecycle.cleanup, apply.apply, apply.delete, get.get,
                  get.describe, access.exec_, access.port_forward, access.logs, rules.rules, lifecycle.status,
                  lifecycle.controller, lifecycle.agent, units, observe.trace, observe.explain, observe.graph,
-                 observe.dashboard):
+                 observe.dashboard, kubeconfig.kubeconfig):
     main.add_command(_command)

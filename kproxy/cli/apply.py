@@ -12,7 +12,6 @@ import calendar
 import re
 import sys
 import time
-from pathlib import Path
 
 import click
 
@@ -22,19 +21,17 @@ from kproxy.cli.common import (CLUSTER_SCOPED, MANIFEST_ERRORS, control, daemon_
                                need_root, not_running, parse_targets, proxy_status, resource_name,
                                served_documents, singular_name, state_dir_option)
 from kproxy.config import LabConfig, state_dir_from_env
+from kproxy.store import desired
 from kproxy.store import manifests as folder
+from kproxy.store.desired import error_key as _error_key
+from kproxy.store.desired import gate
+from kproxy.store.desired import refused as _refused
+from kproxy.store.desired import session as folder_session
+from kproxy.store.desired import undo as _undo
 from kproxy.store.base import RESOURCE, Store, object_key
 from kproxy.store.open import open_store
 
 SYSTEM_NAMESPACES = meta.SYSTEM_NAMESPACES
-
-
-def gate(cfg: LabConfig | None) -> admission.Admission:
-    """The admission gate with this lab's settings (the defaults without a lab)."""
-    if cfg is None:
-        return admission.Admission()
-    from kproxy.controllers.loadbalancer import lab_addresses
-    return admission.Admission(tuple(cfg.node_port_range), cfg.service_cidr, reserved=lab_addresses(cfg))
 
 
 def admitted_version(store, obj: dict) -> dict | None:
@@ -56,24 +53,6 @@ def server_error(msg: str, source: str, verb: str = "creating") -> str:
     if re.match(r'[A-Za-z.]+ "[^"]*" is invalid', msg):
         return f"The {msg}"
     return f'Error from server: error when {verb} "{source}": {msg}'
-
-
-def folder_session(cfg: LabConfig):
-    """The manifests folder locked for a read-decide-write, with its index in the state dir."""
-    return folder.session(Path(cfg.manifests), Path(cfg.state_dir) / "folder-index.json")
-
-
-def _namespace_exists(ns: str, f: folder.Folder, store: Store | None, batch: set[str]) -> bool:
-    """Whether namespace `ns` exists: a system one, in this apply, in the folder or in the store.
-    A store that does not answer (etcd down) is not asked again: the folder is the desired state."""
-    if ns in SYSTEM_NAMESPACES or ns in batch or f.find(("Namespace", "", ns), True) is not None:
-        return True
-    if store is None:
-        return False
-    try:
-        return store.get(object_key("Namespace", None, ns)) is not None
-    except Exception:  # noqa: BLE001 - the store is down: the folder answered already
-        return False
 
 
 def _writable_lab(state_dir: str | None) -> tuple[LabConfig, str, bool]:
@@ -121,7 +100,7 @@ def apply(path, wait, timeout, state_dir):
     try:
         with folder_session(cfg) as f:
             accepted = []
-            exists = lambda ns: _namespace_exists(ns, f, store, batch_namespaces)  # noqa: E731
+            exists = lambda ns: desired.namespace_exists(ns, f, store, batch_namespaces)  # noqa: E731
             for obj, source, old in candidates:
                 verdict = lab_gate.admit(obj, source, old=old, namespaces=exists)
                 if not verdict.ok:
@@ -179,32 +158,6 @@ def apply(path, wait, timeout, state_dir):
     if wait and live:
         rc = max(rc, _wait_live(cfg, store, live, started, timeout, synced))
     sys.exit(rc)
-
-
-def _refused(store: Store | None, objs: list[dict]) -> dict[tuple, str]:
-    """Errors the daemon recorded for these objects on its last load (allocation conflicts...)."""
-    wanted = {meta.obj_key(o) for o in objs}
-    out = {}
-    for e in (store.get(MANIFEST_ERRORS) or []) if store else []:
-        ident = _error_key(e)
-        if ident in wanted:
-            out[ident] = e["message"]
-    return out
-
-
-def _error_key(e: dict) -> tuple:
-    """The (kind, namespace, name) of the object a recorded manifest error is about, as
-    meta.obj_key spells an object's."""
-    return e.get("kind"), e.get("namespace") or "", e.get("name")
-
-
-def _undo(f: folder.Folder, obj: dict, before: dict | None) -> None:
-    scoped = obj["kind"] in CLUSTER_SCOPED
-    kind, ns, name = meta.obj_key(obj)
-    if before is None:
-        f.remove(kind, ns, name, cluster_scoped=scoped)
-    else:
-        f.upsert(before, cluster_scoped=scoped)
 
 
 def _wait_live(cfg: LabConfig, store: Store, objs: list[dict], started: float, timeout: float,
@@ -324,21 +277,17 @@ def delete(args, path, namespace, state_dir):
     try:
         with folder_session(cfg) as f:
             for kind, ns, name, source in targets:
-                scoped = kind in CLUSTER_SCOPED
                 word = f'{singular_name(kind)} "{name}"'
-                if kind == "Namespace" and name in ("default", "kube-system", "kube-public"):
+                if kind == "Namespace" and name in desired.PROTECTED_NAMESPACES:
                     # the NamespaceLifecycle admission plugin's refusal
                     click.echo(f'Error from server (Forbidden): namespaces "{name}" is forbidden: '
                                "this namespace may not be deleted", err=True)
                     rc = 1
                     continue
-                if f.remove(kind, ns, name, cluster_scoped=scoped):
+                gone = desired.remove(f, kind, ns, name)  # a Namespace takes its objects with it
+                if gone is not None:
                     changed = True
-                    if kind == "Namespace":  # as the namespace controller does: everything in it goes too
-                        for o_kind, o_ns, o_name in f.identities():
-                            if o_kind not in CLUSTER_SCOPED and o_ns == name:
-                                f.remove(o_kind, name, o_name)
-                                swept.add((o_kind, name, o_name))
+                    swept.update(gone)
                     click.echo(f"{word} deleted")
                 elif (kind, ns, name) in swept:
                     click.echo(f"{word} deleted")

@@ -86,6 +86,8 @@ def up_command(cfg: LabConfig) -> str:
 @click.option("--cluster-dns/--no-cluster-dns", default=None, help="Run kube-system/kube-dns (default on).")
 @click.option("--dns-upstream", "dns_upstreams", multiple=True,
               help="Where cluster DNS forwards other names (IP[:PORT]); none: it answers REFUSED.")
+@click.option("--api-port", type=click.IntRange(1, 65535), default=None,
+              help="The Kubernetes API's port on 127.0.0.1 (default: a free one; see `kproxy kubeconfig`).")
 @click.option("--foreground", is_flag=True, help="Run the daemon in this process (for systemd).")
 @click.option("--nodes", default=1, show_default=True, type=click.IntRange(1, 50),
               help="Emulated nodes (with --sandbox): etcd, a controller and one agent per node.")
@@ -95,7 +97,7 @@ def up_command(cfg: LabConfig) -> str:
 @state_dir_option
 def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node_name, iptables_sync_period,
        masquerade_all, proxy_mode, healthz_bind_address, metrics_bind_address, lb_pools, cluster_dns, dns_upstreams,
-       foreground, nodes, overlay, timeout, state_dir):
+       api_port, foreground, nodes, overlay, timeout, state_dir):
     """Start the lab daemon; returns once the initial manifests are reconciled."""
     need_root()
     os.umask(0o077)  # the state, logs and keys it writes, and its daemons' (pods get 022 back): root's only
@@ -123,7 +125,7 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
                         ("iptables_sync_period", iptables_sync_period), ("masquerade_all", masquerade_all),
                         ("proxy_mode", proxy_mode),
                         ("healthz_bind_address", healthz_bind_address),
-                        ("metrics_bind_address", metrics_bind_address)):
+                        ("metrics_bind_address", metrics_bind_address), ("api_port", api_port)):
         if value:
             setattr(cfg, attr, value)
     if service_node_port_range:
@@ -256,6 +258,7 @@ def _print_summary(cfg: LabConfig) -> None:
             click.echo(f"  {name}: {nip}, pods {cidr}")
     else:
         click.echo(f"kproxy is up: node {cfg.node_name} ({ip}), manifests in {cfg.manifests}")
+    click.echo("  kubectl: export KUBECONFIG=$(kproxy kubeconfig --path)")
     if cfg.cluster_dns:
         click.echo(f"  cluster DNS: kube-system/kube-dns, zone {cfg.cluster_domain}")
     if cfg.lb_pools:
@@ -356,6 +359,7 @@ def status(state_dir):
     if not pid:
         click.echo(f"start it with: {up_command(cfg)}")
         sys.exit(1)
+    _api_line(state_dir)
     stopped = []
     if cfg.store_url:
         from kproxy.cluster.lab import process_pids
@@ -415,6 +419,17 @@ def status(state_dir):
         click.echo(f"a component failed: its traceback is in {state_dir}/daemon.log (or the process's own log)")
     if failed or stopped:
         sys.exit(1)
+
+
+def _api_line(state_dir: str) -> None:
+    """Where the lab's Kubernetes API answers (its kubeconfig names it), when it does."""
+    from kproxy.apiserver.server import kubeconfig_path
+    try:
+        server = next(line.split("server:", 1)[1].strip() for line in kubeconfig_path(state_dir).read_text().splitlines()
+                      if "server:" in line)
+    except (OSError, StopIteration):
+        return
+    click.echo(f"API server: {server} (export KUBECONFIG=$(kproxy kubeconfig --path))")
 
 
 def _stopped_processes(cfg: LabConfig, alive: dict[str, int]) -> list[str]:

@@ -14,6 +14,11 @@ every file 0600):
     controller.crt/.key                     CN kproxy-controller
     node-NODE.crt/.key                      CN system:node:NODE, O system:nodes (the agents)
     coredns.crt/.key                        CN system:serviceaccount:kube-system:coredns (DNS pods)
+    apiserver.crt/.key                      the Kubernetes API server's serving certificate (SANs:
+                                            127.0.0.1, the node IPs, the `kubernetes` Service's
+                                            ClusterIP and DNS names), as kubeadm's apiserver.crt
+    admin.crt/.key                          CN kubernetes-admin, O system:masters: the admin
+                                            kubeconfig's client certificate
 
 Leaf certificates last one year and are issued again by the next `up`/`units` when they are
 missing, expire within 30 days, were signed by another CA, or name other addresses.
@@ -34,6 +39,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 CA_DAYS, LEAF_DAYS, RENEW_DAYS = 3650, 365, 30
 CONTROLLER = "controller"
 COREDNS = "coredns"
+APISERVER = "apiserver"
+ADMIN = "admin"
 
 
 class TlsFiles(NamedTuple):
@@ -213,6 +220,18 @@ class Pki:
     def issue_coredns(self) -> TlsFiles:
         self.issue(COREDNS, "system:serviceaccount:kube-system:coredns", orgs=("system:serviceaccounts",))
         return self.client(COREDNS)
+
+    def issue_apiserver(self, ips: tuple[str, ...], cluster_domain: str = "cluster.local") -> tuple[Path, Path]:
+        """The API server's serving certificate: reached on loopback, at the node's address and
+        behind the `kubernetes` Service (its ClusterIP, its DNS names), as kubeadm issues it."""
+        dns = ("kubernetes", "kubernetes.default", "kubernetes.default.svc",
+               f"kubernetes.default.svc.{cluster_domain}", "localhost")
+        ips = tuple(dict.fromkeys(("127.0.0.1", *ips)))
+        return self.issue(APISERVER, "kube-apiserver", ips=ips, dns=dns, server=True)
+
+    def issue_admin(self) -> tuple[Path, Path]:
+        """The admin kubeconfig's client certificate (kubeadm's admin.conf: group system:masters)."""
+        return self.issue(ADMIN, "kubernetes-admin", orgs=("system:masters",))
 
 
 def coredns_files(store_ca: str) -> TlsFiles:

@@ -67,6 +67,16 @@ class Store(abc.ABC):
         with self.transaction() as t:
             return t.delete(key)
 
+    # With revisions: what the API server calls resourceVersion (the key's mod revision) and a
+    # list's resourceVersion (the store revision it was read at). Both backends implement them.
+    def get_with_revision(self, key: str) -> tuple[Any | None, int]:
+        """The value of `key` and its mod revision ((None, 0) when absent)."""
+        raise NotImplementedError
+
+    def list_with_revisions(self, prefix: str) -> tuple[list[tuple[str, Any, int]], int]:
+        """(key, value, mod revision) under `prefix`, and the store revision they were read at."""
+        raise NotImplementedError
+
 
 def object_key(kind: str, namespace: str | None, name: str) -> str:
     """The registry key of an object, as the API server lays it out in etcd."""

@@ -504,6 +504,23 @@ class EtcdStore(Store):
             items = t.list(prefix)
             return items, t.read_revision
 
+    def get_with_revision(self, key: str) -> tuple[Any | None, int]:
+        kvs = self._post("kv/range", {"key": encode_key(key)}).get("kvs", [])
+        if not kvs:
+            return None, 0
+        read = _kv_read(kvs[0])
+        return read.value, read.mod_revision
+
+    def list_with_revisions(self, prefix: str) -> tuple[list[tuple[str, Any, int]], int]:
+        resp = self._post("kv/range", {"key": encode_key(_range_start(prefix)),
+                                       "range_end": encode_key(prefix_range_end(prefix))})
+        items = []
+        for kv in resp.get("kvs", []):
+            read = _kv_read(kv)
+            items.append((decode_key(kv["key"]), read.value, read.mod_revision))
+        items.sort(key=lambda i: i[0].encode("utf-8"))
+        return items, int(resp["header"]["revision"])
+
     def watch(self, prefix: str, start_revision: int | None = None, *, idle_timeout: float | None = None,
               connect_timeout: float = 5.0) -> Watch:
         """Changes under `prefix` with revision >= `start_revision` (None: from now on)."""

@@ -1,0 +1,283 @@
+"""The resource paths of the API (`/api/v1/...`, `/apis/GROUP/VERSION/...`): which resource a
+path names, and the verbs on it — get, list, watch (reads, from the watch cache) and create,
+update, patch, delete, deletecollection (through writes.Writer, the one write path).
+
+Why one module per concern: the paths and their Kubernetes semantics (what a list's
+resourceVersion is, what a watch sends first, which Status a delete answers) are here; how a
+write reaches the manifests folder and the store is writes.py; the cache is watchcache.py.
+
+Objects are read from the watch cache and presented as the API server does (`present`): with
+metadata.resourceVersion (the key's mod revision), kind and apiVersion; an Event's
+involvedObject.uid filled from the object it is about, so `kubectl describe` finds it.
+ReplicaSets are derived from Deployments and their pods (kproxy stores none).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from aiohttp import web
+
+from kproxy.api import meta
+from kproxy.apiserver import status as st
+from kproxy.apiserver.resources import Resource, find
+from kproxy.apiserver.watchcache import Event, Expired, WatchCache, with_rv
+
+BOOKMARK_SECONDS = 5.0
+
+
+def store_key(res: Resource, ns: str | None, name: str = "") -> str:
+    """The store key of an object (without name: its collection's prefix), as the API server
+    lays out etcd: `/registry/services/NS/NAME`, `/registry/nodes/NAME`."""
+    plural = meta.KINDS[res.kind].plural
+    if res.namespaced and ns:
+        return f"/registry/{plural}/{ns}/{name}"
+    return f"/registry/{plural}/{name}"
+
+
+WRITABLE = set(meta.ADMITTED_KINDS)   # kinds a client may create: they live in the manifests folder
+
+
+@dataclass
+class Target:
+    """A request path resolved: the resource, the namespace (None: all or cluster-scoped), the
+    name ("" for a collection) and the subresource ("" for the object itself)."""
+    res: Resource
+    namespace: str | None
+    name: str
+    sub: str
+
+
+def resolve(group: str, version: str, parts: list[str]) -> Target:
+    """`[namespaces/NS/]PLURAL[/NAME[/SUB]]` under one group-version; ApiError 404 otherwise."""
+    ns = None
+    if len(parts) >= 3 and parts[0] == "namespaces" and find(group, version, parts[2]):
+        ns, parts = parts[1], parts[2:]
+    res = find(group, version, parts[0]) if parts and len(parts) <= 3 else None
+    if res is None:
+        raise st.ApiError(st.no_route())
+    if ns is not None and not res.namespaced:
+        raise st.ApiError(st.no_route())
+    name = parts[1] if len(parts) > 1 else ""
+    sub = parts[2] if len(parts) > 2 else ""
+    return Target(res, ns if res.namespaced else None, name, sub)
+
+
+# -- presenting objects --------------------------------------------------------------------
+def present(res: Resource, key: str, obj: dict, rev: int, cache: WatchCache | None = None) -> dict:
+    """The object as the API server returns it (a new dict; the cache's stays untouched)."""
+    out = with_rv(obj, rev)
+    m = out["metadata"]
+    out["apiVersion"], out["kind"] = res.api_version, res.kind
+    if not m.get("uid"):  # objects kproxy writes without one (Events): stable per key and creation
+        m["uid"] = str(uuid.uuid5(uuid.NAMESPACE_URL, key + str(obj.get("firstTimestamp") or "")))
+    if not m.get("creationTimestamp"):
+        m["creationTimestamp"] = obj.get("firstTimestamp") or obj.get("lastTimestamp") or \
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if res.kind == "Event":
+        out = _event(res, out, cache)
+    return out
+
+
+def _event(res: Resource, ev: dict, cache: WatchCache | None) -> dict:
+    inv = dict(ev.get("involvedObject") or {})
+    if cache is not None and not inv.get("uid") and inv.get("kind") in meta.KINDS and inv.get("name"):
+        info = meta.KINDS[inv["kind"]]
+        key = f"/registry/{info.plural}/{inv['namespace']}/{inv['name']}" if info.namespaced and inv.get("namespace") \
+            else f"/registry/{info.plural}/{inv['name']}"
+        obj, _ = cache.get(key)
+        if obj is not None:
+            inv["uid"] = obj["metadata"].get("uid", "")
+    if inv.get("kind") in meta.KINDS:
+        inv.setdefault("apiVersion", meta.KINDS[inv["kind"]].api_versions[0])
+    if not inv.get("namespace") and inv.get("kind") in meta.KINDS and not meta.KINDS[inv["kind"]].namespaced:
+        inv.pop("namespace", None)
+    ev["involvedObject"] = inv
+    ev.setdefault("source", {"component": "kproxy"})
+    ev.setdefault("reportingComponent", "kproxy")
+    if res.group != "events.k8s.io":
+        return ev
+    # events.k8s.io/v1: the same Event, its fields renamed
+    return {"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": ev["metadata"],
+            "regarding": inv, "reason": ev.get("reason"), "note": ev.get("message"), "type": ev.get("type"),
+            "eventTime": None, "reportingController": "kproxy", "reportingInstance": "kproxy",
+            "deprecatedCount": ev.get("count"), "deprecatedFirstTimestamp": ev.get("firstTimestamp"),
+            "deprecatedLastTimestamp": ev.get("lastTimestamp"), "deprecatedSource": ev.get("source")}
+
+
+def strip_for_list(obj: dict) -> dict:
+    """A typed list's items carry no kind/apiVersion (the API server's JSON)."""
+    return {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
+
+
+# -- selectors -----------------------------------------------------------------------------
+def label_matcher(text: str | None) -> Callable[[dict], bool]:
+    """`labelSelector`: patchsel's parser when merged, else kproxy's `-l` parser."""
+    if not text:
+        return lambda labels: True
+    try:
+        from kproxy.apiserver.selectors import SelectorError, parse_label_selector
+    except ImportError:
+        from kproxy.cli.get import SelectorError, parse_selector, requirements_match
+        try:
+            reqs = parse_selector(text)
+        except SelectorError as e:
+            raise st.ApiError(st.bad_request(f"unable to parse requirement: {e}")) from None
+        return lambda labels: requirements_match(reqs, labels)
+    try:
+        return parse_label_selector(text)
+    except SelectorError as e:
+        raise st.ApiError(st.bad_request(str(e))) from None
+
+
+def field_matcher(kind: str, text: str | None) -> Callable[[dict], bool]:
+    """`fieldSelector`: patchsel's parser when merged, else metadata.name/namespace only."""
+    if not text:
+        return lambda obj: True
+    try:
+        from kproxy.apiserver.selectors import SelectorError, parse_field_selector
+    except ImportError:
+        reqs = []
+        for part in text.split(","):
+            op = "!=" if "!=" in part else "==" if "==" in part else "="
+            k, _, v = part.partition(op)
+            reqs.append((k.strip(), op, v.strip()))
+
+        def match(obj: dict) -> bool:
+            for k, op, v in reqs:
+                have = obj
+                for p in k.split("."):
+                    have = have.get(p, "") if isinstance(have, dict) else ""
+                if (str(have) == v) == (op == "!="):
+                    return False
+            return True
+        return match
+    try:
+        return parse_field_selector(kind, text)
+    except SelectorError as e:
+        raise st.ApiError(st.bad_request(str(e))) from None
+
+
+# -- reads ---------------------------------------------------------------------------------
+class Reads:
+    """get, list and watch over the watch cache."""
+
+    def __init__(self, cache: WatchCache):
+        self.cache = cache
+
+    def get(self, t: Target) -> dict:
+        if t.res.kind == "ReplicaSet":
+            for rs in self._replica_sets(t.namespace)[0]:
+                if rs["metadata"]["name"] == t.name:
+                    return rs
+            raise st.ApiError(st.not_found(t.res.plural, t.res.group, t.name))
+        key = store_key(t.res, t.namespace, t.name)
+        obj, rev = self.cache.get(key)
+        if obj is None:
+            raise st.ApiError(st.not_found(t.res.plural, t.res.group, t.name))
+        return present(t.res, key, obj, rev, self.cache)
+
+    def items(self, t: Target, query) -> tuple[list[dict], int]:
+        """The presented objects of a collection that match the query's selectors, and the
+        revision they were read at."""
+        labels = label_matcher(query.get("labelSelector"))
+        fields = field_matcher(t.res.kind, query.get("fieldSelector"))
+        if t.res.kind == "ReplicaSet":
+            objs, rev = self._replica_sets(t.namespace)
+        else:
+            raw, rev = self.cache.list(store_key(t.res, t.namespace))
+            objs = [present(t.res, k, o, r, self.cache) for k, o, r in raw]
+        return [o for o in objs if labels(o["metadata"].get("labels") or {}) and fields(o)], rev
+
+    def list(self, t: Target, query) -> dict:
+        objs, rev = self.items(t, query)
+        return {"kind": f"{t.res.kind}List", "apiVersion": t.res.api_version,
+                "metadata": {"resourceVersion": str(rev)}, "items": [strip_for_list(o) for o in objs]}
+
+    def _replica_sets(self, ns: str | None) -> tuple[list[dict], int]:
+        from kproxy import tables
+        dep, pod = find("apps", "v1", "deployments"), find("", "v1", "pods")
+        deps, rev = self.cache.list(store_key(dep, ns))
+        pods, _ = self.cache.list(store_key(pod, ns))
+        rss = tables.replica_sets([o for _, o, _ in deps], [o for _, o, _ in pods])
+        res = find("apps", "v1", "replicasets")
+        out = []
+        for rs in rss:
+            m = rs["metadata"]
+            key = store_key(res, m["namespace"], m["name"])
+            rs["metadata"]["uid"] = str(uuid.uuid5(uuid.NAMESPACE_URL, key))
+            out.append(present(res, key, rs, rev))
+        return out, rev
+
+    # -- watch ------------------------------------------------------------------------------
+    async def watch(self, request: web.Request, t: Target) -> web.StreamResponse:
+        """A watch stream: JSON lines {type, object}, from the request's resourceVersion (none
+        or "0": the current objects as ADDED first), BOOKMARKs when asked, an ERROR event with
+        a 410 Status when the version is older than the cache's window."""
+        q = request.query
+        labels = label_matcher(q.get("labelSelector"))
+        fields = field_matcher(t.res.kind, q.get("fieldSelector"))
+        prefix = store_key(t.res, t.namespace, t.name) if t.name else store_key(t.res, t.namespace)
+        bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
+        timeout = float(q.get("timeoutSeconds") or 1800)
+        rv_text = q.get("resourceVersion") or ""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        listener = lambda batch: loop.call_soon_threadsafe(queue.put_nowait, batch)  # noqa: E731
+        resp = web.StreamResponse(headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        initial: list[Event] = []
+        try:
+            if rv_text in ("", "0"):
+                items, rev, unsubscribe = self.cache.subscribe_now(listener)
+                initial = [Event(r, "ADDED", k, with_rv(o, r)) for k, o, r in items]
+            else:
+                try:
+                    rev = int(rv_text)
+                except ValueError:
+                    raise st.ApiError(st.bad_request(f'invalid resource version "{rv_text}"')) from None
+                initial, unsubscribe = self.cache.watch(rev, listener)
+        except Expired as e:
+            await resp.prepare(request)
+            await resp.write(json.dumps({"type": "ERROR", "object": st.expired(str(e))}).encode() + b"\n")
+            return resp
+        await resp.prepare(request)
+        matches = (lambda key: key == prefix) if t.name else (lambda key: key.startswith(prefix))
+        last_rev = rev
+        try:
+            async def send(batch: list[Event]) -> None:
+                nonlocal last_rev
+                lines = []
+                for ev in batch:
+                    last_rev = max(last_rev, ev.rev)
+                    if not matches(ev.key):
+                        continue
+                    obj = present(t.res, ev.key, ev.obj, ev.rev, self.cache)
+                    if not (labels(obj["metadata"].get("labels") or {}) and fields(obj)):
+                        continue  # (a change that moves an object out of the selection: not sent)
+                    lines.append(json.dumps({"type": ev.type, "object": obj}).encode() + b"\n")
+                if lines:
+                    await resp.write(b"".join(lines))
+            await send(initial)
+            deadline = loop.time() + timeout
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    batch = await asyncio.wait_for(queue.get(), min(left, BOOKMARK_SECONDS))
+                except asyncio.TimeoutError:
+                    if bookmarks:
+                        mark = {"kind": t.res.kind, "apiVersion": t.res.api_version,
+                                "metadata": {"resourceVersion": str(last_rev)}}
+                        await resp.write(json.dumps({"type": "BOOKMARK", "object": mark}).encode() + b"\n")
+                    continue
+                await send(batch)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            unsubscribe()
+        return resp

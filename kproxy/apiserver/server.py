@@ -1,0 +1,327 @@
+"""The API server as a role of the controller process: HTTPS (aiohttp) on its own asyncio loop
+thread, client-certificate (or bearer token) authentication, and the routes of discovery,
+streams and the resources.
+
+Where it listens, and why there:
+- the host's loopback (127.0.0.1, `up --api-port` or a free port): what the admin kubeconfig
+  names. In a sandbox lab the daemon moves into the node's network namespace (daemon.run:
+  enter_netns), so this socket is made BEFORE that (`bind_loopback`) and stays in the root
+  namespace's loopback, while everything the server does itself (reaching pods for logs, exec,
+  proxy) happens inside the lab;
+- inside a sandbox lab, the node's address at 6443 (`bind_lab`): where the `default/kubernetes`
+  Service (10.96.0.1:443) sends pods, as on a real cluster. A host-mode lab listens on no
+  non-loopback address (the node's address is the host's own).
+
+Files (STATE/pki, 0600; kproxy/cluster/pki.py): the CA, apiserver.crt (serving: 127.0.0.1, the
+node's address, the `kubernetes` Service's ClusterIP and names), admin.crt (the kubeconfig's
+client certificate, O=system:masters), apiserver-token (a bearer token for curl); and
+STATE/kubeconfig (0600), removed when the server stops (`kproxy kubeconfig --path` names it).
+Anonymous requests get 401 Unauthorized, on every path.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import os
+import secrets
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import yaml
+from aiohttp import web
+
+from kproxy.apiserver import rest
+from kproxy.apiserver import status as st
+from kproxy.apiserver.watchcache import WatchCache
+from kproxy.cluster.pki import Pki, _write_private
+
+log = logging.getLogger("kproxy")
+
+LAB_PORT = 6443
+KUBECONFIG = "kubeconfig"
+TOKEN = "apiserver-token"
+TABLE_KINDS = ("Table",)
+
+
+def kubeconfig_path(state_dir: str | Path) -> Path:
+    return Path(state_dir) / KUBECONFIG
+
+
+def free_loopback_socket(port: int = 0) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(128)
+    s.setblocking(False)
+    return s
+
+
+class ApiServer:
+    """The role. `writer` (writes.Writer) takes the write verbs; without one they answer 405."""
+
+    def __init__(self, ctx, writer=None, capacity: int | None = None):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.state = Path(ctx.cfg.state_dir)
+        self.pki = Pki.of(self.state)
+        cap = capacity or int(os.environ.get("KPROXY_WATCH_CACHE_SIZE") or 0) or None
+        self.cache = WatchCache(ctx.store, **({"capacity": cap} if cap else {}))
+        self.writer = writer
+        self.sockets: list[socket.socket] = []
+        self.port = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.token = ""
+        self.extra_routes: list = []  # callables (app) -> None: streams' add_routes
+
+    # -- set-up ---------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Certificates, the token and the host loopback socket: before the daemon enters the
+        lab's namespace (the socket then stays on the host's loopback)."""
+        self.pki.ensure_ca()
+        ips = [self.ctx.ranges.nth_ip(1)]
+        if self.cfg.sandbox:
+            ips.append(self.ctx.node_ip)
+        self.pki.issue_apiserver(tuple(ips), self.cfg.cluster_domain)
+        self.pki.issue_admin()
+        token_file = self.pki.root / TOKEN
+        if not token_file.exists():
+            _write_private(token_file, secrets.token_hex(24).encode())
+        self.token = token_file.read_text().strip()
+        sock = free_loopback_socket(int(getattr(self.cfg, "api_port", 0) or 0))
+        self.port = sock.getsockname()[1]
+        self.sockets.append(sock)
+        self.write_kubeconfig()
+
+    def bind_lab(self) -> None:
+        """Inside a sandbox lab: the node's address at 6443 (behind the `kubernetes` Service)."""
+        if not self.cfg.sandbox:
+            return
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((self.ctx.node_ip, LAB_PORT))
+        s.listen(128)
+        s.setblocking(False)
+        self.sockets.append(s)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert, key = self.pki.pair("apiserver")
+        ctx.load_cert_chain(str(cert), str(key))
+        ctx.load_verify_locations(str(self.pki.ca_cert))
+        ctx.verify_mode = ssl.CERT_OPTIONAL  # no certificate: a bearer token, else 401
+        ctx.set_alpn_protocols(["http/1.1"])
+        return ctx
+
+    def write_kubeconfig(self) -> Path:
+        cert, key = self.pki.pair("admin")
+        b64 = lambda p: base64.b64encode(Path(p).read_bytes()).decode()  # noqa: E731
+        name = f"kproxy-{self.cfg.naming.prefix}"
+        doc = {"apiVersion": "v1", "kind": "Config", "preferences": {},
+               "clusters": [{"name": name, "cluster": {"server": f"https://127.0.0.1:{self.port}",
+                                                        "certificate-authority-data": b64(self.pki.ca_cert)}}],
+               "users": [{"name": "kubernetes-admin", "user": {"client-certificate-data": b64(cert),
+                                                                "client-key-data": b64(key)}}],
+               "contexts": [{"name": f"kubernetes-admin@{name}",
+                             "context": {"cluster": name, "user": "kubernetes-admin", "namespace": "default"}}],
+               "current-context": f"kubernetes-admin@{name}"}
+        path = kubeconfig_path(self.state)
+        _write_private(path, yaml.safe_dump(doc, sort_keys=False).encode())
+        return path
+
+    # -- the application ------------------------------------------------------------------
+    def app(self) -> web.Application:
+        from kproxy.apiserver import discovery
+        app = web.Application(middlewares=[self._auth], client_max_size=8 * 1024 * 1024)
+        app[discovery.HEALTH_CHECKS] = {"etcd": self._store_check, "informer-sync": self._cache_check}
+        discovery.add_routes(app)
+        for add in self.extra_routes:
+            add(app)
+        app.router.add_route("*", "/api/v1/{tail:.+}", self._core)
+        app.router.add_route("*", "/apis/{group}/{version}/{tail:.+}", self._grouped)
+        return app
+
+    def lookup(self, kind: str, ns: str, name: str) -> dict | None:
+        """An object as the API returns it (streams' pod and Service look-ups), or None."""
+        from kproxy.apiserver.resources import for_kind
+        res = for_kind(kind)
+        if res is None:
+            return None
+        key = rest.store_key(res, ns, name)
+        obj, rev = self.cache.get(key)
+        return rest.present(res, key, obj, rev, self.cache) if obj is not None else None
+
+    def _store_check(self) -> str | None:
+        try:
+            self.ctx.store.revision()
+        except Exception as e:  # noqa: BLE001 - any failure is the answer
+            return f"the store does not answer: {e}"
+        return None
+
+    def _cache_check(self) -> str | None:
+        return None if self.cache.loaded.is_set() else "the watch cache has not listed the store yet"
+
+    def authenticated(self, request: web.Request) -> bool:
+        peer = request.transport.get_extra_info("peercert") if request.transport else None
+        if peer:
+            return True  # verified against the lab CA by the TLS handshake
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer ") and self.token:
+            return hmac.compare_digest(auth[7:].strip().encode(), self.token.encode())
+        return False
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        if not self.authenticated(request):
+            return st.response(st.unauthorized())
+        try:
+            return await handler(request)
+        except st.ApiError as e:
+            return st.response(e.status)
+        except web.HTTPNotFound:
+            return st.response(st.no_route())
+        except web.HTTPMethodNotAllowed:
+            return st.response(st.method_not_allowed())
+        except web.HTTPException:
+            raise
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception as e:  # noqa: BLE001 - one request's bug is that request's 500
+            log.exception("API request %s %s failed", request.method, request.path)
+            return st.response(st.internal(f"{type(e).__name__}: {e}"))
+
+    async def _core(self, request: web.Request) -> web.StreamResponse:
+        return await self.dispatch(request, "", "v1", request.match_info["tail"])
+
+    async def _grouped(self, request: web.Request) -> web.StreamResponse:
+        m = request.match_info
+        return await self.dispatch(request, m["group"], m["version"], m["tail"])
+
+    async def dispatch(self, request: web.Request, group: str, version: str, tail: str) -> web.StreamResponse:
+        t = rest.resolve(group, version, [p for p in tail.split("/")])
+        q, method = request.query, request.method
+        reads = rest.Reads(self.cache)
+        if not self.cache.loaded.is_set():
+            await asyncio.get_running_loop().run_in_executor(None, self.cache.loaded.wait, 30)
+        if t.sub and t.sub not in ("status", "scale"):
+            raise st.ApiError(st.no_route())
+        if t.sub == "scale" and t.res.kind != "Deployment":
+            raise st.ApiError(st.no_route())
+        if method == "GET":
+            if not t.name:
+                if q.get("watch") in ("true", "1"):
+                    return await reads.watch(request, t)
+                items, rev = reads.items(t, q)
+                return self.collection(request, t, items, rev)
+            obj = reads.get(t)
+            if t.sub == "scale":
+                from kproxy.apiserver.writes import scale_of
+                return json_response(scale_of(obj))
+            return self.single(request, t, obj)
+        if self.writer is None:
+            raise st.ApiError(st.method_not_allowed())
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete" if t.name else "deletecollection"}.get(method)
+        if verb is None or verb not in t.res.verbs or (verb == "create" and t.name):
+            raise st.ApiError(st.method_not_allowed())
+        body = await request.read()
+        call = lambda: self.writer.handle(verb, t, body, request.headers.get("Content-Type", ""), q)  # noqa: E731
+        code, result, warnings = await asyncio.get_running_loop().run_in_executor(None, call)
+        self.cache.kick()
+        if isinstance(result, dict) and result.get("kind") != "Status" and verb in ("create", "update", "patch"):
+            resp = self.single(request, t, result, code)
+        else:
+            resp = json_response(result, code)
+        for w in warnings:
+            resp.headers.add("Warning", w)
+        return resp
+
+    # -- bodies ---------------------------------------------------------------------------
+    def collection(self, request: web.Request, t: rest.Target, items: list[dict], rev: int) -> web.Response:
+        table = _table_wanted(request)
+        if table is not None:
+            body = _to_table(t.res.kind, items, table)
+            if body is not None:
+                body.setdefault("metadata", {})["resourceVersion"] = str(rev)
+                return json_response(body)
+        return json_response({"kind": f"{t.res.kind}List", "apiVersion": t.res.api_version,
+                              "metadata": {"resourceVersion": str(rev)},
+                              "items": [rest.strip_for_list(o) for o in items]})
+
+    def single(self, request: web.Request, t: rest.Target, obj: dict, code: int = 200) -> web.Response:
+        table = _table_wanted(request)
+        if table is not None:
+            body = _to_table(t.res.kind, [obj], table)
+            if body is not None:
+                return json_response(body, code)
+        return json_response(obj, code)
+
+    # -- running --------------------------------------------------------------------------
+    def serve(self) -> None:
+        """The supervised thread: the HTTPS server on its own loop until the daemon stops."""
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+        asyncio.set_event_loop(loop)
+        runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, shutdown_timeout=1)
+        loop.run_until_complete(runner.setup())
+        tls = self.ssl_context()
+        for s in self.sockets:
+            loop.run_until_complete(web.SockSite(runner, s.dup(), ssl_context=tls).start())
+        self.ctx.components.ok("apiserver")
+        log.info("API server: https://127.0.0.1:%d%s", self.port,
+                 f" and https://{self.ctx.node_ip}:{LAB_PORT} in the lab" if len(self.sockets) > 1 else "")
+        try:
+            loop.run_until_complete(_until(self.ctx.stopping))
+        finally:
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+    def start(self) -> None:
+        self.bind_lab()
+        self.ctx.supervise("apiserver-cache", self._feed)
+        self.ctx.supervise("apiserver", self.serve)
+
+    def _feed(self) -> None:
+        """The supervised thread that keeps the watch cache up to date with the store."""
+        self.cache.load()
+        self.ctx.components.ok("apiserver-cache")
+        self.cache.run(self.ctx.stopping)
+
+    def stop(self) -> None:
+        kubeconfig_path(self.state).unlink(missing_ok=True)
+        for s in self.sockets:
+            s.close()
+
+
+async def _until(event: threading.Event) -> None:
+    while not event.is_set():
+        await asyncio.sleep(0.2)
+
+
+def json_response(body, code: int = 200) -> web.Response:
+    return web.Response(status=code, body=json.dumps(body, separators=(",", ":")).encode(),
+                        content_type="application/json")
+
+
+def _table_wanted(request: web.Request) -> str | None:
+    """`Accept: application/json;as=Table;...`: the includeObject wanted, else None."""
+    accept = request.headers.get("Accept", "")
+    first = accept.split(",")[0] if accept else ""
+    if "as=Table" not in first:
+        return None
+    return request.query.get("includeObject") or "Metadata"
+
+
+def _to_table(kind: str, objs: list[dict], include: str) -> dict | None:
+    try:
+        from kproxy.apiserver.table import to_table
+    except ImportError:
+        return None  # the plain objects: kubectl prints them itself
+    try:
+        return to_table(kind, objs, include)
+    except KeyError:
+        return None

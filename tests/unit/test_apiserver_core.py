@@ -1,0 +1,268 @@
+"""The API server's core without a lab: the watch cache (resume, 410, re-list), the write path
+(admission, folder, conflicts, Status words) with an in-memory store and the real admission
+front, and the SQLite change log."""
+from __future__ import annotations
+
+import json
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from multidict import MultiDict
+
+from kproxy.apiserver import rest, watchcache, writes
+from kproxy.apiserver import status as st
+from kproxy.apiserver.resources import find
+from kproxy.store.base import Store, Txn
+from kproxy.store.sqlite import SqliteStore
+
+
+class FakeStore(Store):
+    """An in-memory Store with etcd's revision semantics and SQLite's change log."""
+
+    def __init__(self):
+        self.kv: dict[str, tuple[str, int]] = {}
+        self.rev = 0
+        self.log: list[tuple[int, str, object]] = []
+        self.lock = threading.RLock()
+
+    @contextmanager
+    def transaction(self):
+        with self.lock:
+            yield _FakeTxn(self)
+
+    def revision(self) -> int:
+        return self.rev
+
+    def get_with_revision(self, key):
+        hit = self.kv.get(key)
+        return (json.loads(hit[0]), hit[1]) if hit else (None, 0)
+
+    def list_with_revisions(self, prefix):
+        with self.lock:
+            return [(k, json.loads(v), r) for k, (v, r) in sorted(self.kv.items()) if k.startswith(prefix)], self.rev
+
+    def changes_since(self, rev, limit=10000):
+        with self.lock:
+            rows = [c for c in self.log if c[0] > rev]
+            return rows, self.rev, (self.log[0][0] if self.log else 0)
+
+
+class _FakeTxn(Txn):
+    def __init__(self, store: FakeStore):
+        self.s = store
+
+    def get(self, key):
+        return self.s.get_with_revision(key)[0]
+
+    def list(self, prefix):
+        return [(k, v) for k, v, _ in self.s.list_with_revisions(prefix)[0]]
+
+    def put(self, key, value):
+        text = json.dumps(value, sort_keys=True)
+        if key in self.s.kv and self.s.kv[key][0] == text:
+            return
+        self.s.rev += 1
+        self.s.kv[key] = (text, self.s.rev)
+        if key.startswith("/registry/"):
+            self.s.log.append((self.s.rev, key, json.loads(text)))
+
+    def delete(self, key):
+        if key not in self.s.kv:
+            return False
+        self.s.rev += 1
+        del self.s.kv[key]
+        self.s.log.append((self.s.rev, key, None))
+        return True
+
+
+def svc(name: str, port: int = 80, **spec) -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"ports": [{"port": port}], **spec}}
+
+
+# -- the watch cache -------------------------------------------------------------------------
+def test_watch_cache_resumes_from_a_revision_and_says_410_past_its_window():
+    store = FakeStore()
+    store.put("/registry/services/default/a", svc("a"))
+    cache = watchcache.WatchCache(store, capacity=3)
+    cache.load()
+    (key, obj, rev_a), = cache.list("/registry/services/")[0]
+    assert rev_a == 1 and cache.revision == 1
+    got = []
+    backlog, unsubscribe = cache.watch(1, got.extend)
+    assert backlog == []
+    store.put("/registry/services/default/a", svc("a", 81))
+    store.put("/registry/services/default/b", svc("b"))
+    store.delete("/registry/services/default/a")
+    cache.poll_once()
+    assert [(e.type, e.key.rsplit("/", 1)[1], e.rev) for e in got] == [("MODIFIED", "a", 2), ("ADDED", "b", 3),
+                                                                      ("DELETED", "a", 4)]
+    assert got[0].obj["metadata"]["resourceVersion"] == "2"
+    assert got[2].obj["metadata"]["resourceVersion"] == "4"  # a deleted object carries the deletion's revision
+    assert got[2].obj["spec"]["ports"][0]["port"] == 81       # ... and its last state
+    # a watch from revision 2 replays what came after it
+    backlog, _ = cache.watch(2, lambda b: None)
+    assert [e.rev for e in backlog] == [3, 4]
+    # four more changes: the window of 3 events no longer reaches revision 2
+    for i in range(4):
+        store.put("/registry/services/default/b", svc("b", 100 + i))
+    cache.poll_once()
+    with pytest.raises(watchcache.Expired, match=r"too old resource version: 2 \(5\)"):
+        cache.watch(2, lambda b: None)
+    unsubscribe()
+
+
+def test_watch_cache_relists_when_the_change_log_was_trimmed_past_it():
+    store = FakeStore()
+    store.put("/registry/services/default/a", svc("a"))
+    cache = watchcache.WatchCache(store)
+    cache.load()
+    got = []
+    cache.watch(cache.revision, got.extend)
+    store.put("/registry/services/default/b", svc("b"))
+    store.delete("/registry/services/default/a")
+    store.log.clear()  # trimmed: the cache cannot replay, so it re-lists and diffs
+    store.put("/kproxy/other", {"x": 1})
+    store.log.append((store.rev + 1, "/registry/x", None))
+    cache.poll_once()
+    assert sorted((e.type, e.key) for e in got) == [("ADDED", "/registry/services/default/b"),
+                                                    ("DELETED", "/registry/services/default/a")]
+
+
+def test_sqlite_change_log_and_revisions(tmp_path: Path):
+    store = SqliteStore(tmp_path / "store.db")
+    store.put("/registry/services/default/a", svc("a"))
+    store.put("/kproxy/health", {"ok": True})  # not a registry key: not logged
+    store.delete("/registry/services/default/a")
+    changes, rev, oldest = store.changes_since(0)
+    assert [(r, k, v is None) for r, k, v in changes] == [(1, "/registry/services/default/a", False),
+                                                         (3, "/registry/services/default/a", True)]
+    assert rev == 3 and oldest == 1
+    store.put("/registry/services/default/b", svc("b"))
+    assert store.get_with_revision("/registry/services/default/b")[1] == 4
+    items, rev = store.list_with_revisions("/registry/services/")
+    assert [(k, r) for k, _, r in items] == [("/registry/services/default/b", 4)] and rev == 4
+    cache = watchcache.WatchCache(store)
+    cache.load()
+    assert cache.get("/registry/services/default/b")[1] == 4
+
+
+# -- the write path --------------------------------------------------------------------------
+@pytest.fixture
+def lab(tmp_path: Path):
+    """A Writer over the real admission front (frontend.py) on an in-memory store; `sync` runs
+    one front pass, as the daemon's loop does."""
+    from kproxy.config import LabConfig
+    from kproxy.context import Context
+    from kproxy.frontend import Frontend
+    cfg = LabConfig(state_dir=str(tmp_path), cluster_dns=False, sandbox=True)
+    store = FakeStore()
+    ctx = Context(cfg, store=store, node_ip="192.168.49.2")
+    front = Frontend(ctx)
+    ctx.cache.list_all()
+    front.start()
+    front.ensure_system_objects()
+
+    def sync(timeout=60, settled=True):
+        front.folder_settled = settled
+        front.poll()
+        front.handle_requests()
+        return True
+    return writes.Writer(ctx, front, sync), store, cfg
+
+
+def target(plural="services", name="", group="", sub="", ns="default") -> rest.Target:
+    res = find(group, "v1", plural)
+    return rest.Target(res, ns if res.namespaced else None, name, sub)
+
+
+def call(w, verb, t, body=None, ctype="application/json", query=None):
+    raw = json.dumps(body).encode() if body is not None else b""
+    return w.handle(verb, t, raw, ctype, MultiDict(query or {}))[:2]
+
+
+def refusal(fn) -> dict:
+    with pytest.raises(st.ApiError) as e:
+        fn()
+    return e.value.status
+
+
+def test_create_writes_the_folder_and_answers_the_stored_object(lab):
+    w, store, cfg = lab
+    code, out = call(w, "create", target(), svc("web"))
+    assert code == 201
+    assert out["spec"]["clusterIP"].startswith("10.")             # allocated by the front
+    assert out["metadata"]["resourceVersion"] == str(store.get_with_revision("/registry/services/default/web")[1])
+    assert out["metadata"]["uid"] and out["metadata"]["creationTimestamp"]
+    files = list(Path(cfg.manifests).glob("*.yaml"))
+    assert [f.name for f in files] == ["service-default-web.yaml"]
+    assert "resourceVersion" not in files[0].read_text() and "uid" not in files[0].read_text()
+    again = refusal(lambda: call(w, "create", target(), svc("web")))
+    assert (again["code"], again["reason"], again["message"]) == (409, "AlreadyExists", 'services "web" already exists')
+
+
+def test_update_with_a_stale_resource_version_is_a_conflict(lab):
+    w, store, _ = lab
+    _, first = call(w, "create", target(), svc("web"))
+    changed = json.loads(json.dumps(first))
+    changed["metadata"]["labels"] = {"tier": "front"}
+    code, second = call(w, "update", target(name="web"), changed)
+    assert code == 200 and second["metadata"]["labels"] == {"tier": "front"}
+    assert int(second["metadata"]["resourceVersion"]) > int(first["metadata"]["resourceVersion"])
+    assert second["spec"]["clusterIP"] == first["spec"]["clusterIP"]
+    stale = json.loads(json.dumps(first))
+    stale["metadata"]["labels"] = {"tier": "back"}
+    st_ = refusal(lambda: call(w, "update", target(name="web"), stale))
+    assert st_["code"] == 409 and st_["reason"] == "Conflict"
+    assert st_["message"] == ('Operation cannot be fulfilled on services "web": the object has been modified; '
+                              "please apply your changes to the latest version and try again")
+
+
+def test_refusals_are_the_api_servers_statuses(lab):
+    w, _, cfg = lab
+    bad = svc("bad", type="NodePort")
+    bad["spec"]["ports"][0]["nodePort"] = 80
+    st_ = refusal(lambda: call(w, "create", target(), bad))
+    assert st_["code"] == 422 and st_["reason"] == "Invalid"
+    assert st_["message"].startswith('Service "bad" is invalid: spec.ports[0].nodePort: Invalid value: 80')
+    assert st_["details"]["causes"][0]["field"] == "spec.ports[0].nodePort"
+    nf = refusal(lambda: call(w, "update", target(name="nope"), svc("nope")))
+    assert (nf["code"], nf["message"]) == (404, 'services "nope" not found')
+    other = svc("x")
+    st_ = refusal(lambda: call(w, "create", target(ns="elsewhere"), other))  # the body says default
+    assert st_["code"] == 400 and "does not match the namespace" in st_["message"]
+    del other["metadata"]["namespace"]
+    ns = refusal(lambda: call(w, "create", target(ns="nowhere"), other))
+    assert (ns["code"], ns["message"]) == (404, 'namespaces "nowhere" not found')
+    ro = refusal(lambda: call(w, "delete", target(name="kubernetes")))
+    assert ro["code"] == 405  # the lab's own Service is not in the folder
+    assert not list(Path(cfg.manifests).glob("*.yaml"))
+
+
+def test_generate_name_dry_run_patch_scale_and_delete(lab):
+    w, store, cfg = lab
+    code, dry = call(w, "create", target(), {"metadata": {"generateName": "gen-"}, "spec": {"ports": [{"port": 80}]}},
+                     query={"dryRun": "All"})
+    assert code == 201 and dry["metadata"]["name"].startswith("gen-") and not list(Path(cfg.manifests).iterdir())
+    _, made = call(w, "create", target(), {"metadata": {"generateName": "gen-"}, "spec": {"ports": [{"port": 80}]}})
+    assert len(made["metadata"]["name"]) == len("gen-") + 5
+    code, patched, _ = w.handle("patch", target(name=made["metadata"]["name"]), b'{"metadata":{"labels":{"x":"y"}}}',
+                             "application/merge-patch+json", MultiDict())
+    assert patched["metadata"]["labels"] == {"x": "y"}
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+           "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                    "template": {"metadata": {"labels": {"app": "web"}},
+                                 "spec": {"containers": [{"name": "web", "image": "kproxy/podserver"}]}}}}
+    dt = lambda **kw: target("deployments", group="apps", **kw)  # noqa: E731
+    call(w, "create", dt(), dep)
+    code, scale, _ = w.handle("patch", dt(name="web", sub="scale"), b'{"spec":{"replicas":3}}',
+                           "application/merge-patch+json", MultiDict())
+    assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 3
+    assert store.get("/registry/deployments/default/web")["spec"]["replicas"] == 3
+    code, gone = call(w, "delete", dt(name="web"))
+    assert gone["status"] == "Success" and gone["details"] == {"name": "web", "group": "apps", "kind": "deployments",
+                                                              "uid": gone["details"]["uid"]}
+    assert store.get("/registry/deployments/default/web") is None
+    assert not (Path(cfg.manifests) / "deployment-default-web.yaml").exists()
