@@ -76,7 +76,8 @@ def test_kubectl_get_svc_all_namespaces_survives_an_etcd_restart(app):
     after = app.wait_for(lambda: (r := _try_rows(kubectl)) == before and r, timeout=30, interval=1)
     assert after == before
     # and writes go on through the API: a new Service gets a ClusterIP of its own
-    out = kubectl.run("create", "service", "clusterip", "after-etcd", "--tcp=80:8080").stdout
+    out = kubectl.run("apply", "-f", "-", input="apiVersion: v1\nkind: Service\nmetadata: {name: after-etcd}\n"
+                      "spec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n").stdout
     assert out.strip() == "service/after-etcd created"
     ip = kubectl.run("get", "svc", "after-etcd", "-o", "jsonpath={.spec.clusterIP}").stdout
     assert ip and ip not in {r[1] for r in before.values()}
