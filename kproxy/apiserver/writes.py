@@ -37,7 +37,8 @@ from kproxy.store import desired
 
 log = logging.getLogger("kproxy")
 
-SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields", "selfLink",
+# managedFields stay: server-side apply's field ownership must survive into the next apply
+SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "generation", "selfLink",
                  "deletionTimestamp", "deletionGracePeriodSeconds")
 ANSWERED_WITH_OBJECT = ("Service", "Pod", "Namespace")  # registries with ReturnDeletedObject (or graceful)
 STORED_WAIT = 10.0  # seconds a write waits for the front to store what it admitted
@@ -128,15 +129,15 @@ def apply_patch(kind: str, obj: dict, body: bytes, content_type: str) -> dict:
         raise st.ApiError(e.status()) from None
 
 
-def server_side_apply(kind: str, obj: dict | None, body: bytes, manager: str) -> dict:
-    """`application/apply-patch+yaml`: patchsel's ssa.py when there, else the applied
-    configuration merged onto the object (fields are set, none removed: no field ownership)."""
+def server_side_apply(kind: str, obj: dict | None, body: bytes, manager: str, force: bool = False) -> dict:
+    """`application/apply-patch+yaml`: patchsel's ssa.py (field managers in managedFields, 409
+    on another manager's fields unless forced)."""
+    from kproxy.apiserver.patch import PatchError
+    from kproxy.apiserver.ssa import server_side_apply as ssa
     try:
-        from kproxy.apiserver.ssa import server_side_apply as ssa
-    except ImportError:
-        applied = decode(body)
-        return merge_patch(obj, applied) if obj is not None else applied
-    return ssa(kind, obj, body, manager)
+        return ssa(kind, obj, body, manager, force)
+    except PatchError as e:
+        raise st.ApiError(e.status()) from None
 
 
 class Writer:
@@ -147,15 +148,20 @@ class Writer:
         self.gate = desired.gate(ctx.cfg)
         self.lock = threading.Lock()
         self.validation = "Warn"          # this request's fieldValidation (writes are serialised)
+        self.force = False                # this apply's force (server-side apply)
+        self.manager = "unknown"          # this write's field manager (managedFields)
         self.warnings: list[str] = []
 
     # -- entry ------------------------------------------------------------------------------
-    def handle(self, verb: str, t: rest.Target, body: bytes, content_type: str, query) -> tuple[int, dict, list]:
+    def handle(self, verb: str, t: rest.Target, body: bytes, content_type: str, query,
+               user_agent: str = "") -> tuple[int, dict, list]:
         """(HTTP code, answer, Warning header values) of one write; ApiError for a refusal."""
         dry = "All" in query.getall("dryRun", []) if hasattr(query, "getall") else query.get("dryRun") == "All"
         with self.lock:
             self.validation = query.get("fieldValidation") or "Warn"
             self.warnings = []
+            # who writes, for managedFields: fieldManager, else the client's program (as upstream)
+            self.manager = query.get("fieldManager") or (user_agent.split("/")[0] if user_agent else "unknown")
             if verb == "create":
                 obj = decode(body, content_type)
                 self._strict(t, obj, body, True)
@@ -165,6 +171,7 @@ class Writer:
                 self._strict(t, obj, body, True)
                 code, out = self.update(t, obj, dry)
             elif verb == "patch":
+                self.force = query.get("force") in ("true", "1")
                 code, out = self.patch(t, body, content_type, dry, query.get("fieldManager") or "")
             elif verb == "delete":
                 code, out = self.delete(t, _options(body, content_type), dry)
@@ -273,7 +280,7 @@ class Writer:
               manager: str) -> tuple[int, dict]:
         """Server-side apply (`kubectl apply --server-side`): creates the object when absent."""
         shown = rest.present(t.res, "", cur, rev) if cur is not None else None
-        new = server_side_apply(t.res.kind, shown, body, manager)
+        new = server_side_apply(t.res.kind, shown, body, manager, self.force)
         self._strict(t, new, None, False)
         self._precondition(t, new, rev)
         new = self._shape(t, new)
@@ -282,8 +289,8 @@ class Writer:
         if cur is None:
             if t.res.kind not in rest.WRITABLE:
                 raise st.ApiError(st.method_not_allowed())
-            return self._write(t, clean(new), None, dry, 201)
-        return self._write(t, clean(new), cur, dry, 200)
+            return self._write(t, clean(new), None, dry, 201, applied=True)
+        return self._write(t, clean(new), cur, dry, 200, applied=True)
 
     def delete(self, t: rest.Target, options: dict, dry: bool) -> tuple[int, dict]:
         cur, rev = self.current(t)
@@ -380,9 +387,15 @@ class Writer:
             return shown
         return st.success(t.name, t.res.group, t.res.plural, shown["metadata"].get("uid", ""))
 
-    def _write(self, t: rest.Target, obj: dict, cur: dict | None, dry: bool, code: int) -> tuple[int, dict]:
-        """Steps 2-5 of the module docstring for a create (`cur` None) or an update."""
+    def _write(self, t: rest.Target, obj: dict, cur: dict | None, dry: bool, code: int,
+               applied: bool = False) -> tuple[int, dict]:
+        """Steps 2-5 of the module docstring for a create (`cur` None) or an update; `applied`:
+        a server-side apply (it kept managedFields itself), else an Update takes ownership of
+        what it changed (ssa.record_update), as the API server records it."""
         name = obj["metadata"]["name"]
+        if not applied:
+            from kproxy.apiserver.ssa import record_update
+            obj = record_update(t.res.kind, cur, obj, self.manager)
         if cur is not None and not self._declared(t, name):
             raise self._read_only(t, name)
         source = f"{t.res.plural}/{name}"
