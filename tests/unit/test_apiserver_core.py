@@ -393,3 +393,23 @@ def test_server_watch_streams_changes_in_order(served):
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_server_watch_with_a_selector_sees_objects_move_in_and_out(served):
+    base, s, store, server = served
+    def labelled(value):
+        obj = {**svc("a"), "kind": "Service"}
+        obj["metadata"] = {**obj["metadata"], "labels": {"tier": value}}
+        return obj
+    store.put("/registry/services/default/a", labelled("back"))
+    server.cache.kick()
+    with s.get(base + "/api/v1/namespaces/default/services", params={"watch": "1", "labelSelector": "tier=front"},
+               stream=True, timeout=10) as w:
+        lines = w.iter_lines()
+        store.put("/registry/services/default/a", labelled("front"))   # moves in
+        store.put("/registry/services/default/a", labelled("front2"))  # moves out
+        store.put("/registry/services/default/a", labelled("front"))   # in again
+        store.delete("/registry/services/default/a")
+        server.cache.kick()
+        got = [json.loads(next(lines))["type"] for _ in range(4)]
+    assert got == ["ADDED", "DELETED", "ADDED", "DELETED"]
