@@ -296,9 +296,19 @@ def parse_apply_body(body: bytes) -> dict:
     return applied
 
 
-def server_side_apply(kind: str, live: dict | None, body: bytes, field_manager: str, force: bool = False) -> dict:
+def server_side_apply(kind: str, live: dict | None, body: bytes, field_manager: str, force: bool = False,
+                      before_first_apply: bool = False) -> dict:
     """The object after `field_manager` applies `body` to `live` (None: the object is created),
-    or PatchError: 422 without a field manager, 409 Conflict naming the other managers' fields."""
+    or PatchError: 422 without a field manager, 409 Conflict naming the other managers' fields.
+
+    Ownership lives in live's metadata.managedFields: the caller must keep what this returns
+    (with the object, not necessarily in the manifests folder) for conflicts and removals to
+    work across applies. A live object without managedFields is, by default, owned by nobody
+    (applied over without conflicts, nothing removed): what a store that does not keep
+    managedFields needs, else every second apply would collide with the first.
+    `before_first_apply=True` is upstream's rule instead (skipNonAppliedManager: the existing
+    fields go to a "before-first-apply" manager, and changing them is a conflict) — right for a
+    caller that does keep managedFields."""
     if not field_manager:
         raise PatchError("Invalid", 422, 'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
                          "is required for apply patch",
@@ -316,7 +326,7 @@ def server_side_apply(kind: str, live: dict | None, body: bytes, field_manager: 
         return _with_entries(obj, [_entry(field_manager, "Apply", api_version, applied_set, stamp)])
     live = copy.deepcopy(live)
     entries = _entries(live)
-    if not entries:  # skipNonAppliedManager: the existing fields get a manager of their own
+    if not entries and before_first_apply:  # skipNonAppliedManager: the existing fields get a manager
         existing = field_set(live, schema)
         entries = [_entry(BEFORE_FIRST_APPLY, "Update", live.get("apiVersion", api_version), existing, stamp)]
     ident = _identity({"manager": field_manager, "operation": "Apply"})

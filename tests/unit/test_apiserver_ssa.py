@@ -59,7 +59,7 @@ def test_first_apply_on_an_untracked_object_conflicts_with_before_first_apply():
     "before-first-apply" manager, and changing port 80's targetPort collides with it."""
     body = sent("apply-server-side-service")["body"].encode()
     with pytest.raises(PatchError) as e:
-        server_side_apply("Service", LIVE["Service"], body, "kubectl")
+        server_side_apply("Service", LIVE["Service"], body, "kubectl", before_first_apply=True)
     assert (e.value.code, e.value.reason) == (409, "Conflict")
     assert e.value.message == ('Apply failed with 1 conflict: conflict with "before-first-apply" using v1: '
                                '.spec.ports[port=80,protocol="TCP"].targetPort')
@@ -68,9 +68,23 @@ def test_first_apply_on_an_untracked_object_conflicts_with_before_first_apply():
                                            "field": '.spec.ports[port=80,protocol="TCP"].targetPort'}]}
 
 
+def test_untracked_object_by_default_is_applied_over_without_conflict():
+    """A store that keeps no managedFields: repeated applies must not collide with themselves."""
+    body = sent("apply-server-side-service")["body"].encode()
+    out = server_side_apply("Service", LIVE["Service"], body, "kubectl")
+    assert [(p["port"], p["targetPort"]) for p in out["spec"]["ports"]] == [(80, 8080), (443, 443), (8443, 8443)]
+    assert managers(out) == [("kubectl", "Apply")]
+    stripped = copy.deepcopy(out)
+    del stripped["metadata"]["managedFields"]
+    again = json.loads(body)
+    again["spec"]["ports"][0]["targetPort"] = 9090
+    assert server_side_apply("Service", stripped, json.dumps(again).encode(), "kubectl")["spec"]["ports"][0][
+        "targetPort"] == 9090
+
+
 def test_force_takes_the_field_and_keeps_what_others_own():
     body = sent("apply-server-side-service")["body"].encode()
-    out = server_side_apply("Service", LIVE["Service"], body, "kubectl", force=True)
+    out = server_side_apply("Service", LIVE["Service"], body, "kubectl", force=True, before_first_apply=True)
     assert [(p["port"], p["targetPort"]) for p in out["spec"]["ports"]] == [(80, 8080), (443, 443), (8443, 8443)]
     assert out["metadata"]["labels"] == {"app": "web", "old": "yes"}  # "old" is before-first-apply's
     assert managers(out) == [("before-first-apply", "Update"), ("kubectl", "Apply")]
