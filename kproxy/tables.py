@@ -287,6 +287,15 @@ def _node_address(node: dict, kind: str) -> str:
                 "<none>")
 
 
+def _restarts(statuses: list[dict]) -> str:
+    """RESTARTS: the count, and how long ago the last one ended when a container says
+    (lastState.terminated.finishedAt), as `2 (5m ago)`."""
+    count = sum(c.get("restartCount", 0) for c in statuses)
+    ended = [((c.get("lastState") or {}).get("terminated") or {}).get("finishedAt") for c in statuses]
+    last = max((t for t in ended if t), default=None)
+    return f"{count} ({age(last)} ago)" if last else str(count)
+
+
 def _readiness_gates(pod: dict) -> str:
     gates = (pod.get("spec") or {}).get("readinessGates") or []
     if not gates:
@@ -309,7 +318,7 @@ def cells(kind: str, o: dict) -> list:
     a = age(m.get("creationTimestamp"))
     if kind == "Pod":
         total = len(spec.get("containers", []))
-        restarts = str(sum(c.get("restartCount", 0) for c in st.get("containerStatuses", [])))
+        restarts = _restarts(st.get("containerStatuses", []))
         return [m["name"], f"{ready_containers(o)}/{total}", pod_status(o), restarts, a,
                 _pod_ip(o), spec.get("nodeName") or "<none>", st.get("nominatedNodeName") or "<none>",
                 _readiness_gates(o)]
