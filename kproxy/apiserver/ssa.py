@@ -258,10 +258,14 @@ def _with_entries(obj: dict, entries: list[dict]) -> dict:
 def record_update(kind: str, old: dict | None, new: dict, manager: str, api_version: str = "") -> dict:
     """managedFields after a create (old None) or an update/patch by `manager`: it takes the
     fields it changed from everyone else. As upstream, an existing object without managedFields
-    stays untracked (until its first apply). Returns `new` with metadata.managedFields set."""
+    stays untracked (until its first apply), and managedFields written by the request itself
+    (non-empty) replace the live ones. Returns `new` with metadata.managedFields set."""
     schema = schema_for(kind) or {}
     api_version = api_version or new.get("apiVersion", "")
-    if old is not None and not _entries(old):
+    # FieldManager.Update: managedFields the request itself carries win (kubectl's csaupgrade
+    # rewrites them with a JSON patch); else the live object's are kept.
+    base = _entries(new) or _entries(old)
+    if old is not None and not base:
         new.get("metadata", {}).pop("managedFields", None)
         return new
     new_set = field_set(new, schema)
@@ -270,7 +274,7 @@ def record_update(kind: str, old: dict | None, new: dict, manager: str, api_vers
     gone = old_set - new_set
     entries, mine = [], None
     ident = _identity({"manager": manager, "operation": "Update", "apiVersion": api_version})
-    for e in _entries(old):
+    for e in base:
         paths = decode_fields(e.get("fieldsV1") or {}) - gone
         if _identity(e) == ident:
             mine = e

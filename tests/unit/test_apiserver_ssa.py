@@ -158,6 +158,25 @@ def test_apply_patch_passes_server_side_apply_on():
     assert pool["spec"]["autoAssign"] is True and managers(pool)[-1] == ("kubectl", "Apply")
 
 
+def test_kubectl_csaupgrade_rewrites_managed_fields_with_a_json_patch():
+    """kubectl apply --server-side on a client-side-applied object first moves
+    kubectl-client-side-apply's fields to itself by replacing /metadata/managedFields (a JSON
+    patch); the server keeps what the request wrote, so the next apply can drop those fields."""
+    from kproxy.apiserver.patch import JSON_PATCH, apply_patch
+    live = record_update("Deployment", None, copy.deepcopy(LIVE["Deployment"]), "kubectl-client-side-apply")
+    assert managers(live) == [("kubectl-client-side-apply", "Update")]
+    entry = {**live["metadata"]["managedFields"][0], "manager": "kubectl", "operation": "Apply"}
+    ops = [{"op": "replace", "path": "/metadata/managedFields", "value": [entry]},
+           {"op": "replace", "path": "/metadata/resourceVersion", "value": "7"}]
+    patched = apply_patch("Deployment", live, json.dumps(ops).encode(), JSON_PATCH)
+    upgraded = record_update("Deployment", live, patched, "kubectl", "apps/v1")
+    assert managers(upgraded) == [("kubectl", "Apply")]
+    body = json.loads(sent("apply-server-side-deployment-forced")["body"])
+    out = server_side_apply("Deployment", upgraded, json.dumps(body).encode(), "kubectl")
+    assert [c["name"] for c in out["spec"]["template"]["spec"]["containers"]] == ["web"]  # "side" dropped
+    assert out["spec"]["strategy"] == {"type": "Recreate"}
+
+
 def test_field_manager_is_required():
     with pytest.raises(PatchError) as e:
         server_side_apply("Service", None, b"{}", "")
