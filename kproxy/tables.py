@@ -246,6 +246,17 @@ def _micro(ts: str | None) -> str | None:
     return ts[:19] + "Z" if ts and len(ts) > 20 else ts
 
 
+def core_event(ev: dict) -> dict:
+    """An events.k8s.io/v1 Event in core/v1's shape (the conversion upstream's printer sees)."""
+    src = {k: v for k, v in (("component", ev.get("reportingController")), ("host", ev.get("reportingInstance")))
+           if v}
+    return {"metadata": ev.get("metadata") or {}, "involvedObject": ev.get("regarding") or {},
+            "reason": ev.get("reason", ""), "message": ev.get("note", ""), "type": ev.get("type", ""),
+            "source": src, "firstTimestamp": ev.get("deprecatedFirstTimestamp"),
+            "lastTimestamp": ev.get("deprecatedLastTimestamp"), "count": ev.get("deprecatedCount"),
+            "eventTime": ev.get("eventTime"), "series": ev.get("series")}
+
+
 def _event_object(ev: dict) -> str:
     inv = ev.get("involvedObject") or {}
     kind = (inv.get("kind") or "").lower()
@@ -327,6 +338,8 @@ def cells(kind: str, o: dict) -> list:
     if kind == "Lease":
         return [m["name"], spec.get("holderIdentity", ""), a]
     if kind == "Event":
+        if o.get("apiVersion") == "events.k8s.io/v1":
+            o = core_event(o)
         last, first, count = _event_times(o)
         inv = o.get("involvedObject") or {}
         return [last, o.get("type", ""), o.get("reason", ""), _event_object(o), inv.get("fieldPath", ""),
@@ -427,9 +440,9 @@ def _jsonpath_cell(o: dict, col: Column):
 
 
 def cell_text(v) -> str:
-    """How kubectl prints a cell: `<none>` for null, true/false for booleans."""
+    """How kubectl prints a cell: nothing for null, true/false for booleans."""
     if v is None:
-        return "<none>"
+        return ""
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)

@@ -15,7 +15,7 @@ The three patch types (k8s.io/apiserver pkg/endpoints/handlers/patch.go):
   are first checked against evanphx/json-patch v4's rules (what the API server links), so a
   failed `test` or a missing path gives upstream's 422 "the server rejected our request due to
   an error in our request", and v4's quirk is kept: `replace` of a missing object key adds it.
-- application/apply-patch+yaml (server-side apply) is handled by ssa.py, not here.
+- application/apply-patch+yaml (server-side apply) is passed on to ssa.py (simplified there).
 """
 
 from __future__ import annotations
@@ -84,15 +84,21 @@ def media_type(content_type: str) -> str:
     return content_type[:i] if i > 0 else content_type
 
 
-def apply_patch(kind: str, obj: dict, body: bytes, content_type: str) -> dict:
-    """`obj` patched by `body`; `obj` itself is left untouched."""
+def apply_patch(kind: str, obj: dict | None, body: bytes, content_type: str, field_manager: str = "",
+                force: bool = False) -> dict:
+    """`obj` patched by `body`; `obj` itself is left untouched. For server-side apply
+    (application/apply-patch+yaml) `obj` may be None (the apply creates the object) and the
+    request's fieldManager and force parameters apply; see ssa.py."""
     ctype = media_type(content_type or "")
     custom = schema_for(kind) is None
     accepted = CUSTOM_PATCH_TYPES if custom else BUILTIN_PATCH_TYPES
-    if ctype not in accepted or ctype == APPLY_PATCH:
-        if ctype == APPLY_PATCH:
-            raise bad_request("server-side apply is handled by kproxy.apiserver.ssa.server_side_apply")
+    if ctype not in accepted:
         raise unsupported_media_type(accepted)
+    if ctype == APPLY_PATCH:
+        from kproxy.apiserver.ssa import server_side_apply  # ssa.py builds on this module
+        return server_side_apply(kind, obj, body, field_manager, force)
+    if obj is None:
+        raise internal("patch of an object that does not exist")
     original = copy.deepcopy(obj)
     if ctype == JSON_PATCH:
         return json_patch(original, body)

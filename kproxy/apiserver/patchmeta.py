@@ -25,6 +25,12 @@ class Field(NamedTuple):
     strategies: tuple[str, ...] = ()
     merge_key: str = ""
     sub: dict = {}
+    list_map_keys: tuple[str, ...] = ()  # server-side apply's keys when they differ from merge_key
+
+
+# ports are merged by port number alone, but server-side apply keys them with their protocol
+# (+listMapKey=containerPort +listMapKey=protocol; Service: port, protocol), TCP by default.
+PROTOCOL_DEFAULTS = {"protocol": "TCP"}
 
 
 Schema = dict  # field name -> Field
@@ -49,7 +55,7 @@ CONDITIONS = merge("type")                # every status.conditions of the serve
 
 # ------------------------------------------------------------------ core/v1
 CONTAINER: Schema = {
-    "ports": merge("containerPort"),
+    "ports": merge("containerPort")._replace(list_map_keys=("containerPort", "protocol")),
     "env": merge("name"),
     "volumeMounts": merge("mountPath"),
     "volumeDevices": merge("devicePath"),
@@ -94,7 +100,8 @@ def _object(spec: Schema | None = None, status: Schema | None = None, **top: Fie
 
 KIND_SCHEMAS: dict[str, Schema] = {
     "Pod": _object(POD_SPEC, POD_STATUS),
-    "Service": _object({"ports": merge("port")}, {"conditions": CONDITIONS}),
+    "Service": _object({"ports": merge("port")._replace(list_map_keys=("port", "protocol"))},
+                       {"conditions": CONDITIONS}),
     "Endpoints": _object(),
     "Namespace": _object({}, {"conditions": CONDITIONS}),
     "Node": _object({"podCIDRs": merge()}, {"conditions": CONDITIONS, "addresses": merge("type")}),

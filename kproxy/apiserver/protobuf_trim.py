@@ -2,10 +2,10 @@
 
 Run once by a developer::
 
-    python -m kproxy.apiserver.protobuf_trim API_GIT_DIR APIMACHINERY_GIT_DIR [TAG]
+    python -m kproxy.apiserver.protobuf_trim API_DIR APIMACHINERY_DIR
 
-(git directories of kubernetes/api and kubernetes/apimachinery; TAG defaults to v0.32.9, the
-libraries of Kubernetes v1.32). kubectl 1.32's typed clients (`kubectl create deployment`,
+(checkouts of kubernetes/api and kubernetes/apimachinery at v0.32.9, the libraries of Kubernetes
+v1.32, e.g. ``git -C api.git archive v0.32.9 | tar -x -C API_DIR``). kubectl 1.32's typed clients (`kubectl create deployment`,
 `create namespace`, `create service ...`) send their bodies as protobuf and do not fall back to
 JSON on 415, so the lab's server must read protobuf. The layout comes from the Go structs
 themselves (``types.go``), not from ``generated.proto``, because only the Go source says what the
@@ -23,7 +23,6 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -61,14 +60,9 @@ _SCALARS = {"string": "string", "bool": "bool", "int32": "int", "int64": "int", 
             "uint64": "int", "float64": "double", "float32": "double", "byte": "int"}
 
 
-def _git(git_dir: str, *args: str) -> str:
-    return subprocess.run(["git", "--git-dir", git_dir, *args], check=True, capture_output=True, text=True).stdout
-
-
-def _go_files(git_dir: str, rev: str, pkg: str) -> list[str]:
-    names = _git(git_dir, "ls-tree", "--name-only", f"{rev}:{pkg}").split()
-    return [f"{pkg}/{n}" for n in names if n.endswith(".go") and not n.endswith("_test.go")
-            and not n.startswith("zz_") and n != "generated.pb.go"]
+def _go_files(root: Path, pkg: str) -> list[Path]:
+    return sorted(p for p in (root / pkg).glob("*.go") if not p.name.endswith("_test.go")
+                  and not p.name.startswith("zz_") and p.name != "generated.pb.go")
 
 
 def _imports(src: str) -> dict[str, str]:
@@ -157,12 +151,12 @@ class Types:
         return out
 
 
-def build(api_git: str, machinery_git: str, tag: str = "v0.32.9") -> dict:
+def build(api_dir: str, machinery_dir: str, tag: str = "v0.32.9") -> dict:
     types = Types()
-    for repo, packages in ((api_git, API_PACKAGES), (machinery_git, MACHINERY_PACKAGES)):
+    for root, packages in ((api_dir, API_PACKAGES), (machinery_dir, MACHINERY_PACKAGES)):
         for path, key in packages:
-            for f in _go_files(repo, tag, path):
-                types.read(_git(repo, "show", f"{tag}:{f}"), key)
+            for f in _go_files(Path(root), path):
+                types.read(f.read_text(), key)
     return {"source": f"k8s.io/api and k8s.io/apimachinery {tag} types.go (Kubernetes v1.32)",
             "kinds": {f"{gv} {kind}": msg for (gv, kind), msg in TOP_KINDS.items()},
             "messages": dict(sorted(types.table(sorted(set(TOP_KINDS.values()))).items()))}
@@ -172,7 +166,7 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__)
         return 2
-    data = build(*argv[:3])
+    data = build(argv[0], argv[1])
     raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     DATA_FILE.write_bytes(gzip.compress(raw, 9, mtime=0))
     print(f"{DATA_FILE}: {len(data['messages'])} messages, {len(raw)} bytes JSON, "

@@ -242,7 +242,8 @@ class ApiServer:
         if verb is None or verb not in t.res.verbs or (verb == "create" and t.name):
             raise st.ApiError(st.method_not_allowed())
         body = await request.read()
-        call = lambda: self.writer.handle(verb, t, body, request.headers.get("Content-Type", ""), q)  # noqa: E731
+        call = lambda: self.writer.handle(verb, t, body, request.headers.get("Content-Type", ""), q,  # noqa: E731
+                                          request.headers.get("User-Agent", ""))
         code, result, warnings = await asyncio.get_running_loop().run_in_executor(None, call)
         self.cache.kick()
         if isinstance(result, dict) and result.get("kind") != "Status" and verb in ("create", "update", "patch"):

@@ -37,7 +37,8 @@ from kproxy.store import desired
 
 log = logging.getLogger("kproxy")
 
-SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields", "selfLink",
+# managedFields stay: server-side apply's field ownership must survive into the next apply
+SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "generation", "selfLink",
                  "deletionTimestamp", "deletionGracePeriodSeconds")
 ANSWERED_WITH_OBJECT = ("Service", "Pod", "Namespace")  # registries with ReturnDeletedObject (or graceful)
 STORED_WAIT = 10.0  # seconds a write waits for the front to store what it admitted
@@ -125,7 +126,18 @@ def apply_patch(kind: str, obj: dict, body: bytes, content_type: str) -> dict:
     try:
         return patchsel_apply(kind, obj, body, content_type)
     except PatchError as e:
-        raise st.ApiError(st.status(e.code, e.reason, e.message)) from None
+        raise st.ApiError(e.status()) from None
+
+
+def server_side_apply(kind: str, obj: dict | None, body: bytes, manager: str, force: bool = False) -> dict:
+    """`application/apply-patch+yaml`: patchsel's ssa.py (field managers in managedFields, 409
+    on another manager's fields unless forced)."""
+    from kproxy.apiserver.patch import PatchError
+    from kproxy.apiserver.ssa import server_side_apply as ssa
+    try:
+        return ssa(kind, obj, body, manager, force)
+    except PatchError as e:
+        raise st.ApiError(e.status()) from None
 
 
 class Writer:
@@ -136,15 +148,20 @@ class Writer:
         self.gate = desired.gate(ctx.cfg)
         self.lock = threading.Lock()
         self.validation = "Warn"          # this request's fieldValidation (writes are serialised)
+        self.force = False                # this apply's force (server-side apply)
+        self.manager = "unknown"          # this write's field manager (managedFields)
         self.warnings: list[str] = []
 
     # -- entry ------------------------------------------------------------------------------
-    def handle(self, verb: str, t: rest.Target, body: bytes, content_type: str, query) -> tuple[int, dict, list]:
+    def handle(self, verb: str, t: rest.Target, body: bytes, content_type: str, query,
+               user_agent: str = "") -> tuple[int, dict, list]:
         """(HTTP code, answer, Warning header values) of one write; ApiError for a refusal."""
         dry = "All" in query.getall("dryRun", []) if hasattr(query, "getall") else query.get("dryRun") == "All"
-        self.validation = query.get("fieldValidation") or "Warn"
-        self.warnings: list[str] = []
         with self.lock:
+            self.validation = query.get("fieldValidation") or "Warn"
+            self.warnings = []
+            # who writes, for managedFields: fieldManager, else the client's program (as upstream)
+            self.manager = query.get("fieldManager") or (user_agent.split("/")[0] if user_agent else "unknown")
             if verb == "create":
                 obj = decode(body, content_type)
                 self._strict(t, obj, body, True)
@@ -154,12 +171,13 @@ class Writer:
                 self._strict(t, obj, body, True)
                 code, out = self.update(t, obj, dry)
             elif verb == "patch":
-                code, out = self.patch(t, body, content_type, dry)
+                self.force = query.get("force") in ("true", "1")
+                code, out = self.patch(t, body, content_type, dry, query.get("fieldManager") or "")
             elif verb == "delete":
                 code, out = self.delete(t, _options(body, content_type), dry)
             else:
                 code, out = self.delete_collection(t, query, dry)
-        return code, out, self.warnings
+            return code, out, self.warnings
 
     def _strict(self, t: rest.Target, obj: dict, body: bytes | None, create: bool) -> None:
         """kubectl's validation path (discovery's strict.py): with fieldValidation=Strict an
@@ -233,8 +251,10 @@ class Writer:
         self._precondition(t, obj, rev)
         return self._write(t, clean(obj), cur, dry, 200)
 
-    def patch(self, t: rest.Target, body: bytes, content_type: str, dry: bool) -> tuple[int, dict]:
+    def patch(self, t: rest.Target, body: bytes, content_type: str, dry: bool, manager: str = "") -> tuple[int, dict]:
         cur, rev = self.current(t)
+        if content_type.split(";")[0].strip() == "application/apply-patch+yaml" and not t.sub:
+            return self.apply(t, cur, rev, body, dry, manager)
         if cur is None:
             raise st.ApiError(st.not_found(t.res.plural, t.res.group, t.name))
         if t.sub not in ("", "scale"):
@@ -255,6 +275,22 @@ class Writer:
         if new["metadata"].get("name") != t.name:
             raise st.ApiError(st.bad_request("a patch cannot change the object's name"))
         return self._write(t, clean(new), cur, dry, 200)
+
+    def apply(self, t: rest.Target, cur: dict | None, rev: int, body: bytes, dry: bool,
+              manager: str) -> tuple[int, dict]:
+        """Server-side apply (`kubectl apply --server-side`): creates the object when absent."""
+        shown = rest.present(t.res, "", cur, rev) if cur is not None else None
+        new = server_side_apply(t.res.kind, shown, body, manager, self.force)
+        self._strict(t, new, None, False)
+        self._precondition(t, new, rev)
+        new = self._shape(t, new)
+        if new["metadata"].get("name") != t.name:
+            raise st.ApiError(st.bad_request("the name of the object does not match the name on the URL"))
+        if cur is None:
+            if t.res.kind not in rest.WRITABLE:
+                raise st.ApiError(st.method_not_allowed())
+            return self._write(t, clean(new), None, dry, 201, applied=True)
+        return self._write(t, clean(new), cur, dry, 200, applied=True)
 
     def delete(self, t: rest.Target, options: dict, dry: bool) -> tuple[int, dict]:
         cur, rev = self.current(t)
@@ -351,9 +387,15 @@ class Writer:
             return shown
         return st.success(t.name, t.res.group, t.res.plural, shown["metadata"].get("uid", ""))
 
-    def _write(self, t: rest.Target, obj: dict, cur: dict | None, dry: bool, code: int) -> tuple[int, dict]:
-        """Steps 2-5 of the module docstring for a create (`cur` None) or an update."""
+    def _write(self, t: rest.Target, obj: dict, cur: dict | None, dry: bool, code: int,
+               applied: bool = False) -> tuple[int, dict]:
+        """Steps 2-5 of the module docstring for a create (`cur` None) or an update; `applied`:
+        a server-side apply (it kept managedFields itself), else an Update takes ownership of
+        what it changed (ssa.record_update), as the API server records it."""
         name = obj["metadata"]["name"]
+        if not applied:
+            from kproxy.apiserver.ssa import record_update
+            obj = record_update(t.res.kind, cur, obj, self.manager)
         if cur is not None and not self._declared(t, name):
             raise self._read_only(t, name)
         source = f"{t.res.plural}/{name}"

@@ -10,6 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
+from kproxy.bench import api
 from kproxy.bench.plot import Canvas, bar_panel, line_panel
 from kproxy.bench.session import Bench, log
 from kproxy.bench.table import fmt_ratio, fmt_seconds, format_table, verdict
@@ -147,6 +148,8 @@ def table_rows(r: dict, T: float) -> list[tuple[str, list[tuple[str, str, str, s
         rows.append((f"balance: chi-square {b['chi2']:.2f} (df {b['df']}), p-value", f"{b['p_value']:.3f}",
                      ">= 0.01 (uniform)", verdict(b["p_value"], 0.01, higher_is_better=True)))
     sections.append(("5-6. data plane and balance (from the node netns)", rows))
+    if r.get("api"):
+        sections.append(api.table_section(r))
     return sections
 
 

@@ -11,11 +11,13 @@ Sections (each can be skipped with --skip):
   dataplane wrk through a ClusterIP vs straight to the pod IP, from the node netns
   balance  10,000 connections through a ClusterIP: spread over the endpoints, chi-square
   pods     Deployments of 10 / 100 / 500 pods to Ready, RSS of daemon + pods
+  api      the lab's Kubernetes API server at 1,000 Services: kubectl get svc -A, list latency
+           (server time), watch latency write -> event p50/p99, 100 kubectl apply calls
 Results: results/bench-<time>.json, .png and .txt (the table), also copied to bench-latest.*.
 
 This module is the driver: the arguments, the sections in order, the cleanup whatever happens,
 the report. The sections live in sync.py (render, sync, change), lab.py (e2e, pods) and
-dataplane.py (dataplane, balance); their shared state in session.py; the table and figure in
+dataplane.py (dataplane, balance), api.py (api); their shared state in session.py; the table and figure in
 report.py.
 """
 from __future__ import annotations
@@ -28,13 +30,13 @@ import sys
 import time
 from pathlib import Path
 
-from kproxy.bench import lab, sync
+from kproxy.bench import api, lab, sync
 from kproxy.bench.report import write_outputs
 from kproxy.bench.sandbox import Cleanup
 from kproxy.bench.session import Bench
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ("render", "sync", "change", "e2e", "dataplane", "balance", "pods")
+SECTIONS = ("render", "sync", "change", "e2e", "dataplane", "balance", "pods", "api")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +54,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--wrk-rounds", type=int, default=6, help="direct/ClusterIP rounds (ABBA order; median ratio)")
     ap.add_argument("--balance-connections", type=int, default=10000)
     ap.add_argument("--balance-endpoints", type=int, default=5)
+    ap.add_argument("--api-services", type=int, default=1000, help="Services in the api section's lab")
+    ap.add_argument("--api-watch-events", type=int, default=100, help="writes timed to their watch event")
+    ap.add_argument("--api-file-edits", type=int, default=10, help="hand-edited manifest files timed to their event")
+    ap.add_argument("--api-applies", type=int, default=100, help="kubectl apply calls, one Service each")
     ap.add_argument("--skip", default="", help=f"comma list of sections to skip: {','.join(SECTIONS)}")
     ap.add_argument("--max-minutes", type=float, default=25.0, help="overall budget; later sections shrink or skip")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install wrk when it is missing")
@@ -62,6 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.e2e_changes = min(args.e2e_changes, 10)
         args.wrk_duration, args.wrk_rounds = 2, 2
         args.balance_connections, args.balance_endpoints = 1000, 3
+        args.api_services, args.api_watch_events, args.api_file_edits, args.api_applies = 100, 20, 3, 10
         args.max_minutes = min(args.max_minutes, 3.0)
     args.sizes = sorted({int(x) for x in str(args.sizes).split(",") if x.strip()})
     args.e2e_sizes = sorted({int(x) for x in str(args.e2e_sizes).split(",") if x.strip()})
@@ -97,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             sync.fit_notes(bench)
         lab.lab_part(bench)
         lab.pods_part(bench)
+        api.api_part(bench)
     except KeyboardInterrupt:
         bench.note("interrupted: partial results")
         status = 130

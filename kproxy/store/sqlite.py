@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS changes (id INTEGER PRIMARY KEY AUTOINCREMENT, rev IN
 CREATE INDEX IF NOT EXISTS changes_rev ON changes(rev);
 """
 LOGGED = "/registry/"   # keys whose changes the API server's watch replays
-CHANGE_WINDOW = 20000   # revisions the change log keeps (etcd keeps history until compaction)
+CHANGE_WINDOW = 5000    # revisions the change log keeps: enough for the watch cache to catch up
 
 
 class _SqliteTxn(Txn):

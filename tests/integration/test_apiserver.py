@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -45,8 +46,11 @@ def lab():
     the_lab = Lab(state)
     the_lab.env["KPROXY_WATCH_CACHE_SIZE"] = str(WINDOW)
     the_lab.manifests.mkdir()
+    with socket.socket() as probe:  # a free port for --api-port
+        probe.bind(("127.0.0.1", 0))
+        the_lab.api_port = probe.getsockname()[1]
     try:
-        the_lab.up("--no-cluster-dns")
+        the_lab.up("--no-cluster-dns", "--api-port", str(the_lab.api_port))
         yield the_lab
     finally:
         prefix = LabConfig(state_dir=str(state)).naming.prefix
@@ -62,6 +66,7 @@ def api(lab):
     path = lab.kproxy("kubeconfig", "--path").stdout.strip()
     text = Path(path).read_text()
     base = re.search(r"server: (https://127\.0\.0\.1:\d+)", text).group(1)
+    assert base.endswith(f":{lab.api_port}")  # up --api-port
     pki = lab.state_dir / "pki"
     s = requests.Session()
     s.trust_env = False  # the lab's CA, no proxy

@@ -317,3 +317,79 @@ def test_protobuf_bodies_decode_as_kubectl_create_sends_them():
         protobuf.decode(protobuf.MAGIC + _f(1, _f(1, "v1") + _f(2, "ConfigMap")) + _f(2, b""))
     with pytest.raises(protobuf.ProtobufError):
         protobuf.decode(protobuf.MAGIC + b"\x0a\xff")  # truncated
+
+
+# -- the server over HTTPS, without a lab ------------------------------------------------------
+@pytest.fixture
+def served(lab):
+    """The real ApiServer (TLS, auth, routes, watch cache feed) on a free loopback port, over the
+    fake store and the real front; stopped after the test."""
+    import requests
+    from kproxy.apiserver.server import ApiServer
+    w, store, cfg = lab
+    cfg.sandbox = False  # no lab namespace: loopback only
+    server = ApiServer(w.ctx, w)
+    server.prepare()
+    server.start()
+    assert server.cache.loaded.wait(10)
+    s = requests.Session()
+    s.trust_env = False
+    pki = Path(cfg.state_dir) / "pki"
+    s.verify, s.cert = str(pki / "ca.crt"), (str(pki / "admin.crt"), str(pki / "admin.key"))
+    base = f"https://127.0.0.1:{server.port}"
+    deadline = __import__("time").monotonic() + 10
+    while True:
+        try:
+            s.get(base + "/version", timeout=2)
+            break
+        except requests.ConnectionError:
+            assert __import__("time").monotonic() < deadline
+    yield base, s, store, server
+    w.ctx.stopping.set()
+    server.stop()
+
+
+def test_server_authenticates_routes_and_negotiates(served):
+    import requests
+    base, s, store, server = served
+    anon = requests.get(base + "/api/v1/services", verify=s.verify, timeout=5)
+    assert anon.status_code == 401 and anon.json()["reason"] == "Unauthorized"
+    token = (Path(server.pki.root) / "apiserver-token").read_text().strip()
+    ok = requests.get(base + "/api/v1/services", verify=s.verify, timeout=5,
+                      headers={"Authorization": f"Bearer {token}"})
+    assert ok.status_code == 200 and ok.json()["kind"] == "ServiceList"
+    assert stat_mode(server.state / "kubeconfig") == 0o600
+    missing = s.get(base + "/api/v1/frobs", timeout=5)
+    assert (missing.status_code, missing.json()["message"]) == (404, "the server could not find the requested resource")
+    r = s.post(base + "/api/v1/namespaces/default/services", json=svc("web"), timeout=10)
+    assert r.status_code == 201, r.text
+    table = s.get(base + "/api/v1/namespaces/default/services", timeout=5,
+                  headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"}).json()
+    assert table["kind"] == "Table" and [c["name"] for c in table["columnDefinitions"]][:2] == ["Name", "Type"]
+    assert sorted(row["cells"][0] for row in table["rows"]) == ["kubernetes", "web"]
+    assert int(table["metadata"]["resourceVersion"]) >= int(r.json()["metadata"]["resourceVersion"])
+    one = s.get(base + "/api/v1/namespaces/default/services/web", timeout=5).json()
+    assert one["metadata"]["resourceVersion"] == r.json()["metadata"]["resourceVersion"]
+    sel = s.get(base + "/api/v1/services", params={"fieldSelector": "metadata.name=web"}, timeout=5).json()
+    assert [i["metadata"]["name"] for i in sel["items"]] == ["web"]
+
+
+def test_server_watch_streams_changes_in_order(served):
+    base, s, store, server = served
+    rv = s.get(base + "/api/v1/namespaces/default/services", timeout=5).json()["metadata"]["resourceVersion"]
+    with s.get(base + "/api/v1/namespaces/default/services", params={"watch": "1", "resourceVersion": rv},
+               stream=True, timeout=10) as w:
+        lines = w.iter_lines()
+        store.put("/registry/services/default/a", {**svc("a"), "kind": "Service"})
+        store.put("/registry/services/default/a", {**svc("a", 81), "kind": "Service"})
+        store.delete("/registry/services/default/a")
+        server.cache.kick()
+        got = [json.loads(next(lines)) for _ in range(3)]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in got] == [("ADDED", "a"), ("MODIFIED", "a"),
+                                                                         ("DELETED", "a")]
+    revs = [int(e["object"]["metadata"]["resourceVersion"]) for e in got]
+    assert revs == sorted(revs) and revs[0] > int(rv)
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777

@@ -115,6 +115,15 @@ def test_events_wide_cells_follow_the_column_order(now):
                                                                     "scaled", "up"]
 
 
+def test_events_k8s_io_events_print_like_core_ones(now):
+    ev = {"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "web.2", "namespace": "default"},
+          "eventTime": "2024-05-01T12:00:00.000000Z", "reportingController": "kproxy", "reportingInstance": "node-1",
+          "action": "Scale", "reason": "Scaled", "note": "scaled down", "type": "Normal",
+          "regarding": {"kind": "Deployment", "name": "web"}}
+    assert to_table("Event", [ev])["rows"][0]["cells"] == ["10m", "Normal", "Scaled", "deployment/web", "",
+                                                           "kproxy, node-1", "scaled down", "10m", 1, "web.2"]
+
+
 def test_metallb_pool_uses_the_crd_printer_columns():
     pool = {"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
             "metadata": {"name": "lab", "namespace": "metallb-system", "creationTimestamp": CREATED},
@@ -163,14 +172,22 @@ class _Stub(BaseHTTPRequestHandler):
         if path == "/apis":
             return self._send({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
                 {"name": "apps", "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
-                 "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}}]})
+                 "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}},
+                {"name": "metallb.io", "versions": [{"groupVersion": "metallb.io/v1beta1", "version": "v1beta1"}],
+                 "preferredVersion": {"groupVersion": "metallb.io/v1beta1", "version": "v1beta1"}}]})
         if path == "/api/v1":
             return self._send({"kind": "APIResourceList", "groupVersion": "v1",
-                               "resources": [res("services", "Service"), res("pods", "Pod")]})
+                               "resources": [res("services", "Service"), res("pods", "Pod"),
+                                             {**res("nodes", "Node"), "namespaced": False},
+                                             res("events", "Event")]})
+        if path == "/apis/metallb.io/v1beta1":
+            return self._send({"kind": "APIResourceList", "groupVersion": "metallb.io/v1beta1",
+                               "resources": [res("ipaddresspools", "IPAddressPool")]})
         if path == "/apis/apps/v1":
             return self._send({"kind": "APIResourceList", "groupVersion": "apps/v1",
                                "resources": [res("deployments", "Deployment")]})
-        kind = {"services": "Service", "pods": "Pod", "deployments": "Deployment"}.get(path.rsplit("/", 1)[1])
+        kind = {"services": "Service", "pods": "Pod", "deployments": "Deployment", "nodes": "Node",
+                "events": "Event", "ipaddresspools": "IPAddressPool"}.get(path.rsplit("/", 1)[1])
         if kind is None:  # /version and the like: a 404 kubectl shrugs off
             self.send_response(404)
             self.send_header("Content-Length", "0")
@@ -213,3 +230,40 @@ def test_kubectl_prints_what_kproxy_get_prints(kubectl, kind, word, items, wide)
     want_rows = sorted(lines[1:], key=lambda line: order.index(line.split()[0]))
     assert [r.split() for r in got.splitlines()] == [r.split() for r in [lines[0]] + want_rows]
     assert "as=Table;v=v1;g=meta.k8s.io" in _Stub.accepts[-1]
+
+
+NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1", "creationTimestamp": CREATED,
+                                                         "labels": {"node-role.kubernetes.io/control-plane": ""}},
+        "spec": {"podCIDR": "10.244.0.0/24"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                   "addresses": [{"type": "InternalIP", "address": "192.168.49.2"}]}}
+EVENT = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "web.1", "namespace": "default"},
+         "type": "Normal", "reason": "ScalingReplicaSet", "message": "Scaled up replica set web-1 to 2",
+         "firstTimestamp": CREATED, "lastTimestamp": CREATED, "count": 1,
+         "involvedObject": {"kind": "Deployment", "name": "web"}, "source": {"component": "deployment-controller"}}
+POOL = {"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+        "metadata": {"name": "lab", "namespace": "metallb-system", "creationTimestamp": CREATED},
+        "spec": {"addresses": ["192.168.49.200-192.168.49.250"], "autoAssign": True}}
+
+
+@pytest.mark.parametrize("word, kind, obj, wide, want", [
+    ("nodes", "Node", NODE, False, [["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+                                    ["node-1", "Ready", "control-plane", "10m", tables.NODE_VERSION]]),
+    ("nodes", "Node", NODE, True, [["NAME", "STATUS", "ROLES", "AGE", "VERSION", "INTERNAL-IP", "EXTERNAL-IP",
+                                    "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"],
+                                   ["node-1", "Ready", "control-plane", "10m", tables.NODE_VERSION, "192.168.49.2",
+                                    "<none>", "<unknown>", "<unknown>", "<unknown>"]]),
+    ("events", "Event", EVENT, False, [["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+                                       ["10m", "Normal", "ScalingReplicaSet", "deployment/web", "Scaled", "up",
+                                        "replica", "set", "web-1", "to", "2"]]),
+    ("ipaddresspools", "IPAddressPool", POOL, False, [["NAME", "AUTO", "ASSIGN", "AVOID", "BUGGY", "IPS", "ADDRESSES"],
+                                                      ["lab", "true", '["192.168.49.200-192.168.49.250"]']]),
+])
+def test_kubectl_prints_other_kinds(kubectl, word, kind, obj, wide, want):
+    """Cluster-scoped nodes, events (wide cells in column order), a CRD's columns with a null cell."""
+    _Stub.lists = {kind: [obj]}
+    got = kubectl("get", word, *(["-o", "wide"] if wide else []))
+    assert [line.split() for line in got.splitlines()] == want
+    if kind != "Node":  # kproxy get adds POD-CIDR to nodes' wide table
+        assert got.splitlines()[0].split() == tables.render(kind, [obj], wide=wide).splitlines()[0].split()
+        assert got.splitlines()[1].split() == tables.render(kind, [obj], wide=wide).splitlines()[1].split()

@@ -75,3 +75,18 @@ def test_scapy_compiles_the_announcer_filter():
 
 def test_setup_is_valid_bash():
     subprocess.run(["bash", "-n", str(SETUP)], check=True)
+
+
+def test_setup_test_unpacks_kubectl_1_20_where_the_tests_look_and_never_installs_it():
+    """Debian's kubernetes-client (kubectl 1.20, the old client of issue 14's tests) Conflicts with
+    the machine's `kubectl` package over /usr/bin/kubectl: setup --test unpacks its .deb into a
+    private directory, the one tests/integration/kubeclients.py runs, and fails loudly if it
+    cannot; the machine's kubectl (not in Debian 12) must already be on PATH."""
+    from tests.integration.kubeclients import OLD_KUBECTL, OLD_KUBECTL_DIR
+    text = SETUP.read_text()
+    assert f"OLD_KUBECTL_DIR={OLD_KUBECTL_DIR}\n" in text
+    assert OLD_KUBECTL == OLD_KUBECTL_DIR / "usr/bin/kubectl" and '"$OLD_KUBECTL_DIR/usr/bin/kubectl" version' in text
+    assert "apt-get download -q kubernetes-client" in text and 'dpkg-deb -x "$dl"/kubernetes-client_' in text
+    assert "FAILED to download or unpack kubernetes-client" in text
+    assert "kubernetes-client" not in setup_packages(test=True)  # apt-get install would replace /usr/bin/kubectl
+    assert "if ! command -v kubectl >/dev/null; then" in text
