@@ -268,8 +268,8 @@ class Reads:
         def objects(batch: list[Event]) -> list[bytes]:
             out = []
             for ev in batch:
-                if not matches(ev.key):
-                    continue
+                if not matches(ev.key) or ev.rev <= rev:
+                    continue  # (a version the client already has: it asked for what follows)
                 obj = present(t.res, ev.key, ev.obj, ev.rev, self.cache)
                 now = selected(obj)
                 before = ev.type == "MODIFIED" and ev.prev is not None and \
@@ -302,6 +302,16 @@ class Reads:
         bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
         deadline = loop.time() + float(q.get("timeoutSeconds") or 1800)
         try:
+            if rv_text in ("", "0") and initial:
+                await resp.write(b"".join(line("ADDED", o) for o in
+                                          (present(t.res, ev.key, ev.obj, ev.rev, self.cache) for ev in initial
+                                           if matches(ev.key)) if selected(o)))
+                initial = []
+            if q.get("sendInitialEvents") in ("true", "1") and bookmarks:  # a streaming list (WatchList)
+                end = {"kind": t.res.kind, "apiVersion": t.res.api_version,
+                       "metadata": {"resourceVersion": str(rev),
+                                    "annotations": {"k8s.io/initial-events-end": "true"}}}
+                await resp.write(json.dumps({"type": "BOOKMARK", "object": end}).encode() + b"\n")
             batch = initial
             while True:
                 if batch:

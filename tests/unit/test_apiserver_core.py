@@ -413,3 +413,19 @@ def test_server_watch_with_a_selector_sees_objects_move_in_and_out(served):
         server.cache.kick()
         got = [json.loads(next(lines))["type"] for _ in range(4)]
     assert got == ["ADDED", "DELETED", "ADDED", "DELETED"]
+
+
+def test_server_streaming_list_ends_its_initial_events_with_a_bookmark(served):
+    base, s, store, server = served
+    store.put("/registry/services/default/a", {**svc("a"), "kind": "Service"})
+    server.cache.kick()
+    params = {"watch": "1", "sendInitialEvents": "true", "allowWatchBookmarks": "true",
+              "resourceVersionMatch": "NotOlderThan"}
+    with s.get(base + "/api/v1/namespaces/default/services", params=params, stream=True, timeout=10) as w:
+        lines = w.iter_lines()
+        got = []
+        while not got or got[-1]["type"] != "BOOKMARK":
+            got.append(json.loads(next(lines)))
+    assert sorted(e["object"]["metadata"]["name"] for e in got[:-1]) == ["a", "kubernetes"]
+    assert {e["type"] for e in got[:-1]} == {"ADDED"}
+    assert got[-1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
