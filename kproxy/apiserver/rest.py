@@ -80,7 +80,39 @@ def present(res: Resource, key: str, obj: dict, rev: int, cache: WatchCache | No
             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if res.kind == "Event":
         out = _event(res, out, cache)
+    if res.kind == "Deployment" and not (out.get("status") or {}).get("conditions"):
+        out["status"] = {**(out.get("status") or {}), "conditions": deployment_conditions(out)}
     return out
+
+
+def deployment_conditions(dep: dict) -> list[dict]:
+    """Available and Progressing, derived as the deployment controller sets them, for a
+    Deployment whose status has none (kproxy's controllers count replicas only): `kubectl wait
+    --for=condition=Available` and `describe` read them. Times: the object's creation (kproxy
+    keeps no transition history)."""
+    from kproxy.controllers.replicas import pod_template_hash
+    spec, status = dep.get("spec") or {}, dep.get("status") or {}
+    want = spec.get("replicas", 1)
+    max_unavailable = ((spec.get("strategy") or {}).get("rollingUpdate") or {}).get("maxUnavailable", "25%")
+    if isinstance(max_unavailable, str) and max_unavailable.endswith("%"):
+        unavailable = want * int(max_unavailable[:-1] or 0) // 100
+    else:
+        unavailable = int(max_unavailable) if str(max_unavailable).isdigit() else 0
+    available = status.get("availableReplicas", 0)
+    stamp = dep["metadata"].get("creationTimestamp")
+    rs = f'{dep["metadata"]["name"]}-{pod_template_hash(spec.get("template") or {})}'
+    done = status.get("updatedReplicas", 0) == want and status.get("replicas", 0) == want and available >= want
+    ok = available >= want - unavailable
+    return [
+        {"type": "Available", "status": "True" if ok else "False",
+         "reason": "MinimumReplicasAvailable" if ok else "MinimumReplicasUnavailable",
+         "message": "Deployment has minimum availability." if ok else
+         "Deployment does not have minimum availability.", "lastUpdateTime": stamp, "lastTransitionTime": stamp},
+        {"type": "Progressing", "status": "True",
+         "reason": "NewReplicaSetAvailable" if done else "ReplicaSetUpdated",
+         "message": f'ReplicaSet "{rs}" has successfully progressed.' if done else f'ReplicaSet "{rs}" is progressing.',
+         "lastUpdateTime": stamp, "lastTransitionTime": stamp},
+    ]
 
 
 def _event(res: Resource, ev: dict, cache: WatchCache | None) -> dict:

@@ -429,3 +429,20 @@ def test_server_streaming_list_ends_its_initial_events_with_a_bookmark(served):
     assert sorted(e["object"]["metadata"]["name"] for e in got[:-1]) == ["a", "kubernetes"]
     assert {e["type"] for e in got[:-1]} == {"ADDED"}
     assert got[-1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+def test_deployment_conditions_are_derived_when_the_status_has_none():
+    dep = {"metadata": {"name": "web", "creationTimestamp": "2026-01-01T00:00:00Z"},
+           "spec": {"replicas": 4, "template": {"metadata": {"labels": {"app": "web"}}}},
+           "status": {"replicas": 4, "updatedReplicas": 4, "availableReplicas": 3}}
+    conds = {c["type"]: c for c in rest.deployment_conditions(dep)}
+    assert (conds["Available"]["status"], conds["Available"]["reason"]) == ("True", "MinimumReplicasAvailable")
+    assert conds["Progressing"]["reason"] == "ReplicaSetUpdated"  # one pod not yet available
+    dep["status"]["availableReplicas"] = 2  # 25% of 4 may be unavailable: 1, not 2
+    conds = {c["type"]: c for c in rest.deployment_conditions(dep)}
+    assert (conds["Available"]["status"], conds["Available"]["reason"]) == ("False", "MinimumReplicasUnavailable")
+    dep["status"]["availableReplicas"] = 4
+    conds = {c["type"]: c for c in rest.deployment_conditions(dep)}
+    assert conds["Progressing"]["reason"] == "NewReplicaSetAvailable"
+    assert conds["Progressing"]["message"].startswith('ReplicaSet "web-') and "successfully progressed" in \
+        conds["Progressing"]["message"]
