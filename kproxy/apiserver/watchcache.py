@@ -180,12 +180,14 @@ class WatchCache:
             self._watch_etcd(stopping)
 
     def poll_once(self) -> None:
-        changes, store_rev, oldest = self.store.changes_since(self.revision)
-        if oldest and oldest > self.revision + 1:
-            log.info("watch cache: the change log was trimmed past revision %d; re-listing", self.revision)
-            self.load()
-            return
-        self.apply(changes, store_rev)
+        """Read SQLite's change log once (under the lock: two polls never apply a change twice)."""
+        with self.lock:
+            changes, store_rev, oldest = self.store.changes_since(self.revision)
+            if oldest and oldest > self.revision + 1:
+                log.info("watch cache: the change log was trimmed past revision %d; re-listing", self.revision)
+                self.load()
+                return
+            self.apply(changes, store_rev)
 
     def _poll_sqlite(self, stopping: threading.Event) -> None:
         while not stopping.is_set():

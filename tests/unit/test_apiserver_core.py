@@ -402,7 +402,7 @@ def test_server_watch_with_a_selector_sees_objects_move_in_and_out(served):
         obj["metadata"] = {**obj["metadata"], "labels": {"tier": value}}
         return obj
     store.put("/registry/services/default/a", labelled("back"))
-    server.cache.kick()
+    server.cache.poll_once()
     with s.get(base + "/api/v1/namespaces/default/services", params={"watch": "1", "labelSelector": "tier=front"},
                stream=True, timeout=10) as w:
         lines = w.iter_lines()
@@ -418,7 +418,7 @@ def test_server_watch_with_a_selector_sees_objects_move_in_and_out(served):
 def test_server_streaming_list_ends_its_initial_events_with_a_bookmark(served):
     base, s, store, server = served
     store.put("/registry/services/default/a", {**svc("a"), "kind": "Service"})
-    server.cache.kick()
+    server.cache.poll_once()  # the cache holds it before the watch begins
     params = {"watch": "1", "sendInitialEvents": "true", "allowWatchBookmarks": "true",
               "resourceVersionMatch": "NotOlderThan"}
     with s.get(base + "/api/v1/namespaces/default/services", params=params, stream=True, timeout=10) as w:
