@@ -446,3 +446,15 @@ def test_deployment_conditions_are_derived_when_the_status_has_none():
     assert conds["Progressing"]["reason"] == "NewReplicaSetAvailable"
     assert conds["Progressing"]["message"].startswith('ReplicaSet "web-') and "successfully progressed" in \
         conds["Progressing"]["message"]
+
+
+def test_yaml_bodies_are_bounded_and_json_ones_decoded():
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(8))
+    st_ = refusal(lambda: writes.decode(bomb.encode(), "application/yaml"))
+    assert st_["code"] == 400 and "could not be decoded" in st_["message"]
+    assert writes.decode(b"kind: Service\nmetadata: {name: a}\n")["metadata"] == {"name": "a"}
+    assert writes.decode(b'{"metadata": {"name": "a"}, "metadata": {"name": "b"}}')["metadata"] == {"name": "b"}
+    assert refusal(lambda: writes.decode(b"[" * 100000))["code"] == 400
+    assert refusal(lambda: writes.decode(b"- 1\n"))["message"] == "the body of the request must be an object"
