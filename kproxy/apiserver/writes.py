@@ -410,8 +410,10 @@ class Writer:
                 raise st.ApiError(self._refusal(t, name, verdict))
             if dry:
                 out = dict(verdict.obj)
-                if cur is not None:
+                if cur is not None:  # what an update would store: the server's fields and status kept
                     out["metadata"] = {**cur["metadata"], **out["metadata"]}
+                    if "status" in cur:
+                        out["status"] = cur["status"]
                 shown = rest.present(t.res, rest.store_key(t.res, t.namespace, name), out, self.current(t, name)[1])
                 if cur is None:  # nothing was stored: no resourceVersion yet
                     shown["metadata"].pop("resourceVersion", None)
