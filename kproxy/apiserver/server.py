@@ -14,7 +14,8 @@ Where it listens, and why there:
 
 Files (STATE/pki, 0600; kproxy/cluster/pki.py): the CA, apiserver.crt (serving: 127.0.0.1, the
 node's address, the `kubernetes` Service's ClusterIP and names), admin.crt (the kubeconfig's
-client certificate, O=system:masters), apiserver-token (a bearer token for curl); and
+client certificate, O=system:masters), apiserver-token (a bearer token for curl),
+apiserver-port (the last port, taken again when free); and
 STATE/kubeconfig (0600), removed when the server stops (`kproxy kubeconfig --path` names it).
 Anonymous requests get 401 Unauthorized, on every path.
 """
@@ -45,6 +46,7 @@ log = logging.getLogger("kproxy")
 LAB_PORT = 6443
 KUBECONFIG = "kubeconfig"
 TOKEN = "apiserver-token"
+LAST_PORT = "apiserver-port"   # in STATE/pki: the loopback port of the last run
 TABLE_KINDS = ("Table",)
 
 
@@ -93,10 +95,21 @@ class ApiServer:
         if not token_file.exists():
             _write_private(token_file, secrets.token_hex(24).encode())
         self.token = token_file.read_text().strip()
-        sock = free_loopback_socket(int(getattr(self.cfg, "api_port", 0) or 0))
+        sock = self._loopback_socket()
         self.port = sock.getsockname()[1]
+        _write_private(self.pki.root / LAST_PORT, f"{self.port}\n".encode())
         self.sockets.append(sock)
         self.write_kubeconfig()
+
+    def _loopback_socket(self) -> socket.socket:
+        """`up --api-port`, else the port of the last run when it is free (a copied kubeconfig
+        keeps working across `down`/`up`), else a free one."""
+        if self.cfg.api_port:
+            return free_loopback_socket(int(self.cfg.api_port))
+        try:
+            return free_loopback_socket(int((self.pki.root / LAST_PORT).read_text()))
+        except (OSError, ValueError):
+            return free_loopback_socket(0)
 
     def bind_lab(self) -> None:
         """Inside a sandbox lab: the node's address at 6443 (behind the `kubernetes` Service)."""
