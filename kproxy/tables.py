@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import calendar
+import functools
 import json
 import time
 from typing import NamedTuple
@@ -12,11 +13,21 @@ from kproxy.api.meta import pod_ready  # noqa: F401 - the one definition, read b
 NODE_VERSION = "v1.33.0-kproxy"
 
 
+@functools.lru_cache(maxsize=65536)
+def _epoch(ts: str) -> int:
+    """Seconds since the epoch of an RFC 3339 `2024-05-01T12:00:00Z`; cached and parsed by hand
+    because strptime was 90% of a 1,000-row Table (the API server's list answer)."""
+    if len(ts) == 20 and ts[4] == "-" and ts[10] == "T" and ts[19] == "Z":
+        return calendar.timegm((int(ts[0:4]), int(ts[5:7]), int(ts[8:10]), int(ts[11:13]), int(ts[14:16]),
+                                int(ts[17:19]), 0, 0, 0))
+    return calendar.timegm(time.strptime(ts, "%Y-%m-%dT%H:%M:%SZ"))
+
+
 def age(ts: str | None) -> str:
     """kubectl's HumanDuration of the time since `ts`."""
     if not ts:
         return "<unknown>"
-    secs = max(0, int(time.time() - calendar.timegm(time.strptime(ts, "%Y-%m-%dT%H:%M:%SZ"))))
+    secs = max(0, int(time.time() - _epoch(ts)))
     if secs < 120:
         return f"{secs}s"
     mins = secs // 60
@@ -287,6 +298,15 @@ def _node_address(node: dict, kind: str) -> str:
                 "<none>")
 
 
+def _restarts(statuses: list[dict]) -> str:
+    """RESTARTS: the count, and how long ago the last one ended when a container says
+    (lastState.terminated.finishedAt), as `2 (5m ago)`."""
+    count = sum(c.get("restartCount", 0) for c in statuses)
+    ended = [((c.get("lastState") or {}).get("terminated") or {}).get("finishedAt") for c in statuses]
+    last = max((t for t in ended if t), default=None)
+    return f"{count} ({age(last)} ago)" if last else str(count)
+
+
 def _readiness_gates(pod: dict) -> str:
     gates = (pod.get("spec") or {}).get("readinessGates") or []
     if not gates:
@@ -309,7 +329,7 @@ def cells(kind: str, o: dict) -> list:
     a = age(m.get("creationTimestamp"))
     if kind == "Pod":
         total = len(spec.get("containers", []))
-        restarts = str(sum(c.get("restartCount", 0) for c in st.get("containerStatuses", [])))
+        restarts = _restarts(st.get("containerStatuses", []))
         return [m["name"], f"{ready_containers(o)}/{total}", pod_status(o), restarts, a,
                 _pod_ip(o), spec.get("nodeName") or "<none>", st.get("nominatedNodeName") or "<none>",
                 _readiness_gates(o)]

@@ -22,6 +22,10 @@ Interfaces other modules rely on (stable since the apicore checkpoint):
   resource routes (streams' `add_routes(app, access, lookup)` goes there, bound with
   functools.partial); `.lookup(kind, ns, name) -> dict | None` reads the watch cache.
 - `server.kubeconfig_path(state_dir)`: STATE/kubeconfig (`kproxy kubeconfig --path`).
+- `writes.Writer(ctx, frontend, sync)`: `.handle(verb, target, body, content_type, query,
+  user_agent) -> (code, answer, warning_headers)`; `sync(timeout=60, settled=True) -> bool` is
+  `Daemon.sync` (wait for the next loop pass to begin and end; the control socket uses it too).
+- `rest.deployment_conditions(dep)`: Available/Progressing derived for a status without them.
 - `status.ApiError(status_dict)`: raise it in any handler; the server answers the Status.
   Constructors: `not_found(resource, group, name)`, `already_exists`, `conflict`, `expired`,
   `unauthorized()`, `forbidden`, `method_not_allowed()`, `bad_request(msg)`, `invalid(kind,
@@ -29,7 +33,8 @@ Interfaces other modules rely on (stable since the apicore checkpoint):
 - `rest.resolve(group, version, path_parts) -> Target(res, namespace, name, sub)`,
   `rest.store_key(res, ns, name)`, `rest.present(res, key, obj, rev, cache)`.
 - `watchcache.WatchCache(store)`: `.get(key) -> (obj, rev)`, `.list(prefix) -> (items, rev)`,
-  `.watch(rev, listener) -> (backlog, unsubscribe)` (raises `Expired`), `.kick()`.
+  `.watch(rev, listener) -> (backlog, unsubscribe)` (raises `Expired`), `.kick()`; its events
+  are `Event(rev, type, key, obj, prev)`.
 - Store additions (kproxy/store): `get_with_revision(key) -> (value, mod_rev)`,
   `list_with_revisions(prefix) -> ([(key, value, mod_rev)], store_rev)`; SQLite's
   `changes_since(rev) -> (changes, store_rev, oldest)`.

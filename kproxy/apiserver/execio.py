@@ -4,8 +4,9 @@
 Without a TTY the command gets pipes (stdin only with -i: otherwise /dev/null, as kubectl
 promises) and stdout and stderr stay apart. With one (-t) it gets a pseudo-terminal as its
 controlling terminal (`setsid -c`), TERM=xterm as container runtimes set it, and the client's
-resize messages become TIOCSWINSZ; its output is one stream. When the client goes away the
-command is killed, not left running without its terminal. The result goes to the error
+resize messages become TIOCSWINSZ; its output is one stream. Either way the command leads a
+session of its own, so when the client goes away the command and what it started are killed
+(its process group), not left running without anyone to read them. The result goes to the error
 channel as the kubelet words it (wschannel.exit_status).
 """
 from __future__ import annotations
@@ -117,7 +118,7 @@ async def _copy_out(stream: asyncio.StreamReader, write, chans: wschannel.ExecCh
 async def _run_pipes(argv: list[str], chans: wschannel.ExecChannels) -> int | None:
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE if chans.stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
 
     async def feed() -> None:
         try:
@@ -138,10 +139,10 @@ async def _wait(proc, outputs, feeder, chans) -> int | None:
     done_out = asyncio.ensure_future(outputs)
     await asyncio.wait({done_out, gone}, return_when=asyncio.FIRST_COMPLETED)
     left = not done_out.done()
-    if left:
+    if left:  # the whole group: a shell's children too (the command leads its own session)
         try:
-            proc.kill()
-        except ProcessLookupError:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             pass
         done_out.cancel()
     gone.cancel()
@@ -207,4 +208,7 @@ async def _run_tty(argv: list[str], chans: wschannel.ExecChannels) -> int | None
         loop.remove_reader(master)
         os.close(master)
         if proc.returncode is None:
-            proc.send_signal(signal.SIGKILL)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

@@ -80,7 +80,39 @@ def present(res: Resource, key: str, obj: dict, rev: int, cache: WatchCache | No
             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if res.kind == "Event":
         out = _event(res, out, cache)
+    if res.kind == "Deployment" and not (out.get("status") or {}).get("conditions"):
+        out["status"] = {**(out.get("status") or {}), "conditions": deployment_conditions(out)}
     return out
+
+
+def deployment_conditions(dep: dict) -> list[dict]:
+    """Available and Progressing, derived as the deployment controller sets them, for a
+    Deployment whose status has none (kproxy's controllers count replicas only): `kubectl wait
+    --for=condition=Available` and `describe` read them. Times: the object's creation (kproxy
+    keeps no transition history)."""
+    from kproxy.controllers.replicas import pod_template_hash
+    spec, status = dep.get("spec") or {}, dep.get("status") or {}
+    want = spec.get("replicas", 1)
+    max_unavailable = ((spec.get("strategy") or {}).get("rollingUpdate") or {}).get("maxUnavailable", "25%")
+    if isinstance(max_unavailable, str) and max_unavailable.endswith("%"):
+        unavailable = want * int(max_unavailable[:-1] or 0) // 100
+    else:
+        unavailable = int(max_unavailable) if str(max_unavailable).isdigit() else 0
+    available = status.get("availableReplicas", 0)
+    stamp = dep["metadata"].get("creationTimestamp")
+    rs = f'{dep["metadata"]["name"]}-{pod_template_hash(spec.get("template") or {})}'
+    done = status.get("updatedReplicas", 0) == want and status.get("replicas", 0) == want and available >= want
+    ok = available >= want - unavailable
+    return [
+        {"type": "Available", "status": "True" if ok else "False",
+         "reason": "MinimumReplicasAvailable" if ok else "MinimumReplicasUnavailable",
+         "message": "Deployment has minimum availability." if ok else
+         "Deployment does not have minimum availability.", "lastUpdateTime": stamp, "lastTransitionTime": stamp},
+        {"type": "Progressing", "status": "True",
+         "reason": "NewReplicaSetAvailable" if done else "ReplicaSetUpdated",
+         "message": f'ReplicaSet "{rs}" has successfully progressed.' if done else f'ReplicaSet "{rs}" is progressing.',
+         "lastUpdateTime": stamp, "lastTransitionTime": stamp},
+    ]
 
 
 def _event(res: Resource, ev: dict, cache: WatchCache | None) -> dict:
@@ -218,14 +250,22 @@ class Reads:
                     convert: Callable[[dict], dict] | None = None) -> web.StreamResponse:
         """A watch stream: JSON lines {type, object}, from the request's resourceVersion (none
         or "0": the current objects as ADDED first), BOOKMARKs when asked, an ERROR event with
-        a 410 Status when the version is older than the cache's window. `convert`: each event's
-        object as the client asked for it (a one-row Table for `kubectl get -w`)."""
+        a 410 Status when the version is older than the cache's window. With selectors, an
+        object that starts or stops matching is ADDED or DELETED, as the API server's cacher
+        sends it. `convert`: each event's object as the client asked for it (a one-row Table
+        for `kubectl get -w`). ReplicaSets (derived) are recomputed on their Deployment's and
+        pods' changes."""
         q = request.query
         labels = label_matcher(q.get("labelSelector"))
         fields = field_matcher(t.res.kind, q.get("fieldSelector"))
-        prefix = store_key(t.res, t.namespace, t.name) if t.name else store_key(t.res, t.namespace)
-        bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
-        timeout = float(q.get("timeoutSeconds") or 1800)
+        derived = t.res.kind == "ReplicaSet"
+        if derived:
+            prefixes = tuple(store_key(find(*gv), t.namespace) for gv in (("apps", "v1", "deployments"),
+                                                                          ("", "v1", "pods")))
+            matches = lambda key: key.startswith(prefixes)  # noqa: E731
+        else:
+            prefix = store_key(t.res, t.namespace, t.name) if t.name else store_key(t.res, t.namespace)
+            matches = (lambda key: key == prefix) if t.name else (lambda key: key.startswith(prefix))  # noqa: E731
         rv_text = q.get("resourceVersion") or ""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -235,7 +275,8 @@ class Reads:
         try:
             if rv_text in ("", "0"):
                 items, rev, unsubscribe = self.cache.subscribe_now(listener)
-                initial = [Event(r, "ADDED", k, with_rv(o, r)) for k, o, r in items]
+                if not derived:
+                    initial = [Event(r, "ADDED", k, with_rv(o, r)) for k, o, r in items]
             else:
                 try:
                     rev = int(rv_text)
@@ -247,38 +288,80 @@ class Reads:
             await resp.write(json.dumps({"type": "ERROR", "object": st.expired(str(e))}).encode() + b"\n")
             return resp
         await resp.prepare(request)
-        matches = (lambda key: key == prefix) if t.name else (lambda key: key.startswith(prefix))
+        selected = lambda o: labels(o["metadata"].get("labels") or {}) and fields(o)  # noqa: E731
+        line = lambda kind, o: json.dumps({"type": kind, "object": convert(o) if convert else o}).encode() + b"\n"  # noqa: E731
         last_rev = rev
+        seen: dict[str, dict] = {}  # ReplicaSets: name -> what was last sent
+        if derived:
+            seen = {o["metadata"]["name"]: o for o in self._replica_sets(t.namespace)[0] if selected(o)}
+            if rv_text in ("", "0"):
+                await resp.write(b"".join(line("ADDED", o) for o in seen.values()))
+
+        def objects(batch: list[Event]) -> list[bytes]:
+            out = []
+            for ev in batch:
+                if not matches(ev.key) or ev.rev <= rev:
+                    continue  # (a version the client already has: it asked for what follows)
+                obj = present(t.res, ev.key, ev.obj, ev.rev, self.cache)
+                now = selected(obj)
+                before = ev.type == "MODIFIED" and ev.prev is not None and \
+                    selected(present(t.res, ev.key, ev.prev, ev.rev, self.cache))
+                kind = ev.type
+                if ev.type == "MODIFIED" and now != before:
+                    kind = "ADDED" if now else "DELETED"  # moved into or out of the selection
+                elif not now:
+                    continue
+                out.append(line(kind, obj))
+            return out
+
+        def replica_sets(batch: list[Event]) -> list[bytes]:
+            if not any(matches(ev.key) for ev in batch):
+                return []
+            fresh = {o["metadata"]["name"]: o for o in self._replica_sets(t.namespace)[0] if selected(o)}
+            out = []
+            strip = lambda o: {k: v for k, v in o.items() if k != "metadata"}  # noqa: E731
+            for name, o in fresh.items():
+                if name not in seen:
+                    out.append(line("ADDED", o))
+                elif strip(o) != strip(seen[name]):
+                    out.append(line("MODIFIED", o))
+            out += [line("DELETED", o) for name, o in seen.items() if name not in fresh]
+            seen.clear()
+            seen.update(fresh)
+            return out
+
+        convert_batch = replica_sets if derived else objects
+        bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
+        deadline = loop.time() + float(q.get("timeoutSeconds") or 1800)
         try:
-            async def send(batch: list[Event]) -> None:
-                nonlocal last_rev
-                lines = []
-                for ev in batch:
-                    last_rev = max(last_rev, ev.rev)
-                    if not matches(ev.key):
-                        continue
-                    obj = present(t.res, ev.key, ev.obj, ev.rev, self.cache)
-                    if not (labels(obj["metadata"].get("labels") or {}) and fields(obj)):
-                        continue  # (a change that moves an object out of the selection: not sent)
-                    shown = convert(obj) if convert else obj
-                    lines.append(json.dumps({"type": ev.type, "object": shown}).encode() + b"\n")
-                if lines:
-                    await resp.write(b"".join(lines))
-            await send(initial)
-            deadline = loop.time() + timeout
+            if rv_text in ("", "0") and initial:
+                await resp.write(b"".join(line("ADDED", o) for o in
+                                          (present(t.res, ev.key, ev.obj, ev.rev, self.cache) for ev in initial
+                                           if matches(ev.key)) if selected(o)))
+                initial = []
+            if q.get("sendInitialEvents") in ("true", "1") and bookmarks:  # a streaming list (WatchList)
+                end = {"kind": t.res.kind, "apiVersion": t.res.api_version,
+                       "metadata": {"resourceVersion": str(rev),
+                                    "annotations": {"k8s.io/initial-events-end": "true"}}}
+                await resp.write(json.dumps({"type": "BOOKMARK", "object": end}).encode() + b"\n")
+            batch = initial
             while True:
+                if batch:
+                    last_rev = max([last_rev] + [ev.rev for ev in batch])
+                    lines = convert_batch(batch)
+                    if lines:
+                        await resp.write(b"".join(lines))
                 left = deadline - loop.time()
                 if left <= 0:
                     break
                 try:
                     batch = await asyncio.wait_for(queue.get(), min(left, BOOKMARK_SECONDS))
                 except asyncio.TimeoutError:
+                    batch = []
                     if bookmarks:
                         mark = {"kind": t.res.kind, "apiVersion": t.res.api_version,
                                 "metadata": {"resourceVersion": str(last_rev)}}
                         await resp.write(json.dumps({"type": "BOOKMARK", "object": mark}).encode() + b"\n")
-                    continue
-                await send(batch)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

@@ -305,8 +305,11 @@ def _field_reader(kind: str, group: str, label: str) -> Callable[[dict], str]:
     if kind == "Event" and group == "events.k8s.io":
         if label in _META:
             return _P(label)
-        if label in _EVENTS_V1_ALIASES:
-            return _P(_EVENTS_V1_ALIASES[label])
+        if label in _EVENTS_V1_ALIASES:  # read from either shape: the storage is core/v1's
+            core = _FIELDS["Event"].get(label.replace("regarding.", "involvedObject.")
+                                        .replace("reportingController", "source"))
+            wire = _P(_EVENTS_V1_ALIASES[label])
+            return lambda o: wire(o) or (core(o) if core else "")
         raise SelectorError(f"field label not supported: {label}")
     table = _FIELDS.get(kind)
     if table is None:  # DefaultMetaV1FieldSelectorConversion (and the core kinds that use its wording)

@@ -245,7 +245,7 @@ class ApiServer:
         call = lambda: self.writer.handle(verb, t, body, request.headers.get("Content-Type", ""), q,  # noqa: E731
                                           request.headers.get("User-Agent", ""))
         code, result, warnings = await asyncio.get_running_loop().run_in_executor(None, call)
-        self.cache.kick()
+        await self._caught_up(result)
         if isinstance(result, dict) and result.get("kind") != "Status" and verb in ("create", "update", "patch"):
             resp = self.single(request, t, result, code)
         else:
@@ -253,6 +253,19 @@ class ApiServer:
         for w in warnings:
             resp.headers.add("Warning", w)
         return resp
+
+    async def _caught_up(self, result) -> None:
+        """After a write, until the watch cache holds its revision (at most a second): a client's
+        next read (kubectl apply, then get) sees what it just wrote, as from etcd."""
+        try:
+            rev = int(((result or {}).get("metadata") or {}).get("resourceVersion") or 0)
+        except (TypeError, ValueError):
+            rev = 0
+        self.cache.kick()
+        deadline = asyncio.get_running_loop().time() + 1.0
+        while self.cache.revision < rev and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.002)
+            self.cache.kick()
 
     # -- bodies ---------------------------------------------------------------------------
     def collection(self, request: web.Request, t: rest.Target, items: list[dict], rev: int) -> web.Response:

@@ -258,10 +258,14 @@ def _with_entries(obj: dict, entries: list[dict]) -> dict:
 def record_update(kind: str, old: dict | None, new: dict, manager: str, api_version: str = "") -> dict:
     """managedFields after a create (old None) or an update/patch by `manager`: it takes the
     fields it changed from everyone else. As upstream, an existing object without managedFields
-    stays untracked (until its first apply). Returns `new` with metadata.managedFields set."""
+    stays untracked (until its first apply), and managedFields written by the request itself
+    (non-empty) replace the live ones. Returns `new` with metadata.managedFields set."""
     schema = schema_for(kind) or {}
     api_version = api_version or new.get("apiVersion", "")
-    if old is not None and not _entries(old):
+    # FieldManager.Update: managedFields the request itself carries win (kubectl's csaupgrade
+    # rewrites them with a JSON patch); else the live object's are kept.
+    base = _entries(new) or _entries(old)
+    if old is not None and not base:
         new.get("metadata", {}).pop("managedFields", None)
         return new
     new_set = field_set(new, schema)
@@ -270,7 +274,7 @@ def record_update(kind: str, old: dict | None, new: dict, manager: str, api_vers
     gone = old_set - new_set
     entries, mine = [], None
     ident = _identity({"manager": manager, "operation": "Update", "apiVersion": api_version})
-    for e in _entries(old):
+    for e in base:
         paths = decode_fields(e.get("fieldsV1") or {}) - gone
         if _identity(e) == ident:
             mine = e
@@ -296,9 +300,19 @@ def parse_apply_body(body: bytes) -> dict:
     return applied
 
 
-def server_side_apply(kind: str, live: dict | None, body: bytes, field_manager: str, force: bool = False) -> dict:
+def server_side_apply(kind: str, live: dict | None, body: bytes, field_manager: str, force: bool = False,
+                      before_first_apply: bool = False) -> dict:
     """The object after `field_manager` applies `body` to `live` (None: the object is created),
-    or PatchError: 422 without a field manager, 409 Conflict naming the other managers' fields."""
+    or PatchError: 422 without a field manager, 409 Conflict naming the other managers' fields.
+
+    Ownership lives in live's metadata.managedFields: the caller must keep what this returns
+    (with the object, not necessarily in the manifests folder) for conflicts and removals to
+    work across applies. A live object without managedFields is, by default, owned by nobody
+    (applied over without conflicts, nothing removed): what a store that does not keep
+    managedFields needs, else every second apply would collide with the first.
+    `before_first_apply=True` is upstream's rule instead (skipNonAppliedManager: the existing
+    fields go to a "before-first-apply" manager, and changing them is a conflict) — right for a
+    caller that does keep managedFields."""
     if not field_manager:
         raise PatchError("Invalid", 422, 'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
                          "is required for apply patch",
@@ -316,7 +330,7 @@ def server_side_apply(kind: str, live: dict | None, body: bytes, field_manager: 
         return _with_entries(obj, [_entry(field_manager, "Apply", api_version, applied_set, stamp)])
     live = copy.deepcopy(live)
     entries = _entries(live)
-    if not entries:  # skipNonAppliedManager: the existing fields get a manager of their own
+    if not entries and before_first_apply:  # skipNonAppliedManager: the existing fields get a manager
         existing = field_set(live, schema)
         entries = [_entry(BEFORE_FIRST_APPLY, "Update", live.get("apiVersion", api_version), existing, stamp)]
     ident = _identity({"manager": field_manager, "operation": "Apply"})

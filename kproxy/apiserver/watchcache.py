@@ -42,6 +42,7 @@ class Event(NamedTuple):
     type: str      # ADDED, MODIFIED, DELETED
     key: str
     obj: dict      # the new object (DELETED: its last state), resourceVersion set
+    prev: dict | None = None  # MODIFIED: the object before (a selector watch needs both)
 
 
 def with_rv(obj: dict, rev: int) -> dict:
@@ -118,7 +119,8 @@ class WatchCache:
                 for key, (obj, r) in fresh.items():
                     old = self.objects.get(key)
                     if old is None or old[1] != r:
-                        batch.append(Event(r, "ADDED" if old is None else "MODIFIED", key, with_rv(obj, r)))
+                        batch.append(Event(r, "ADDED" if old is None else "MODIFIED", key, with_rv(obj, r),
+                                           None if old is None else with_rv(old[0], old[1])))
                 for key, (obj, _) in self.objects.items():
                     if key not in fresh:
                         batch.append(Event(rev, "DELETED", key, with_rv(obj, rev)))
@@ -143,7 +145,8 @@ class WatchCache:
                     batch.append(Event(rev, "DELETED", key, with_rv(old[0], rev)))
                 else:
                     self.objects[key] = (value, rev)
-                    batch.append(Event(rev, "ADDED" if old is None else "MODIFIED", key, with_rv(value, rev)))
+                    batch.append(Event(rev, "ADDED" if old is None else "MODIFIED", key, with_rv(value, rev),
+                                       None if old is None else with_rv(old[0], old[1])))
                 self.revision = max(self.revision, rev)
             if store_rev is not None:
                 self.revision = max(self.revision, store_rev)
@@ -177,12 +180,14 @@ class WatchCache:
             self._watch_etcd(stopping)
 
     def poll_once(self) -> None:
-        changes, store_rev, oldest = self.store.changes_since(self.revision)
-        if oldest and oldest > self.revision + 1:
-            log.info("watch cache: the change log was trimmed past revision %d; re-listing", self.revision)
-            self.load()
-            return
-        self.apply(changes, store_rev)
+        """Read SQLite's change log once (under the lock: two polls never apply a change twice)."""
+        with self.lock:
+            changes, store_rev, oldest = self.store.changes_since(self.revision)
+            if oldest and oldest > self.revision + 1:
+                log.info("watch cache: the change log was trimmed past revision %d; re-listing", self.revision)
+                self.load()
+                return
+            self.apply(changes, store_rev)
 
     def _poll_sqlite(self, stopping: threading.Event) -> None:
         while not stopping.is_set():

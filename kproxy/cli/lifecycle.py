@@ -180,6 +180,7 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
         fail(f"the daemon did not finish its first reconcile in {timeout}s; see {state_dir}/daemon.log")
     for problem in reply.get("errors", []):
         click.echo(f"warning: {problem['message']}", err=True)
+    _api_warning(reply)
     if cfg.cluster_dns:
         _wait_for_cluster_dns(cfg, deadline)
     _print_summary(cfg)
@@ -228,6 +229,7 @@ def _up_cluster(cfg: LabConfig, timeout: float) -> None:
         time.sleep(0.3)
     for problem in reply.get("errors", []):
         click.echo(f"warning: {problem['message']}", err=True)
+    _api_warning(reply)
     if cfg.cluster_dns:
         _wait_for_cluster_dns(cfg, deadline)
     _print_summary(cfg)
@@ -419,6 +421,14 @@ def status(state_dir):
         click.echo(f"a component failed: its traceback is in {state_dir}/daemon.log (or the process's own log)")
     if failed or stopped:
         sys.exit(1)
+
+
+def _api_warning(reply: dict) -> None:
+    """The lab runs without its Kubernetes API (the --api-port taken...): say so at `up`."""
+    for record in (reply.get("health") or {}).values():
+        c = (record.get("components") or {}).get("apiserver") or {}
+        if c.get("state") == "failed":
+            click.echo(f"warning: the Kubernetes API server did not start: {c.get('message', '')}", err=True)
 
 
 def _api_line(state_dir: str) -> None:

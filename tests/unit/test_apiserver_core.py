@@ -393,3 +393,68 @@ def test_server_watch_streams_changes_in_order(served):
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_server_watch_with_a_selector_sees_objects_move_in_and_out(served):
+    base, s, store, server = served
+    def labelled(value):
+        obj = {**svc("a"), "kind": "Service"}
+        obj["metadata"] = {**obj["metadata"], "labels": {"tier": value}}
+        return obj
+    store.put("/registry/services/default/a", labelled("back"))
+    server.cache.poll_once()
+    with s.get(base + "/api/v1/namespaces/default/services", params={"watch": "1", "labelSelector": "tier=front"},
+               stream=True, timeout=10) as w:
+        lines = w.iter_lines()
+        store.put("/registry/services/default/a", labelled("front"))   # moves in
+        store.put("/registry/services/default/a", labelled("front2"))  # moves out
+        store.put("/registry/services/default/a", labelled("front"))   # in again
+        store.delete("/registry/services/default/a")
+        server.cache.kick()
+        got = [json.loads(next(lines))["type"] for _ in range(4)]
+    assert got == ["ADDED", "DELETED", "ADDED", "DELETED"]
+
+
+def test_server_streaming_list_ends_its_initial_events_with_a_bookmark(served):
+    base, s, store, server = served
+    store.put("/registry/services/default/a", {**svc("a"), "kind": "Service"})
+    server.cache.poll_once()  # the cache holds it before the watch begins
+    params = {"watch": "1", "sendInitialEvents": "true", "allowWatchBookmarks": "true",
+              "resourceVersionMatch": "NotOlderThan"}
+    with s.get(base + "/api/v1/namespaces/default/services", params=params, stream=True, timeout=10) as w:
+        lines = w.iter_lines()
+        got = []
+        while not got or got[-1]["type"] != "BOOKMARK":
+            got.append(json.loads(next(lines)))
+    assert sorted(e["object"]["metadata"]["name"] for e in got[:-1]) == ["a", "kubernetes"]
+    assert {e["type"] for e in got[:-1]} == {"ADDED"}
+    assert got[-1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+def test_deployment_conditions_are_derived_when_the_status_has_none():
+    dep = {"metadata": {"name": "web", "creationTimestamp": "2026-01-01T00:00:00Z"},
+           "spec": {"replicas": 4, "template": {"metadata": {"labels": {"app": "web"}}}},
+           "status": {"replicas": 4, "updatedReplicas": 4, "availableReplicas": 3}}
+    conds = {c["type"]: c for c in rest.deployment_conditions(dep)}
+    assert (conds["Available"]["status"], conds["Available"]["reason"]) == ("True", "MinimumReplicasAvailable")
+    assert conds["Progressing"]["reason"] == "ReplicaSetUpdated"  # one pod not yet available
+    dep["status"]["availableReplicas"] = 2  # 25% of 4 may be unavailable: 1, not 2
+    conds = {c["type"]: c for c in rest.deployment_conditions(dep)}
+    assert (conds["Available"]["status"], conds["Available"]["reason"]) == ("False", "MinimumReplicasUnavailable")
+    dep["status"]["availableReplicas"] = 4
+    conds = {c["type"]: c for c in rest.deployment_conditions(dep)}
+    assert conds["Progressing"]["reason"] == "NewReplicaSetAvailable"
+    assert conds["Progressing"]["message"].startswith('ReplicaSet "web-') and "successfully progressed" in \
+        conds["Progressing"]["message"]
+
+
+def test_yaml_bodies_are_bounded_and_json_ones_decoded():
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(8))
+    st_ = refusal(lambda: writes.decode(bomb.encode(), "application/yaml"))
+    assert st_["code"] == 400 and "could not be decoded" in st_["message"]
+    assert writes.decode(b"kind: Service\nmetadata: {name: a}\n")["metadata"] == {"name": "a"}
+    assert writes.decode(b'{"metadata": {"name": "a"}, "metadata": {"name": "b"}}')["metadata"] == {"name": "b"}
+    assert refusal(lambda: writes.decode(b"[" * 100000))["code"] == 400
+    assert refusal(lambda: writes.decode(b"- 1\n"))["message"] == "the body of the request must be an object"

@@ -116,6 +116,8 @@ def test_events_k8s_io_uses_regarding():
     ev = {"metadata": {"name": "e", "namespace": "default"}, "regarding": {"kind": "Pod", "name": "web-1"},
           "reason": "Started", "type": "Normal"}
     assert parse_field_selector("Event", "regarding.name=web-1,reason=Started", "events.k8s.io")(ev)
+    assert parse_field_selector("Event", "regarding.name=web-1,reportingController=kproxy-scheduler",
+                                "events.k8s.io")(EVENT)  # the same Event stored in core/v1's shape
     with pytest.raises(SelectorError) as e:
         parse_field_selector("Event", "involvedObject.name=web-1", "events.k8s.io")
     assert e.value.message == "field label not supported: involvedObject.name"

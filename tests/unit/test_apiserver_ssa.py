@@ -59,7 +59,7 @@ def test_first_apply_on_an_untracked_object_conflicts_with_before_first_apply():
     "before-first-apply" manager, and changing port 80's targetPort collides with it."""
     body = sent("apply-server-side-service")["body"].encode()
     with pytest.raises(PatchError) as e:
-        server_side_apply("Service", LIVE["Service"], body, "kubectl")
+        server_side_apply("Service", LIVE["Service"], body, "kubectl", before_first_apply=True)
     assert (e.value.code, e.value.reason) == (409, "Conflict")
     assert e.value.message == ('Apply failed with 1 conflict: conflict with "before-first-apply" using v1: '
                                '.spec.ports[port=80,protocol="TCP"].targetPort')
@@ -68,9 +68,23 @@ def test_first_apply_on_an_untracked_object_conflicts_with_before_first_apply():
                                            "field": '.spec.ports[port=80,protocol="TCP"].targetPort'}]}
 
 
+def test_untracked_object_by_default_is_applied_over_without_conflict():
+    """A store that keeps no managedFields: repeated applies must not collide with themselves."""
+    body = sent("apply-server-side-service")["body"].encode()
+    out = server_side_apply("Service", LIVE["Service"], body, "kubectl")
+    assert [(p["port"], p["targetPort"]) for p in out["spec"]["ports"]] == [(80, 8080), (443, 443), (8443, 8443)]
+    assert managers(out) == [("kubectl", "Apply")]
+    stripped = copy.deepcopy(out)
+    del stripped["metadata"]["managedFields"]
+    again = json.loads(body)
+    again["spec"]["ports"][0]["targetPort"] = 9090
+    assert server_side_apply("Service", stripped, json.dumps(again).encode(), "kubectl")["spec"]["ports"][0][
+        "targetPort"] == 9090
+
+
 def test_force_takes_the_field_and_keeps_what_others_own():
     body = sent("apply-server-side-service")["body"].encode()
-    out = server_side_apply("Service", LIVE["Service"], body, "kubectl", force=True)
+    out = server_side_apply("Service", LIVE["Service"], body, "kubectl", force=True, before_first_apply=True)
     assert [(p["port"], p["targetPort"]) for p in out["spec"]["ports"]] == [(80, 8080), (443, 443), (8443, 8443)]
     assert out["metadata"]["labels"] == {"app": "web", "old": "yes"}  # "old" is before-first-apply's
     assert managers(out) == [("before-first-apply", "Update"), ("kubectl", "Apply")]
@@ -142,6 +156,25 @@ def test_apply_patch_passes_server_side_apply_on():
     pool = apply_patch("IPAddressPool", LIVE["IPAddressPool"], b"spec:\n  autoAssign: true\n",
                        "application/apply-patch+yaml", field_manager="kubectl")
     assert pool["spec"]["autoAssign"] is True and managers(pool)[-1] == ("kubectl", "Apply")
+
+
+def test_kubectl_csaupgrade_rewrites_managed_fields_with_a_json_patch():
+    """kubectl apply --server-side on a client-side-applied object first moves
+    kubectl-client-side-apply's fields to itself by replacing /metadata/managedFields (a JSON
+    patch); the server keeps what the request wrote, so the next apply can drop those fields."""
+    from kproxy.apiserver.patch import JSON_PATCH, apply_patch
+    live = record_update("Deployment", None, copy.deepcopy(LIVE["Deployment"]), "kubectl-client-side-apply")
+    assert managers(live) == [("kubectl-client-side-apply", "Update")]
+    entry = {**live["metadata"]["managedFields"][0], "manager": "kubectl", "operation": "Apply"}
+    ops = [{"op": "replace", "path": "/metadata/managedFields", "value": [entry]},
+           {"op": "replace", "path": "/metadata/resourceVersion", "value": "7"}]
+    patched = apply_patch("Deployment", live, json.dumps(ops).encode(), JSON_PATCH)
+    upgraded = record_update("Deployment", live, patched, "kubectl", "apps/v1")
+    assert managers(upgraded) == [("kubectl", "Apply")]
+    body = json.loads(sent("apply-server-side-deployment-forced")["body"])
+    out = server_side_apply("Deployment", upgraded, json.dumps(body).encode(), "kubectl")
+    assert [c["name"] for c in out["spec"]["template"]["spec"]["containers"]] == ["web"]  # "side" dropped
+    assert out["spec"]["strategy"] == {"type": "Recreate"}
 
 
 def test_field_manager_is_required():

@@ -95,6 +95,13 @@ def test_pod_table(now):
                                            "message": "The pod has completed successfully."}]
 
 
+def test_restarts_say_when_the_last_one_ended(now):
+    p = {**POD, "status": {**POD["status"], "containerStatuses": [
+        {"name": "web", "ready": True, "restartCount": 2, "state": {"running": {}},
+         "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2024-05-01T12:05:00Z"}}}]}}
+    assert to_table("Pod", [p])["rows"][0]["cells"][3] == "2 (5m ago)"
+
+
 def test_deployment_table_has_integer_cells(now):
     t = to_table("Deployment", [DEPLOY])
     assert [c["name"] for c in t["columnDefinitions"]] == ["Name", "Ready", "Up-to-date", "Available", "Age",

@@ -303,6 +303,38 @@ def test_websocket_v5_protocol_by_hand(stub):
     assert got[3] == b"command terminated with non-zero exit code: error executing command [sh -c exit 2], exit code 2"
 
 
+@pytest.mark.parametrize("env,tty", [({}, False), (NO_WS, False), ({}, True)], ids=["websocket", "spdy", "websocket-tty"])
+def test_exec_killed_with_its_children_when_kubectl_goes(stub, env, tty, tmp_path):
+    pidfile = tmp_path / "pids"
+    full = {**os.environ, "KUBECONFIG": str(stub.kubeconfig), "HOME": str(stub.folder), **env}
+    cmd = [KUBECTL, "exec", *(["-it"] if tty else []), "web-1", "--", "sh", "-c",
+           f"sleep 300 & echo $$ $! > {pidfile}; wait"]
+    if tty:
+        cmd = ["script", "-qec", " ".join(f"'{c}'" for c in cmd), "/dev/null"]
+    proc = subprocess.Popen(cmd, env=full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 10
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.05)
+    pids = [int(p) for p in pidfile.read_text().split()]
+    os.killpg(proc.pid, 9)  # kubectl (and script) die without a goodbye
+    proc.wait(10)
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split()[2] != "Z"
+        except FileNotFoundError:
+            return False
+    deadline = time.time() + 10
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    left = [p for p in pids if alive(p)]
+    for p in left:  # never leave them behind, even when the test fails
+        os.kill(p, 9)
+    assert not left, pids
+
+
 # ---- port-forward and the proxy ------------------------------------------------------------------
 
 def _curl(url: str) -> bytes:
