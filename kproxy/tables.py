@@ -71,17 +71,29 @@ def ready_containers(pod: dict) -> int:
 
 
 def pod_status(pod: dict) -> str:
+    """STATUS as upstream's pod printer derives it: the phase (or status.reason), overridden by
+    the first container that is waiting or terminated with a reason; a Completed sidecar next
+    to a running container reads Running (NotReady when the pod is not Ready); Terminating
+    while deleted (Unknown when the node was lost). kproxy's choices where the printer would
+    show the bare phase or exit code: Succeeded/Failed pods read Completed/Error, a container
+    terminated without a reason Error."""
+    st = pod.get("status") or {}
+    reason = st.get("reason") or st.get("phase", "Pending")
+    has_running = False
+    for cs in reversed(st.get("containerStatuses") or []):
+        state = cs.get("state") or {}
+        waiting, term = state.get("waiting") or {}, state.get("terminated")
+        if waiting.get("reason"):
+            reason = waiting["reason"]
+        elif term is not None:
+            reason = term.get("reason") or "Error"
+        elif cs.get("ready") and "running" in state:
+            has_running = True
+    if reason == "Completed" and has_running:
+        reason = "Running" if pod_ready(pod) else "NotReady"
     if pod["metadata"].get("deletionTimestamp"):
-        return "Terminating"
-    for cs in pod.get("status", {}).get("containerStatuses", []):
-        waiting = cs.get("state", {}).get("waiting")
-        if waiting and waiting.get("reason"):
-            return waiting["reason"]
-        term = cs.get("state", {}).get("terminated")
-        if term and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
-            return term.get("reason", "Error")
-    phase = pod.get("status", {}).get("phase", "Pending")
-    return "Completed" if phase == "Succeeded" else "Error" if phase == "Failed" else phase
+        return "Unknown" if st.get("reason") == "NodeLost" else "Terminating"
+    return {"Succeeded": "Completed", "Failed": "Error"}.get(reason, reason)
 
 
 def _ports(svc: dict) -> str:

@@ -274,3 +274,27 @@ def test_kubectl_prints_other_kinds(kubectl, word, kind, obj, wide, want):
     if kind != "Node":  # kproxy get adds POD-CIDR to nodes' wide table
         assert got.splitlines()[0].split() == tables.render(kind, [obj], wide=wide).splitlines()[0].split()
         assert got.splitlines()[1].split() == tables.render(kind, [obj], wide=wide).splitlines()[1].split()
+
+
+@pytest.mark.parametrize("status, deleted, want", [
+    # a sidecar that exited 0 next to a running container: Running (NotReady when the pod is not Ready)
+    ({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+      "containerStatuses": [{"ready": True, "state": {"running": {}}},
+                            {"ready": False, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]},
+     False, "Running"),
+    ({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+      "containerStatuses": [{"ready": True, "state": {"running": {}}},
+                            {"ready": False, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]},
+     False, "NotReady"),
+    # the first container's state wins, as the printer walks them backwards
+    ({"phase": "Running", "containerStatuses": [{"state": {"waiting": {"reason": "CrashLoopBackOff"}}},
+                                                {"state": {"waiting": {"reason": "ContainerCreating"}}}]},
+     False, "CrashLoopBackOff"),
+    ({"phase": "Failed", "containerStatuses": [{"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]},
+     False, "OOMKilled"),
+    ({"phase": "Failed", "reason": "Evicted", "containerStatuses": []}, False, "Evicted"),
+    ({"phase": "Running", "reason": "NodeLost", "containerStatuses": []}, True, "Unknown"),
+])
+def test_pod_status_follows_the_pod_printer(status, deleted, want):
+    pod = {"metadata": {"name": "p", **({"deletionTimestamp": CREATED} if deleted else {})}, "status": status}
+    assert tables.pod_status(pod) == want
