@@ -96,6 +96,10 @@ def test_the_kubeconfig_is_all_a_user_needs(lab, kubeconfig, kubectl):
 def test_apply_the_demo(lab, kubectl):
     out = kubectl.run("apply", "-f", "examples/demo").stdout
     assert out.splitlines() == ["deployment.apps/web created", "service/web created", "service/web-nodeport created"]
+    # applied again: kubectl's three-way merge finds nothing to change (last-applied kept)
+    out = kubectl.run("apply", "-f", "examples/demo").stdout
+    assert out.splitlines() == ["deployment.apps/web unchanged", "service/web unchanged",
+                                "service/web-nodeport unchanged"]
     # one source of truth: kproxy sees what kubectl wrote (a file in the manifests folder)
     assert lab.get("deployments", "web")["spec"]["replicas"] == 3
     assert any("web-nodeport" in p.read_text() for p in lab.manifests.rglob("*") if p.is_file())

@@ -24,7 +24,7 @@ TOOLS = {"ip": "iproute2", "iptables": "iptables", "iptables-save": "iptables",
 # scripts/setup --test (scripts/test)
 TEST_TOOLS = {"ruby": "ruby", "vagrant": "vagrant", "openssl": "openssl", "chromium": "chromium"}
 ESSENTIAL = {"sh", "bash", "cat", "true", "hostname", "getent", "unshare", "nsenter", "taskset", "python3",
-             "apt-get", "sleep", "kill"}
+             "apt-get", "sleep", "kill", "tr", "script"}  # script: bsdutils (Essential), a TTY for `kubectl exec -it`
 
 
 def setup_packages(test: bool = False) -> set[str]:
