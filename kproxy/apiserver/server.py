@@ -47,7 +47,6 @@ LAB_PORT = 6443
 KUBECONFIG = "kubeconfig"
 TOKEN = "apiserver-token"
 LAST_PORT = "apiserver-port"   # in STATE/pki: the loopback port of the last run
-TABLE_KINDS = ("Table",)
 
 
 def kubeconfig_path(state_dir: str | Path) -> Path:
