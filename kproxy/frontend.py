@@ -135,7 +135,8 @@ class Frontend:
                       "spec": {"type": "ClusterIP", "clusterIP": self.ctx.ranges.nth_ip(1),
                                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}}
         self.admit_service(admission.default(kubernetes))
-        # the API server's own endpoints: the node's address, port 6443 (nothing listens there)
+        # the API server's own endpoints: the node's address, port 6443 (kproxy/apiserver listens there
+        # in a sandbox lab; a host-mode lab serves the API on loopback only)
         slice_ = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                   "metadata": {"name": "kubernetes", "namespace": "default",
                                "labels": {endpoints.SERVICE_NAME: "kubernetes"}},
