@@ -207,9 +207,10 @@ class Writer:
         obj, rev = self.ctx.store.get_with_revision(key)
         return rest.present(t.res, key, obj, rev) if obj is not None else None
 
-    def _declared(self, t: rest.Target, name: str) -> bool:
+    def _declared(self, t: rest.Target, name: str, ns: str | None = None) -> bool:
         """Whether the manifests folder declares the object (else kproxy made it: read-only)."""
-        return self.front is not None and self.front.source_of(t.res.kind, t.namespace or "", name) is not None
+        ns = t.namespace if ns is None else ns
+        return self.front is not None and self.front.source_of(t.res.kind, ns or "", name) is not None
 
     def _read_only(self, t: rest.Target, name: str) -> st.ApiError:
         return st.ApiError(st.status(405, "MethodNotAllowed",
@@ -331,24 +332,26 @@ class Writer:
         return 200, self._deleted_answer(t, shown)
 
     def delete_collection(self, t: rest.Target, query, dry: bool) -> tuple[int, dict]:
+        """The selected objects the folder declares (and pods, marked), in one folder edit and
+        one pass; across namespaces too (`DELETE /api/v1/services?labelSelector=...`)."""
         items, rev = rest.Reads(_StoreView(self.ctx.store)).items(t, query)
         gone = []
         for obj in items:
-            name = obj["metadata"]["name"]
-            if self._declared(t, name) or t.res.kind == "Pod":
-                gone.append(obj)
+            ns, name = obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+            declared = self._declared(t, name, ns)
+            if declared or t.res.kind == "Pod":
+                gone.append((obj, ns, name, declared))
         if not dry and gone:
             with desired.session(self.cfg) as f:
-                for obj in gone:
-                    name = obj["metadata"]["name"]
-                    if self._declared(t, name):
-                        desired.remove(f, t.res.kind, t.namespace or "", name)
+                for obj, ns, name, declared in gone:
+                    if declared:
+                        desired.remove(f, t.res.kind, ns, name)
                     else:
-                        self.front.requests.append({"op": "delete-pod", "namespace": obj["metadata"]["namespace"],
-                                                    "name": name})
+                        self.front.requests.append({"op": "delete-pod", "namespace": ns, "name": name})
             self.sync()
         return 200, {"kind": f"{t.res.kind}List", "apiVersion": t.res.api_version,
-                     "metadata": {"resourceVersion": str(rev)}, "items": [rest.strip_for_list(o) for o in gone]}
+                     "metadata": {"resourceVersion": str(rev)},
+                     "items": [rest.strip_for_list(o) for o, _, _, _ in gone]}
 
     # -- helpers ------------------------------------------------------------------------------
     def _shape(self, t: rest.Target, obj: dict) -> dict:

@@ -458,3 +458,18 @@ def test_yaml_bodies_are_bounded_and_json_ones_decoded():
     assert writes.decode(b'{"metadata": {"name": "a"}, "metadata": {"name": "b"}}')["metadata"] == {"name": "b"}
     assert refusal(lambda: writes.decode(b"[" * 100000))["code"] == 400
     assert refusal(lambda: writes.decode(b"- 1\n"))["message"] == "the body of the request must be an object"
+
+
+def test_deletecollection_across_namespaces_takes_the_selected_declared_objects(lab):
+    w, store, cfg = lab
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}
+    call(w, "create", target("namespaces", ns=None), ns)
+    for where, name, tier in (("default", "a", "x"), ("shop", "b", "x"), ("shop", "c", "y")):
+        body = svc(name)
+        body["metadata"] = {"name": name, "labels": {"tier": tier}}
+        call(w, "create", target(ns=where), body)
+    code, out = call(w, "deletecollection", target(ns=None), query={"labelSelector": "tier=x"})
+    assert sorted(i["metadata"]["name"] for i in out["items"]) == ["a", "b"]
+    assert store.get("/registry/services/default/a") is None and store.get("/registry/services/shop/b") is None
+    assert store.get("/registry/services/shop/c") is not None
+    assert sorted(p.name for p in Path(cfg.manifests).glob("service-*")) == ["service-shop-c.yaml"]
