@@ -425,12 +425,14 @@ class Writer:
             before = f.find(meta.obj_key(obj), scoped)
             _, old_rev = self.current(t, name)
             f.upsert(obj, cluster_scoped=scoped)
-        self.sync()
+        # settled=False: a create or update removes nothing, so objects missing from a file an
+        # editor is saving right now keep their grace period (only a delete says "settled")
+        self.sync(settled=False)
         problem = desired.refused(self.ctx.store, [obj]).get(meta.obj_key(obj))
         if problem:
             with desired.session(self.cfg) as f:
                 desired.undo(f, obj, before)
-            self.sync()
+            self.sync(settled=False)
             raise st.ApiError(self._refused_status(t, name, problem))
         deadline = time.monotonic() + STORED_WAIT
         while True:  # the front stores it in the pass `sync` waited for; a busy store may take longer
