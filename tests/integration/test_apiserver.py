@@ -228,6 +228,23 @@ def test_kubectl_create_commands_send_protobuf_and_land_in_the_folder(lab, api):
     assert not [n for n in lab.manifests.iterdir() if "shop" in n.name]
 
 
+def test_deleting_a_deployments_pod_marks_it_and_the_deployment_replaces_it(lab, api):
+    base, s, env, _ = api
+    kubectl(env, "create", "deployment", "solo", "--image=nginx", "--port=8080")
+    kubectl(env, "wait", "--for=condition=Available", "deploy/solo", "--timeout=60s")
+    pods = json.loads(kubectl(env, "get", "pods", "-l", "app=solo", "-o", "json").stdout)["items"]
+    assert len(pods) == 1
+    old = pods[0]["metadata"]["name"]
+    assert kubectl(env, "delete", "pod", old).stdout.strip() == f'pod "{old}" deleted'  # waits until gone
+    res = kubectl(env, "get", "pod", old, check=False)
+    assert f'pods "{old}" not found' in res.stderr
+    kubectl(env, "wait", "--for=condition=Ready", "pod", "-l", "app=solo", "--timeout=60s")
+    new = json.loads(kubectl(env, "get", "pods", "-l", "app=solo", "-o", "json").stdout)["items"]
+    assert [p["metadata"]["name"] for p in new] != [old] and len(new) == 1
+    assert not [f for f in lab.manifests.iterdir() if f.name.startswith("pod-")]  # a mark, not a file
+    assert kubectl(env, "delete", "deployment", "solo").stdout.strip() == 'deployment.apps "solo" deleted'
+
+
 def test_kubectl_delete_removes_the_file(lab, api):
     base, s, env, _ = api
     assert kubectl(env, "delete", "svc", "web").stdout.strip() == 'service "web" deleted'
