@@ -179,6 +179,7 @@ def api_part(bench: Bench) -> None:
             list_latency(bench, client)
             watch_latency(bench, lab, client, n)
             kubectl_applies(bench, lab, kubectl, kubeconfig)
+            res["loadavg"] = os.getloadavg()[0]  # a shared machine's load moves these figures
         finally:
             client.close()
 
@@ -352,4 +353,5 @@ def table_section(r: dict) -> tuple[str, list[tuple[str, str, str, str]]]:
     if ap.get("n"):
         rows.append((f"{ap['n']} kubectl apply calls (one new Service each): total; per call p50 / p99",
                      f"{fmt_seconds(ap['total'])}; {fmt_seconds(ap['p50'])} / {fmt_seconds(ap['p99'])}", "", ""))
-    return "7. Kubernetes API server (kubectl and a raw client against a sandboxed lab)", rows
+    load = f"; load average {v['loadavg']:.1f} at its end" if v.get("loadavg") is not None else ""
+    return f"7. Kubernetes API server (kubectl and a raw client against a sandboxed lab{load})", rows
