@@ -4,6 +4,7 @@ logic is in kproxy/trace.py, traceparse.py, explain.py, graph.py, dashboard.py; 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -44,7 +45,8 @@ def trace(src, dst, proto, namespace, output, timeout, state_dir):
     cfg, store = running_lab(state_dir)
     if not cfg.sandbox:
         fail("kproxy trace runs only in a --sandbox lab (it programs the lab's node namespaces, never the host's)")
-    _iptables_only(cfg, "trace")
+    if cfg.proxy_mode == "nftables" and not shutil.which("nft"):
+        fail("kproxy trace in an nftables lab needs nft (Debian's nftables): run scripts/setup")
     try:
         kind, name, port = tr.parse_destination(dst)
         if kind == "svc":
@@ -70,7 +72,7 @@ def trace(src, dst, proto, namespace, output, timeout, state_dir):
         if not source.netns or not netns_exists(source.netns):
             fail(f"{src}: its network namespace {source.netns} does not exist (is the pod running?)")
         doc = tr.run(source, tr.Endpoint(dst, ip=ip, port=dport), proto, tr.lab_nodes(cfg, store),
-                     tr.pods_by_ip(store), timeout=timeout)
+                     tr.pods_by_ip(store), timeout=timeout, mode=cfg.proxy_mode, prefix=cfg.naming.prefix)
     except tr.TraceError as e:
         fail(str(e))
     except KeyboardInterrupt:
