@@ -39,7 +39,7 @@ MAP_CHAIN = {n.SERVICE_IPS_MAP: ("nat", n.SERVICES_CHAIN), n.SERVICE_NODEPORTS_M
              n.FIREWALL_IPS_MAP: ("filter", n.FIREWALL_CHECK_CHAIN),
              n.NO_ENDPOINT_SERVICES_MAP: ("filter", n.SERVICE_ENDPOINTS_CHECK_CHAIN),
              n.NO_ENDPOINT_NODEPORTS_MAP: ("filter", n.NODEPORT_ENDPOINTS_CHECK_CHAIN)}
-_TARGET = re.compile(r"(?:goto|jump) (\S+)")
+_TARGET = re.compile(r"(?:goto|jump) ([^\s,}]+)")
 _COMMENT = re.compile(r' comment "([^"]*)"')
 
 
@@ -339,3 +339,36 @@ def reset_keys(path: list[dict], listing: Listing, counters: dict) -> list[tuple
     eps = {ep for _, ep in endpoint_chains(path)}
     ports = {e.key.split(" . ")[-1] for s in path for e in [s["element"]] if e is not None}
     return [k for k in counters if (k[0], k[1]) in fronts and (f"{k[2]}:{k[3]}" in eps or (k[2] == k[0] and k[3] in ports))]
+
+
+@dataclass
+class NftNode:
+    """What explain/graph/dashboard read of one nftables node: kube-proxy's table, and the
+    counter elements of kproxy's counters table (None: no counters there, e.g. a host lab)."""
+
+    listing: Listing
+    counters: dict | None = None
+
+
+def report(service: str, node: NftNode, pods_by_ip: dict[str, dict]) -> dict:
+    """explain.report's document for an nftables node: the same keys, map elements as rules."""
+    path = service_path(node.listing, service)
+    steps = counted_path(path, node.listing, node.counters)
+    rules = []
+    for s in steps:
+        e = s["element"]
+        stops = (e is not None and (e.verdict == "drop" or e.target == n.REJECT_CHAIN)) \
+            or (s["chain"].startswith(n.FIREWALL_PREFIX) and s["rule"].endswith("drop"))
+        rules.append({"table": s["table"], "chain": s["chain"], "rule": s["rule"], "packets": s["packets"],
+                      "bytes": s["bytes"], "stops": stops,
+                      "explanation": explain_element(e) if e is not None else explain_rule(s["chain"], s["rule"])})
+    endpoints = []
+    for chain, ep in endpoint_chains(path):
+        ip, _, port = ep.rpartition(":")
+        dnat = next(s for s in steps if s["chain"] == chain and "dnat to " in s["rule"])
+        pod = pods_by_ip.get(ip) or {}
+        endpoints.append({"pod": pod.get("name"), "ip": ip, "port": port, "node": pod.get("node"), "chain": chain,
+                          "connections": dnat["packets"] or 0, "packets": dnat["packets"] or 0,
+                          "bytes": dnat["bytes"] or 0})
+    return {"service": service, "proxyMode": "nftables", "counted": node.counters is not None, "rules": rules,
+            "endpoints": endpoints}
