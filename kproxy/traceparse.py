@@ -358,11 +358,15 @@ def walk_nft(packet: Packet, listing, pods_by_ip: dict[str, dict]) -> tuple[list
                 out["refusal"] = out["refusal"] or step["explanation"]
             steps.append(step)
             after = hop.events[i + 1] if i + 1 < len(hop.events) else None
-            watched = n.is_service_chain(target) or target == n.SERVICES_CHAIN
+            checks = {n.FIREWALL_CHECK_CHAIN: " (no element of firewall-ips: no loadBalancerSourceRanges apply)",
+                      n.SERVICE_ENDPOINTS_CHECK_CHAIN: " (no element of no-endpoint-services for this destination)",
+                      n.NODEPORT_ENDPOINTS_CHECK_CHAIN: " (no element of no-endpoint-nodeports for this port)",
+                      n.CLUSTER_IPS_CHECK_CHAIN: " (the destination is no ClusterIP left undNATed)"}
+            watched = n.is_service_chain(target) or target == n.SERVICES_CHAIN or target in checks
             if ev.verdict.startswith(("JUMP:", "GOTO:")) and watched and (after is None or after.chain != target):
                 # the kernel prints nothing for a chain none of whose rules matched: say so
                 why = (" (the destination is no Service address: not DNATed here)" if target == n.SERVICES_CHAIN
-                       else " (not DNATed)" if target.startswith(n.EXTERNAL_PREFIX) else "")
+                       else " (not DNATed)" if target.startswith(n.EXTERNAL_PREFIX) else checks.get(target, ""))
                 back = ev.chain if ev.verdict.startswith("JUMP:") else "the base chain"
                 steps.append({**step, "chain": target, "rule": "", "verdict": "no match", "not_met": True,
                               "element": None,

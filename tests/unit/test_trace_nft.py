@@ -128,8 +128,9 @@ def test_format_text_names_chains_and_the_matched_element():
            "masqueradeReason": tr.masquerade_reason(entry, "nftables"), "refusal": None, "choice": entry["choice"],
            "conntrack": report["conntrack"]}
     out = tr.format_text(doc)
-    assert re.search(r"^  4\. nat +services: ip daddr \. meta l4proto \. th dport vmap @service-ips$", out, re.M), out
+    assert re.search(r"^  5\. nat +services: ip daddr \. meta l4proto \. th dport vmap @service-ips$", out, re.M), out
     assert f"matched element: 10.111.63.65 . tcp . 80 : goto {WEB}" in out
+    assert "  2. filter firewall-check: no rule matched\n" in out and "no loadBalancerSourceRanges apply" in out
     assert "random choice: numgen random mod 3 gave 2: 10.244.0.7:8080" in out
     assert "DNAT: -> 10.244.0.7:8080 (pod default/web-5bc4bc5c44-qqssh on node-1)" in out
     assert "masquerade: no (no mark-for-masquerade rule matched" in out
