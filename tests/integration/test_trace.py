@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -321,3 +323,48 @@ def test_graph_draws_the_lab_and_a_services_chains(lab, apps, tmp_path):
         assert f"pod {name}" in chains
     svg = lab.kproxy("graph", "--svc", "nobody").stdout
     assert svg.lstrip().startswith("<?xml") and "REJECT" in svg
+
+
+def test_the_dashboards_counters_and_trace_form_read_this_mode(lab, apps):
+    """The dashboard's data (what its page polls, and its trace form) in either mode; the page in
+    a browser is tests/integration/test_dashboard.py's (iptables: one Chromium module is enough)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "kproxy.cli", "dashboard", "--port", str(port)], env=lab.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/api/"
+
+    def web() -> dict | None:
+        try:
+            with urllib.request.urlopen(url + "counters", timeout=5) as r:
+                doc = json.loads(r.read())
+        except OSError:
+            return None
+        return next((s for s in doc["services"] if s["service"] == "default/web"), None)
+
+    try:
+        before = lab.wait_for(lambda: proc.poll() is not None or web(), timeout=20)
+        assert proc.poll() is None, proc.communicate()
+        answers = hits(lab, "client", f"http://{lab.get('svc', 'web')['spec']['clusterIP']}/", 30)
+        time.sleep(1.2)  # one sample a second
+        after = web()
+        assert after["connections"] - before["connections"] == 30, (before, after)
+        grew = {e["pod"]: e["connections"] for e in after["endpoints"]}
+        was = {e["pod"]: e["connections"] for e in before["endpoints"]}
+        assert {pod: grew[pod] - was.get(pod, 0) for pod in grew} == {pod: answers.count(pod) for pod in apps}
+        req = urllib.request.Request(url + "trace", data=json.dumps({"src": "client", "dst": "svc/web"}).encode(),
+                                     headers={"Content-Type": "application/json", "X-Kproxy-Dashboard": "trace"})
+        with urllib.request.urlopen(req, timeout=90) as r:
+            doc = json.loads(r.read())
+        assert "answered by: pod web-" in doc["output"], doc
+        assert names(lab)["ep"] in doc["output"] and names(lab)["dnat"] in doc["output"]
+        no_trace_left(lab)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C, by its pid
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
