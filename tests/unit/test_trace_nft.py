@@ -147,3 +147,71 @@ def test_listing_maps_and_chain_names():
     assert nv.endpoint_of("endpoint-X-default/web/tcp/http__10.244.0.5/8080") == "10.244.0.5:8080"
     got = nv.numgen_choice("numgen random mod 2 vmap { 0 : goto a-x/y/tcp/, 1 : goto b-x/y/tcp/ }", "b-x/y/tcp/")
     assert got["numgen"] == {"mod": 2, "value": 1} and got["others"] == ["a-x/y/tcp/"]
+
+
+# -- explain in nftables mode: the Service's elements and chains, counted --------------------
+def counted_node() -> nv.NftNode:
+    """The listing, and kproxy's counters set after 12 requests to web's ClusterIP from a pod
+    (2/4/6 per endpoint), 3 to web-np's NodePort from outside, and refused ones to nobody."""
+    return nv.NftNode(listing(), nv.parse_counters((CORPUS / "counters.list").read_text()))
+
+
+def test_counters_parse_the_set_elements():
+    counters = counted_node().counters
+    assert counters[("10.111.63.65", "tcp", "10.244.0.7", "8080")] == (6, 360)
+    assert counters[("192.168.49.2", "tcp", "10.244.0.5", "8080")] == (1, 60)
+    assert len(counters) == 12
+
+
+def test_explain_report_walks_element_service_chain_numgen_endpoints_with_counts():
+    from kproxy import explain as ex
+    doc = ex.report("default/web", counted_node(), PODS)  # the mode switch: an NftNode, not iptables-save
+    assert doc["proxyMode"] == "nftables" and doc["counted"]
+    first = doc["rules"][0]
+    assert first["chain"] == "service-ips" and first["rule"] == f"10.111.63.65 . tcp . 80 : goto {WEB}"
+    assert first["packets"] == 12 and "cluster IP element" in first["explanation"]
+    chains = [r["chain"] for r in doc["rules"]]
+    assert chains[1] == WEB and chains.index(WEB) < min(i for i, c in enumerate(chains) if c.startswith("endpoint-"))
+    numgen = next(r for r in doc["rules"] if r["rule"].startswith("numgen"))
+    assert numgen["packets"] == 12
+    mark = next(r for r in doc["rules"] if r["rule"].endswith("jump mark-for-masquerade"))
+    assert mark["packets"] is None  # a rule that picks no destination: not counted
+    eps = {e["pod"]: e["connections"] for e in doc["endpoints"]}
+    assert eps == {"web-5bc4bc5c44-7bl9v": 2, "web-5bc4bc5c44-j4qbs": 4, "web-5bc4bc5c44-qqssh": 6}
+    text = ex.format_report(doc)
+    assert "(total 12)" in text and "[-] nat service-SUSTUHLJ-default/web/tcp/http: ip daddr" in text
+
+
+def test_explain_report_of_a_nodeport_and_of_a_service_without_endpoints():
+    from kproxy import explain as ex
+    np = ex.report("default/web-np", counted_node(), PODS)
+    nodeport = next(r for r in np["rules"] if r["chain"] == "service-nodeports")
+    assert nodeport["rule"].startswith("tcp . 31301 : goto external-") and nodeport["packets"] == 3
+    assert sum(e["connections"] for e in np["endpoints"]) == 3  # the ClusterIP's 12 are web's, not web-np's
+    nobody = ex.report("default/nobody", counted_node(), PODS)
+    assert [r["chain"] for r in nobody["rules"]] == ["no-endpoint-services"]
+    assert nobody["rules"][0]["stops"] and nobody["rules"][0]["packets"] == 2 and nobody["endpoints"] == []
+
+
+def test_reset_keys_are_only_the_services_own():
+    node = counted_node()
+    keys = nv.reset_keys(nv.service_path(node.listing, "default/web"), node.listing, node.counters)
+    assert sorted(keys) == [("10.111.63.65", "tcp", f"10.244.0.{i}", "8080") for i in (5, 6, 7)]
+    keys = nv.reset_keys(nv.service_path(node.listing, "default/nobody"), node.listing, node.counters)
+    assert keys == [("10.104.152.124", "tcp", "10.104.152.124", "80")]
+
+
+def test_no_counters_table_means_rules_without_counts():
+    from kproxy import explain as ex
+    doc = ex.report("default/web", nv.NftNode(listing(), None), PODS)
+    assert not doc["counted"] and all(r["packets"] is None for r in doc["rules"])
+    assert "no counters" in ex.format_report(doc)
+
+
+def test_graph_of_a_service_in_nftables_mode():
+    from kproxy import graph as gr
+    dot = gr.render(gr.service_graph("default/web", counted_node(), PODS), "dot").decode()
+    assert 'label="Service default/web (nftables)"' in dot and dot.count("1/3 -> 33.3%") == 3
+    for ip, pod in PODS.items():
+        if pod["name"].startswith("web-"):
+            assert f"pod {pod['name']}" in dot
