@@ -410,6 +410,8 @@ def choice_text(choice: dict) -> str:
                 f"the same endpoint ({how})")
     if choice.get("numgen"):
         g = choice["numgen"]
+        if g["mod"] == 1:
+            return f"random choice: a single endpoint, {choice['endpoint']} (numgen random mod 1: no choice)"
         return (f"random choice: numgen random mod {g['mod']} gave {g['value']}: {choice['endpoint']} "
                 f"(each of the {g['mod']} endpoints p=1/{g['mod']})")
     nos = ", ".join(f"p={c['probability']:.4g} no" for c in choice["rolled_no"])
