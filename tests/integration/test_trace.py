@@ -48,6 +48,27 @@ endpoints:
 - addresses: [10.244.9.9]
   conditions: {ready: true}
   nodeName: node-other
+---
+# ClientIP affinity, and a load balancer whose source range lets in only `outside`: web's pods.
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  loadBalancerSourceRanges: [192.168.49.100/32]
+  ports: [{port: 80, targetPort: 8080}]
+status:
+  loadBalancer:
+    ingress: [{ip: 192.168.49.200}]   # on the node network, as a MetalLB layer-2 pool hands out
 """
 
 
@@ -238,6 +259,30 @@ def test_hairpin_is_masqueraded(lab, apps):
     ct = doc["conntrack"][0]
     assert ct["original"]["src"] == ct["reply"]["src"] == solo["status"]["podIP"]
     assert ct["reply"]["dst"] == "10.244.0.1"  # the pod answered the node, not itself
+
+
+def test_client_ip_affinity_sends_the_second_trace_to_the_same_pod_without_a_roll(lab, apps):
+    lab.wait_for(lambda: programmed(lab, "sticky", ""), timeout=10)
+    first = trace(lab, "client", "svc/sticky")
+    second = trace(lab, "client", "svc/sticky")
+    assert first["answeredBy"] in apps and second["answeredBy"] == first["answeredBy"]
+    assert second["dnat"] == first["dnat"] == f"{apps[first['answeredBy']]}:8080"
+    assert not first["choice"]["affinity"] and second["choice"]["affinity"], second["choice"]
+    assert "random choice: none: session affinity (ClientIP)" in tr_text(second)
+
+
+def test_load_balancer_source_ranges_drop_a_pod_and_let_outside_in(lab, apps):
+    lab.wait_for(lambda: programmed(lab, "lb", ""), timeout=10)
+    doc = trace(lab, "client", "192.168.49.200:80", "--timeout", "1")
+    assert doc["result"] == "timeout" and "loadBalancerSourceRanges" in doc["refusal"], doc["refusal"]
+    assert doc["dnat"] is None
+    ok = trace(lab, "outside", "192.168.49.200:80")
+    assert ok["answeredBy"] in apps and ok["dnat"] == f"{apps[ok['answeredBy']]}:8080"
+
+
+def tr_text(doc: dict) -> str:
+    from kproxy.trace import format_text
+    return format_text(doc)
 
 
 def test_interrupted_trace_removes_its_rules(lab, apps):
