@@ -74,11 +74,12 @@ def edge_title(service: str, pod: dict | None, ip: str, node_by_ip: dict[str, st
     return f"{_id('svc', ns, name)}->{target}"
 
 
-def counters(services: list[dict], saves: dict[str, ex.Saved], pods_by_ip: dict[str, dict],
+def counters(services: list[dict], saves: dict, pods_by_ip: dict[str, dict],
              node_by_ip: dict[str, str] | None = None) -> list[dict]:
     """Per Service: new connections per endpoint summed over the nodes' counters (a connection is
     DNATed on the node it enters by, so the sum is the lab's total), the nodes' shares, and the
-    packets its REJECT/DROP rules stopped. `saves` is node name -> its iptables-save -c;
+    packets its REJECT/DROP rules stopped. `saves` is node name -> its iptables-save -c (nftables:
+    nftview.NftNode);
     `node_by_ip` names the node behind an endpoint that is no pod (the API server's)."""
     out = []
     for svc in shown_services(services):
@@ -88,15 +89,15 @@ def counters(services: list[dict], saves: dict[str, ex.Saved], pods_by_ip: dict[
         by_node: dict[str, int] = {}
         stopped = 0
         for node, saved in saves.items():
-            rules = ex.service_rules(saved, service)
-            stopped += sum(r.packets for r in rules if r.target in ("REJECT", "DROP") and "INVALID" not in r.words)
-            for e in ex.endpoint_counts(saved, rules, pods_by_ip):
-                ep = endpoints.setdefault((e.ip, e.port), {
-                    "pod": e.pod, "ip": e.ip, "port": e.port, "node": e.node, "connections": 0, "bytes": 0,
-                    "edge": edge_title(service, pods_by_ip.get(e.ip), e.ip, node_by_ip)})
-                ep["connections"] += e.connections
-                ep["bytes"] += e.bytes
-                by_node[node] = by_node.get(node, 0) + e.connections
+            doc = ex.report(service, saved, pods_by_ip)  # either mode: the same document
+            stopped += sum(r["packets"] or 0 for r in doc["rules"] if r["stops"])
+            for e in doc["endpoints"]:
+                ep = endpoints.setdefault((e["ip"], e["port"]), {
+                    "pod": e["pod"], "ip": e["ip"], "port": e["port"], "node": e["node"], "connections": 0,
+                    "bytes": 0, "edge": edge_title(service, pods_by_ip.get(e["ip"]), e["ip"], node_by_ip)})
+                ep["connections"] += e["connections"]
+                ep["bytes"] += e["bytes"]
+                by_node[node] = by_node.get(node, 0) + e["connections"]
         total = sum(e["connections"] for e in endpoints.values())
         eps = sorted(endpoints.values(), key=lambda e: (e["pod"] or "", e["ip"], e["port"]))
         for e in eps:
@@ -118,8 +119,9 @@ class Sampler:
     """Reads the lab: the store's objects and each node's `iptables-save -c`; the picture's SVG
     is drawn again only when its DOT source changes."""
 
-    def __init__(self, store, nodes: Callable[[], list[tuple[str, str | None]]], outside_ip: str | None):
-        self.store, self.nodes, self.outside_ip = store, nodes, outside_ip
+    def __init__(self, store, nodes: Callable[[], list[tuple[str, str | None]]], outside_ip: str | None,
+                 mode: str = "iptables", prefix: str = "kproxy"):
+        self.store, self.nodes, self.outside_ip, self.mode, self.prefix = store, nodes, outside_ip, mode, prefix
         self.lock = threading.Lock()
         self.doc: dict | None = None
         self.at = 0.0
@@ -150,6 +152,13 @@ class Sampler:
             objs = self._objects()
             saves = {}
             for name, netns in self.nodes():
+                if self.mode == "nftables":  # kube-proxy's table and kproxy's counters table (kproxy/nftcounters.py)
+                    from kproxy import nftcounters
+                    try:
+                        saves[name] = nftcounters.node_view(netns, self.prefix, make=True)
+                    except (RuntimeError, subprocess.SubprocessError) as e:
+                        errors.append(f"node {name}: {str(e)[:200]}")
+                    continue
                 argv = ["ip", "netns", "exec", netns, "iptables-save", "-c"] if netns else ["iptables-save", "-c"]
                 res = subprocess.run(argv, capture_output=True, text=True, timeout=20)
                 if res.returncode != 0:

@@ -257,13 +257,20 @@ def endpoint_counts(saved: Saved, rules: list[Rule], pods_by_ip: dict[str, dict]
     return out
 
 
-def report(service: str, saved: Saved, pods_by_ip: dict[str, dict]) -> dict:
-    """The `-o json` document of `kproxy explain`."""
+def report(service: str, saved, pods_by_ip: dict[str, dict]) -> dict:
+    """The `-o json` document of `kproxy explain`: `saved` is iptables-save -c parsed, or an
+    nftables node (nftview.NftNode: kube-proxy's table and kproxy's counters), same keys."""
+    if not isinstance(saved, Saved):
+        from kproxy.nftview import report as nft_report
+        return nft_report(service, saved, pods_by_ip)
     rules = service_rules(saved, service)
     eps = endpoint_counts(saved, rules, pods_by_ip)
     return {
         "service": service,
+        "proxyMode": "iptables",
+        "counted": True,
         "rules": [{"table": r.table, "chain": r.chain, "rule": r.text, "packets": r.packets, "bytes": r.bytes,
+                   "stops": r.target in ("REJECT", "DROP") and "INVALID" not in r.words,
                    "explanation": explain_rule(r)} for r in rules],
         "endpoints": [{"pod": e.pod, "ip": e.ip, "port": e.port, "node": e.node, "chain": e.chain,
                        "connections": e.connections, "packets": e.packets, "bytes": e.bytes} for e in eps],
@@ -272,13 +279,20 @@ def report(service: str, saved: Saved, pods_by_ip: dict[str, dict]) -> dict:
 
 def format_report(doc: dict) -> str:
     """The text form: numbered rules with counters and explanations, then the spread."""
+    nft = doc.get("proxyMode") == "nftables"
     lines = [f"Service {doc['service']}: its rules in the order a packet meets them "
-             "(pkts/bytes since the last reset or rules change)"]
+             + ("(nftables: map elements and chains; new connections counted by kproxy's counters table since the "
+                "last reset; '-' where a rule decides no destination)" if nft
+                else "(pkts/bytes since the last reset or rules change)")]
+    if not doc.get("counted", True):
+        lines.append("  (no counters: this lab has no node namespace to keep kproxy's counters table in)")
     if not doc["rules"]:
         lines.append("  no rules: the Service has no cluster IP rules on this node (headless, ExternalName, "
                      "or not synced yet)")
     for i, r in enumerate(doc["rules"], 1):
-        lines.append(f"{i:3}. [{r['packets']} pkts, {r['bytes']} B] {r['table']} {r['rule']}")
+        count = f"[{r['packets']} pkts, {r['bytes']} B]" if r["packets"] is not None else "[-]"
+        rule = f"{r['chain']}: {r['rule']}" if nft else r["rule"]
+        lines.append(f"{i:3}. {count} {r['table']} {rule}")
         if r["explanation"]:
             lines.append(f"      {r['explanation']}")
     eps = doc["endpoints"]

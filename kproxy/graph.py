@@ -9,6 +9,8 @@ pure (objects and iptables-save text in, a Digraph out), so it is unit-tested wi
 """
 from __future__ import annotations
 
+import re
+
 import graphviz
 
 from kproxy.explain import Saved, service_rules
@@ -121,8 +123,11 @@ def _share_labels(rules) -> dict[str, str]:
     return out
 
 
-def service_graph(service: str, saved: Saved, pods_by_ip: dict[str, dict]) -> graphviz.Digraph:
-    """One Service's chains as iptables has them on a node, each jump an edge."""
+def service_graph(service: str, saved, pods_by_ip: dict[str, dict]) -> graphviz.Digraph:
+    """One Service's chains as iptables has them on a node, each jump an edge (an nftables node,
+    nftview.NftNode: map elements -> service chain -> numgen -> endpoint chains -> pods)."""
+    if not isinstance(saved, Saved):
+        return _nft_service_graph(service, saved, pods_by_ip)
     rules = service_rules(saved, service)
     g = graphviz.Digraph("service", graph_attr={"rankdir": "LR", "fontname": "Helvetica",
                                                 "label": f"Service {service}", "labelloc": "t"},
@@ -179,3 +184,56 @@ def render(g: graphviz.Digraph, fmt: str) -> bytes:
     if fmt == "dot":
         return g.source.encode()
     return g.pipe(format=fmt)
+
+
+def _nft_service_graph(service: str, node, pods_by_ip: dict[str, dict]) -> graphviz.Digraph:
+    """The nftables mode's picture: each map element the Service has (service-ips, service-nodeports,
+    no-endpoint-*) an entry box, an edge per goto/jump, numgen's 1/N on the edges to endpoints."""
+    from kproxy.nftview import service_path
+    path = service_path(node.listing, service)
+    g = graphviz.Digraph("service", graph_attr={"rankdir": "LR", "fontname": "Helvetica",
+                                                "label": f"Service {service} (nftables)", "labelloc": "t"},
+                         node_attr={"fontname": "Helvetica", "fontsize": "10", "shape": "box"},
+                         edge_attr={"fontname": "Helvetica", "fontsize": "9"})
+    declared: set[str] = set()
+
+    def box(name: str, **attrs) -> str:
+        if name not in declared:
+            declared.add(name)
+            g.node(_id(name), name, **attrs)
+        return _id(name)
+
+    for step in path:
+        e, chain, rule = step["element"], step["chain"], step["rule"]
+        if e is not None:
+            entry = box(f"{e.map}\n{e.key}", style="filled", fillcolor="#e8f0fe", shape="cds")
+            if e.target and e.target != "reject-chain":
+                g.edge(entry, box(e.target, style="filled", fillcolor="#e8f0fe"), label=e.verdict.split()[0])
+            else:
+                g.node(_id("stop", e.text), f"{e.verdict.upper()}\n{e.comment}", shape="octagon", style="filled",
+                       fillcolor="#fce8e6")
+                g.edge(entry, _id("stop", e.text), label=step["table"])
+            continue
+        src = box(chain, style="filled", fillcolor="#e6f4ea" if chain.startswith("endpoint-") else "#e8f0fe")
+        if rule.startswith("numgen random mod "):
+            mod = int(rule.split()[3])
+            for target in re.findall(r"goto ([^\s,}]+)", rule):
+                g.edge(src, box(target, style="filled", fillcolor="#e6f4ea"), label=f"1/{mod} -> {100 / mod:.1f}%")
+        elif "dnat to " in rule:
+            dest = rule.split("dnat to ", 1)[1].split()[0]
+            pod = pods_by_ip.get(dest.rpartition(":")[0])
+            pid = _id("pod", dest)
+            g.node(pid, f"pod {pod['name']}\n{dest}" if pod else dest, shape="box", style="rounded,filled",
+                   fillcolor="#fff4e0")
+            g.edge(src, pid, label="DNAT")
+        elif rule.endswith("drop"):
+            g.node(_id("DROP", chain), "DROP", shape="octagon", style="filled", fillcolor="#fce8e6")
+            g.edge(src, _id("DROP", chain))
+        else:
+            for target in re.findall(r"(?:goto|jump) ([^\s,}]+)", rule):
+                style = "dashed" if target == "mark-for-masquerade" else "solid"
+                label = "affinity" if rule.startswith("ip saddr @") else ("hairpin" if chain.startswith("endpoint-")
+                                                                            and style == "dashed" else "")
+                g.edge(src, box(target, style="dashed" if style == "dashed" else "filled",
+                                fillcolor="#e8f0fe"), style=style, label=label)
+    return g

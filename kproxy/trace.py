@@ -8,6 +8,14 @@ prints every rule the packets meet in iptables-save syntax. The probe runs from 
 node or the sandbox's `outside`) with that source port, then conntrack is read and the trace
 rules and the monitors are removed in every case (errors, Ctrl-C), as `Tracing.__exit__` does.
 
+In nftables mode the same happens with nftables' own tools: a table of our own per trace
+(`<lab prefix>-trace-<random>`, in the node netns only) with base chains on prerouting and
+output at priority -199 (just after conntrack at -200, before kube-proxy's first chains at -110)
+whose one rule sets `meta nftrace set 1` on packets whose conntrack entry's original source port
+is the probe's (both directions of the connection, masqueraded replies too), and `nft monitor
+trace` prints every rule, verdict-map lookup and policy the marked packets meet. The table is
+deleted afterwards in every case, as the iptables chain is.
+
 The parsing (kproxy/traceparse.py) is pure, so it is unit-tested on
 captured text without root.
 """
@@ -24,7 +32,7 @@ import time
 from dataclasses import dataclass
 
 from kproxy.explain import Saved
-from kproxy.traceparse import conntrack_line, parse_conntrack, parse_monitor, walk
+from kproxy.traceparse import conntrack_line, parse_conntrack, parse_monitor, parse_nft_monitor, walk
 
 TRACE_PREFIX = "KPROXY-TRACE-"
 # Source ports the probe picks from: below the NodePort range and the kernel's ephemeral range,
@@ -77,14 +85,17 @@ class TraceError(Exception):
 
 
 class Tracing:
-    """The TRACE chain and an xtables-monitor in each node netns, for the lifetime of a `with`.
+    """The TRACE chain and an xtables-monitor in each node netns (nftables mode: a trace table
+    and `nft monitor trace`), for the lifetime of a `with`.
 
-    __exit__ always removes the hooks and the chain and stops the monitors (by pid), whatever
-    happened inside (an error, Ctrl-C); SIGTERM is turned into the same clean exit."""
+    __exit__ always removes the hooks and the chain (the table) and stops the monitors (by pid),
+    whatever happened inside (an error, Ctrl-C); SIGTERM is turned into the same clean exit."""
 
-    def __init__(self, netns_list: list[str], port: int, proto: str):
-        self.netns_list, self.port, self.proto = netns_list, port, proto
-        self.chain = TRACE_PREFIX + secrets.token_hex(4).upper()
+    def __init__(self, netns_list: list[str], port: int, proto: str, mode: str = "iptables", prefix: str = "kproxy"):
+        self.netns_list, self.port, self.proto, self.mode = netns_list, port, proto, mode
+        token = secrets.token_hex(4)
+        # the name the parser looks for: the iptables chain, or the nftables table
+        self.chain = TRACE_PREFIX + token.upper() if mode == "iptables" else f"{prefix}-trace-{token}"
         self.monitors: dict[str, tuple[subprocess.Popen, str]] = {}
         self.installed: list[str] = []
         self._old_term = None
@@ -104,6 +115,8 @@ class Tracing:
         return self
 
     def _install(self, netns: str) -> None:
+        if self.mode == "nftables":
+            return self._install_nft(netns)
         res = self._ipt(netns, "-N", self.chain)
         if res.returncode != 0:
             raise TraceError(f"cannot create the trace chain in {netns}: {res.stderr.strip()}")
@@ -117,18 +130,31 @@ class Tracing:
             if res.returncode != 0:
                 raise TraceError(f"cannot install the trace rule in {netns}: {res.stderr.strip()}")
 
+    def _install_nft(self, netns: str) -> None:
+        t, p = f"ip {self.chain}", self.proto
+        lines = [f"add table {t}"]
+        for chain, hook in (("pre", "prerouting"), ("out", "output")):
+            lines.append(f"add chain {t} {chain} {{ type filter hook {hook} priority -199 ; }}")
+            lines.append(f"add rule {t} {chain} meta l4proto {p} ct original proto-src {self.port} meta nftrace set 1")
+        self.installed.append(netns)  # before: a half-made table is deleted too
+        res = subprocess.run(_ns(netns, ["nft", "-f", "-"]), input="\n".join(lines) + "\n", capture_output=True,
+                             text=True, timeout=20)
+        if res.returncode != 0:
+            raise TraceError(f"cannot install the trace table in {netns}: {res.stderr.strip()}")
+
     def _monitor(self, netns: str) -> None:
         fd, path = tempfile.mkstemp(prefix="kproxy-trace-", suffix=".txt")
+        argv, comm = (["xtables-monitor", "--trace"], "xtables-monitor") if self.mode == "iptables" \
+            else (["nft", "monitor", "trace"], "nft")
         try:
-            proc = subprocess.Popen(_ns(netns, ["xtables-monitor", "--trace"]), stdout=fd, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(_ns(netns, argv), stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         finally:
             os.close(fd)
         self.monitors[netns] = (proc, path)
         deadline = time.monotonic() + 3
-        while not _has_netlink_socket(proc.pid):  # subscribed: from now on it sees every trace
+        while not _has_netlink_socket(proc.pid, comm):  # subscribed: from now on it sees every trace
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise TraceError(f"xtables-monitor --trace did not start in {netns}: {self.output(netns)[-300:]}")
+                raise TraceError(f"{' '.join(argv)} did not start in {netns}: {self.output(netns)[-300:]}")
             time.sleep(0.02)
         time.sleep(0.1)
 
@@ -157,6 +183,9 @@ class Tracing:
         try:
             self.stop_monitors()
             for netns in self.installed:
+                if self.mode == "nftables":
+                    _run(_ns(netns, ["nft", "delete", "table", "ip", self.chain]))
+                    continue
                 for hook in ("PREROUTING", "OUTPUT"):
                     while self._ipt(netns, "-D", hook, "-p", self.proto, "-j", self.chain).returncode == 0:
                         pass
@@ -177,11 +206,11 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _has_netlink_socket(pid: int) -> bool:
-    """Whether xtables-monitor (which `ip netns exec` became) has its netlink socket open."""
+def _has_netlink_socket(pid: int, comm: str = "xtables-monitor") -> bool:
+    """Whether the monitor (which `ip netns exec` became) has its netlink socket open."""
     try:
         with open(f"/proc/{pid}/comm") as f:
-            if f.read().strip() != "xtables-monitor":
+            if f.read().strip() != comm:
                 return False  # still `ip`, before its exec
         return any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in os.listdir(f"/proc/{pid}/fd"))
     except OSError:
@@ -199,7 +228,11 @@ def conntrack_entries(netns: str, proto: str, sport: int) -> list[dict]:
     return parse_conntrack(res.stdout)
 
 
-def save(netns: str) -> Saved:
+def save(netns: str, mode: str = "iptables"):
+    """The node's rules as the walk reads them: iptables-save parsed, or (nftables) the listing."""
+    if mode == "nftables":
+        from kproxy.nftview import parse_listing
+        return parse_listing(_run(_ns(netns, ["nft", "list", "table", "ip", "kube-proxy"])).stdout)
     from kproxy.explain import parse_save
     return parse_save(_run(_ns(netns, ["iptables-save"])).stdout)
 
@@ -296,12 +329,13 @@ def answered_pod(answer: str) -> str | None:
     return answer.strip() if re.fullmatch(r"[a-z0-9][-a-z0-9.]*", answer.strip() or "-") else None
 
 
-def node_report(node: str, netns: str, monitor_text: str, port: int, chain: str, saved: Saved,
-                pods: dict[str, dict], conntrack: list[dict]) -> dict:
-    """What one node saw: the request's first packet walked, the reply's first packet walked."""
-    packets = parse_monitor(monitor_text, port, chain)
+def node_report(node: str, netns: str, monitor_text: str, port: int, chain: str, saved,
+                pods: dict[str, dict], conntrack: list[dict], mode: str = "iptables") -> dict:
+    """What one node saw: the request's first packet walked, the reply's first packet walked
+    (a reply may carry another port than the probe's: masqueraded with a random source port)."""
+    packets = (parse_nft_monitor if mode == "nftables" else parse_monitor)(monitor_text, port, chain)
     request = next((p for p in packets if p.first.get("SPORT") == str(port)), None)
-    reply = next((p for p in packets if p.first.get("DPORT") == str(port) and p is not request), None)
+    reply = next((p for p in packets if p.first.get("SPORT") != str(port) and p is not request), None)
     doc = {"node": node, "netns": netns, "packets": len(packets), "conntrack": conntrack}
     for key, pkt in (("request", request), ("reply", reply)):
         if pkt is None:
@@ -312,31 +346,33 @@ def node_report(node: str, netns: str, monitor_text: str, port: int, chain: str,
     return doc
 
 
-def masquerade_reason(decision: dict) -> str:
+def masquerade_reason(decision: dict, mode: str = "iptables") -> str:
+    mark, post = ("KUBE-MARK-MASQ", "KUBE-POSTROUTING") if mode == "iptables" else ("mark-for-masquerade",
+                                                                                    "masquerading")
     if decision.get("masquerade"):
-        return decision.get("mark_reason") or "KUBE-POSTROUTING masqueraded the packet"
+        return decision.get("mark_reason") or f"{post} masqueraded the packet"
     if decision.get("mark_reason"):
         return decision["mark_reason"] + " (but the packet was not masqueraded on this node)"
-    return "no KUBE-MARK-MASQ rule matched: the client's address is kept"
+    return f"no {mark} rule matched: the client's address is kept"
 
 
 def run(src: Endpoint, dst: Endpoint, proto: str, nodes: list[tuple[str, str]], pods: dict[str, dict],
-        timeout: float = 3.0, attempts: int = 3) -> dict:
+        timeout: float = 3.0, attempts: int = 3, mode: str = "iptables", prefix: str = "kproxy") -> dict:
     """Trace one connection from `src` (its netns) to `dst` (ip, port) on every node netns."""
     import random
     for attempt in range(attempts):
         sport = random.randint(*PORT_RANGE)
-        with Tracing([netns for _, netns in nodes], sport, proto) as tracing:
+        with Tracing([netns for _, netns in nodes], sport, proto, mode, prefix) as tracing:
             rc, said = probe(src.netns, proto, dst.ip, dst.port, sport, timeout)
             if rc == 3 and attempt + 1 < attempts:  # the port was taken in SRC: another one
                 continue
             time.sleep(0.2)  # the monitors print the last packets
             texts = tracing.stop_monitors()
             chain = tracing.chain
-            saved = {netns: save(netns) for _, netns in nodes}
+            saved = {netns: save(netns, mode) for _, netns in nodes}
             tracked = {netns: conntrack_entries(netns, proto, sport) for _, netns in nodes}
         break
-    reports = [node_report(name, netns, texts.get(netns, ""), sport, chain, saved[netns], pods, tracked[netns])
+    reports = [node_report(name, netns, texts.get(netns, ""), sport, chain, saved[netns], pods, tracked[netns], mode)
                for name, netns in nodes]
     met = [r for r in reports if r["packets"]]
     # The node the packet entered first: the one whose nat table DNATed it, else any that saw it.
@@ -346,6 +382,7 @@ def run(src: Endpoint, dst: Endpoint, proto: str, nodes: list[tuple[str, str]], 
               "BIND": "error"}.get(kind, "error")
     entry = met[0]["request"]["decision"] if met and met[0]["request"] else {}
     return {
+        "proxyMode": mode,
         "source": {"name": src.label, "netns": src.netns},
         "destination": {"name": dst.label, "ip": dst.ip, "port": dst.port, "protocol": proto},
         "sourcePort": sport,
@@ -357,7 +394,7 @@ def run(src: Endpoint, dst: Endpoint, proto: str, nodes: list[tuple[str, str]], 
         "dnat": entry.get("dnat"),
         "endpointPod": entry.get("pod"),
         "masquerade": any(r["request"] and r["request"]["decision"]["masquerade"] for r in met),
-        "masqueradeReason": masquerade_reason(entry) if entry else None,
+        "masqueradeReason": masquerade_reason(entry, mode) if entry else None,
         "refusal": entry.get("refusal"),
         "choice": entry.get("choice"),
         "conntrack": next((r["conntrack"] for r in met if r["conntrack"]), []),
@@ -368,8 +405,15 @@ def choice_text(choice: dict) -> str:
     """The summary line of the endpoint choice: the rolls, or the session-affinity rule that
     made them unnecessary (a rule without a probability is not always "the last rule")."""
     if choice.get("affinity"):
+        how = "its affinity set" if "numgen" in choice or choice.get("endpoint") else "-m recent --rcheck"
         return ("random choice: none: session affinity (ClientIP): the client was seen before and goes back to "
-                "the same endpoint (-m recent --rcheck)")
+                f"the same endpoint ({how})")
+    if choice.get("numgen"):
+        g = choice["numgen"]
+        if g["mod"] == 1:
+            return f"random choice: a single endpoint, {choice['endpoint']} (numgen random mod 1: no choice)"
+        return (f"random choice: numgen random mod {g['mod']} gave {g['value']}: {choice['endpoint']} "
+                f"(each of the {g['mod']} endpoints p=1/{g['mod']})")
     nos = ", ".join(f"p={c['probability']:.4g} no" for c in choice["rolled_no"])
     taken = (f"p={choice['probability']:.4g} yes" if choice["probability"]
              else "the last rule (no roll)" if nos else "a single endpoint (no roll)")
@@ -384,7 +428,7 @@ def format_text(doc: dict) -> str:
     if not doc["nodes"]:
         out.append("no node saw the packet (it never reached a node: a pod on the same bridge answers "
                    "directly, or the address is not routed)")
-    n = 0
+    n, nft = 0, doc.get("proxyMode") == "nftables"
     # The request node by node from where it entered, then the reply back the other way.
     walks = [(node, "request", "the first packet") for node in doc["nodes"]]
     walks += [(node, "reply", "the first reply") for node in reversed(doc["nodes"])]
@@ -397,7 +441,11 @@ def format_text(doc: dict) -> str:
                 n += 1
                 mark = "  (not met)" if s.get("not_met") and s["rule"] else ""
                 rule = s["rule"] or (f"{s['chain']}: no rule matched" if s.get("not_met") else f"{s['chain']} policy")
+                if nft and s["rule"]:
+                    rule = f"{s['chain']}: {rule}"  # nft's rule text does not name its chain
                 out.append(f"{n:3}. {s['table']:<6} {rule}{mark}")
+                if s.get("element"):
+                    out.append(f"       matched element: {s['element']}")
                 out.append(f"       -> {s['verdict']}: {s['explanation']}" if s["explanation"]
                            else f"       -> {s['verdict']}")
     for node in doc["nodes"]:

@@ -1,5 +1,12 @@
-"""Pure parsing for `kproxy trace`: xtables-monitor --trace text into packets and numbered
-steps, conntrack -L text into tuples. No root, no lab: unit-tested on captured text."""
+"""Pure parsing for `kproxy trace`: xtables-monitor --trace text (iptables mode) or `nft monitor
+trace` text (nftables mode) into the same packets, hops and events, then numbered steps;
+conntrack -L text into tuples. No root, no lab: unit-tested on captured text.
+
+One shape for both modes, so explain/graph/dashboard and the text walk read either: an Event is
+(table, chain, kind, verdict, rule) with the iptables table name (nat/filter: for nftables the
+type of the base chain the packet is in), the verdict as xtables-monitor words it (ACCEPT, DROP,
+JUMP:CHAIN, GOTO:CHAIN, ...) and the rule as the tool prints it (`-A ...` or nft's rule text).
+walk() then reads the rule with the mode's vocabulary (explain.explain_rule or nftview)."""
 from __future__ import annotations
 
 import re
@@ -144,6 +151,8 @@ def walk(packet: Packet, saved: Saved, pods_by_ip: dict[str, dict]) -> tuple[lis
     """The numbered steps of one packet, and what they decided: {dnat, pod, masquerade, reason,
     verdict, refusal, choice}. `saved` (iptables-save of the node) supplies the rules the trace
     does not print: the random rolls that said no before the one taken."""
+    if not isinstance(saved, Saved):  # an nftables node: nftview.Listing
+        return walk_nft(packet, saved, pods_by_ip)
     steps: list[dict] = []
     out: dict = {"dnat": None, "pod": None, "masquerade": False, "mark_reason": None, "verdict": None,
                  "refusal": None, "choice": None}
@@ -205,4 +214,161 @@ def walk(packet: Packet, saved: Saved, pods_by_ip: dict[str, dict]) -> tuple[lis
                     why = " (not DNATed)"
                 steps.append({**step, "chain": jumped, "rule": "", "verdict": "no match", "not_met": True,
                               "explanation": f"no rule of {jumped} matched this packet: back to {ev.chain}{why}"})
+    return steps, out
+
+
+# -- nftables mode: `nft monitor trace` ------------------------------------------------------
+_NFT_LINE = re.compile(r"^trace id (\S+) (\S+) (\S+) (\S+) (packet|rule|policy|verdict):? ?(.*)$")
+_NFT_VERDICTS = {"accept": "ACCEPT", "drop": "DROP", "continue": "CONTINUE", "return": "RETURN", "queue": "QUEUE"}
+_TCP_FLAGS = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"), (0x20, "URG"))
+
+
+def _nft_verdict(text: str) -> str:
+    """`jump services` -> JUMP:services, `goto X` -> GOTO:X, `accept` -> ACCEPT."""
+    word, _, rest = text.strip().partition(" ")
+    if word in ("jump", "goto"):
+        return f"{word.upper()}:{rest}"
+    return _NFT_VERDICTS.get(word, text.strip().upper())
+
+
+def _nft_packet(text: str) -> Hop:
+    """A `packet:` line's fields in xtables-monitor's names (IN, OUT, SRC, DST, PROTO, SPORT, DPORT)."""
+    fields, flags = {}, []
+    for name, key in (("iif", "IN"), ("oif", "OUT")):
+        m = re.search(rf'\b{name} "([^"]+)"', text)
+        if m:
+            fields[key] = m.group(1)
+    for name, key in (("saddr", "SRC"), ("daddr", "DST")):
+        m = re.search(rf"\bip {name} (\S+)", text)
+        if m:
+            fields[key] = m.group(1)
+    m = re.search(r"\b(tcp|udp|sctp) sport (\d+) \1 dport (\d+)", text)
+    if m:
+        fields["PROTO"], fields["SPORT"], fields["DPORT"] = m.group(1), m.group(2), m.group(3)
+    m = re.search(r"\btcp flags == (\S+)", text)
+    if m:
+        word = m.group(1)
+        bits = int(word, 16) if word.startswith("0x") else sum(b for b, nm in _TCP_FLAGS if nm.lower() in word.split("|"))
+        flags = [nm for b, nm in _TCP_FLAGS if bits & b]
+    return Hop(fields, flags)
+
+
+def parse_nft_monitor(text: str, port: int, trace_table: str, table: str = "kube-proxy") -> list[Packet]:
+    """`nft monitor trace` output into the packets of the flow whose probe used source port
+    `port`: a packet starts where the rule of our trace table (`trace_table`, hooked before
+    kube-proxy's chains) set nftrace on it; its hops are the base chains of `table` it met."""
+    from kproxy.nftview import BASE_TYPES
+    packets: list[Packet] = []
+    ours: set[str] = set()
+    hop: Hop | None = None
+    pending: Hop | None = None
+    for line in text.splitlines():
+        m = _NFT_LINE.match(line.strip())
+        if not m:
+            continue
+        tid, _family, tbl, chain, kind, rest = m.groups()
+        if tbl == trace_table:
+            if kind == "packet":
+                pending = _nft_packet(rest)
+            elif kind == "rule" and pending is not None:
+                ours.add(tid)
+                packets.append(Packet([Hop(pending.fields, pending.flags)]))
+                hop = None
+            continue
+        if tbl != table:
+            hop = None if kind == "packet" else hop
+            continue
+        if kind == "packet":
+            new = _nft_packet(rest)
+            mine = tid in ours or str(port) in (new.fields.get("SPORT"), new.fields.get("DPORT"))
+            hop = None
+            if mine and packets:
+                new.fields["HOOK"] = chain
+                hop = new
+                packets[-1].hops.append(hop)
+            continue
+        if hop is None:
+            continue
+        kind_type = BASE_TYPES.get(hop.fields.get("HOOK", ""), "nat")
+        if kind == "rule":
+            rule, _, verdict = rest.rpartition(" (verdict ")
+            hop.events.append(Event(kind_type, chain, "rule", _nft_verdict(verdict.rstrip(")")), rule.strip()))
+        else:  # "policy accept" / "verdict continue" (a chain that returned)
+            hop.events.append(Event(kind_type, chain, "policy" if kind == "policy" else "return",
+                                    _nft_verdict(rest), ""))
+    return packets
+
+
+def walk_nft(packet: Packet, listing, pods_by_ip: dict[str, dict]) -> tuple[list[dict], dict]:
+    """walk() for the nftables mode: the same steps and decision, read with nftview's words;
+    a map lookup names the element the packet matched (`listing`: nftview.Listing)."""
+    from kproxy import nftview as nv
+    from kproxy.proxy.nft import names as n
+    steps: list[dict] = []
+    out: dict = {"dnat": None, "pod": None, "masquerade": False, "mark_reason": None, "verdict": None,
+                 "refusal": None, "choice": None}
+    for hop in packet.hops:
+        f = hop.fields
+        where = f.get("IN") or "", f.get("OUT") or ""
+        for i, ev in enumerate(hop.events):
+            step = {"table": ev.table, "chain": ev.chain, "rule": ev.rule, "verdict": ev.verdict,
+                    "packet": f"{f.get('SRC')}:{f.get('SPORT')} -> {f.get('DST')}:{f.get('DPORT')}",
+                    "in": where[0], "out": where[1]}
+            if ev.kind != "rule":
+                step["explanation"] = f"end of {ev.chain}: {ev.kind} {ev.verdict}"
+                if ev.kind == "policy" and ev.verdict == "DROP":
+                    out["verdict"] = "DROP"
+                steps.append(step)
+                continue
+            rule, target = ev.rule, ev.verdict.partition(":")[2]
+            step["explanation"] = nv.explain_rule(ev.chain, rule)
+            if "vmap @" in rule and not rule.startswith("numgen"):
+                map_name = rule.split("vmap @", 1)[1].split()[0]
+                element = listing.element(map_name, f.get("DST"), f.get("PROTO"), f.get("DPORT"))
+                if element is not None:
+                    step["element"] = element.text
+                    step["explanation"] = nv.explain_element(element)
+                    if map_name in (n.NO_ENDPOINT_SERVICES_MAP, n.NO_ENDPOINT_NODEPORTS_MAP):
+                        out["refusal"] = step["explanation"]
+                if ev.verdict == "DROP":
+                    out["verdict"] = "DROP"
+                    out["refusal"] = out["refusal"] or step["explanation"]
+            elif rule.startswith("numgen random"):
+                c = nv.numgen_choice(rule, target)
+                out["choice"] = {"chain": ev.chain, "taken": rule, "probability": c["probability"], "rolled_no": [],
+                                 "affinity": False, "numgen": c["numgen"], "endpoint": nv.endpoint_of(target)}
+            elif rule.startswith("ip saddr @") and target.startswith(n.ENDPOINT_PREFIX):
+                out["choice"] = {"chain": ev.chain, "taken": rule, "probability": None, "rolled_no": [],
+                                 "affinity": True, "endpoint": nv.endpoint_of(target)}
+            if "dnat to " in rule:
+                dest = rule.split("dnat to ", 1)[1].split()[0]
+                out["dnat"] = dest
+                out["pod"] = pods_by_ip.get(dest.rpartition(":")[0])
+                step["explanation"] += f": {_who(dest.rpartition(':')[0], pods_by_ip)}"
+            if target == n.MARK_MASQ_CHAIN:
+                out["mark_reason"] = step["explanation"]
+            if rule.startswith("masquerade"):
+                out["masquerade"] = True
+            if ev.chain == n.REJECT_CHAIN or (ev.chain == n.CLUSTER_IPS_CHECK_CHAIN and "reject" in rule):
+                step["verdict"] = "REJECT"  # the kernel reports a reject as drop (plus the ICMP error it sent)
+                out["verdict"] = "REJECT"
+                out["refusal"] = out["refusal"] or step["explanation"]
+            elif ev.verdict == "DROP" and "vmap @" not in rule:
+                out["verdict"] = "DROP"
+                out["refusal"] = out["refusal"] or step["explanation"]
+            steps.append(step)
+            after = hop.events[i + 1] if i + 1 < len(hop.events) else None
+            checks = {n.FIREWALL_CHECK_CHAIN: " (no element of firewall-ips: no loadBalancerSourceRanges apply)",
+                      n.SERVICE_ENDPOINTS_CHECK_CHAIN: " (no element of no-endpoint-services for this destination)",
+                      n.NODEPORT_ENDPOINTS_CHECK_CHAIN: " (no element of no-endpoint-nodeports for this port)",
+                      n.CLUSTER_IPS_CHECK_CHAIN: " (the destination is no ClusterIP left undNATed)"}
+            watched = n.is_service_chain(target) or target == n.SERVICES_CHAIN or target in checks
+            if ev.verdict.startswith(("JUMP:", "GOTO:")) and watched and (after is None or after.chain != target):
+                # the kernel prints nothing for a chain none of whose rules matched: say so
+                why = (" (the destination is no Service address: not DNATed here)" if target == n.SERVICES_CHAIN
+                       else " (not DNATed)" if target.startswith(n.EXTERNAL_PREFIX) else checks.get(target, ""))
+                back = ev.chain if ev.verdict.startswith("JUMP:") else "the base chain"
+                steps.append({**step, "chain": target, "rule": "", "verdict": "no match", "not_met": True,
+                              "element": None,
+                              "explanation": f"no rule of {target} matched this packet: back to {back}{why}"})
     return steps, out

@@ -4,6 +4,7 @@ logic is in kproxy/trace.py, traceparse.py, explain.py, graph.py, dashboard.py; 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -44,7 +45,8 @@ def trace(src, dst, proto, namespace, output, timeout, state_dir):
     cfg, store = running_lab(state_dir)
     if not cfg.sandbox:
         fail("kproxy trace runs only in a --sandbox lab (it programs the lab's node namespaces, never the host's)")
-    _iptables_only(cfg, "trace")
+    if cfg.proxy_mode == "nftables" and not shutil.which("nft"):
+        fail("kproxy trace in an nftables lab needs nft (Debian's nftables): run scripts/setup")
     try:
         kind, name, port = tr.parse_destination(dst)
         if kind == "svc":
@@ -70,7 +72,7 @@ def trace(src, dst, proto, namespace, output, timeout, state_dir):
         if not source.netns or not netns_exists(source.netns):
             fail(f"{src}: its network namespace {source.netns} does not exist (is the pod running?)")
         doc = tr.run(source, tr.Endpoint(dst, ip=ip, port=dport), proto, tr.lab_nodes(cfg, store),
-                     tr.pods_by_ip(store), timeout=timeout)
+                     tr.pods_by_ip(store), timeout=timeout, mode=cfg.proxy_mode, prefix=cfg.naming.prefix)
     except tr.TraceError as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -96,18 +98,39 @@ def explain(target, namespace, node, watch, reset, output, state_dir):
     word, _, name = target.partition("/")
     if resolve_kind(word) != "Service" or not name:
         fail("TARGET is svc/NAME")
-    _iptables_only(cfg, "explain")
     netns = _service_node(cfg, store, namespace, name, node)
     prefix = ["ip", "netns", "exec", netns] if netns else []
     service = f"{namespace}/{name}"
 
-    def counters() -> "ex.Saved":
+    def counters():
+        if cfg.proxy_mode == "nftables":
+            return _nft_node(cfg, netns)
         res = subprocess.run([*prefix, "iptables-save", "-c"], capture_output=True, text=True)
         if res.returncode != 0:
             fail(f"iptables-save failed: {res.stderr.strip()}")
         return ex.parse_save(res.stdout)
 
-    if reset:
+    if cfg.proxy_mode == "nftables" and netns:
+        from kproxy import nftcounters
+        try:
+            if nftcounters.ensure(netns, cfg.naming.prefix) and not reset:
+                click.echo(f"(counting starts now: kproxy's counters table {nftcounters.table_name(cfg.naming.prefix)} "
+                           f"was just made in {netns})", err=True)
+        except RuntimeError as e:
+            fail(str(e))
+    if reset and cfg.proxy_mode == "nftables":
+        from kproxy import nftcounters
+        from kproxy.nftview import reset_keys, service_path
+        node_view = counters()
+        if node_view.counters is None:
+            fail("--reset: this lab keeps no counters in nftables mode (no node namespace of its own)")
+        try:
+            nftcounters.reset(netns, cfg.naming.prefix,
+                              reset_keys(service_path(node_view.listing, service), node_view.listing,
+                                         node_view.counters))
+        except RuntimeError as e:
+            fail(str(e))
+    elif reset:
         for cmd in ex.reset_commands(counters(), service):
             res = subprocess.run([*prefix, *cmd], capture_output=True, text=True)
             if res.returncode != 0:
@@ -126,12 +149,14 @@ def explain(target, namespace, node, watch, reset, output, state_dir):
         sys.exit(130)
 
 
-def _iptables_only(cfg: LabConfig, what: str) -> None:
-    """trace, explain and the chain picture read iptables rules and counters: say so plainly in an
-    nftables lab rather than show an empty path (nft monitor trace and nft counters: not yet)."""
-    if cfg.proxy_mode != "iptables":
-        fail(f"kproxy {what} reads the iptables mode's rules; this lab runs in {cfg.proxy_mode} mode "
-             "(`kproxy rules` shows its table)")
+def _nft_node(cfg: LabConfig, netns: str | None):
+    """An nftables node as explain/graph read it: kube-proxy's table and kproxy's counters (none
+    in a lab without node namespaces: kproxy never programs the host's nftables for counting)."""
+    from kproxy import nftcounters
+    try:
+        return nftcounters.node_view(netns, cfg.naming.prefix)
+    except RuntimeError as e:
+        fail(str(e))
 
 
 def _service_node(cfg: LabConfig, store, namespace: str, name: str, node: str | None) -> str | None:
@@ -172,9 +197,9 @@ def graph(svc_name, namespace, node, fmt, out_file, state_dir):
         need_root()
         from kproxy.explain import parse_save
         from kproxy.trace import pods_by_ip
-        _iptables_only(cfg, "graph --svc")
         netns = _service_node(cfg, store, namespace, svc_name, node)
-        g = gr.service_graph(f"{namespace}/{svc_name}", parse_save(_node_save(cfg, netns)), pods_by_ip(store))
+        saved = _nft_node(cfg, netns) if cfg.proxy_mode == "nftables" else parse_save(_node_save(cfg, netns))
+        g = gr.service_graph(f"{namespace}/{svc_name}", saved, pods_by_ip(store))
     else:
         g = gr.lab_graph(store.values(kind_prefix("Node")), store.values(kind_prefix("Pod")),
                          store.values(kind_prefix("Service")), store.values(kind_prefix("EndpointSlice")),
@@ -209,7 +234,8 @@ def dashboard(port, address, state_dir):
     cfg, store = running_lab(state_dir)
     nodes = (lambda: lab_nodes(cfg, store)) if cfg.sandbox else (lambda: [(cfg.node_name, None)])
     try:
-        srv = db.make_server(address, port, db.Sampler(store, nodes, _outside_ip(cfg) if cfg.sandbox else None),
+        srv = db.make_server(address, port, db.Sampler(store, nodes, _outside_ip(cfg) if cfg.sandbox else None,
+                                                       cfg.proxy_mode, cfg.naming.prefix),
                              db.Tracer(cfg.state_dir))
     except OSError as e:
         fail(f"cannot listen on {address}:{port}: {e.strerror or e}")

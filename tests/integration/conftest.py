@@ -126,14 +126,21 @@ def prefixed_netns(prefix: str) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.startswith(prefix + "-")]
 
 
+# Run a module's tests once per proxy mode, one lab each: `pytestmark = BY_PROXY_MODE` (the
+# module's LAB_UP_ARGS still apply; this adds `--proxy-mode`). Tests read lab.cfg.proxy_mode.
+BY_PROXY_MODE = pytest.mark.parametrize("lab", ["iptables", "nftables"], indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
 def lab(request):
-    """A sandboxed lab for the module; a module may set LAB_UP_ARGS for `kproxy up`."""
+    """A sandboxed lab for the module; a module may set LAB_UP_ARGS for `kproxy up`, and
+    parametrize `lab` indirectly with a proxy mode (BY_PROXY_MODE)."""
     state = Path(tempfile.mkdtemp(prefix="kp-", dir="/tmp"))
     the_lab = Lab(state)
     the_lab.manifests.mkdir()
+    mode = getattr(request, "param", None)
     try:
-        the_lab.up(*getattr(request.module, "LAB_UP_ARGS", ()))
+        the_lab.up(*getattr(request.module, "LAB_UP_ARGS", ()), *(("--proxy-mode", mode) if mode else ()))
         yield the_lab
     finally:
         prefix = LabConfig(state_dir=str(state)).naming.prefix
