@@ -83,8 +83,8 @@ def test_a_full_sync_is_one_transaction_leaving_exactly_the_render(nft):
     assert res.full and res.applied and res.services_written == 1 and s.last_sync_kind == "full"
     [tx] = nft.transactions()
     lines = tx.splitlines()
-    assert lines[:2] == ["add table ip kube-proxy", "flush table ip kube-proxy"]
-    assert lines[2:] == res.result.transaction.splitlines()  # nothing to flush or delete yet
+    assert lines[:2] == ['add table ip kube-proxy { comment "rules for kube-proxy" ; }', "flush table ip kube-proxy"]
+    assert lines[2:] == res.result.transaction.splitlines()[1:]  # nothing to flush or delete yet
     assert "add element ip kube-proxy service-ips { 10.96.0.10 . tcp . 80 : goto service-" in tx
     assert set(res.result.service_chains) == {"default/web"}
     assert nft.names("chain") == set(res.result.table.chains)
@@ -233,7 +233,8 @@ def test_a_refused_partial_sync_is_followed_by_a_full_one_at_once(nft):
     nft.table["map"]["service-ips"].clear()  # someone edited the map by hand: the partial delete fails
     res = s.sync([svc("web", "10.96.0.10")], [eps("web")])
     assert res.applied and res.full and res.sync_failures == 1
-    assert nft.transactions()[-1].startswith("add table ip kube-proxy\nflush table ip kube-proxy\n")
+    assert nft.transactions()[-1].startswith('add table ip kube-proxy { comment "rules for kube-proxy" ; }\n'
+                                             'flush table ip kube-proxy\n')
     assert live_state(nft, s) == fresh_state([svc("web", "10.96.0.10")], [eps("web")]) and s.stale_chains
 
 

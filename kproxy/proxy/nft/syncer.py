@@ -381,10 +381,10 @@ class NftSyncer:
         table = self._table(plan)
         plan.elements = {name: dict(table.sets[name].elements) for name in SHARED_SETS}
         keep = {name for name in table.sets if name.startswith(AFFINITY_PREFIX)}
-        lines = [f"add table {TABLE_REF}", f"flush table {TABLE_REF}"]
+        lines = [table.loadable()[0], f"flush table {TABLE_REF}"]  # (an existing table keeps its comment)
         for kind in ("set", "map"):
             lines += [f"flush {kind} {TABLE_REF} {name}" for name in sorted(existing[kind] - keep)]
-        lines += table.loadable()
+        lines += table.loadable()[1:]
         # Chains no render has: service chains wait for their grace (already flushed by the
         # `flush table`); any other chain of ours (of an older kproxy) goes now.
         stale = {c: self.stale_chains.get(c, now) for c in existing["chain"] - set(table.chains)
