@@ -419,3 +419,51 @@ def test_a_service_whose_nftables_rules_fail_to_render_is_quarantined(tmp_path, 
     role.sync()
     assert ctx.store.get(PROXY_STATUS)["services"] == ["default/good"]
     assert ("FailedProxyRules", "Service", "default", "bad") in ctx.obj_problems
+
+
+def test_nftables_mode_metrics_status_and_stale_chains_through_the_role(tmp_path, monkeypatch, nft):
+    """/metrics in nftables mode: upstream's nftables_* failure counters, no iptables_* ones;
+    the stored status says which kind the last sync was; the role's idle passes delete stale
+    chains once their grace is over."""
+    monkeypatch.setattr(syncer, "run_nft", nft)
+    cfg = LabConfig(state_dir=str(tmp_path), sandbox=True, proxy_mode="nftables")
+    Path(cfg.manifests).mkdir(parents=True, exist_ok=True)
+    ctx = Context(cfg, SqliteStore(tmp_path / "s.db"), node_ip="192.168.49.2")
+    role = ProxyRole(ctx, FakeKernel())
+    role.make_proxier()
+    clock = Clock()
+    role.proxier.clock = clock
+    Frontend(ctx).admit_service(svc("web", ""))
+    role.sync()
+    assert ctx.store.get(PROXY_STATUS)["full"] is True
+    ctx.objects["EndpointSlice"]["default/web-1"] = eps("web", "10.244.0.5")
+    role.sync()
+    status = ctx.store.get(PROXY_STATUS)
+    assert status["full"] is False and status["servicesWritten"] == 1 and status["lastPartial"]
+    ctx.objects["EndpointSlice"]["default/web-1"] = eps("web", "10.244.0.6")
+    role.sync()
+    assert ctx.store.get(PROXY_STATUS)["staleChains"] == 1 and len(role.proxier.stale_chains) == 1
+    text = ctx.metrics.registry.exposition()
+    assert "kubeproxy_sync_proxy_rules_nftables_sync_failures_total 0" in text
+    assert "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total 0" in text
+    assert "iptables" not in text
+    assert "kubeproxy_sync_partial_proxy_rules_duration_seconds_count 2" in text
+    assert "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1" in text
+    nft.fail = 1  # the partial sync refused, the full one after it taken
+    ctx.objects["EndpointSlice"]["default/web-1"] = eps("web", "10.244.0.7")
+    role.sync()
+    assert "kubeproxy_sync_proxy_rules_nftables_sync_failures_total 1" in ctx.metrics.registry.exposition()
+    stale = set(role.proxier.stale_chains)
+    assert stale and stale <= nft.names("chain")
+    role.last_full_sync = role.last_canary = time.monotonic()
+    role.resync(time.monotonic())
+    assert stale <= nft.names("chain")  # grace not over
+    clock.now += 2
+    role.resync(time.monotonic())
+    assert not stale & nft.names("chain") and not role.proxier.stale_chains
+    iptables_mode = Context(LabConfig(state_dir=str(tmp_path / "i"), sandbox=True), SqliteStore(tmp_path / "i.db"),
+                            node_ip="192.168.49.2")
+    other = ProxyRole(iptables_mode, FakeKernel())
+    other.make_proxier()
+    text = iptables_mode.metrics.registry.exposition()
+    assert "kubeproxy_sync_proxy_rules_iptables_restore_failures_total 0" in text and "nftables" not in text

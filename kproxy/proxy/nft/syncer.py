@@ -199,6 +199,7 @@ class NftSyncer:
         self._ports: PortStates = {}
         self._health: dict[str, tuple[int, tuple[str, str, int]]] = {}
         self.last_sync_kind = ""  # "full" / "partial" of the last sync that wrote something
+        self._failed = [0, 0]  # refused sync transactions, refused stale-chain deletions (not yet taken)
 
     # ------------------------------------------------------------------ the role's surface
 
@@ -221,6 +222,12 @@ class NftSyncer:
         """Remove the table (kube-proxy's cleanup of the nftables mode); no table, nothing to do."""
         remove_table(self._run)
 
+    def take_failures(self) -> tuple[int, int]:
+        """(sync, cleanup) transactions refused since the last call: the metrics'
+        kubeproxy_sync_proxy_rules_nftables_{sync,cleanup}_failures_total."""
+        out, self._failed = (self._failed[0], self._failed[1]), [0, 0]
+        return out
+
     def delete_stale_chains(self) -> tuple[int, int]:
         """Delete the stale chains whose grace is over, in a transaction of their own (between
         syncs). (deleted, refused): refused ones are tried again later."""
@@ -233,6 +240,7 @@ class NftSyncer:
             log.warning("deleting %d stale chains failed, will retry: %s", len(due), _last_line(res))
             for c in due:  # upstream: they come back with a later timestamp
                 self.stale_chains[c] = now
+            self._failed[1] += 1
             return 0, len(due)
         for c in due:
             del self.stale_chains[c]
@@ -280,6 +288,7 @@ class NftSyncer:
             cleanup_failures += cleanup_failed
             if not ok:
                 failures += 1
+                self._failed[0] += 1
                 log.warning("nft refused the partial sync's transaction; doing a full sync")
                 full = True
         if full:
@@ -289,11 +298,16 @@ class NftSyncer:
             cleanup_failures += cleanup_failed
             if not ok:
                 failures += 1
+                self._failed[0] += 1
                 log.warning("nft refused the full sync's transaction; replacing the table whole")
                 plan.lines = [f"add table {TABLE_REF}", f"delete table {TABLE_REF}"] + self._table(plan).loadable()
                 plan.stale, plan.deletes = {}, []
                 sent = "".join(line + "\n" for line in plan.lines)
-                self._nft("-f", "-", stdin=sent)  # raises NftError
+                try:
+                    self._nft("-f", "-", stdin=sent)
+                except NftError:
+                    self._failed[0] += 1
+                    raise
         done = self.clock()
         self._need_full = False
         commands = self._finish(changes, skipped, dirty, plan)
@@ -418,6 +432,7 @@ class NftSyncer:
         if res.returncode != 0:
             return text, False, 0
         given_up = len(plan.deletes)
+        self._failed[1] += 1
         for line in plan.deletes:
             plan.stale[line.rsplit(" ", 1)[1]] = now
         plan.deletes = []
