@@ -176,18 +176,22 @@ def test_switching_modes_removes_the_other_modes_rules(netns):
     assert "table ip kube-proxy" not in tables and "table ip mine" in tables
 
 
-def test_partial_syncs_leave_the_kernel_as_a_fresh_full_render(netns):
+def test_partial_syncs_leave_the_kernel_as_a_fresh_full_render(netns, monkeypatch):
     """Upstream's partial sync path against the real kernel: after a full sync of N generated
     Services, each of a series of changes (endpoints replaced, Services added and deleted,
     ClientIP affinity switched on, a Service left without endpoints) is one partial `nft -f`
     naming only that Service; `nft list table ip kube-proxy` then equals, block for block and
     rule for rule, what one fresh full render of the same objects lists in a second netns (the
-    chains gone stale are there, empty, until their grace is over, then deleted)."""
+    chains gone stale are there, empty, until their grace is over, then deleted). The first
+    full sync goes in sections (40 Services each here) as a big one does."""
     import time
 
     from kproxy.bench import gen
     from kproxy.proxy.conntrack import Conntrack
+    from kproxy.proxy.nft import syncer
     from kproxy.proxy.nft.syncer import STALE_CHAIN_GRACE, NftSyncer
+
+    monkeypatch.setattr(syncer, "SECTION_SERVICES", 40)
 
     fresh = f"kpt{uuid.uuid4().hex[:4]}-nftf"
     subprocess.run(["ip", "netns", "add", fresh], check=True)
@@ -204,7 +208,8 @@ def test_partial_syncs_leave_the_kernel_as_a_fresh_full_render(netns):
     try:
         services, slices = gen.cluster(150, seed=3)
         s = NftSyncer(cfg, ["10.100.0.0/16"], run=runner(netns), conntrack=Conntrack(run=lambda a: None))
-        assert s.sync(services, slices).full
+        first = s.sync(services, slices)
+        assert first.full and first.sync_failures == 0 and "flush table" not in first.transaction
 
         def affinity(i):
             services[i]["spec"]["sessionAffinity"] = "ClientIP"

@@ -467,3 +467,37 @@ def test_nftables_mode_metrics_status_and_stale_chains_through_the_role(tmp_path
     other.make_proxier()
     text = iptables_mode.metrics.registry.exposition()
     assert "kubeproxy_sync_proxy_rules_iptables_restore_failures_total 0" in text and "nftables" not in text
+
+
+def test_a_big_first_sync_loads_the_service_chains_in_sections(nft, monkeypatch):
+    """Into a table without Service chains, the chains go in SECTION_SERVICES Services per
+    transaction (nothing jumps to them yet), then one transaction with the fixed part and every
+    element, which makes them live at once; the kernel ends up as with one transaction."""
+    monkeypatch.setattr(syncer, "SECTION_SERVICES", 5)
+    services, slices = many(12)
+    s = make(nft)
+    res = s.sync(services, slices)
+    txs = nft.transactions()
+    assert len(txs) == 4 and res.full
+    for tx in txs[:3]:
+        assert "element" not in tx and "nat-prerouting" not in tx and "flush" not in tx
+        assert len(set(re.findall(r"default/(s\d+)/", tx))) <= 5
+    assert "flush table" not in txs[3] and not re.search(r"add (chain|rule) ip kube-proxy \S+/", txs[3])
+    assert "add element ip kube-proxy service-ips" in txs[3]
+    monkeypatch.setattr(syncer, "SECTION_SERVICES", 100)
+    assert nft.state() == fresh_state(services, slices)
+    res = s.sync(services, slices, full=True)  # a resync: chains of ours are there, one transaction
+    assert len(nft.transactions()) == 5 and "flush table" in nft.transactions()[-1]
+    assert nft.state() == fresh_state(services, slices)
+
+
+def test_a_refused_section_falls_back_to_one_transaction(nft, monkeypatch):
+    monkeypatch.setattr(syncer, "SECTION_SERVICES", 5)
+    services, slices = many(12)
+    nft.refuse = lambda tx: "Error: boom" if "default/s6/" in tx and "element" not in tx else None
+    s = make(nft)
+    res = s.sync(services, slices)
+    assert res.full and res.sync_failures == 1 and "flush table" in nft.transactions()[-1]
+    nft.refuse = None
+    monkeypatch.setattr(syncer, "SECTION_SERVICES", 100)
+    assert nft.state() == fresh_state(services, slices)

@@ -55,7 +55,7 @@ from kproxy.proxy.changes import ServiceChanges
 from kproxy.proxy.conntrack import Conntrack, PortStates, port_states
 from kproxy.proxy.model import ProxyConfig
 from kproxy.proxy.nft.base import SHARED_SETS
-from kproxy.proxy.nft.names import AFFINITY_PREFIX, FAMILY, TABLE, is_service_chain
+from kproxy.proxy.nft.names import AFFINITY_PREFIX, FAMILY, MARK_MASQ_CHAIN, TABLE, is_service_chain
 from kproxy.proxy.nft.render import (Elements, NftRenderResult, ServicePiece, base_table, compose,
                                      render_service, service_order)
 from kproxy.proxy.nft.table import Table
@@ -67,6 +67,7 @@ NftRunner = Callable[[list[str], "str | None"], subprocess.CompletedProcess]
 TABLE_REF = f"{FAMILY} {TABLE}"
 STALE_CHAIN_GRACE = 1.0  # seconds a flushed stale chain waits before it is deleted (upstream's)
 LISTING = f"list chains {FAMILY}\nlist sets {FAMILY}\nlist maps {FAMILY}\n"
+SECTION_SERVICES = 500  # a first sync of more Services loads their chains this many at a time
 
 
 class NftError(IptablesError):
@@ -154,8 +155,8 @@ class NftSyncResult:
     applied: bool  # False when nothing changed and nothing was sent
     services_written: int
     duration: float
-    render_seconds: float
-    restore_seconds: float  # the `nft -f` (and, on a full sync, the listing before it)
+    render_seconds: float  # everything but `nft`: digests, render, composing the transaction
+    restore_seconds: float  # in `nft`: the transaction(s), and on a full sync the listing before
     result: SyncState  # .text, .transaction, .service_chains, .table of what is in the kernel
     transaction: str = ""  # the text sent to `nft -f` ("" when nothing was)
     conntrack_commands: list[list[str]] = field(default_factory=list)
@@ -174,6 +175,7 @@ class _Plan:
     stale: dict[str, float]
     deletes: list[str]  # the `delete chain` lines of due stale chains (dropped on a refusal)
     written: int
+    refused: int = 0  # transactions refused while planning (a section of a first sync)
 
 
 class NftSyncer:
@@ -200,6 +202,7 @@ class NftSyncer:
         self._health: dict[str, tuple[int, tuple[str, str, int]]] = {}
         self.last_sync_kind = ""  # "full" / "partial" of the last sync that wrote something
         self._failed = [0, 0]  # refused sync transactions, refused stale-chain deletions (not yet taken)
+        self._nft_seconds = 0.0  # time spent in `nft` (all calls), for the render/nft split of a sync
 
     # ------------------------------------------------------------------ the role's surface
 
@@ -253,6 +256,7 @@ class NftSyncer:
         """Bring the table up to date; raises NftError when `nft -f` refuses even a full sync.
         ``changed``: the "ns/name" keys whose objects may have changed (None: any)."""
         start = self.clock()
+        self._nft_seconds = 0.0
         full = full or self._need_full
         changes = self._changes.find(services, endpoint_slices, None if full else changed)
         skipped = dict(self._skipped)
@@ -283,7 +287,6 @@ class NftSyncer:
         sent = ""
         if not full:
             plan = self._partial(dirty, start)
-            rendered = self.clock()
             sent, ok, cleanup_failed = self._send(plan, start)
             cleanup_failures += cleanup_failed
             if not ok:
@@ -293,7 +296,7 @@ class NftSyncer:
                 full = True
         if full:
             plan = self._full(dirty, start)
-            rendered = self.clock()
+            failures += plan.refused
             sent, ok, cleanup_failed = self._send(plan, start)
             cleanup_failures += cleanup_failed
             if not ok:
@@ -312,8 +315,9 @@ class NftSyncer:
         self._need_full = False
         commands = self._finish(changes, skipped, dirty, plan)
         self.last_sync_kind = "full" if full else "partial"
+        nft_seconds = min(self._nft_seconds, done - start)
         return NftSyncResult(full=full, applied=True, services_written=plan.written, duration=done - start,
-                             render_seconds=rendered - start, restore_seconds=done - rendered, result=self._last,
+                             render_seconds=done - start - nft_seconds, restore_seconds=nft_seconds, result=self._last,
                              transaction=sent, conntrack_commands=commands, sync_failures=failures,
                              cleanup_failures=cleanup_failures, stale_chains=len(self.stale_chains))
 
@@ -395,10 +399,25 @@ class NftSyncer:
         table = self._table(plan)
         plan.elements = {name: dict(table.sets[name].elements) for name in SHARED_SETS}
         keep = {name for name in table.sets if name.startswith(AFFINITY_PREFIX)}
-        lines = [table.loadable()[0], f"flush table {TABLE_REF}"]  # (an existing table keeps its comment)
-        for kind in ("set", "map"):
-            lines += [f"flush {kind} {TABLE_REF} {name}" for name in sorted(existing[kind] - keep)]
-        lines += table.loadable()[1:]
+        loaded = set()
+        if len(pieces) >= SECTION_SERVICES and not any(is_service_chain(c) for c in existing["chain"]):
+            loaded = self._sections(table, plan.pieces)
+            plan.refused = 0 if loaded else 1
+        if loaded:  # the Services' chains are in: the rest, with no `flush table` that would empty them
+            lines = [table.loadable()[0]]
+            for kind in ("set", "map"):
+                lines += [f"flush {kind} {TABLE_REF} {name}" for name in sorted(existing[kind] - keep)]
+            lines += [s.declaration() for s in table.sets.values() if s.name not in keep]
+            rest = [c for name, c in sorted(table.chains.items()) if name not in loaded]
+            lines += [c.declaration() for c in rest]
+            lines += [f"flush chain {TABLE_REF} {name}" for name in sorted(existing["chain"])]
+            lines += [f"add rule {TABLE_REF} {c.name} {r}" for c in rest for r in c.rules]
+            lines += [line for s in table.sets.values() for line in s.element_lines()]
+        else:
+            lines = [table.loadable()[0], f"flush table {TABLE_REF}"]  # (an existing table keeps its comment)
+            for kind in ("set", "map"):
+                lines += [f"flush {kind} {TABLE_REF} {name}" for name in sorted(existing[kind] - keep)]
+            lines += table.loadable()[1:]
         # Chains no render has: service chains wait for their grace (already flushed by the
         # `flush table`); any other chain of ours (of an older kproxy) goes now.
         stale = {c: self.stale_chains.get(c, now) for c in existing["chain"] - set(table.chains)
@@ -410,6 +429,33 @@ class NftSyncer:
                       if (kind, name) not in wanted]
         plan.lines, plan.stale, plan.deletes = lines, stale, self._due(stale, now)
         return plan
+
+    def _sections(self, table: Table, pieces: dict[str, ServicePiece]) -> set[str]:
+        """A first sync of many Services into a table holding none of their chains: their
+        chains and affinity sets go in first, SECTION_SERVICES Services per transaction, so the
+        full sync's own transaction is left with the fixed part and the elements. Nothing jumps
+        to these chains until that last transaction commits, so the table switches over
+        atomically all the same. Why: the kernel's cost of a transaction grows with the square
+        of its anonymous sets (each `numgen ... vmap { }` is one, and binding one walks the
+        whole transaction: __nft_set_trans_bind), so one 10,000-Service transaction costs far
+        more than 20 of 500. The chains loaded; none when a section is refused (the caller
+        then sends everything in one transaction, which takes them over)."""
+        keys = sorted(pieces, key=service_order)
+        loaded: set[str] = set()
+        head = [table.loadable()[0], table.chains[MARK_MASQ_CHAIN].declaration()]
+        for i in range(0, len(keys), SECTION_SERVICES):
+            batch = [pieces[k] for k in keys[i:i + SECTION_SERVICES]]
+            lines = head + [s.declaration() for p in batch for _, s in sorted(p.affinity.items())]
+            lines += [c.declaration() for p in batch for _, c in sorted(p.chains.items())]
+            lines += [f"add rule {TABLE_REF} {c.name} {r}" for p in batch for _, c in sorted(p.chains.items())
+                      for r in c.rules]
+            res = self._nft("-f", "-", stdin="".join(line + "\n" for line in lines), check=False)
+            if res.returncode != 0:
+                log.warning("nft refused a section of the first sync (%s); sending it whole", _last_line(res))
+                self._failed[0] += 1
+                return set()
+            loaded.update(name for p in batch for name in p.chains)
+        return loaded
 
     def _table(self, plan: _Plan) -> Table:
         """The whole table of a plan (the base table is written anew by each full sync)."""
@@ -475,10 +521,13 @@ class NftSyncer:
 
     def _nft(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         argv = ["nft", *args]
+        t = time.monotonic()
         try:
             res = self._run(argv, stdin)
         except OSError as e:  # no nft binary
             raise NftError(f"{' '.join(argv[:3])} failed: {e}") from e
+        finally:
+            self._nft_seconds += time.monotonic() - t
         if check and res.returncode != 0:
             raise NftError(f"{' '.join(argv[:3])} failed: {(res.stderr or '').strip()}")
         return res
