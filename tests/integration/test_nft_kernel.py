@@ -255,5 +255,11 @@ def test_partial_syncs_leave_the_kernel_as_a_fresh_full_render(netns, monkeypatc
         deleted, refused = s.delete_stale_chains()
         assert deleted and not refused and not s.stale_chains
         assert listed(netns) == want
+        drift = next(c for c in first.result.service_chains[f"default/{services[0]['metadata']['name']}"]
+                     if c.startswith("service-"))
+        assert runner(netns)(["nft", "add", "rule", "ip", "kube-proxy", drift, "drop"]).returncode == 0
+        assert listed(netns) != want
+        again = s.sync(services, slices, full=True)  # a resync of the loaded table, in sections too
+        assert again.full and "flush table" not in again.transaction and listed(netns) == want
     finally:
         subprocess.run(["ip", "netns", "delete", fresh])
