@@ -473,35 +473,34 @@ def test_a_big_first_sync_loads_the_service_chains_in_sections(nft, monkeypatch)
     """Into a table without Service chains, the chains go in SECTION_SERVICES Services per
     transaction (nothing jumps to them yet), then one transaction with the fixed part and every
     element, which makes them live at once; the kernel ends up as with one transaction."""
-    monkeypatch.setattr(syncer, "SECTION_SERVICES", 5)
+    monkeypatch.setattr(syncer, "SECTION_SERVICES", 3)  # from 9 Services on
     services, slices = many(12)
     s = make(nft)
     res = s.sync(services, slices)
     txs = nft.transactions()
-    assert len(txs) == 4 and res.full
-    for tx in txs[:3]:
+    assert len(txs) == 5 and res.full
+    for tx in txs[:4]:
         assert "element" not in tx and "nat-prerouting" not in tx and "flush table" not in tx
-        assert len(set(re.findall(r"default/(s\d+)/", tx))) <= 5
-    assert "flush table" not in txs[3] and not re.search(r"add (chain|rule) ip kube-proxy \S+/", txs[3])
-    assert "add element ip kube-proxy service-ips" in txs[3]
+        assert len(set(re.findall(r"default/(s\d+)/", tx))) == 3
+    assert "flush table" not in txs[4] and not re.search(r"add (chain|rule) ip kube-proxy \S+/", txs[4])
+    assert "add element ip kube-proxy service-ips" in txs[4]
     assert nft.state() == fresh_state(services, slices)
     services.pop(3), slices.pop(3)  # gone: its chains go stale, flushed by the last transaction
     s0 = next(c for c in nft.table["chain"] if c.startswith("service-") and "default/s0/" in c)
     nft.table["chain"][s0].append("drop")  # drift: a rule added by hand
     res = s.sync(services, slices, full=True)  # a resync of the loaded table, in sections as well
-    txs = nft.transactions()[4:]
-    assert len(txs) == 4 and not any("flush table" in tx for tx in txs)
-    assert all(f"flush chain ip kube-proxy {c}" in txs[3] for c in s.stale_chains) and len(s.stale_chains) == 2
+    txs = nft.transactions()[5:]
+    assert len(txs) == 5 and not any("flush table" in tx for tx in txs)
+    assert all(f"flush chain ip kube-proxy {c}" in txs[4] for c in s.stale_chains) and len(s.stale_chains) == 2
     assert live_state(nft, s) == fresh_state(services, slices)
 
 
 def test_a_refused_section_falls_back_to_one_transaction(nft, monkeypatch):
-    monkeypatch.setattr(syncer, "SECTION_SERVICES", 5)
+    monkeypatch.setattr(syncer, "SECTION_SERVICES", 3)
     services, slices = many(12)
     nft.refuse = lambda tx: "Error: boom" if "default/s6/" in tx and "element" not in tx else None
     s = make(nft)
     res = s.sync(services, slices)
     assert res.full and res.sync_failures == 1 and "flush table" in nft.transactions()[-1]
     nft.refuse = None
-    monkeypatch.setattr(syncer, "SECTION_SERVICES", 100)
     assert nft.state() == fresh_state(services, slices)

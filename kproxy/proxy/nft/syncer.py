@@ -67,7 +67,7 @@ NftRunner = Callable[[list[str], "str | None"], subprocess.CompletedProcess]
 TABLE_REF = f"{FAMILY} {TABLE}"
 STALE_CHAIN_GRACE = 1.0  # seconds a flushed stale chain waits before it is deleted (upstream's)
 LISTING = f"list chains {FAMILY}\nlist sets {FAMILY}\nlist maps {FAMILY}\n"
-SECTION_SERVICES = 500  # a full sync of more Services writes their chains this many at a time
+SECTION_SERVICES = 500  # a full sync of 3x as many Services or more writes their chains this many at a time
 
 
 class NftError(IptablesError):
@@ -400,7 +400,7 @@ class NftSyncer:
         plan.elements = {name: dict(table.sets[name].elements) for name in SHARED_SETS}
         keep = {name for name in table.sets if name.startswith(AFFINITY_PREFIX)}
         loaded = set()
-        if len(pieces) >= SECTION_SERVICES:
+        if len(pieces) >= 3 * SECTION_SERVICES:  # below, one transaction costs less than the extra runs
             loaded = self._sections(table, plan.pieces)
             plan.refused = 0 if loaded else 1
         if loaded:  # the Services' chains are in: the rest, with no `flush table` that would empty them
