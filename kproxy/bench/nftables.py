@@ -268,9 +268,10 @@ def report_rows(r: dict) -> list[tuple[str, list[tuple[str, str, str, str]]]]:
             if not s.get("n"):
                 continue
             target = f"<= {TARGET_CHANGE * 1000:.0f} ms" if n == top and key == "hinted_endpoints" else ""
+            value = f"{fmt_seconds(s.get('p50'))} / {fmt_seconds(s.get('p99'))}"
             rows.append((f"{n}: nftables partial sync, {what}, p50 / p99 (n={s['n']}; nft -f p50 "
-                         f"{fmt_seconds(v[key]['nft'].get('p50'))})", f"{fmt_seconds(s.get('p50'))} / "
-                         f"{fmt_seconds(s.get('p99'))}", target, verdict(s.get("p99"), TARGET_CHANGE) if target else ""))
+                         f"{fmt_seconds(v[key]['nft'].get('p50'))})", value, target,
+                         verdict(s.get("p99"), TARGET_CHANGE) if target else ""))
         if v.get("cache") is not None:
             lib = v.get("libnftables")
             rows.append((f"{n}:   where: element add+delete (nft cache fill + commit) / no-cache tx / the "
