@@ -6,6 +6,7 @@ Sections (each can be skipped with --skip):
            alone into fresh netns (with its -S listing line, and without it for reference)
   change   one-Service changes as Proxier partial syncs (complete lists, and with a change
            hint), the one-chain restore floor, a full resync of the loaded table
+           (sync and change also run in nftables mode beside, --proxy-modes; nftables.py)
   e2e      a sandboxed lab: N Services in its manifests folder, then one new Service file at a
            time: time to its rules in iptables-save and to the first answered connection
   dataplane wrk through a ClusterIP vs straight to the pod IP, from the node netns
