@@ -46,6 +46,7 @@ import logging
 import re
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
@@ -258,6 +259,7 @@ class NftSyncer:
         start = self.clock()
         self._nft_seconds = 0.0
         full = full or self._need_full
+        listing = _Listing(self._run) if full else None  # read while the objects are digested and rendered
         changes = self._changes.find(services, endpoint_slices, None if full else changed)
         skipped = dict(self._skipped)
         dirty: dict[str, ServicePiece | None] = {}  # changed Services: their new piece, None: gone
@@ -295,7 +297,7 @@ class NftSyncer:
                 log.warning("nft refused the partial sync's transaction; doing a full sync")
                 full = True
         if full:
-            plan = self._full(dirty, start)
+            plan = self._full(dirty, start, listing)
             failures += plan.refused
             sent, ok, cleanup_failed = self._send(plan, start)
             cleanup_failures += cleanup_failed
@@ -384,7 +386,7 @@ class NftSyncer:
         lines = declare + rules + drop + add + flush + [f"delete set {TABLE_REF} {s}" for s in gone_sets]
         return _Plan(lines, pieces, elements, stale, deletes, written=len(dirty))
 
-    def _full(self, dirty: dict[str, ServicePiece | None], now: float) -> _Plan:
+    def _full(self, dirty: dict[str, ServicePiece | None], now: float, listing: "_Listing | None") -> _Plan:
         """Everything, after reading which chains, sets and maps the kernel holds."""
         pieces = dict(self._pieces)
         for key, piece in dirty.items():
@@ -392,8 +394,10 @@ class NftSyncer:
                 pieces.pop(key, None)
             else:
                 pieces[key] = piece
-        listing = self._nft("-t", "-f", "-", stdin=LISTING, check=False)
-        existing = listed_objects(listing.stdout if listing.returncode == 0 else "")
+        res = listing.get() if listing is not None else None
+        if res is None:  # (a partial sync was refused first: the kernel changed since)
+            res = self._nft("-t", "-f", "-", stdin=LISTING, check=False)
+        existing = listed_objects(res.stdout if res.returncode == 0 else "")
         self._base = base_table(self.cfg, self.service_cidrs)
         plan = _Plan([], pieces, {}, {}, [], written=len(pieces))
         table = self._table(plan)
@@ -535,6 +539,26 @@ class NftSyncer:
         if check and res.returncode != 0:
             raise NftError(f"{' '.join(argv[:3])} failed: {(res.stderr or '').strip()}")
         return res
+
+
+class _Listing:
+    """The full sync's listing of the table's chains, sets and maps, run on a thread (the
+    `nft` process works while Python digests and renders); None when it failed to run."""
+
+    def __init__(self, run: NftRunner):
+        self._res: subprocess.CompletedProcess | None = None
+        self._thread = threading.Thread(target=self._list, args=(run,), daemon=True)
+        self._thread.start()
+
+    def _list(self, run: NftRunner) -> None:
+        try:
+            self._res = run(["nft", "-t", "-f", "-"], LISTING)
+        except Exception as e:  # noqa: BLE001 - listed again synchronously, which reports it
+            log.warning("listing the table failed: %s", e)
+
+    def get(self) -> subprocess.CompletedProcess | None:
+        self._thread.join()
+        return self._res
 
 
 def _last_line(res: subprocess.CompletedProcess) -> str:
