@@ -504,3 +504,30 @@ def test_a_refused_section_falls_back_to_one_transaction(nft, monkeypatch):
     assert res.full and res.sync_failures == 1 and "flush table" in nft.transactions()[-1]
     nft.refuse = None
     assert nft.state() == fresh_state(services, slices)
+
+
+def test_an_element_two_services_write_keeps_the_full_renders_value(nft):
+    """Two Services with the same externalIP and port (the API does not forbid it): the key is
+    the later Service's, as in a full render; when that one goes, the other's value comes back
+    instead of the key disappearing."""
+    a, b = svc("a", "10.96.0.10"), svc("b", "10.96.0.11")
+    for x in (a, b):
+        x["spec"]["externalIPs"] = ["192.168.49.200"]
+    s = make(nft)
+    services, slices = [a, b], [eps("a", "10.244.0.5"), eps("b", "10.244.0.6")]
+    s.sync(services, slices)
+    key = "192.168.49.200 . tcp . 80"
+
+    def target() -> str:
+        return nft.state()["map"]["service-ips"][key][1]
+    assert "default/b/" in target()
+    slices[0] = eps("a", "10.244.0.7")  # a changes: b still wins the key
+    s.sync(services, slices)
+    assert "default/b/" in target() and live_state(nft, s) == fresh_state(services, slices)
+    services.pop(1), slices.pop(1)  # b goes: a's value comes back
+    s.sync(services, slices)
+    assert "default/a/" in target() and live_state(nft, s) == fresh_state(services, slices)
+    services.append(svc("b", "10.96.0.11")), slices.append(eps("b", "10.244.0.6"))
+    services[1]["spec"]["externalIPs"] = ["192.168.49.200"]
+    s.sync(services, slices)  # b back: the key is b's again
+    assert "default/b/" in target() and live_state(nft, s) == fresh_state(services, slices)

@@ -196,6 +196,7 @@ class NftSyncer:
         self._skipped: dict[str, str] = {}
         self._base = base_table(cfg, self.service_cidrs)
         self._elements: dict[str, Elements] = {name: {} for name in SHARED_SETS}  # the shared sets' elements
+        self._writers: dict[str, dict[str, set[str]]] = {name: {} for name in SHARED_SETS}  # key -> Services
         self.stale_chains: dict[str, float] = {}  # flushed, unused service chain -> when it went stale
         self._last: SyncState | None = None
         self._port_states: dict[str, PortStates] = {}
@@ -351,11 +352,22 @@ class NftSyncer:
             for piece in new:
                 wanted.update(piece.elements.get(name, {}))
             kernel = elements[name]
-            for key in sorted(old_keys - wanted.keys()):
-                if key in kernel:
-                    drop.append(s.delete_line(key))
-                    del kernel[key]
-            for key, (comment, value) in wanted.items():
+            writers = self._writers[name]
+            for key in sorted(old_keys | wanted.keys()):
+                # A key another (unchanged) Service writes too (the same externalIP and port) keeps
+                # the value of the last writer in Service order, as in a full render.
+                others = {k for k in writers.get(key, ()) if k not in dirty}
+                if others:
+                    last = max(others, key=service_order)
+                    if key not in wanted or service_order(last) > service_order(
+                            max((p.key for p in new if key in p.elements.get(name, {})), key=service_order)):
+                        wanted[key] = self._pieces[last].elements[name][key]
+                if key not in wanted:
+                    if key in kernel:
+                        drop.append(s.delete_line(key))
+                        del kernel[key]
+                    continue
+                comment, value = wanted[key]
                 have = kernel.get(key)
                 if have == (comment, value):
                     continue
@@ -498,7 +510,25 @@ class NftSyncer:
         for key, (sig, _) in changes.items():
             self._changes.remember(key, sig)
         self._skipped = skipped
+        before = self._pieces
         self._pieces, self._elements, self.stale_chains = plan.pieces, plan.elements, plan.stale
+        if len(dirty) > 64:  # (many changed, a first sync: index them all again)
+            self._writers = {name: {} for name in SHARED_SETS}
+            for key, piece in plan.pieces.items():
+                for name, els in piece.elements.items():
+                    for k in els:
+                        self._writers[name].setdefault(k, set()).add(key)
+        else:
+            for key in dirty:
+                old, new = before.get(key), plan.pieces.get(key)
+                for name in SHARED_SETS:
+                    writers = self._writers[name]
+                    for k in (old.elements.get(name, ()) if old else ()):
+                        writers.get(k, set()).discard(key)
+                        if not writers.get(k, True):
+                            del writers[k]
+                    for k in (new.elements.get(name, ()) if new else ()):
+                        writers.setdefault(k, set()).add(key)
         self._last = SyncState(self._base, self._pieces, dict(skipped))
         old_ports = self._ports
         for key in set(dirty) | ((self._port_states.keys() | self._health.keys()) - self._pieces.keys()):
