@@ -48,6 +48,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
@@ -112,6 +113,23 @@ def listed_objects(listing: str) -> dict[str, set[str]]:
     return out
 
 
+class ServiceChains(Mapping):
+    """"ns/name" -> its chains, read from the pieces when asked (a dict of 10,000 sets built
+    after every partial sync cost 16 ms)."""
+
+    def __init__(self, pieces: dict[str, ServicePiece]):
+        self._pieces = pieces
+
+    def __getitem__(self, key: str) -> set[str]:
+        return set(self._pieces[key].chains)
+
+    def __iter__(self):
+        return iter(self._pieces)
+
+    def __len__(self) -> int:
+        return len(self._pieces)
+
+
 class SyncState:
     """What the kernel holds after a sync, composed into a table only when someone asks (a
     partial sync at 10,000 Services must not pay for a whole render it does not send)."""
@@ -119,7 +137,7 @@ class SyncState:
     def __init__(self, base: Table, pieces: dict[str, ServicePiece], skipped: dict[str, str]):
         self._base, self._pieces, self.skipped_services = base, pieces, skipped
         self._result: NftRenderResult | None = None
-        self.service_chains: dict[str, set[str]] = {k: set(p.chains) for k, p in pieces.items()}
+        self.service_chains = ServiceChains(pieces)
 
     def _render(self) -> NftRenderResult:
         if self._result is None:
