@@ -8,5 +8,6 @@ render.py the entry point: digest in, `add table/set/map/chain/rule/element` lin
           Service rendered on its own (a ServicePiece), the table their composition
 syncer.py keeps the kernel's table in step: full and partial syncs as upstream's, stale chains
           deleted after upstream's grace (the proxy role's NftSyncer)
+kernel.py the `nft` runner, the table's listing and removal, NftError
 listing.py one Service's part of `nft list table` (`kproxy rules svc/NAME`)
 """

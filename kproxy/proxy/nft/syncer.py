@@ -43,74 +43,27 @@ exact transactions without root (tests/unit/test_nft_syncer.py).
 from __future__ import annotations
 
 import logging
-import re
-import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
-from kproxy.proxy.applier import IptablesError
 from kproxy.proxy.changes import ServiceChanges
 from kproxy.proxy.conntrack import Conntrack, PortStates, port_states
 from kproxy.proxy.model import ProxyConfig
 from kproxy.proxy.nft.base import SHARED_SETS
-from kproxy.proxy.nft.names import AFFINITY_PREFIX, FAMILY, MARK_MASQ_CHAIN, TABLE, is_service_chain
+from kproxy.proxy.nft.kernel import (LISTING, TABLE_REF, Listing, NftError, NftRunner, have_nft,  # noqa: F401
+                                     last_line, listed_objects, remove_table, run_nft)
+from kproxy.proxy.nft.names import AFFINITY_PREFIX, MARK_MASQ_CHAIN, is_service_chain
 from kproxy.proxy.nft.render import (Elements, NftRenderResult, ServicePiece, base_table, compose,
                                      render_service, service_order)
 from kproxy.proxy.nft.table import Table
 
 log = logging.getLogger(__name__)
 
-# run(argv, stdin text or None) -> the finished process (stdout, stderr, returncode)
-NftRunner = Callable[[list[str], "str | None"], subprocess.CompletedProcess]
-TABLE_REF = f"{FAMILY} {TABLE}"
 STALE_CHAIN_GRACE = 1.0  # seconds a flushed stale chain waits before it is deleted (upstream's)
-LISTING = f"list chains {FAMILY}\nlist sets {FAMILY}\nlist maps {FAMILY}\n"
 SECTION_SERVICES = 500  # a full sync of 3x as many Services or more writes their chains this many at a time
-
-
-class NftError(IptablesError):
-    """`nft -f` refused the transaction: the role reports it as it does a failed iptables-restore."""
-
-
-def run_nft(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(args, input=stdin, capture_output=True, text=True)
-
-
-def have_nft() -> bool:
-    return shutil.which("nft") is not None
-
-
-def remove_table(run: NftRunner | None = None) -> bool:
-    """Delete `table ip kube-proxy` of the current netns if there is one (kube-proxy's cleanup
-    of the nftables mode; `kproxy down` on a host). Whether one was deleted; raises NftError."""
-    if not have_nft() and run is None:
-        return False
-    run = run or run_nft
-    if run(["nft", "-t", "list", "table", *TABLE_REF.split()], None).returncode != 0:
-        return False
-    res = run(["nft", "delete", "table", *TABLE_REF.split()], None)
-    if res.returncode != 0:
-        raise NftError(f"nft delete table failed: {(res.stderr or '').strip()}")
-    return True
-
-
-def listed_objects(listing: str) -> dict[str, set[str]]:
-    """Chains, sets and maps of `table ip kube-proxy` in an `nft list` output (of that table,
-    or of `list chains/sets/maps ip`, which print every ip table: the others are skipped)."""
-    out: dict[str, set[str]] = {"chain": set(), "set": set(), "map": set()}
-    ours = False
-    for line in listing.splitlines():
-        if line.startswith("table "):
-            ours = line.split()[1:3] == [FAMILY, TABLE]
-            continue
-        m = re.match(r"^\s*(chain|set|map) (\S+) \{", line)
-        if m and ours:
-            out[m.group(1)].add(m.group(2))
-    return out
 
 
 class ServiceChains(Mapping):
@@ -260,7 +213,7 @@ class NftSyncer:
             return 0, 0
         res = self._nft("-f", "-", stdin="".join(f"delete chain {TABLE_REF} {c}\n" for c in due), check=False)
         if res.returncode != 0:
-            log.warning("deleting %d stale chains failed, will retry: %s", len(due), _last_line(res))
+            log.warning("deleting %d stale chains failed, will retry: %s", len(due), last_line(res))
             for c in due:  # upstream: they come back with a later timestamp
                 self.stale_chains[c] = now
             self._failed[1] += 1
@@ -278,7 +231,7 @@ class NftSyncer:
         start = self.clock()
         self._nft_seconds = 0.0
         full = full or self._need_full
-        listing = _Listing(self._run) if full else None  # read while the objects are digested and rendered
+        listing = Listing(self._run) if full else None  # read while the objects are digested and rendered
         changes = self._changes.find(services, endpoint_slices, None if full else changed)
         skipped = dict(self._skipped)
         dirty: dict[str, ServicePiece | None] = {}  # changed Services: their new piece, None: gone
@@ -416,7 +369,7 @@ class NftSyncer:
         lines = declare + rules + drop + add + flush + [f"delete set {TABLE_REF} {s}" for s in gone_sets]
         return _Plan(lines, pieces, elements, stale, deletes, written=len(dirty))
 
-    def _full(self, dirty: dict[str, ServicePiece | None], now: float, listing: "_Listing | None") -> _Plan:
+    def _full(self, dirty: dict[str, ServicePiece | None], now: float, listing: "Listing | None") -> _Plan:
         """Everything, after reading which chains, sets and maps the kernel holds."""
         pieces = dict(self._pieces)
         for key, piece in dirty.items():
@@ -489,7 +442,7 @@ class NftSyncer:
                       for r in c.rules]
             res = self._nft("-f", "-", stdin="".join(line + "\n" for line in lines), check=False)
             if res.returncode != 0:
-                log.warning("nft refused a section of the first sync (%s); sending it whole", _last_line(res))
+                log.warning("nft refused a section of the first sync (%s); sending it whole", last_line(res))
                 self._failed[0] += 1
                 return set()
             loaded.update(name for p in batch for name in p.chains)
@@ -507,7 +460,7 @@ class NftSyncer:
             for line in plan.deletes:
                 plan.stale.pop(line.rsplit(" ", 1)[1], None)
             return text, True, 0
-        log.warning("nft -f refused the transaction: %s", _last_line(res))
+        log.warning("nft -f refused the transaction: %s", last_line(res))
         if not plan.deletes:
             return text, False, 0
         # Perhaps a stale chain is still referenced: the sync goes without the deletes.
@@ -587,28 +540,3 @@ class NftSyncer:
         if check and res.returncode != 0:
             raise NftError(f"{' '.join(argv[:3])} failed: {(res.stderr or '').strip()}")
         return res
-
-
-class _Listing:
-    """The full sync's listing of the table's chains, sets and maps, run on a thread (the
-    `nft` process works while Python digests and renders); None when it failed to run."""
-
-    def __init__(self, run: NftRunner):
-        self._res: subprocess.CompletedProcess | None = None
-        self._thread = threading.Thread(target=self._list, args=(run,), daemon=True)
-        self._thread.start()
-
-    def _list(self, run: NftRunner) -> None:
-        try:
-            self._res = run(["nft", "-t", "-f", "-"], LISTING)
-        except Exception as e:  # noqa: BLE001 - listed again synchronously, which reports it
-            log.warning("listing the table failed: %s", e)
-
-    def get(self) -> subprocess.CompletedProcess | None:
-        self._thread.join()
-        return self._res
-
-
-def _last_line(res: subprocess.CompletedProcess) -> str:
-    lines = (res.stderr or "").strip().splitlines()
-    return lines[-1] if lines else "no message"
