@@ -1,139 +1,295 @@
-"""Would an nftables mode meet "one-Service change at 10,000 Services live <= 100 ms"? A quick
-standalone measurement, not a proxy mode: a kube-proxy-nftables-style ruleset (one table, the
-ClusterIPs in a verdict map, a chain per service port and per endpoint, `numgen` spreading over
-the endpoints) for N generated Services is loaded with ``nft -f`` into a netns this script
-creates (hooked like kube-proxy's: prerouting and output), then one Service's endpoints are
-changed N_CHANGES times (one ``nft -f`` each: new endpoint chains, the service chain flushed and
-refilled, the old endpoint chains deleted), and Services are added (their chains and a map
-element). Run as root:
+"""The benchmark's sync and change sections in nftables mode, beside the iptables ones (same
+generated Services, same sizes): a real NftSyncer (kproxy/proxy/nft/syncer.py) in a fresh
+netns, and where its time goes.
 
-    python -m kproxy.bench.nftables --services 10000 [--changes 20]
+Per size, in netns of its own (``python -m kproxy.bench.nftables JSON`` runs inside one):
 
-Prints one JSON object. Everything is inside ``kpbench<4hex>-nft``, removed at the end.
+- ``full``: the syncer's first full sync (render, listing, the Services' chains in sections of
+  SECTION_SERVICES, then one transaction with the rest);
+- ``bare``: the same table as ONE transaction (upstream's first sync, and kproxy's before the
+  sections) loaded with a bare `nft -f` into another fresh netns (the target: full sync within
+  1.2x of it);
+- one-Service changes as partial syncs, with the changed key (as the daemon calls it) and
+  without (every object compared), and Services added;
+- where a partial sync's time goes: ``cache``, an element added and deleted in one `nft -f`
+  (a real commit, no net change): nft fills its cache first as for any `add rule`/`add element`
+  (nft 1.0.6 dumps every chain of the ruleset);
+  ``nocache``, a transaction nft needs no cache for (`add table` + `flush chain` of a scratch
+  chain): process start + the kernel's commit, the floor of the `nft` CLI; ``check``, the
+  partial transaction's shape run with `nft -c` (cache, evaluation and the kernel's prepare,
+  no commit); ``libnftables``, the ``cache`` transaction through libnftables in this process
+  (ctypes, one context kept: the cache is dumped again after each commit all the same), to
+  tell the process start from the cache fill;
+- ``resync``: a full sync into the loaded table, when the first one took under RESYNC_BELOW s.
+
+Everything runs in ``kpbench<4hex>-nft…`` namespaces, removed at the end (Cleanup).
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
+import ctypes
 import json
+import os
+import signal
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from kproxy.bench import gen, stats
-from kproxy.api.meta import LABEL_SERVICE_NAME
-from kproxy.bench.sandbox import Cleanup
+from kproxy.bench.sandbox import PY, Cleanup
+from kproxy.bench.session import Bench, log
+from kproxy.bench.table import fmt_ratio, fmt_seconds, verdict
 
-TABLE = "kproxy-bench"
-
-
-def _h(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _svc_chain(name: str) -> str:
-    return f"service-{_h(name)}-{gen.NAMESPACE}/{name}/tcp/{gen.PORT_NAME}"
+CFG = dict(cluster_cidr="10.244.0.0/16", node_name="node-1", node_ips=["192.168.49.2"])
+SERVICE_CIDR = "10.100.0.0/16"
+RESYNC_BELOW = 30.0   # a full resync of the loaded table is measured when the first sync took less
+REPEAT_BELOW = 10.0   # bare loads under this are taken 3 times (median)
+TARGET_CHANGE = 0.100
+TARGET_FULL_RATIO = 1.2
 
 
-def _ep_chain(name: str, ip: str, port: int) -> str:
-    return f"endpoint-{_h(name + ip)}-{gen.NAMESPACE}/{name}/tcp/{gen.PORT_NAME}__{ip}/{port}"
+# ------------------------------------------------------------------ inside the netns
 
 
-def _service_lines(name: str, ip: str, eps: list[str], port: int) -> list[str]:
-    """add chain/rule lines of one Service's chains (as kube-proxy's nftables proxier writes)."""
-    svc = _svc_chain(name)
-    lines = [f'add chain ip {TABLE} {svc}', f'flush chain ip {TABLE} {svc}',
-             f'add rule ip {TABLE} {svc} ip daddr {ip} tcp dport {gen.SERVICE_PORT} '
-             f'ip saddr != 10.244.0.0/16 jump mark-for-masquerade']
-    for ep in eps:
-        chain = _ep_chain(name, ep, port)
-        lines += [f'add chain ip {TABLE} {chain}', f'flush chain ip {TABLE} {chain}',
-                  f'add rule ip {TABLE} {chain} ip saddr {ep} jump mark-for-masquerade',
-                  f'add rule ip {TABLE} {chain} meta l4proto tcp dnat to {ep}:{port}']
-    spread = ", ".join(f'{i} : goto {_ep_chain(name, ep, port)}' for i, ep in enumerate(eps))
-    lines.append(f'add rule ip {TABLE} {svc} numgen random mod {len(eps)} vmap {{ {spread} }}')
-    return lines
-
-
-def ruleset(services: list[dict], slices: list[dict]) -> str:
-    eps = {sl["metadata"]["labels"][LABEL_SERVICE_NAME]: sl for sl in slices}
-    lines = [f"add table ip {TABLE}",
-             f"add map ip {TABLE} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}",
-             f"add chain ip {TABLE} mark-for-masquerade",
-             f"add rule ip {TABLE} mark-for-masquerade meta mark set meta mark or 0x4000",
-             f"add chain ip {TABLE} services",
-             f"add rule ip {TABLE} services ip daddr . meta l4proto . th dport vmap @service-ips",
-             f"add chain ip {TABLE} nat-prerouting {{ type nat hook prerouting priority dstnat ; }}",
-             f"add rule ip {TABLE} nat-prerouting jump services",
-             f"add chain ip {TABLE} nat-output {{ type nat hook output priority -100 ; }}",
-             f"add rule ip {TABLE} nat-output jump services"]
-    elements = []
-    for svc in services:
-        name = svc["metadata"]["name"]
-        sl = eps[name]
-        ips = [e["addresses"][0] for e in sl["endpoints"]]
-        lines += _service_lines(name, svc["spec"]["clusterIP"], ips, sl["ports"][0]["port"])
-        elements.append(f'{svc["spec"]["clusterIP"]} . tcp . {gen.SERVICE_PORT} : goto {_svc_chain(name)}')
-    for i in range(0, len(elements), 1000):
-        lines.append(f"add element ip {TABLE} service-ips {{ {', '.join(elements[i:i + 1000])} }}")
-    return "\n".join(lines) + "\n"
-
-
-def nft(netns: str, text: str) -> float:
+def _nft(text: str, *flags: str) -> float:
     t = time.monotonic()
-    res = subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=text, capture_output=True, text=True)
+    res = subprocess.run(["nft", *flags, "-f", "-"], input=text, capture_output=True, text=True)
     if res.returncode != 0:
-        raise RuntimeError(f"nft -f failed: {res.stderr.strip()[:500]}")
+        raise RuntimeError(f"nft -f failed: {res.stderr.strip()[:400]}")
     return time.monotonic() - t
 
 
-def measure(n: int, changes: int, cleanup: Cleanup) -> dict:
-    services, slices = gen.cluster(n, 7)
-    ns = cleanup.new_netns("nft")
+def _median(fn, k: int = 5) -> float:
+    return statistics.median(fn() for _ in range(k))
+
+
+def _libnftables(text: str, k: int = 5) -> float | None:
+    """The same transaction through libnftables in this process (no process start); None when
+    the library is not there."""
     try:
-        text = ruleset(services, slices)
-        out: dict = {"services": n, "lines": text.count("\n"), "load_seconds": nft(ns, text)}
+        lib = ctypes.CDLL("libnftables.so.1")
+    except OSError:
+        return None
+    lib.nft_ctx_new.restype = ctypes.c_void_p
+    lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+    lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.nft_ctx_buffer_output.argtypes = lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+    ctx = lib.nft_ctx_new(0)
+    lib.nft_ctx_buffer_output(ctx)
+    lib.nft_ctx_buffer_error(ctx)
+    try:
+        lib.nft_run_cmd_from_buffer(ctx, text.encode())  # the first run loads what it needs
         samples = []
-        by_name = {s["metadata"]["name"]: s for s in services}
-        for c in range(changes):
-            before = {sl["metadata"]["labels"][LABEL_SERVICE_NAME]: [e["addresses"][0] for e in sl["endpoints"]]
-                      for sl in slices}
-            name = gen.change_endpoints(slices, c)
-            sl = next(s for s in slices if s["metadata"]["labels"][LABEL_SERVICE_NAME] == name)
-            now = [e["addresses"][0] for e in sl["endpoints"]]
-            port = sl["ports"][0]["port"]
-            lines = _service_lines(name, by_name[name]["spec"]["clusterIP"], now, port)
-            lines += [f'delete chain ip {TABLE} {_ep_chain(name, ip, port)}' for ip in before[name] if ip not in now]
-            samples.append(nft(ns, "\n".join(lines) + "\n"))
-        adds = []
-        for k in range(min(changes, 10)):
-            i = n + k
-            name = gen.service_name(i, "added")
-            ip = gen.cluster_ip(i)
-            lines = _service_lines(name, ip, [gen.endpoint_ip(i), gen.endpoint_ip(i + 1)], 8080)
-            lines.append(f'add element ip {TABLE} service-ips {{ {ip} . tcp . {gen.SERVICE_PORT} : goto {_svc_chain(name)} }}')
-            adds.append(nft(ns, "\n".join(lines) + "\n"))
-        out["endpoint_change"] = stats.summary(samples)
-        out["service_added"] = stats.summary(adds)
-        return out
+        for _ in range(k):
+            t = time.monotonic()
+            if lib.nft_run_cmd_from_buffer(ctx, text.encode()) != 0:
+                return None
+            samples.append(time.monotonic() - t)
+        return statistics.median(samples)
     finally:
-        cleanup.del_netns(ns)
+        lib.nft_ctx_free(ctx)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--services", type=int, default=10000)
-    ap.add_argument("--changes", type=int, default=20)
-    args = ap.parse_args(argv)
-    cleanup = Cleanup()
+def _changes(syncer, services, slices, count: int, first: int, kind: str, hint: bool, budget: float) -> dict:
+    out = []
+    deadline = time.monotonic() + budget
+    for c in range(count):
+        if time.monotonic() > deadline:
+            break
+        if kind == "endpoints":
+            name = gen.change_endpoints(slices, first + c)
+        else:
+            i = len(services)
+            svc = gen.service(i, prefix="hinted" if hint else "added", target_port=8080)
+            services.append(svc)
+            name = svc["metadata"]["name"]
+            slices.append(gen.endpoint_slice(name, [gen.endpoint_ip(i), gen.endpoint_ip(i + 1)], port=8080))
+        res = syncer.sync(services, slices, changed={f"{gen.NAMESPACE}/{name}"} if hint else None)
+        if res.full:
+            raise RuntimeError(f"a one-Service change was a full sync ({name})")
+        out.append({"seconds": res.duration, "render": res.render_seconds, "nft": res.restore_seconds,
+                    "lines": res.transaction.count("\n")})
+    return {"samples": out, "summary": stats.summary([s["seconds"] for s in out]),
+            "render": stats.summary([s["render"] for s in out]), "nft": stats.summary([s["nft"] for s in out]),
+            "lines": statistics.median(s["lines"] for s in out) if out else 0}
+
+
+def sync_task(args: dict) -> dict:
+    from kproxy.proxy.conntrack import Conntrack
+    from kproxy.proxy.model import ProxyConfig
+    from kproxy.proxy.nft.names import TABLE
+    from kproxy.proxy.nft.syncer import NftError, NftSyncer
+
+    n = args["n"]
+    services, slices = gen.cluster(n, args.get("seed", 7))
+    syncer = NftSyncer(ProxyConfig(**CFG), [SERVICE_CIDR], conntrack=Conntrack(run=lambda a: None))
+    out: dict = {"n": n, "load": os.getloadavg()[0]}
     try:
-        print(json.dumps(measure(args.services, args.changes, cleanup)))
+        res = syncer.sync(services, slices, full=True)
+    except NftError as e:
+        out["full"] = {"ok": False, "error": str(e)[:800]}
+        return out
+    out["full"] = {"ok": True, "seconds": res.duration, "render": res.render_seconds, "nft": res.restore_seconds,
+                   "lines": res.transaction.count("\n"),
+                   "chains": sum(len(c) for c in res.result.service_chains.values())}
+    from kproxy.proxy.nft.render import render
+    # the comparator: the whole table as ONE transaction (upstream's first sync; the syncer
+    # itself sends a big first sync as sections, then one transaction with the rest)
+    Path(args["text_out"]).write_text(render(services, slices, ProxyConfig(**CFG), [SERVICE_CIDR]).transaction)
+    changes = args.get("changes", 0)
+    if not changes:
+        return out
+    budget = args.get("budget", 120.0)
+    try:
+        out["hinted_endpoints"] = _changes(syncer, services, slices, changes, 1000, "endpoints", True, budget)
+        out["partial_endpoints"] = _changes(syncer, services, slices, changes, 0, "endpoints", False, budget)
+        out["hinted_add"] = _changes(syncer, services, slices, args.get("adds", 3), 0, "add", True, budget / 2)
+        # where the time goes (see the module docstring)
+        cache = (f"add element ip {TABLE} cluster-ips {{ 10.255.255.254 }}\n"
+                 f"delete element ip {TABLE} cluster-ips {{ 10.255.255.254 }}\n")  # a real commit, no net change
+        out["cache"] = _median(lambda: _nft(cache))
+        nocache = f"add table ip {TABLE}\nflush chain ip {TABLE} mark-for-masquerade-bench\n"
+        _nft(f"add chain ip {TABLE} mark-for-masquerade-bench\n")
+        out["nocache"] = _median(lambda: _nft(nocache))
+        _nft(f"delete chain ip {TABLE} mark-for-masquerade-bench\n")
+        piece = syncer._pieces[next(iter(syncer._pieces))]  # noqa: SLF001 - a Service's chains, rewritten as-is
+        shape = "".join(f"{c.declaration()}\nflush chain ip {TABLE} {name}\n"
+                        + "".join(f"add rule ip {TABLE} {name} {r}\n" for r in c.rules)
+                        for name, c in sorted(piece.chains.items()))
+        out["check"] = _median(lambda: _nft(shape, "-c"))
+        out["same_shape"] = _median(lambda: _nft(shape))
+        out["libnftables"] = _libnftables(cache)
+        if out["full"]["seconds"] < RESYNC_BELOW:
+            t = time.monotonic()
+            res = syncer.sync(services, slices, full=True)
+            out["resync"] = {"ok": True, "seconds": time.monotonic() - t, "render": res.render_seconds,
+                             "nft": res.restore_seconds}
+    except (NftError, RuntimeError) as e:
+        out["partial_error"] = str(e)[:800]
+    return out
+
+
+def bare_task(args: dict) -> dict:
+    t = time.monotonic()
+    res = subprocess.run(["nft", "-f", args["text"]], capture_output=True, text=True)
+    seconds = time.monotonic() - t
+    if res.returncode != 0:
+        return {"ok": False, "error": res.stderr.strip()[:800], "seconds": seconds}
+    return {"ok": True, "seconds": seconds, "load": os.getloadavg()[0]}
+
+
+# ------------------------------------------------------------------ the driver
+
+
+def run_in(cleanup: Cleanup, netns: str, payload: dict, timeout: float) -> dict:
+    """This module's worker inside ``netns`` (killed with its process group after ``timeout``)."""
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, PY, "-m", "kproxy.bench.nftables", json.dumps(payload)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    cleanup.procs.append(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return {"ok": False, "timed_out": True, "error": f"worker killed after {timeout:.0f} s"}
     finally:
-        left = cleanup.close()
-        if left:
-            print(f"netns left behind: {left}", file=sys.stderr)
-    return 0
+        cleanup.procs.remove(proc)
+    if proc.returncode != 0:
+        return {"ok": False, "error": err.strip()[-800:]}
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def sync_size(bench: Bench, n: int) -> None:
+    """The nftables mode at ``n`` Services: bench.res["nft"][n]."""
+    a = bench.args
+    r: dict = {}
+    bench.res.setdefault("nft", {})[n] = r
+    changes = a.changes if "change" not in a.skip else 0
+    text = bench.tmp / f"nft-{n}.txt"
+    timeout = max(600.0, min(1800.0, bench.left()))
+    log(f"{n} Services: nftables mode: full sync" + (f", then {changes} changes" if changes else ""))
+    ns = bench.cleanup.new_netns(f"nft{n}")
+    try:
+        out = run_in(bench.cleanup, ns, {"task": "sync", "n": n, "seed": a.seed, "changes": changes,
+                                         "text_out": str(text), "budget": max(30.0, min(240.0, bench.left() / 4))},
+                     timeout)
+    finally:
+        bench.cleanup.del_netns(ns)
+    r.update(out)
+    if "sync" in a.skip or not text.exists():
+        return
+    runs = []
+    for rep in range(3):
+        log(f"{n} Services: nftables mode: bare nft -f of the same transaction" + (f" (again, {rep})" if rep else ""))
+        ns = bench.cleanup.new_netns(f"nftb{n}")
+        try:
+            got = run_in(bench.cleanup, ns, {"task": "bare", "text": str(text)}, timeout)
+        finally:
+            bench.cleanup.del_netns(ns)
+        runs.append(got)
+        if not got.get("ok") or got["seconds"] >= REPEAT_BELOW:
+            break
+    ok = sorted(x["seconds"] for x in runs if x.get("ok"))
+    r["bare"] = {"ok": bool(ok), "seconds": stats.percentile(ok, 50) if ok else None, "runs": runs}
+    text.unlink(missing_ok=True)
+
+
+def report_rows(r: dict) -> list[tuple[str, list[tuple[str, str, str, str]]]]:
+    """The report's nftables sections (report.table_rows adds them after the iptables ones)."""
+    nft = {int(k): v for k, v in (r.get("nft") or {}).items()}
+    if not nft:
+        return []
+    rows = []
+    for n, v in sorted(nft.items()):
+        full, bare = v.get("full") or {}, v.get("bare") or {}
+        if not full.get("ok"):
+            rows.append((f"{n}: nftables full sync", str(full.get("error", "n/a"))[:60], "", "FAIL"))
+            continue
+        rows.append((f"{n}: nftables full sync (render {fmt_seconds(full.get('render'))}, nft -f "
+                     f"{fmt_seconds(full.get('nft'))}, {full.get('lines')} lines; load {v.get('load', 0):.1f})",
+                     fmt_seconds(full["seconds"]), "", ""))
+        if bare.get("ok"):
+            ratio = full["seconds"] / bare["seconds"]
+            rows.append((f"{n}: nftables full sync / bare nft -f of the same transaction "
+                         f"({fmt_seconds(bare['seconds'])})", fmt_ratio(ratio), f"<= {TARGET_FULL_RATIO}x",
+                         verdict(ratio, TARGET_FULL_RATIO)))
+        if (v.get("resync") or {}).get("ok"):
+            rows.append((f"{n}: nftables full resync of the loaded table", fmt_seconds(v["resync"]["seconds"]), "", ""))
+    out = [("2n. nftables mode: full sync vs bare nft -f of the same transaction", rows)]
+    rows = []
+    top = max(nft)
+    for n, v in sorted(nft.items()):
+        for key, what in (("hinted_endpoints", "with the changed key (as the daemon calls it)"),
+                          ("partial_endpoints", "no hint (every object compared)"),
+                          ("hinted_add", "a Service added")):
+            s = (v.get(key) or {}).get("summary") or {}
+            if not s.get("n"):
+                continue
+            target = f"<= {TARGET_CHANGE * 1000:.0f} ms" if n == top and key == "hinted_endpoints" else ""
+            value = f"{fmt_seconds(s.get('p50'))} / {fmt_seconds(s.get('p99'))}"
+            rows.append((f"{n}: nftables partial sync, {what}, p50 / p99 (n={s['n']}; nft -f p50 "
+                         f"{fmt_seconds(v[key]['nft'].get('p50'))})", value, target,
+                         verdict(s.get("p99"), TARGET_CHANGE) if target else ""))
+        if v.get("cache") is not None:
+            lib = v.get("libnftables")
+            rows.append((f"{n}:   where: element add+delete (nft cache fill + commit) / no-cache tx / the "
+                         f"former in-process (libnftables)",
+                         f"{fmt_seconds(v['cache'])} / {fmt_seconds(v.get('nocache'))} / "
+                         f"{fmt_seconds(lib) if lib is not None else 'n/a'}", "", ""))
+            rows.append((f"{n}:   a Service's chains rewritten: nft -c (no commit) / nft -f",
+                         f"{fmt_seconds(v.get('check'))} / {fmt_seconds(v.get('same_shape'))}", "", ""))
+        if v.get("partial_error"):
+            rows.append((f"{n}: nftables partial sync error", v["partial_error"][:60], "", "FAIL"))
+    out.append(("3n. nftables mode: one-Service change", rows))
+    return out
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    print(json.dumps({"sync": sync_task, "bare": bare_task}[args["task"]](args)))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from kproxy.bench import api
+from kproxy.bench import api, nftables
 from kproxy.bench.plot import Canvas, bar_panel, line_panel
 from kproxy.bench.session import Bench, log
 from kproxy.bench.table import fmt_ratio, fmt_seconds, format_table, verdict
@@ -98,6 +98,7 @@ def table_rows(r: dict, T: float) -> list[tuple[str, list[tuple[str, str, str, s
         if v.get("partial_error"):
             rows.append((f"{n}: partial sync error", v["partial_error"][:60], "", "FAIL"))
     sections.append(("3a. one-Service change (endpoints) at the Proxier", rows))
+    sections += nftables.report_rows(r)  # the same sections in nftables mode
 
     rows = []
     for n, v in sorted((k, v) for k, v in r["e2e"].items() if isinstance(k, int)):

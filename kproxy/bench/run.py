@@ -6,6 +6,7 @@ Sections (each can be skipped with --skip):
            alone into fresh netns (with its -S listing line, and without it for reference)
   change   one-Service changes as Proxier partial syncs (complete lists, and with a change
            hint), the one-chain restore floor, a full resync of the loaded table
+           (sync and change also run in nftables mode beside, --proxy-modes; nftables.py)
   e2e      a sandboxed lab: N Services in its manifests folder, then one new Service file at a
            time: time to its rules in iptables-save and to the first answered connection
   dataplane wrk through a ClusterIP vs straight to the pod IP, from the node netns
@@ -62,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-minutes", type=float, default=25.0, help="overall budget; later sections shrink or skip")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install wrk when it is missing")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--proxy-modes", default="iptables,nftables",
+                    help="modes of the sync and change sections, side by side (comma list)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.sizes, args.e2e_sizes, args.pods = "100", "100", "10"
@@ -73,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.sizes = sorted({int(x) for x in str(args.sizes).split(",") if x.strip()})
     args.e2e_sizes = sorted({int(x) for x in str(args.e2e_sizes).split(",") if x.strip()})
     args.pods = sorted({int(x) for x in str(args.pods).split(",") if x.strip()})
+    args.proxy_modes = {m.strip() for m in str(args.proxy_modes).split(",") if m.strip()}
+    if args.proxy_modes - {"iptables", "nftables"}:
+        ap.error(f"unknown proxy modes: {', '.join(sorted(args.proxy_modes - {'iptables', 'nftables'}))}")
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     unknown = args.skip - set(SECTIONS)
     if unknown:

@@ -1,5 +1,5 @@
 """The benchmark's sections on generated Services, no lab: render (render.render() of N
-Services), sync (a real Proxier full sync into a fresh netns, then the very input it restored
+Services), then per proxy mode (--proxy-modes; nftables.py has the nftables side), sync (a real Proxier full sync into a fresh netns, then the very input it restored
 loaded alone into fresh netns, with and without its listing line) and change (one-Service
 partial syncs, the one-chain restore floor, a full resync of the loaded table). The Proxier runs
 in kproxy.bench.worker inside the netns; this module drives it and folds the repeats.
@@ -10,7 +10,7 @@ import math
 import time
 from pathlib import Path
 
-from kproxy.bench import gen, stats
+from kproxy.bench import gen, nftables, stats
 from kproxy.bench.sandbox import run_worker
 from kproxy.bench.session import Bench, log
 from kproxy.bench.worker import CFG
@@ -76,8 +76,11 @@ def sizes_part(bench: Bench) -> None:
         path = bench.tmp / f"restore-{n}.txt"
         path.write_text(text)
         del text
-        sync_size(bench, n, path)
+        if "iptables" in a.proxy_modes:
+            sync_size(bench, n, path)
         path.unlink(missing_ok=True)
+        if "nftables" in a.proxy_modes:  # the same Services in nftables mode, side by side
+            nftables.sync_size(bench, n)
 
 
 def fit_notes(bench: Bench) -> None:

@@ -99,6 +99,7 @@ class Histogram(_Metric):
 class Registry:
     def __init__(self):
         self.metrics: list[_Metric] = []
+        self.hidden: set[str] = set()  # families not exported (the other proxy mode's)
 
     def add(self, metric):
         self.metrics.append(metric)
@@ -107,7 +108,8 @@ class Registry:
     def exposition(self) -> str:
         out = []
         for m in self.metrics:
-            out += m.header() + m.lines()
+            if m.name not in self.hidden:
+                out += m.header() + m.lines()
         return "\n".join(out) + "\n"
 
 
@@ -146,6 +148,12 @@ class ProxyMetrics:
         self.partial_restore_failures = r.add(Counter(
             "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
             "Cumulative proxy iptables partial restore failures"))
+        # nftables mode's own (upstream exports these instead of the iptables_* ones there)
+        self.nft_sync_failures = r.add(Counter(
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total", "Cumulative proxy nftables sync failures"))
+        self.nft_cleanup_failures = r.add(Counter(
+            "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
+            "Cumulative proxy nftables cleanup failures"))
         self.service_changes = r.add(Counter(
             "kubeproxy_sync_proxy_rules_service_changes_total", "Cumulative proxy rules Service changes"))
         self.endpoint_changes = r.add(Counter(
@@ -153,6 +161,19 @@ class ProxyMetrics:
         self.dns_queries = r.add(Counter(
             "kproxy_dns_queries_total", "DNS queries answered by the cluster DNS, by response code",
             labels=("rcode",)))
+        self.set_mode("iptables")
+
+
+    IPTABLES_ONLY = ("kubeproxy_sync_proxy_rules_iptables_total",
+                     "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+                     "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total")
+    NFTABLES_ONLY = ("kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+                     "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total")
+
+    def set_mode(self, mode: str) -> None:
+        """Export the families of one proxy mode, as kube-proxy does (its nftables mode has no
+        iptables_* counters, its iptables mode no nftables_* ones)."""
+        self.registry.hidden = set(self.IPTABLES_ONLY if mode == "nftables" else self.NFTABLES_ONLY)
 
 
 def count_rules(text: str) -> dict[str, int]:

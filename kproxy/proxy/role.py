@@ -66,6 +66,7 @@ class ProxyRole:
         pcfg = render.ProxyConfig(cluster_cidr=self.cfg.cluster_cidr, node_name=self.cfg.node_name,
                                   node_ips=[self.ctx.node_ip], masquerade_all=self.cfg.masquerade_all)
         from kproxy.proxy.nft import syncer as nft
+        self.ctx.metrics.set_mode("nftables" if self.nftables else "iptables")
         if self.nftables:
             self.proxier = nft.NftSyncer(pcfg, self.cfg.service_cidr.split(","))  # type: ignore[assignment]
         else:
@@ -109,7 +110,11 @@ class ProxyRole:
 
     # -- each pass ------------------------------------------------------------------------
     def resync(self, now: float) -> None:
-        """A pass where nothing changed: the periodic full sync, or the canary check."""
+        """A pass where nothing changed: the periodic full sync, or the canary check (and in
+        nftables mode the deletion of stale chains whose grace is over)."""
+        if self.nftables and getattr(self.proxier, "stale_chains", None):
+            self.proxier.delete_stale_chains()
+            self.count_nft_failures()
         if now - self.last_full_sync > max(self.cfg.iptables_sync_period,
                                            RESYNC_COST_FACTOR * self.last_full_duration):
             self.sync(force=True)  # restores rules flushed or deleted by hand
@@ -138,7 +143,8 @@ class ProxyRole:
         except kernel_io.IptablesError as e:
             self.ctx.proxy_changes.forget_all()  # the next sync is full anyway
             log.error("%s", e)
-            self.ctx.metrics.restore_failures.inc()
+            if not self.nftables:
+                self.ctx.metrics.restore_failures.inc()
             self.ctx.node_event("FailedSync", str(e))
             return
         except BaseException:
@@ -147,6 +153,9 @@ class ProxyRole:
                 self.ctx.dirty = True  # the next pass programs the others without them
                 return
             raise
+        finally:
+            if self.nftables:
+                self.count_nft_failures()
         if res.full:
             self.last_full_sync = time.monotonic()
             self.last_full_duration = res.duration
@@ -158,7 +167,7 @@ class ProxyRole:
             return
         self.ctx.metrics.sync_duration.observe(res.duration)
         (self.ctx.metrics.sync_full_duration if res.full else self.ctx.metrics.sync_partial_duration).observe(res.duration)
-        if res.full:
+        if res.full and not self.nftables:
             for table, n in metrics.count_rules(res.result.text).items():
                 self.ctx.metrics.rules.set(n, table)
         now = time.time()
@@ -168,6 +177,8 @@ class ProxyRole:
         status_key = PROXY_STATUS + (f"/{self.cfg.node_name}" if self.ctx.shared else "")
         status = {"lastSync": now_iso(), "full": res.full, "durationSeconds": round(res.duration, 4),
                   "servicesWritten": res.services_written, "services": sorted(res.result.service_chains)}
+        if self.nftables:
+            status["staleChains"] = res.stale_chains  # flushed, deleted once their grace is over
         if not res.full:
             self.last_partial = {k: status[k] for k in ("lastSync", "durationSeconds", "servicesWritten")}
         if self.last_partial:  # a periodic full sync does not hide what the last change did
@@ -179,6 +190,14 @@ class ProxyRole:
                 self.ctx.store.put(status_key, status)
         except Exception as e:  # noqa: BLE001 - the rules are live; only the report is lost
             log.warning("cannot record the sync: %s", e)
+
+    def count_nft_failures(self) -> None:
+        """nftables mode: the transactions refused since the last look (recovered or not)."""
+        sync, cleanup = self.proxier.take_failures()
+        if sync:
+            self.ctx.metrics.nft_sync_failures.inc(sync)
+        if cleanup:
+            self.ctx.metrics.nft_cleanup_failures.inc(cleanup)
 
     def quarantine_services(self, services: list[dict], slices: list[dict]) -> bool:
         """The rules failed to render: find the Services whose own rules fail (each rendered

@@ -131,7 +131,10 @@ def test_the_syncers_transactions_leave_exactly_the_render(netns):
     assert "192.168.49.100" in run(["nft", "list", "set", "ip", "kube-proxy", aff]).stdout  # kept
     res = s.sync([svc("web", "10.96.0.10")], [eps("web", "10.244.0.5", "10.244.0.6")])
     listed = run(["nft", "list", "table", "ip", "kube-proxy"]).stdout
-    assert objects(listed) == rendered(res) and "default/db" not in listed and "affinity-" not in listed
+    stale = {f"chain {c}" for c in s.stale_chains}  # db's chains: flushed, deleted after the grace
+    assert stale and all("default/db" in c for c in stale) and "affinity-" not in listed
+    assert objects(listed) == rendered(res) | stale
+    assert "default/db" not in "".join(b for b in listed.split("\n\n") if not b.strip().startswith("chain"))
     run(["nft", "delete", "table", "ip", "kube-proxy"])
     assert not s.canary_present()
     s.sync([svc("web", "10.96.0.10")], [eps("web", "10.244.0.5", "10.244.0.6")], full=True)
@@ -171,3 +174,92 @@ def test_switching_modes_removes_the_other_modes_rules(netns):
     run(sys.executable, "-c", SWITCH, "iptables")
     tables = run("nft", "list", "tables").stdout
     assert "table ip kube-proxy" not in tables and "table ip mine" in tables
+
+
+def test_partial_syncs_leave_the_kernel_as_a_fresh_full_render(netns, monkeypatch):
+    """Upstream's partial sync path against the real kernel: after a full sync of N generated
+    Services, each of a series of changes (endpoints replaced, Services added and deleted,
+    ClientIP affinity switched on, a Service left without endpoints) is one partial `nft -f`
+    naming only that Service; `nft list table ip kube-proxy` then equals, block for block and
+    rule for rule, what one fresh full render of the same objects lists in a second netns (the
+    chains gone stale are there, empty, until their grace is over, then deleted). The first
+    full sync goes in sections (40 Services each here) as a big one does."""
+    import time
+
+    from kproxy.bench import gen
+    from kproxy.proxy.conntrack import Conntrack
+    from kproxy.proxy.nft import syncer
+    from kproxy.proxy.nft.syncer import STALE_CHAIN_GRACE, NftSyncer
+
+    monkeypatch.setattr(syncer, "SECTION_SERVICES", 40)
+
+    fresh = f"kpt{uuid.uuid4().hex[:4]}-nftf"
+    subprocess.run(["ip", "netns", "add", fresh], check=True)
+
+    def runner(ns):
+        def run(argv, stdin=None):
+            return subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin, capture_output=True, text=True)
+        return run
+
+    def listed(ns) -> dict:
+        return normalized(runner(ns)(["nft", "list", "table", "ip", "kube-proxy"]).stdout)
+
+    cfg = ProxyConfig(cluster_cidr="10.244.0.0/16", node_name="node-1", node_ips=["192.168.49.2"])
+    try:
+        services, slices = gen.cluster(150, seed=3)
+        s = NftSyncer(cfg, ["10.100.0.0/16"], run=runner(netns), conntrack=Conntrack(run=lambda a: None))
+        first = s.sync(services, slices)
+        assert first.full and first.sync_failures == 0 and "flush table" not in first.transaction
+
+        def affinity(i):
+            services[i]["spec"]["sessionAffinity"] = "ClientIP"
+            services[i]["spec"]["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": 600}}
+            return services[i]["metadata"]["name"]
+
+        def add(k):
+            services.append(gen.service(1000 + k, prefix="added"))
+            name = services[-1]["metadata"]["name"]
+            slices.append(gen.endpoint_slice(name, [gen.endpoint_ip(5000 + k), gen.endpoint_ip(5001 + k)]))
+            return name
+
+        def delete(i):
+            name = services.pop(i)["metadata"]["name"]
+            slices[:] = [sl for sl in slices if sl["metadata"]["labels"]["kubernetes.io/service-name"] != name]
+            return name
+
+        def no_endpoints(i):
+            name = services[i]["metadata"]["name"]
+            for sl in slices:
+                if sl["metadata"]["labels"]["kubernetes.io/service-name"] == name:
+                    sl["endpoints"] = []
+            return name
+
+        steps = [lambda k=k: gen.change_endpoints(slices, k) for k in range(6)]
+        steps += [lambda: add(0), lambda: add(1), lambda: delete(5), lambda: affinity(10), lambda: no_endpoints(20),
+                  lambda: gen.change_endpoints(slices, 99)]
+        for step in steps:
+            name = step()
+            res = s.sync(services, slices)
+            assert res.applied and not res.full, name
+            others = set(re.findall(r"default/([a-z0-9-]+)/tcp", res.transaction)) - {name}
+            assert not others, (name, others)  # only the changed Service's chains and elements
+        full = render(services, slices, cfg, ["10.100.0.0/16"])
+        runner(fresh)(["nft", "-f", "-"], full.transaction)
+        want = listed(fresh)
+        got = listed(netns)
+        assert s.stale_chains and {f"chain {c}" for c in s.stale_chains} == set(got) - set(want)
+        assert all(got[f"chain {c}"] == ([], []) for c in s.stale_chains)
+        for block in want:
+            assert got[block] == want[block], block
+        time.sleep(STALE_CHAIN_GRACE)
+        deleted, refused = s.delete_stale_chains()
+        assert deleted and not refused and not s.stale_chains
+        assert listed(netns) == want
+        drift = next(c for c in first.result.service_chains[f"default/{services[0]['metadata']['name']}"]
+                     if c.startswith("service-"))
+        assert runner(netns)(["nft", "add", "rule", "ip", "kube-proxy", drift, "drop"]).returncode == 0
+        assert listed(netns) != want
+        again = s.sync(services, slices, full=True)  # a resync of the loaded table, in sections too
+        assert again.full and "flush table" not in again.transaction and listed(netns) == want
+    finally:
+        subprocess.run(["ip", "netns", "delete", fresh])

@@ -77,7 +77,7 @@ def test_healthz_metrics_and_status_in_this_mode(lab, web):
     m = lab.exec("node/node-1", "curl", "-s", "http://127.0.0.1:10249/metrics", check=True).stdout
     assert int(re.search(r"^kubeproxy_sync_proxy_rules_duration_seconds_count (\d+)", m, re.M).group(1)) >= 2
     assert re.search(r"^kubeproxy_network_programming_duration_seconds_count [1-9]", m, re.M)
-    assert re.search(r"^last rules sync: \S+ \(full, ", lab.kproxy("status").stdout, re.M)
+    assert re.search(r"^last rules sync: \S+ \((full|partial), ", lab.kproxy("status").stdout, re.M)  # either kind
 
 
 def test_service_without_endpoints_refuses_at_once(lab, web):
@@ -126,3 +126,25 @@ def test_the_table_deleted_by_hand_comes_back(lab, web):
     assert time.monotonic() - start <= 2 * 2 + 1  # within the 2 s sync period (plus one loop)
     answers = hits(lab, "client", f"http://{cluster_ip(lab, 'web')}/", 30)
     assert set(answers) <= web and len(set(answers)) >= 2, spread_report(answers)
+
+
+def test_partial_syncs_metrics_and_stale_chains_in_the_lab(lab, web):
+    """A pod going away is a partial sync (status and /metrics say so, upstream's nftables_*
+    counters are there and no iptables_* ones); its endpoint chain is flushed at once and
+    deleted after the grace; the Deployment is scaled back for the tests after this one."""
+    before = programmed_endpoints(lab)
+    lab.apply(WEB % {"replicas": 2})
+    lab.wait_for(lambda: len(programmed_endpoints(lab)) == 2, timeout=15, interval=0.1)
+    [gone] = before - programmed_endpoints(lab)
+    lab.wait_for(lambda: f"__{gone}/" not in nft_list(lab), timeout=10, interval=0.2)  # deleted after the grace
+    m = lab.exec("node/node-1", "curl", "-s", "http://127.0.0.1:10249/metrics", check=True).stdout
+    assert int(re.search(r"^kubeproxy_sync_partial_proxy_rules_duration_seconds_count (\d+)", m, re.M).group(1)) >= 1
+    assert re.search(r"^kubeproxy_sync_proxy_rules_nftables_sync_failures_total 0$", m, re.M), m
+    assert re.search(r"^kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total 0$", m, re.M)
+    assert "kubeproxy_sync_proxy_rules_iptables" not in m
+    status = lab.kproxy("status").stdout
+    assert re.search(r"^last (rules|partial) sync: \S+ \((partial, )?\d+ Services written", status, re.M), status
+    assert "partial" in status
+    lab.apply(WEB % {"replicas": 3})
+    lab.wait_for(lambda: len(lab.ready_pods("web")) == 3, timeout=60)
+    lab.wait_for(lambda: len(programmed_endpoints(lab)) == 3, timeout=15)

@@ -302,3 +302,28 @@ def test_repeat_keeps_the_median_and_every_run():
     assert two["seconds"] == 3.0 and two["render"] == 2.0 and len(two["runs"]) == 2
     kept = _repeat(two, {"ok": False, "timed_out": True})
     assert kept["seconds"] == 3.0 and len(kept["runs"]) == 3
+
+
+def test_proxy_modes_and_the_nftables_rows():
+    """Both modes by default, side by side; the nftables rows say full sync / bare nft -f and
+    the one-Service change against the 100 ms target at the largest size."""
+    from kproxy.bench import nftables
+    assert parse_args([]).proxy_modes == {"iptables", "nftables"}
+    assert parse_args(["--proxy-modes", "nftables"]).proxy_modes == {"nftables"}
+    with pytest.raises(SystemExit):
+        parse_args(["--proxy-modes", "ipvs"])
+    change = {"summary": {"n": 20, "p50": 0.3, "p99": 0.4}, "nft": {"p50": 0.29}}
+    r = {"nft": {100: {"load": 1.0, "full": {"ok": True, "seconds": 0.12, "render": 0.02, "nft": 0.1, "lines": 99},
+                       "bare": {"ok": True, "seconds": 0.1}, "hinted_endpoints": {**change, "summary": {
+                           "n": 20, "p50": 0.02, "p99": 0.03}}},
+                 10000: {"load": 1.0, "full": {"ok": True, "seconds": 20.0, "render": 3, "nft": 17, "lines": 9},
+                         "bare": {"ok": True, "seconds": 40.0}, "hinted_endpoints": change,
+                         "cache": 0.18, "nocache": 0.002, "check": 0.3, "same_shape": 0.39, "libnftables": 0.16}}}
+    (full_title, full), (change_title, rows) = nftables.report_rows(r)
+    assert full_title.startswith("2n.") and change_title.startswith("3n.")
+    ratios = [row for row in full if "bare nft -f" in row[0]]
+    assert [row[1:] for row in ratios] == [("1.20x", "<= 1.2x", "PASS"), ("0.50x", "<= 1.2x", "PASS")]
+    targeted = [row for row in rows if row[2]]
+    assert len(targeted) == 1 and targeted[0][0].startswith("10000:") and targeted[0][3] == "FAIL"
+    assert any("libnftables" in row[0] for row in rows)
+    assert nftables.report_rows({}) == []

@@ -48,10 +48,14 @@ def masquerade_mark(cfg: ProxyConfig) -> str:
     return f"{1 << cfg.masquerade_bit:#x}"
 
 
-def write_base(t: Table, cfg: ProxyConfig, service_cidrs: list[str]) -> None:
-    """Declare the fixed sets, maps and chains and fill the chains (no per-Service content)."""
+# The sets and maps every Service puts elements into (a partial sync edits them by key).
+SHARED_SETS = (n.CLUSTER_IPS_SET, n.FIREWALL_IPS_MAP, n.NO_ENDPOINT_NODEPORTS_MAP, n.NO_ENDPOINT_SERVICES_MAP,
+               n.SERVICE_IPS_MAP, n.SERVICE_NODEPORTS_MAP)
+
+
+def declare_shared(t: Table) -> None:
+    """Declare the dispatch sets and verdict maps the per-Service elements go into."""
     t.set(n.CLUSTER_IPS_SET, IPV4_ADDR, comment="Active ClusterIPs")
-    t.set(n.NODEPORT_IPS_SET, IPV4_ADDR, comment="IPs that accept NodePort traffic")
     for name, type_, comment in (
         (n.FIREWALL_IPS_MAP, _ADDR_PROTO_PORT, "destinations that are subject to LoadBalancerSourceRanges"),
         (n.NO_ENDPOINT_NODEPORTS_MAP, _PROTO_PORT,
@@ -62,6 +66,12 @@ def write_base(t: Table, cfg: ProxyConfig, service_cidrs: list[str]) -> None:
         (n.SERVICE_NODEPORTS_MAP, _PROTO_PORT, "NodePort traffic"),
     ):
         t.set(name, type_, is_map=True, comment=comment)
+
+
+def write_base(t: Table, cfg: ProxyConfig, service_cidrs: list[str]) -> None:
+    """Declare the fixed sets, maps and chains and fill the chains (no per-Service content)."""
+    declare_shared(t)
+    t.set(n.NODEPORT_IPS_SET, IPV4_ADDR, comment="IPs that accept NodePort traffic")
 
     for name, type_, hook, priority in BASE_CHAINS:
         t.chain(name, base=f"type {type_} hook {hook} priority {priority}")

@@ -62,12 +62,17 @@ class Set:
         kind = "map" if self.is_map else "set"
         return f"add {kind} {FAMILY} {TABLE} {self.name} {{ {' '.join(parts)} }}"
 
+    def element_line(self, key: str, comment: str = "", value: str = "") -> str:
+        """`add element` of one element (what a partial sync adds by key)."""
+        text = key + (f" comment {quote(comment)}" if comment else "") + (f" : {value}" if self.is_map else "")
+        return f"add element {FAMILY} {TABLE} {self.name} {{ {text} }}"
+
+    def delete_line(self, key: str) -> str:
+        """`delete element` by key (a map's value and any comment need not be given)."""
+        return f"delete element {FAMILY} {TABLE} {self.name} {{ {key} }}"
+
     def element_lines(self) -> list[str]:
-        out = []
-        for key, (comment, value) in self.elements.items():
-            text = key + (f" comment {quote(comment)}" if comment else "") + (f" : {value}" if self.is_map else "")
-            out.append(f"add element {FAMILY} {TABLE} {self.name} {{ {text} }}")
-        return out
+        return [self.element_line(key, comment, value) for key, (comment, value) in self.elements.items()]
 
 
 class Table:
