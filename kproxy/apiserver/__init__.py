@@ -1,19 +1,29 @@
 """A Kubernetes API server for the lab, so the real kubectl and client libraries drive it.
 
-Modules (owner in parentheses; each one's docstring says why it is as it is):
+Modules (each one's docstring says why it is as it is):
 
-    server.py      (apicore) HTTPS with aiohttp on its own loop thread, authentication, routing;
+    server.py      HTTPS with aiohttp on its own loop thread, authentication, routing;
                    the daemon's role (daemon.py builds it with the front)
-    rest.py        (apicore) resource paths -> get, list, watch; presenting stored objects
-    writes.py      (apicore) create, update, patch, delete through the admission gate and the
+    rest.py        resource paths -> get, list, watch; presenting stored objects
+    writes.py      create, update, patch, delete through the admission gate and the
                    manifests folder (kproxy/store/desired.py, shared with `kproxy apply`)
-    watchcache.py  (apicore) every /registry/ object with its revision, and recent changes
-    status.py      (apicore) Status objects with the API server's reasons, codes and words
-    resources.py, discovery.py, openapi.py  (discovery) the served resources, discovery, OpenAPI
-    patch.py, selectors.py, table.py        (patchsel) patches, selectors, Table responses
-    streams.py ... (streams) logs, exec, port-forward, proxy
+    watchcache.py  every /registry/ object with its revision, and recent changes
+    status.py      Status objects with the API server's reasons, codes and words
+    resources.py, discovery.py              the served resources, discovery, /version, health
+    openapi.py, openapi_pb.py, openapi_trim.py  OpenAPI v2 (JSON, protobuf) and v3 from upstream's
+                   1.32 spec trimmed to the served kinds (openapi_v1_32.json.gz)
+    strict.py      fieldValidation: unknown and duplicate fields, the 422 Invalid Status
+    protobuf.py, protobuf_trim.py           the protobuf bodies kubectl 1.32 sends on create
+    patch.py, strategicpatch.py, patchmeta.py  JSON, merge and strategic merge patches
+    ssa.py         server-side apply (managedFields, conflicts; simplified, see its docstring)
+    selectors.py   label and field selectors with the API server's errors
+    table.py, columndocs.py                 Table responses (kubectl's columns, kproxy/tables.py)
+    streams.py, execio.py, wschannel.py, spdy.py  logs, exec, attach, port-forward over
+                   WebSocket channels and SPDY/3.1 (also tunnelled in a WebSocket)
+    podaccess.py   the pod side of exec/logs/port-forward (kproxy/node/access.py, shared with the CLI)
+    proxyhttp.py   the services/pods proxy subresources (`kubectl proxy`)
 
-Interfaces other modules rely on (stable since the apicore checkpoint):
+Interfaces other modules rely on:
 
 - `server.ApiServer(ctx, writer=None)`: `.prepare()` (certs, token, the host loopback socket,
   STATE/kubeconfig; call before entering a sandbox netns), `.start()` (binds NODE_IP:6443 in a

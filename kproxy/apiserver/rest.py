@@ -24,6 +24,7 @@ from aiohttp import web
 
 from kproxy.api import meta
 from kproxy.apiserver import status as st
+from kproxy.apiserver.selectors import SelectorError, parse_field_selector, parse_label_selector
 from kproxy.apiserver.resources import Resource, find
 from kproxy.apiserver.watchcache import Event, Expired, WatchCache, with_rv
 
@@ -148,18 +149,9 @@ def strip_for_list(obj: dict) -> dict:
 
 # -- selectors -----------------------------------------------------------------------------
 def label_matcher(text: str | None) -> Callable[[dict], bool]:
-    """`labelSelector`: patchsel's parser when merged, else kproxy's `-l` parser."""
+    """`labelSelector` (selectors.py: the API server's syntax and errors)."""
     if not text:
         return lambda labels: True
-    try:
-        from kproxy.apiserver.selectors import SelectorError, parse_label_selector
-    except ImportError:
-        from kproxy.cli.get import SelectorError, parse_selector, requirements_match
-        try:
-            reqs = parse_selector(text)
-        except SelectorError as e:
-            raise st.ApiError(st.bad_request(f"unable to parse requirement: {e}")) from None
-        return lambda labels: requirements_match(reqs, labels)
     try:
         return parse_label_selector(text)
     except SelectorError as e:
@@ -167,27 +159,9 @@ def label_matcher(text: str | None) -> Callable[[dict], bool]:
 
 
 def field_matcher(kind: str, text: str | None) -> Callable[[dict], bool]:
-    """`fieldSelector`: patchsel's parser when merged, else metadata.name/namespace only."""
+    """`fieldSelector`: the fields the API server supports for the kind, its errors."""
     if not text:
         return lambda obj: True
-    try:
-        from kproxy.apiserver.selectors import SelectorError, parse_field_selector
-    except ImportError:
-        reqs = []
-        for part in text.split(","):
-            op = "!=" if "!=" in part else "==" if "==" in part else "="
-            k, _, v = part.partition(op)
-            reqs.append((k.strip(), op, v.strip()))
-
-        def match(obj: dict) -> bool:
-            for k, op, v in reqs:
-                have = obj
-                for p in k.split("."):
-                    have = have.get(p, "") if isinstance(have, dict) else ""
-                if (str(have) == v) == (op == "!="):
-                    return False
-            return True
-        return match
     try:
         return parse_field_selector(kind, text)
     except SelectorError as e:

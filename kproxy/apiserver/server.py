@@ -365,10 +365,7 @@ def _table_wanted(request: web.Request) -> str | None:
 
 
 def _to_table(kind: str, objs: list[dict], include: str) -> dict | None:
-    try:
-        from kproxy.apiserver.table import to_table
-    except ImportError:
-        return None  # the plain objects: kubectl prints them itself
+    from kproxy.apiserver.table import to_table
     if include not in ("None", "Metadata", "Object"):
         raise st.ApiError(st.bad_request(f'invalid value "{include}" for includeObject: must be one of None, '
                                          "Metadata, Object"))

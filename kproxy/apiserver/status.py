@@ -110,13 +110,8 @@ def internal(message: str) -> dict:
 
 
 def invalid(kind: str, name: str, errors) -> dict:
-    """422 Invalid with field causes: discovery's `invalid_status` when merged, else the
-    admission errors' own Status (kproxy.api.errors.InvalidError.to_status)."""
-    try:
-        from kproxy.apiserver.discovery import invalid_status
-    except ImportError:
-        from kproxy.api.errors import InvalidError
-        return InvalidError(kind, name, list(errors)).to_status()
+    """422 Invalid with field causes (discovery.invalid_status: the API server's message)."""
+    from kproxy.apiserver.discovery import invalid_status  # discovery imports this module
     return invalid_status(kind, name, list(errors))
 
 

@@ -89,46 +89,12 @@ def scale_of(dep: dict) -> dict:
                        "selector": ",".join(f"{k}={v}" for k, v in sorted(sel.items()))}}
 
 
-def merge_patch(target, patch):
-    """RFC 7386 (used when patchsel's apply_patch is not there)."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
-
-
-def _without_directives(patch):
-    """A strategic merge patch read as a merge patch: its `$...` directives dropped."""
-    if isinstance(patch, dict):
-        return {k: _without_directives(v) for k, v in patch.items() if not k.startswith("$")}
-    if isinstance(patch, list):
-        return [_without_directives(v) for v in patch]
-    return patch
-
-
 def apply_patch(kind: str, obj: dict, body: bytes, content_type: str) -> dict:
-    """patchsel's apply_patch (strategic merge, merge, JSON patch, apply) when merged."""
+    """patch.py's apply_patch (strategic merge, merge, JSON patch), its errors as Statuses."""
+    from kproxy.apiserver.patch import PatchError
+    from kproxy.apiserver.patch import apply_patch as patched
     try:
-        from kproxy.apiserver.patch import PatchError
-        from kproxy.apiserver.patch import apply_patch as patchsel_apply
-    except ImportError:
-        ctype = content_type.split(";")[0].strip()
-        try:
-            if ctype == "application/json-patch+json":
-                import jsonpatch
-                return jsonpatch.apply_patch(obj, json.loads(body))
-            if ctype in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
-                return merge_patch(obj, _without_directives(json.loads(body)))
-        except Exception as e:  # noqa: BLE001 - a patch that does not apply is the client's error
-            raise st.ApiError(st.status(422, "Invalid", str(e))) from None
-        raise st.ApiError(st.unsupported_media(ctype)) from None
-    try:
-        return patchsel_apply(kind, obj, body, content_type)
+        return patched(kind, obj, body, content_type)
     except PatchError as e:
         raise st.ApiError(e.status()) from None
 
