@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.integration.conftest import REPO
+from tests.integration.kubeclients import OLD_KUBECTL
 
 KUBECTL = "/usr/bin/kubectl"
 
@@ -129,17 +130,16 @@ def test_exec_tty_in_the_pod(kube):
     assert res.returncode == 2
 
 
-OLD_KUBECTL = "/opt/kproxy/kubectl-1.20/usr/bin/kubectl"  # unpacked by `scripts/setup --test`
 
 
 def test_old_kubectl_exec_and_port_forward(kube):
     """Debian's kubectl 1.20 speaks SPDY/3.1 for both."""
     if not os.path.exists(OLD_KUBECTL):
         pytest.fail(f"{OLD_KUBECTL} is missing (run scripts/setup --test)")
-    res = subprocess.run([OLD_KUBECTL, "exec", "-i", "ticker", "--", "sh", "-c", "cat; id -u"], env=kube,
+    res = subprocess.run([str(OLD_KUBECTL), "exec", "-i", "ticker", "--", "sh", "-c", "cat; id -u"], env=kube,
                          input=b"via spdy\n", capture_output=True, timeout=60)
     assert (res.returncode, res.stdout) == (0, b"via spdy\n1000\n"), res.stderr
-    proc = subprocess.Popen([OLD_KUBECTL, "port-forward", "svc/web", ":80"], env=kube,
+    proc = subprocess.Popen([str(OLD_KUBECTL), "port-forward", "svc/web", ":80"], env=kube,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         port = int(_started(proc, rb"Forwarding from 127\.0\.0\.1:(\d+) -> 8080").group(1))
