@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,7 +29,14 @@ from kproxy.apiserver.selectors import SelectorError, parse_field_selector, pars
 from kproxy.apiserver.resources import Resource, find
 from kproxy.apiserver.watchcache import Event, Expired, WatchCache, with_rv
 
+log = logging.getLogger("kproxy")
+
 BOOKMARK_SECONDS = 5.0
+# A watcher that falls behind is closed, as the cacher closes one whose channel stays full
+# ("Forcing watcher close due to unresponsiveness"): memory stays bounded per watch and the
+# client re-watches from the last resourceVersion it got.
+WATCH_QUEUE = 1000          # change batches waiting for one watch
+WATCH_WRITE_SECONDS = 30.0  # one write to a client that does not read
 
 
 def store_key(res: Resource, ns: str | None, name: str = "") -> str:
@@ -242,8 +250,15 @@ class Reads:
             matches = (lambda key: key == prefix) if t.name else (lambda key: key.startswith(prefix))  # noqa: E731
         rv_text = q.get("resourceVersion") or ""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        listener = lambda batch: loop.call_soon_threadsafe(queue.put_nowait, batch)  # noqa: E731
+        queue: asyncio.Queue = asyncio.Queue(WATCH_QUEUE)
+        overflow: list[bool] = []
+
+        def offer(batch: list[Event]) -> None:  # (on the loop) a full queue ends the watch
+            if queue.full():
+                overflow.append(True)
+            else:
+                queue.put_nowait(batch)
+        listener = lambda batch: loop.call_soon_threadsafe(offer, batch)  # noqa: E731
         resp = web.StreamResponse(headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
         initial: list[Event] = []
         try:
@@ -261,15 +276,12 @@ class Reads:
             await resp.prepare(request)
             await resp.write(json.dumps({"type": "ERROR", "object": st.expired(str(e))}).encode() + b"\n")
             return resp
-        await resp.prepare(request)
         selected = lambda o: labels(o["metadata"].get("labels") or {}) and fields(o)  # noqa: E731
         line = lambda kind, o: json.dumps({"type": kind, "object": convert(o) if convert else o}).encode() + b"\n"  # noqa: E731
         last_rev = rev
         seen: dict[str, dict] = {}  # ReplicaSets: name -> what was last sent
         if derived:
             seen = {o["metadata"]["name"]: o for o in self._replica_sets(t.namespace)[0] if selected(o)}
-            if rv_text in ("", "0"):
-                await resp.write(b"".join(line("ADDED", o) for o in seen.values()))
 
         def objects(batch: list[Event]) -> list[bytes]:
             out = []
@@ -307,9 +319,19 @@ class Reads:
         convert_batch = replica_sets if derived else objects
         bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
         deadline = loop.time() + float(q.get("timeoutSeconds") or 1800)
-        try:
+
+        async def send(data: bytes) -> None:
+            """A client that does not read for WATCH_WRITE_SECONDS is cut off (as the cacher
+            closes an unresponsive watcher): it resumes from its last resourceVersion."""
+            if data:
+                await asyncio.wait_for(resp.write(data), WATCH_WRITE_SECONDS)
+
+        try:  # from here on the listener is subscribed: every way out unsubscribes it
+            await resp.prepare(request)
+            if derived and rv_text in ("", "0"):
+                await send(b"".join(line("ADDED", o) for o in seen.values()))
             if rv_text in ("", "0") and initial:
-                await resp.write(b"".join(line("ADDED", o) for o in
+                await send(b"".join(line("ADDED", o) for o in
                                           (present(t.res, ev.key, ev.obj, ev.rev, self.cache) for ev in initial
                                            if matches(ev.key)) if selected(o)))
                 initial = []
@@ -317,25 +339,34 @@ class Reads:
                 end = {"kind": t.res.kind, "apiVersion": t.res.api_version,
                        "metadata": {"resourceVersion": str(rev),
                                     "annotations": {"k8s.io/initial-events-end": "true"}}}
-                await resp.write(json.dumps({"type": "BOOKMARK", "object": end}).encode() + b"\n")
+                await send(json.dumps({"type": "BOOKMARK", "object": end}).encode() + b"\n")
             batch = initial
             while True:
                 if batch:
                     last_rev = max([last_rev] + [ev.rev for ev in batch])
                     lines = convert_batch(batch)
                     if lines:
-                        await resp.write(b"".join(lines))
+                        await send(b"".join(lines))
                 left = deadline - loop.time()
                 if left <= 0:
+                    break
+                if overflow:
+                    log.info("watch of %s: %d batches behind; closing it", request.path, WATCH_QUEUE)
                     break
                 try:
                     batch = await asyncio.wait_for(queue.get(), min(left, BOOKMARK_SECONDS))
                 except asyncio.TimeoutError:
                     batch = []
+                    if request.transport is None or request.transport.is_closing():
+                        break  # the client went away while nothing was sent: unsubscribe now
                     if bookmarks:
                         mark = {"kind": t.res.kind, "apiVersion": t.res.api_version,
                                 "metadata": {"resourceVersion": str(last_rev)}}
-                        await resp.write(json.dumps({"type": "BOOKMARK", "object": mark}).encode() + b"\n")
+                        await send(json.dumps({"type": "BOOKMARK", "object": mark}).encode() + b"\n")
+        except asyncio.TimeoutError:
+            log.info("watch of %s: the client read nothing for %.0f s; closing it", request.path, WATCH_WRITE_SECONDS)
+            if request.transport is not None:
+                request.transport.abort()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

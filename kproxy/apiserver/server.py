@@ -47,6 +47,13 @@ LAB_PORT = 6443
 KUBECONFIG = "kubeconfig"
 TOKEN = "apiserver-token"
 LAST_PORT = "apiserver-port"   # in STATE/pki: the loopback port of the last run
+# The API server's limits (k8s.io/apiserver): a request body of at most 3 MiB
+# (MaxRequestBodyBytes; more is 413 RequestEntityTooLarge), headers within 32 s of connecting
+# (ReadHeaderTimeout: a client that trickles them, slowloris, is dropped), a body within the
+# request timeout (60 s). An idle keep-alive connection is closed after IDLE_SECONDS too.
+MAX_BODY = 3 * 1024 * 1024
+IDLE_SECONDS = 32
+BODY_SECONDS = 60
 
 
 def kubeconfig_path(state_dir: str | Path) -> Path:
@@ -77,8 +84,7 @@ class ApiServer:
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.token = ""
-        self.extra_routes: list = []  # callables (app) -> None: streams' add_routes
-        self.extra_routes.append(_streams(ctx.cfg, self.lookup))
+        self.extra_routes: list = []  # callables (app) -> None (streams' are mounted by app())
 
     # -- set-up ---------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -149,7 +155,7 @@ class ApiServer:
     # -- the application ------------------------------------------------------------------
     def app(self) -> web.Application:
         from kproxy.apiserver import discovery
-        app = web.Application(middlewares=[self._auth], client_max_size=8 * 1024 * 1024)
+        app = web.Application(middlewares=[self._auth], client_max_size=MAX_BODY)
         app[discovery.HEALTH_CHECKS] = {"etcd": self._store_check, "informer-sync": self._cache_check}
         discovery.add_routes(app)
         self._mount_streams(app)
@@ -207,8 +213,12 @@ class ApiServer:
             return st.response(st.no_route())
         except web.HTTPMethodNotAllowed:
             return st.response(st.method_not_allowed())
-        except web.HTTPException:
-            raise
+        except web.HTTPRequestEntityTooLarge:
+            return st.response(st.too_large(MAX_BODY))
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            return st.response(st.status(e.status, e.reason.replace(" ", ""), e.text or e.reason))
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception as e:  # noqa: BLE001 - one request's bug is that request's 500
@@ -253,7 +263,10 @@ class ApiServer:
                 "DELETE": "delete" if t.name else "deletecollection"}.get(method)
         if verb is None or verb not in t.res.verbs or (verb == "create" and t.name):
             raise st.ApiError(st.method_not_allowed())
-        body = await request.read()
+        try:
+            body = await asyncio.wait_for(request.read(), BODY_SECONDS)
+        except asyncio.TimeoutError:
+            raise st.ApiError(st.timeout(f"the request body did not arrive within {BODY_SECONDS} s")) from None
         call = lambda: self.writer.handle(verb, t, body, request.headers.get("Content-Type", ""), q,  # noqa: E731
                                           request.headers.get("User-Agent", ""))
         code, result, warnings = await asyncio.get_running_loop().run_in_executor(None, call)
@@ -305,7 +318,8 @@ class ApiServer:
         loop = asyncio.new_event_loop()
         self.loop = loop
         asyncio.set_event_loop(loop)
-        runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, shutdown_timeout=1)
+        runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, shutdown_timeout=1,
+                               keepalive_timeout=IDLE_SECONDS)
         loop.run_until_complete(runner.setup())
         tls = self.ssl_context()
         for s in self.sockets:
@@ -334,15 +348,6 @@ class ApiServer:
         kubeconfig_path(self.state).unlink(missing_ok=True)
         for s in self.sockets:
             s.close()
-
-
-def _streams(cfg, lookup):
-    """pods/{log,exec,portforward} and the proxy subresources (kproxy/apiserver/streams.py)."""
-    from functools import partial
-
-    from kproxy.apiserver import streams
-    from kproxy.apiserver.podaccess import PodAccess
-    return partial(streams.add_routes, access=PodAccess(cfg), lookup=lookup)
 
 
 async def _until(event: threading.Event) -> None:

@@ -85,6 +85,11 @@ def method_not_allowed() -> dict:
                   {})
 
 
+def too_large(limit: int) -> dict:
+    """A body over the API server's limit (handlers/rest.go limitedReadBody)."""
+    return status(413, "RequestEntityTooLarge", f"Request entity too large: limit is {limit}")
+
+
 def bad_request(message: str) -> dict:
     return status(400, "BadRequest", message)
 
@@ -96,8 +101,7 @@ def no_route() -> dict:
 
 def unsupported_media(content_type: str) -> dict:
     return status(415, "UnsupportedMediaType", f'the body of the request was in an unknown format - accepted media '
-                  f'types include: application/json, application/yaml, application/vnd.kubernetes.protobuf; '
-                  f'got "{content_type}"')
+                  'types include: application/json, application/yaml, application/vnd.kubernetes.protobuf')
 
 
 def timeout(message: str) -> dict:

@@ -40,6 +40,8 @@ SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "generation", "s
                  "deletionTimestamp", "deletionGracePeriodSeconds")
 ANSWERED_WITH_OBJECT = ("Service", "Pod", "Namespace")  # registries with ReturnDeletedObject (or graceful)
 STORED_WAIT = 10.0  # seconds a write waits for the front to store what it admitted
+# request body media types (empty: JSON, as the API server takes a body without Content-Type)
+BODY_TYPES = ("", "application/json", "application/yaml", "application/vnd.kubernetes.protobuf", "*/*")
 _ALNUM = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's utilrand alphabet (generateName)
 
 
@@ -47,7 +49,10 @@ def decode(body: bytes, content_type: str = "") -> dict:
     """A request body: JSON (kubectl, the Python client), YAML, or protobuf (kubectl's typed
     clients: `create deployment/service/namespace`); 400 when none of them."""
     from kproxy.apiserver import protobuf
-    if content_type.split(";")[0].strip() == protobuf.CONTENT_TYPE or body.startswith(protobuf.MAGIC):
+    media = content_type.split(";")[0].strip().lower()
+    if media not in BODY_TYPES:  # the API server's serializers: anything else is 415, as upstream
+        raise st.ApiError(st.unsupported_media(content_type))
+    if media == protobuf.CONTENT_TYPE or body.startswith(protobuf.MAGIC):
         try:
             return protobuf.decode(body)
         except (protobuf.ProtobufError, UnicodeDecodeError) as e:
@@ -215,11 +220,14 @@ class Writer:
         if t.sub:
             raise st.ApiError(st.method_not_allowed())
         obj = self._shape(t, obj)
-        if obj["metadata"].get("name") != t.name:
-            raise st.ApiError(st.bad_request("the name of the object "
-                                             f'({obj["metadata"].get("name")}) does not match the name on the URL '
-                                             f"({t.name})"))
+        _check_name(obj, t.name)
         self._precondition(t, obj, rev)
+        uid, stored_uid = obj["metadata"].get("uid"), rest.present(t.res, rest.store_key(
+            t.res, t.namespace, t.name), cur, rev)["metadata"].get("uid")
+        if uid and uid != stored_uid:  # DefaultUpdatedObjectInfo's UID precondition
+            raise st.ApiError(st.conflict(t.res.plural, t.res.group, t.name,
+                                          f"Precondition failed: UID in precondition: {uid}, "
+                                          f"UID in object meta: {stored_uid}"))
         return self._write(t, clean(obj), cur, dry, 200)
 
     def patch(self, t: rest.Target, body: bytes, content_type: str, dry: bool, manager: str = "") -> tuple[int, dict]:
@@ -243,8 +251,11 @@ class Writer:
         self._strict(t, new, None, False)
         self._precondition(t, new, rev)
         new = self._shape(t, new)
-        if new["metadata"].get("name") != t.name:
-            raise st.ApiError(st.bad_request("a patch cannot change the object's name"))
+        _check_name(new, t.name)
+        uid = new["metadata"].get("uid")
+        if uid and uid != shown["metadata"].get("uid"):  # ValidateObjectMetaUpdate
+            raise st.ApiError(st.invalid(t.res.kind, t.name, [errors.invalid(
+                "metadata.uid", uid, "field is immutable")]))
         return self._write(t, clean(new), cur, dry, 200)
 
     def apply(self, t: rest.Target, cur: dict | None, rev: int, body: bytes, dry: bool,
@@ -255,8 +266,7 @@ class Writer:
         self._strict(t, new, None, False)
         self._precondition(t, new, rev)
         new = self._shape(t, new)
-        if new["metadata"].get("name") != t.name:
-            raise st.ApiError(st.bad_request("the name of the object does not match the name on the URL"))
+        _check_name(new, t.name)
         if cur is None:
             if t.res.kind not in rest.WRITABLE:
                 raise st.ApiError(st.method_not_allowed())
@@ -429,6 +439,14 @@ class Writer:
         if message.startswith("namespaces "):
             return st.status(404, "NotFound", message)
         return st.internal(message)
+
+
+def _check_name(obj: dict, name: str) -> None:
+    """checkName (handlers/rest.go): an update, patch or apply does not rename an object."""
+    got = obj["metadata"].get("name")
+    if got != name:
+        raise st.ApiError(st.bad_request(f"the name of the object ({got}) does not match the name on the URL "
+                                         f"({name})"))
 
 
 def _options(body: bytes, content_type: str) -> dict:

@@ -1,0 +1,251 @@
+"""Red-team checks of the API server (kproxy/apiserver): hostile bodies and names, clients that
+misbehave (never read, disconnect, trickle), and the API server's wording for each refusal.
+
+Each test drives the real server over HTTPS (test_apiserver_core's `served` fixture: the real
+ApiServer, front and admission gate over an in-memory store) and asserts what the client gets
+and what is left behind (folder files, watch listeners, open file descriptors)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+
+from kproxy.apiserver import rest
+from tests.unit.test_apiserver_core import lab, served, svc  # noqa: F401 - fixtures
+
+MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+def folder_files(cfg) -> list[str]:
+    root = Path(cfg.manifests)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def fds() -> int:
+    return len(os.listdir(f"/proc/{os.getpid()}/fd"))
+
+
+def wait_for(cond, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def raw_watch(server, path: str, rcvbuf: int = 0) -> ssl.SSLSocket:
+    """A TLS connection that sends one watch request with the bearer token and then reads nothing."""
+    token = (server.pki.root / "apiserver-token").read_text().strip()
+    ctx = ssl.create_default_context(cafile=str(server.pki.ca_cert))
+    raw = socket.socket()
+    if rcvbuf:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    raw.connect(("127.0.0.1", server.port))
+    s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+    return s
+
+
+# -- bodies -------------------------------------------------------------------------------------
+def test_a_body_over_3_mib_is_413_in_the_api_servers_words(served):
+    base, s, store, server = served
+    big = {**svc("big"), "metadata": {"name": "big", "annotations": {"a": "x" * (3 * 1024 * 1024)}}}
+    r = s.post(base + "/api/v1/namespaces/default/services", data=json.dumps(big),
+               headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413, r.text[:300]
+    assert (r.json()["reason"], r.json()["message"]) == ("RequestEntityTooLarge",
+                                                         "Request entity too large: limit is 3145728")
+    assert "big.yaml" not in " ".join(folder_files(server.cfg))
+
+
+def test_a_body_in_an_unknown_media_type_is_415(served):
+    base, s, store, server = served
+    r = s.post(base + "/api/v1/namespaces/default/services", data=json.dumps(svc("web")),
+               headers={"Content-Type": "text/plain"}, timeout=10)
+    assert r.status_code == 415, r.text
+    assert r.json()["reason"] == "UnsupportedMediaType"
+    assert r.json()["message"] == ("the body of the request was in an unknown format - accepted media types include: "
+                                   "application/json, application/yaml, application/vnd.kubernetes.protobuf")
+
+
+@pytest.mark.parametrize("body", [b"[" * 100000 + b"]" * 100000, b'{"a":' * 5000 + b"1" + b"}" * 5000,
+                                  b"k8s\x00\x0a\xff\xff\xff\xff\x0f", b"k8s\x00" + bytes(range(256))])
+def test_deep_or_malformed_bodies_are_400_without_a_file(served, body):
+    base, s, store, server = served
+    before = folder_files(server.cfg)
+    ctype = "application/vnd.kubernetes.protobuf" if body.startswith(b"k8s") else "application/json"
+    r = s.post(base + "/api/v1/namespaces/default/services", data=body, headers={"Content-Type": ctype}, timeout=20)
+    assert (r.status_code, r.json()["reason"]) == (400, "BadRequest"), r.text[:300]
+    assert "Traceback" not in r.text and folder_files(server.cfg) == before
+
+
+# -- names ----------------------------------------------------------------------------------------
+DNS1035 = ("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic "
+           "character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for "
+           "validation is '[a-z]([-a-z0-9]*[a-z0-9])?')")
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", "x" * 300, "ünï", "web\x00"])
+def test_odd_names_are_refused_by_the_gate_before_any_file_is_written(served, name):
+    base, s, store, server = served
+    before = folder_files(server.cfg)
+    r = s.post(base + "/api/v1/namespaces/default/services", json=svc(name), timeout=10)
+    assert (r.status_code, r.json()["reason"]) == (422, "Invalid"), r.text[:300]
+    assert r.json()["message"].startswith('Service "') and \
+        " is invalid: metadata.name: Invalid value: " in r.json()["message"]
+    assert folder_files(server.cfg) == before
+    assert not any(".." in f or "\x00" in f for f in folder_files(server.cfg))
+
+
+def test_odd_namespaces_in_the_url_are_refused_before_any_file_is_written(served):
+    base, s, store, server = served
+    before = folder_files(server.cfg)
+    for ns in ("..%2F..%2Fetc", "UPPER", "x" * 70):
+        body = svc("web")
+        del body["metadata"]["namespace"]
+        r = s.post(base + f"/api/v1/namespaces/{ns}/services", json=body, timeout=10)
+        assert r.status_code in (404, 422), (ns, r.text[:300])
+    assert folder_files(server.cfg) == before
+
+
+# -- updates that would change what an object is ----------------------------------------------------
+def test_patches_and_updates_do_not_rename_move_retype_or_re_uid_an_object(served):
+    base, s, store, server = served
+    url = base + "/api/v1/namespaces/default/services/web"
+    created = s.post(base + "/api/v1/namespaces/default/services", json=svc("web"), timeout=10).json()
+    uid = created["metadata"]["uid"]
+
+    def patch(body):
+        return s.patch(url, data=json.dumps(body), headers=MERGE, timeout=10)
+    r = patch({"metadata": {"name": "other"}})
+    assert (r.status_code, r.json()["message"]) == (
+        400, "the name of the object (other) does not match the name on the URL (web)")
+    r = patch({"metadata": {"namespace": "kube-system"}})
+    assert (r.status_code, r.json()["message"]) == (
+        400, "the namespace of the provided object does not match the namespace sent on the request")
+    assert patch({"kind": "Pod"}).status_code == 400
+    r = patch({"metadata": {"uid": "1234"}})
+    assert (r.status_code, r.json()["reason"]) == (422, "Invalid"), r.text[:300]
+    assert r.json()["message"] == 'Service "web" is invalid: metadata.uid: Invalid value: "1234": field is immutable'
+    stale = {**created, "metadata": {**created["metadata"], "uid": "1234", "resourceVersion": ""}}
+    r = s.put(url, json=stale, timeout=10)
+    assert (r.status_code, r.json()["message"]) == (
+        409, f'Operation cannot be fulfilled on services "web": Precondition failed: UID in precondition: 1234, '
+             f"UID in object meta: {uid}")
+    now = s.get(url, timeout=10).json()
+    assert now["metadata"]["uid"] == uid and now["metadata"]["namespace"] == "default"
+
+
+def test_dry_run_writes_nothing(served):
+    base, s, store, server = served
+    before = folder_files(server.cfg)
+    r = s.post(base + "/api/v1/namespaces/default/services", params={"dryRun": "All"}, json=svc("dry"), timeout=10)
+    assert r.status_code == 201 and folder_files(server.cfg) == before
+    assert s.get(base + "/api/v1/namespaces/default/services/dry", timeout=10).status_code == 404
+    s.post(base + "/api/v1/namespaces/default/services", json=svc("kept"), timeout=10)
+    after_create = folder_files(server.cfg)
+    r = s.delete(base + "/api/v1/namespaces/default/services/kept", params={"dryRun": "All"}, timeout=10)
+    assert r.status_code == 200 and folder_files(server.cfg) == after_create
+    assert s.get(base + "/api/v1/namespaces/default/services/kept", timeout=10).status_code == 200
+
+
+def test_objects_the_lab_makes_are_not_writable_and_survive_deletecollection(served):
+    base, s, store, server = served
+    r = s.delete(base + "/api/v1/namespaces/default/services/kubernetes", timeout=10)
+    assert (r.status_code, r.json()["reason"]) == (405, "MethodNotAllowed")
+    r = s.delete(base + "/api/v1/services", timeout=10)
+    assert r.status_code == 200
+    assert s.get(base + "/api/v1/namespaces/default/services/kubernetes", timeout=10).status_code == 200
+    r = s.delete(base + "/api/v1/namespaces/kube-system", timeout=10)
+    assert (r.status_code, r.json()["reason"]) == (403, "Forbidden")
+
+
+# -- the server's own shape ---------------------------------------------------------------------------
+def test_a_failing_handler_is_a_500_status_without_a_traceback(served, monkeypatch, caplog):
+    base, s, store, server = served
+
+    def boom(*a, **k):
+        raise RuntimeError("kaboom")
+    monkeypatch.setattr(rest.Reads, "items", boom)
+    r = s.get(base + "/api/v1/services", timeout=10)
+    assert (r.status_code, r.json()["reason"]) == (500, "InternalError")
+    assert "Traceback" not in r.text and "File \"" not in r.text
+    assert any("Traceback" in (rec.exc_text or "") or rec.exc_info for rec in caplog.records)
+
+
+# -- clients that misbehave -------------------------------------------------------------------------
+def test_200_watches_that_never_read_leave_the_server_responsive_and_leak_nothing(served, monkeypatch):
+    base, s, store, server = served
+    monkeypatch.setattr(rest, "BOOKMARK_SECONDS", 0.2)
+    s.get(base + "/api/v1/services", timeout=10)
+    listeners, before = len(server.cache.listeners), fds()
+    socks = [raw_watch(server, "/api/v1/services?watch=1") for _ in range(200)]
+    assert wait_for(lambda: len(server.cache.listeners) == listeners + 200, 30), len(server.cache.listeners)
+    t0 = time.monotonic()
+    assert s.get(base + "/api/v1/namespaces/default/services/kubernetes", timeout=10).status_code == 200
+    assert time.monotonic() - t0 < 5
+    for sock in socks:  # abruptly: no TLS close_notify, a RST
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+    assert wait_for(lambda: len(server.cache.listeners) == listeners, 15), len(server.cache.listeners)
+    assert wait_for(lambda: fds() <= before + 2, 15), (fds(), before)
+
+
+def test_a_watch_that_falls_behind_is_closed_and_unsubscribed(served, monkeypatch):
+    base, s, store, server = served
+    monkeypatch.setattr(rest, "WATCH_WRITE_SECONDS", 1.0)
+    monkeypatch.setattr(rest, "WATCH_QUEUE", 5)
+    listeners = len(server.cache.listeners)
+    sock = raw_watch(server, "/api/v1/services?watch=1", rcvbuf=4096)
+    assert wait_for(lambda: len(server.cache.listeners) == listeners + 1)
+    fat = {"a": "x" * 200_000}
+    for i in range(60):  # ~12 MB of events the client never reads
+        obj = {**svc(f"s{i % 3}"), "kind": "Service"}
+        obj["metadata"] = {**obj["metadata"], "annotations": fat, "labels": {"i": str(i)}}
+        store.put(f"/registry/services/default/s{i % 3}", obj)
+        server.cache.kick()
+        time.sleep(0.01)
+    assert wait_for(lambda: len(server.cache.listeners) == listeners, 20), len(server.cache.listeners)
+    assert s.get(base + "/api/v1/services", timeout=10).status_code == 200
+    sock.close()
+
+
+@pytest.fixture
+def short_idle(monkeypatch):
+    """IDLE_SECONDS (32 s, the API server's ReadHeaderTimeout) made 2 s before `served` starts."""
+    from kproxy.apiserver import server as srv
+    assert srv.IDLE_SECONDS <= 60
+    monkeypatch.setattr(srv, "IDLE_SECONDS", 2)
+    return srv
+
+
+def test_a_client_that_trickles_its_headers_is_dropped(short_idle, served):
+    base, s, store, server = served
+    srv = short_idle
+    ctx = ssl.create_default_context(cafile=str(server.pki.ca_cert))
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port)), server_hostname="127.0.0.1")
+    sock.sendall(b"GET /version HTTP/1.1\r\n")
+    sock.settimeout(srv.IDLE_SECONDS + 15)
+    started = time.monotonic()
+    try:
+        while True:
+            sock.sendall(b"X-a: b\r\n")  # one header line now and then, never the end
+            sock.settimeout(2)
+            try:
+                if sock.recv(1) == b"":
+                    break
+            except socket.timeout:
+                pass
+            except (ConnectionResetError, ssl.SSLError):
+                break
+            assert time.monotonic() - started < srv.IDLE_SECONDS + 15, "still open"
+    except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+        pass
+    assert time.monotonic() - started >= srv.IDLE_SECONDS - 1
+    sock.close()
