@@ -17,7 +17,12 @@ node's address, the `kubernetes` Service's ClusterIP and names), admin.crt (the 
 client certificate, O=system:masters), apiserver-token (a bearer token for curl),
 apiserver-port (the last port, taken again when free); and
 STATE/kubeconfig (0600), removed when the server stops (`kproxy kubeconfig --path` names it).
-Anonymous requests get 401 Unauthorized, on every path.
+Anonymous requests get 401 Unauthorized, on every path, /healthz, /livez, /readyz and /version
+included: upstream serves those to anonymous clients through RBAC's system:public-info-viewer,
+but kproxy has no RBAC and nothing in the lab probes them without credentials, so it serves no
+path to a client it cannot name. A certificate of the lab CA outside group system:masters (the
+nodes', etcd's, CoreDNS's) is 403 Forbidden: without RBAC, every authenticated user could
+write everything.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ LAST_PORT = "apiserver-port"   # in STATE/pki: the loopback port of the last run
 # (ReadHeaderTimeout: a client that trickles them, slowloris, is dropped), a body within the
 # request timeout (60 s). An idle keep-alive connection is closed after IDLE_SECONDS too.
 MAX_BODY = 3 * 1024 * 1024
+ADMIN_GROUP = "system:masters"  # the admin kubeconfig's certificate (O=system:masters) and the token
 IDLE_SECONDS = 32
 BODY_SECONDS = 60
 
@@ -193,18 +199,36 @@ class ApiServer:
         return None if self.cache.loaded.is_set() else "the watch cache has not listed the store yet"
 
     def authenticated(self, request: web.Request) -> bool:
+        return self.user(request) is not None
+
+    def user(self, request: web.Request) -> tuple[str, tuple[str, ...]] | None:
+        """(user, groups) of the request, or None (401): a client certificate verified against
+        the lab CA by the TLS handshake (CN = user, O = groups, as the API server's x509
+        authenticator), else the bearer token (the admin: system:masters). Compared in
+        constant time."""
         peer = request.transport.get_extra_info("peercert") if request.transport else None
         if peer:
-            return True  # verified against the lab CA by the TLS handshake
+            names = [kv for rdn in peer.get("subject", ()) for kv in rdn]
+            cn = next((v for k, v in names if k == "commonName"), "")
+            return cn, tuple(v for k, v in names if k == "organizationName")
         auth = request.headers.get("Authorization", "")
-        if auth.startswith("Bearer ") and self.token:
-            return hmac.compare_digest(auth[7:].strip().encode(), self.token.encode())
-        return False
+        if auth.startswith("Bearer ") and self.token and \
+                hmac.compare_digest(auth[7:].strip().encode(), self.token.encode()):
+            return "kubernetes-admin", (ADMIN_GROUP,)
+        return None
 
     @web.middleware
     async def _auth(self, request: web.Request, handler):
-        if not self.authenticated(request):
+        who = self.user(request)
+        if who is None:
             return st.response(st.unauthorized())
+        if ADMIN_GROUP not in who[1]:
+            # The lab CA also signs etcd's, the nodes' and CoreDNS's client certificates: they
+            # authenticate, but there is no RBAC here to give them less than everything, so only
+            # the admin's group may use the API (upstream: RBAC's system:masters).
+            return st.response(st.status(403, "Forbidden", f'forbidden: User "{who[0]}" cannot '
+                                         f'{request.method.lower()} path "{request.path}": only group '
+                                         f'"{ADMIN_GROUP}" may use the lab\'s API server', {}))
         try:
             return await handler(request)
         except st.ApiError as e:

@@ -249,3 +249,44 @@ def test_a_client_that_trickles_its_headers_is_dropped(short_idle, served):
         pass
     assert time.monotonic() - started >= srv.IDLE_SECONDS - 1
     sock.close()
+
+
+# -- authentication ---------------------------------------------------------------------------------
+ANONYMOUS_PATHS = ["/healthz", "/livez", "/readyz", "/version", "/api", "/apis", "/openapi/v2", "/openapi/v3",
+                   "/api/v1/services?watch=1", "/api/v1/namespaces/default/pods/x/exec?command=sh",
+                   "/api/v1/namespaces/default/pods/x/portforward", "/api/v1/namespaces/default/pods/x/log",
+                   "/api/v1/namespaces/default/services/web:80/proxy/", "/nonexistent"]
+
+
+def test_every_path_needs_credentials_and_only_the_admin_group_is_served(served, monkeypatch):
+    import requests
+    from kproxy.apiserver import server as srv
+    base, s, store, server = served
+    for path in ANONYMOUS_PATHS:
+        for method in ("GET", "POST"):
+            r = requests.request(method, base + path, verify=s.verify, timeout=10)
+            assert (r.status_code, r.json()["reason"]) == (401, "Unauthorized"), (method, path, r.text[:200])
+    for header in ("Bearer", "Bearer ", "Bearer wrong", "Basic YWRtaW46YWRtaW4=", "bearer " + server.token):
+        r = requests.get(base + "/version", verify=s.verify, headers={"Authorization": header}, timeout=10)
+        assert r.status_code == 401, header
+    # the lab CA's other certificates (CoreDNS's, a node's) authenticate but are not the admin
+    for cert in (server.pki.issue_coredns(), server.pki.issue_node("node-1")):
+        r = requests.get(base + "/api/v1/services", verify=s.verify, cert=(str(cert.cert), str(cert.key)), timeout=10)
+        assert (r.status_code, r.json()["reason"]) == (403, "Forbidden"), r.text[:200]
+        assert r.json()["message"].startswith('forbidden: User "system:')
+    compared = []
+    real = srv.hmac.compare_digest
+    monkeypatch.setattr(srv.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
+    r = requests.get(base + "/version", verify=s.verify, headers={"Authorization": f"Bearer {server.token}"},
+                     timeout=10)
+    assert r.status_code == 200 and compared  # the token is compared in constant time
+    assert s.get(base + "/version", timeout=10).status_code == 200  # the admin kubeconfig's certificate
+
+
+def test_key_material_is_private_to_root(served):
+    base, s, store, server = served
+    pki = server.pki.root
+    assert (pki.stat().st_mode & 0o777) == 0o700 and pki.stat().st_uid == 0
+    for f in [*pki.iterdir(), server.state / "kubeconfig"]:
+        if f.suffix in (".key", "") or f.name in ("kubeconfig", "apiserver-token"):
+            assert (f.stat().st_mode & 0o077) == 0 and f.stat().st_uid == 0, f
