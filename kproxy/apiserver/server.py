@@ -90,6 +90,7 @@ class ApiServer:
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.token = ""
+        self._lab_bound = False
         self.extra_routes: list = []  # callables (app) -> None (streams' are mounted by app())
 
     # -- set-up ---------------------------------------------------------------------------
@@ -123,8 +124,9 @@ class ApiServer:
             return free_loopback_socket(0)
 
     def bind_lab(self) -> None:
-        """Inside a sandbox lab: the node's address at 6443 (behind the `kubernetes` Service)."""
-        if not self.cfg.sandbox:
+        """Inside a sandbox lab: the node's address at 6443 (behind the `kubernetes` Service).
+        Called by the supervised thread (a failure is the component's, retried), once."""
+        if not self.cfg.sandbox or self._lab_bound:
             return
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -132,6 +134,7 @@ class ApiServer:
         s.listen(128)
         s.setblocking(False)
         self.sockets.append(s)
+        self._lab_bound = True
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -339,26 +342,28 @@ class ApiServer:
     # -- running --------------------------------------------------------------------------
     def serve(self) -> None:
         """The supervised thread: the HTTPS server on its own loop until the daemon stops."""
+        self.bind_lab()
         loop = asyncio.new_event_loop()
         self.loop = loop
         asyncio.set_event_loop(loop)
-        runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, shutdown_timeout=1,
-                               keepalive_timeout=IDLE_SECONDS)
-        loop.run_until_complete(runner.setup())
-        tls = self.ssl_context()
-        for s in self.sockets:
-            loop.run_until_complete(web.SockSite(runner, s.dup(), ssl_context=tls).start())
-        self.ctx.components.ok("apiserver")
-        log.info("API server: https://127.0.0.1:%d%s", self.port,
-                 f" and https://{self.ctx.node_ip}:{LAB_PORT} in the lab" if len(self.sockets) > 1 else "")
-        try:
+        runner = None
+        try:  # a failure anywhere closes what was opened: the supervisor starts it again
+            runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, shutdown_timeout=1,
+                                   keepalive_timeout=IDLE_SECONDS)
+            loop.run_until_complete(runner.setup())
+            tls = self.ssl_context()
+            for s in self.sockets:
+                loop.run_until_complete(web.SockSite(runner, s.dup(), ssl_context=tls).start())
+            self.ctx.components.ok("apiserver")
+            log.info("API server: https://127.0.0.1:%d%s", self.port,
+                     f" and https://{self.ctx.node_ip}:{LAB_PORT} in the lab" if len(self.sockets) > 1 else "")
             loop.run_until_complete(_until(self.ctx.stopping))
         finally:
-            loop.run_until_complete(runner.cleanup())
+            if runner is not None:
+                loop.run_until_complete(runner.cleanup())
             loop.close()
 
     def start(self) -> None:
-        self.bind_lab()
         self.ctx.supervise("apiserver-cache", self._feed)
         self.ctx.supervise("apiserver", self.serve)
 

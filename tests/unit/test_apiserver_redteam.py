@@ -30,6 +30,16 @@ def fds() -> int:
     return len(os.listdir(f"/proc/{os.getpid()}/fd"))
 
 
+def listing() -> list[str]:
+    out = []
+    for fd in os.listdir(f"/proc/{os.getpid()}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{os.getpid()}/fd/{fd}"))
+        except OSError:
+            pass
+    return sorted(out)
+
+
 def wait_for(cond, seconds: float = 10.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -290,3 +300,42 @@ def test_key_material_is_private_to_root(served):
     for f in [*pki.iterdir(), server.state / "kubeconfig"]:
         if f.suffix in (".key", "") or f.name in ("kubeconfig", "apiserver-token"):
             assert (f.stat().st_mode & 0o077) == 0 and f.stat().st_uid == 0, f
+
+
+# -- the role's own failures ------------------------------------------------------------------------
+def test_a_crash_of_the_server_thread_is_a_failed_component_an_event_and_a_restart(lab, monkeypatch):
+    import requests
+    from kproxy.apiserver.server import ApiServer
+    w, store, cfg = lab
+    cfg.sandbox = False
+    server = ApiServer(w.ctx, w)
+    server.prepare()
+    real, crashes = ApiServer.app, []
+
+    def app_once(self):
+        if not crashes:
+            crashes.append(1)
+            raise RuntimeError("the routes could not be built")
+        return real(self)
+    monkeypatch.setattr(ApiServer, "app", app_once)
+    before, was = fds(), listing()  # (after prepare: the host loopback socket is counted)
+    server.start()
+    try:
+        assert wait_for(lambda: w.ctx.components.is_failed("apiserver"), 5)
+        snap = w.ctx.components.snapshot()["apiserver"]
+        assert "RuntimeError: the routes could not be built" in snap["message"]
+        events = [json.loads(v) for k, (v, _) in store.kv.items() if k.startswith("/registry/events/")]
+        assert any(e.get("reason") == "ApiserverFailed" and "routes could not be built" in e.get("message", "")
+                   for e in events), events
+        assert wait_for(lambda: w.ctx.components.snapshot()["apiserver"]["state"] == "ok", 10)
+        assert w.ctx.components.snapshot()["apiserver"]["restarts"] >= 1
+        pki = server.pki.root
+        r = requests.get(f"https://127.0.0.1:{server.port}/version", verify=str(pki / "ca.crt"),
+                         cert=(str(pki / "admin.crt"), str(pki / "admin.key")), timeout=10,
+                         headers={"Connection": "close"})
+        assert r.status_code == 200
+    finally:
+        w.ctx.stopping.set()
+        server.stop()
+    # once stopped, nothing of either start is left open (the failed one's event loop included)
+    assert wait_for(lambda: fds() <= before, 10), (sorted(set(listing()) - set(was)), fds(), before)
