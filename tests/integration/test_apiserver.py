@@ -56,8 +56,12 @@ def lab():
         prefix = LabConfig(state_dir=str(state)).naming.prefix
         the_lab.kproxy("down", "--purge", check=False)
         leftover = prefixed_netns(prefix)
+        # a purged lab keeps no key material: no CA, keys, token, nor the kubeconfig embedding one
+        secrets = [str(p.relative_to(state)) for p in state.rglob("*") if p.is_file() and "manifests" not in p.parts
+                   and (p.name == "kubeconfig" or p.suffix in (".key", ".crt") or "token" in p.name)]
         shutil.rmtree(state, ignore_errors=True)
         assert not leftover, f"netns left behind: {leftover}"
+        assert not secrets, f"key material left in a purged lab: {secrets}"
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +255,40 @@ def test_kubectl_delete_removes_the_file(lab, api):
     assert not (lab.manifests / "service-default-web.yaml").exists()
     res = kubectl(env, "get", "svc", "web", check=False)
     assert 'services "web" not found' in res.stderr
+
+
+def test_hostile_clients_leave_the_daemon_responsive_and_leak_no_fds(lab, api):
+    """200 watches that never read, then dropped with a RST; a client trickling its headers; a
+    4 MiB body: the daemon's open files come back to where they were and it keeps answering."""
+    import ssl
+    base, s, _, _ = api
+    pid = int((lab.state_dir / "daemon.pid").read_text().split()[0])
+    fds = lambda: len(os.listdir(f"/proc/{pid}/fd"))  # noqa: E731
+    assert s.get(base + "/api/v1/services", timeout=10).status_code == 200
+    before = fds()
+    pki = lab.state_dir / "pki"
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    port = int(base.rsplit(":", 1)[1])
+    socks = []
+    for _ in range(200):
+        c = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="127.0.0.1")
+        c.sendall(b"GET /api/v1/services?watch=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        socks.append(c)
+    slow = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="127.0.0.1")
+    slow.sendall(b"GET /version HTTP/1.1\r\n")  # and never the rest
+    t0 = time.monotonic()
+    assert s.get(base + "/api/v1/namespaces/default/services/kubernetes", timeout=10).status_code == 200
+    assert time.monotonic() - t0 < 5
+    assert lab.kproxy("status", timeout=30).returncode == 0  # every component healthy, answering
+    big = s.post(base + "/api/v1/namespaces/default/services", data=b"{" + b" " * (4 << 20) + b"}",
+                 headers={"Content-Type": "application/json"}, timeout=30)
+    assert (big.status_code, big.json()["reason"]) == (413, "RequestEntityTooLarge")
+    for c in socks + [slow]:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.close()
+    deadline = time.monotonic() + 20
+    while fds() > before + 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert fds() <= before + 2, (fds(), before)
+    assert s.get(base + "/version", timeout=10).status_code == 200
