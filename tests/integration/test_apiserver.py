@@ -292,3 +292,66 @@ def test_hostile_clients_leave_the_daemon_responsive_and_leak_no_fds(lab, api):
         time.sleep(0.2)
     assert fds() <= before + 2, (fds(), before)
     assert s.get(base + "/version", timeout=10).status_code == 200
+
+
+def _pids_with(argv: list[str]) -> list[int]:
+    want = "\0".join(argv).encode()
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if open(f"/proc/{d}/cmdline", "rb").read().rstrip(b"\0") == want:
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def test_a_client_killed_mid_exec_or_port_forward_leaves_no_process_or_fd(lab, api):
+    import signal
+    base, s, env, _ = api
+    pid = int((lab.state_dir / "daemon.pid").read_text().split()[0])
+    fds = lambda: len(os.listdir(f"/proc/{pid}/fd"))  # noqa: E731
+    kubectl(env, "create", "deployment", "hold", "--image=nginx", "--port=8080")
+    kubectl(env, "wait", "--for=condition=Ready", "pod", "-l", "app=hold", "--timeout=60s")
+    pod = json.loads(kubectl(env, "get", "pods", "-l", "app=hold", "-o", "json").stdout)["items"][0]["metadata"]["name"]
+    before = fds()
+    argv = ["sleep", "4321"]
+    client = subprocess.Popen([KUBECTL, "exec", pod, "--", *argv], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not _pids_with(argv) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _pids_with(argv), "the exec never started"
+        client.send_signal(signal.SIGKILL)  # abrupt: no close frame
+        client.wait(10)
+        deadline = time.monotonic() + 15
+        while _pids_with(argv) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _pids_with(argv)
+    finally:
+        client.kill()
+    for p in left:  # (what this test started, by pid, before failing)
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"the exec'd command outlived its client: {left}"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    pf = subprocess.Popen([KUBECTL, "port-forward", f"pod/{pod}", f"{port}:8080"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert "Forwarding from" in pf.stdout.readline()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert c.recv(100).startswith(b"HTTP/1.")
+            pf.send_signal(signal.SIGKILL)  # mid-connection
+            pf.wait(10)
+    finally:
+        pf.kill()
+    deadline = time.monotonic() + 20
+    while fds() > before + 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert fds() <= before + 2, (fds(), before)
+    assert s.get(base + "/version", timeout=10).status_code == 200
+    kubectl(env, "delete", "deployment", "hold")
