@@ -35,6 +35,7 @@ BOOKMARK_SECONDS = 5.0
 # A watcher that falls behind is closed, as the cacher closes one whose channel stays full
 # ("Forcing watcher close due to unresponsiveness"): memory stays bounded per watch and the
 # client re-watches from the last resourceVersion it got.
+WATCH_TIMEOUT = 1800        # a watch without timeoutSeconds (the API server's default is 30-60 min)
 WATCH_QUEUE = 1000          # change batches waiting for one watch
 WATCH_WRITE_SECONDS = 30.0  # one write to a client that does not read
 
@@ -249,6 +250,7 @@ class Reads:
             prefix = store_key(t.res, t.namespace, t.name) if t.name else store_key(t.res, t.namespace)
             matches = (lambda key: key == prefix) if t.name else (lambda key: key.startswith(prefix))  # noqa: E731
         rv_text = q.get("resourceVersion") or ""
+        timeout_seconds(q)  # a bad value is a 400 before anything is subscribed
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue(WATCH_QUEUE)
         overflow: list[bool] = []
@@ -318,7 +320,7 @@ class Reads:
 
         convert_batch = replica_sets if derived else objects
         bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
-        deadline = loop.time() + float(q.get("timeoutSeconds") or 1800)
+        deadline = loop.time() + timeout_seconds(q)
 
         async def send(data: bytes) -> None:
             """A client that does not read for WATCH_WRITE_SECONDS is cut off (as the cacher
@@ -372,3 +374,14 @@ class Reads:
         finally:
             unsubscribe()
         return resp
+
+
+def timeout_seconds(q) -> float:
+    """A watch's timeoutSeconds (an integer, as ListOptions has it); 400 in the decoder's words."""
+    text = q.get("timeoutSeconds") or ""
+    if not text:
+        return WATCH_TIMEOUT
+    try:
+        return float(int(text))
+    except ValueError:
+        raise st.ApiError(st.bad_request(f'strconv.ParseInt: parsing "{text}": invalid syntax')) from None

@@ -288,7 +288,8 @@ class ApiServer:
             raise st.ApiError(st.method_not_allowed())
         verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
                 "DELETE": "delete" if t.name else "deletecollection"}.get(method)
-        if verb is None or verb not in t.res.verbs or (verb == "create" and t.name):
+        if verb is None or verb not in t.res.verbs or (verb == "create" and t.name) or \
+                (verb in ("update", "patch") and not t.name):
             raise st.ApiError(st.method_not_allowed())
         try:
             body = await asyncio.wait_for(request.read(), BODY_SECONDS)

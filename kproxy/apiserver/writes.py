@@ -132,6 +132,7 @@ class Writer:
                user_agent: str = "") -> tuple[int, dict, list]:
         """(HTTP code, answer, Warning header values) of one write; ApiError for a refusal."""
         dry = "All" in query.getall("dryRun", []) if hasattr(query, "getall") else query.get("dryRun") == "All"
+        _check_options(verb, query)
         with self.lock:
             self.validation = query.get("fieldValidation") or "Warn"
             self.warnings = []
@@ -439,6 +440,22 @@ class Writer:
         if message.startswith("namespaces "):
             return st.status(404, "NotFound", message)
         return st.internal(message)
+
+
+OPTIONS_KIND = {"create": "CreateOptions", "update": "UpdateOptions", "patch": "PatchOptions",
+                "delete": "DeleteOptions", "deletecollection": "DeleteOptions"}
+
+
+def _check_options(verb: str, query) -> None:
+    """ValidateDryRun (apimachinery's Validate{Create,Update,Patch,Delete}Options): a dryRun other
+    than "All" is refused with the API server's 422, not taken as a real write (a typo must not write)."""
+    dry_run = query.getall("dryRun", []) if hasattr(query, "getall") else \
+        ([query["dryRun"]] if query.get("dryRun") is not None else [])
+    errs = []
+    if any(v != "All" for v in dry_run):
+        errs.append(errors.not_supported("dryRun", errors.go_string_slice(dry_run), ["All"]))
+    if errs:
+        raise st.ApiError(errors.InvalidError(OPTIONS_KIND[verb], "", errs, group="meta.k8s.io").to_status())
 
 
 def _check_name(obj: dict, name: str) -> None:

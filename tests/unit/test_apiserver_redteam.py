@@ -339,3 +339,28 @@ def test_a_crash_of_the_server_thread_is_a_failed_component_an_event_and_a_resta
         server.stop()
     # once stopped, nothing of either start is left open (the failed one's event loop included)
     assert wait_for(lambda: fds() <= before, 10), (sorted(set(listing()) - set(was)), fds(), before)
+
+
+# -- query parameters ---------------------------------------------------------------------------------
+def test_a_dry_run_value_other_than_all_is_refused_not_written(served):
+    base, s, store, server = served
+    before = folder_files(server.cfg)
+    r = s.post(base + "/api/v1/namespaces/default/services", params={"dryRun": "Al"}, json=svc("typo"), timeout=10)
+    assert (r.status_code, r.json()["message"]) == (
+        422, 'CreateOptions.meta.k8s.io "" is invalid: dryRun: Unsupported value: []string{"Al"}: supported values: '
+             '"All"'), r.text[:300]
+    assert folder_files(server.cfg) == before
+    assert s.get(base + "/api/v1/namespaces/default/services/typo", timeout=10).status_code == 404
+    r = s.delete(base + "/api/v1/namespaces/default/services/kubernetes", params={"dryRun": "true"}, timeout=10)
+    assert r.status_code == 422 and r.json()["message"].startswith('DeleteOptions.meta.k8s.io "" is invalid: dryRun')
+
+
+def test_bad_query_values_and_verbs_without_a_name_are_the_api_servers_4xx(served):
+    base, s, store, server = served
+    u = base + "/api/v1/namespaces/default/services"
+    r = s.get(u, params={"watch": "1", "timeoutSeconds": "abc"}, timeout=10)
+    assert (r.status_code, r.json()["message"]) == (400, 'strconv.ParseInt: parsing "abc": invalid syntax')
+    for method in ("PUT", "PATCH"):
+        r = s.request(method, u, json=svc("x"), headers={"Content-Type": "application/merge-patch+json"}
+                      if method == "PATCH" else {}, timeout=10)
+        assert (r.status_code, r.json()["reason"]) == (405, "MethodNotAllowed"), (method, r.text[:200])
