@@ -60,6 +60,7 @@ def decode(body: bytes, content_type: str = "") -> dict:
     try:
         if body.strip()[:1] in (b"{", b"["):
             obj = json.loads(body)  # duplicate keys: the last wins, as Go's; strict.py reports them
+            bounded(obj)
         else:  # YAML through the bounded loader the folder uses (no alias bombs, JSON types only)
             from kproxy.api import safeload
             obj, why = next(safeload.yaml_documents(body.decode("utf-8")), (None, "no document"))
@@ -70,6 +71,52 @@ def decode(body: bytes, content_type: str = "") -> dict:
     if not isinstance(obj, dict):
         raise st.ApiError(st.bad_request("the body of the request must be an object"))
     return obj
+
+
+def bounded(obj) -> None:
+    """JSON nested deeper than the folder's YAML loader accepts (safeload.MAX_DEPTH) is refused
+    here, in the loader's words: before anything recurses over it (a RecursionError would be a
+    500) or writes a file the folder would then refuse (a write that never lands)."""
+    from kproxy.api import safeload
+    stack = [(obj, 1, None)]
+    while stack:
+        o, depth, at = stack.pop()
+        if not isinstance(o, (dict, list)):
+            continue
+        if depth > safeload.MAX_DEPTH:
+            parts = []
+            while at is not None:
+                at, key = at
+                parts.append(key)
+            path = ".".join(str(k) for k in reversed(parts))
+            raise st.ApiError(st.bad_request(f"the body of the request could not be decoded: "
+                                             f"{path[:100]}...: nesting deeper than {safeload.MAX_DEPTH} levels "
+                                             "is not accepted"))
+        items = o.items() if isinstance(o, dict) else enumerate(o)
+        stack += [(v, depth + 1, (at, k)) for k, v in items]
+
+
+def bounded_patch(body: bytes, content_type: str) -> None:
+    """A patch body under the same bounds as an object (server-side apply's YAML through the
+    folder's bounded loader: no alias bombs, no deep nesting); a body that does not parse is
+    left to the patch's own decoder and its words."""
+    from kproxy.api import safeload
+    if content_type.split(";")[0].strip() == "application/apply-patch+yaml":
+        try:
+            _, why = next(safeload.yaml_documents(body.decode("utf-8")), (None, ""))
+        except UnicodeDecodeError:
+            return
+        if why and ("nesting" in why or "alias" in why):
+            raise st.ApiError(st.bad_request(f"error decoding YAML: {why}"))
+        return
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return
+    except RecursionError:
+        raise st.ApiError(st.bad_request(f"the body of the request could not be decoded: nesting deeper than "
+                                         f"{safeload.MAX_DEPTH} levels is not accepted")) from None
+    bounded(parsed)
 
 
 def clean(obj: dict) -> dict:
@@ -232,6 +279,7 @@ class Writer:
         return self._write(t, clean(obj), cur, dry, 200)
 
     def patch(self, t: rest.Target, body: bytes, content_type: str, dry: bool, manager: str = "") -> tuple[int, dict]:
+        bounded_patch(body, content_type)
         cur, rev = self.current(t)
         if content_type.split(";")[0].strip() == "application/apply-patch+yaml" and not t.sub:
             return self.apply(t, cur, rev, body, dry, manager)

@@ -364,3 +364,44 @@ def test_bad_query_values_and_verbs_without_a_name_are_the_api_servers_4xx(serve
         r = s.request(method, u, json=svc("x"), headers={"Content-Type": "application/merge-patch+json"}
                       if method == "PATCH" else {}, timeout=10)
         assert (r.status_code, r.json()["reason"]) == (405, "MethodNotAllowed"), (method, r.text[:200])
+
+
+# -- nesting the folder would refuse --------------------------------------------------------------------
+def nested(depth: int):
+    return json.loads('{"a":' * depth + "1" + "}" * depth)
+
+
+@pytest.mark.parametrize("depth", [150, 600, 950])
+def test_json_nested_deeper_than_the_folder_accepts_is_400_before_any_file(served, depth):
+    base, s, store, server = served
+    before = folder_files(server.cfg)
+    body = svc(f"deep{depth}")
+    body["spec"]["extra"] = nested(depth)  # an unknown field: kept for the folder, so it must load there
+    r = s.post(base + "/api/v1/namespaces/default/services", data=json.dumps(body),
+               headers={"Content-Type": "application/json"}, timeout=30)
+    assert (r.status_code, r.json()["reason"]) == (400, "BadRequest"), r.text[:300]
+    assert r.json()["message"].endswith("nesting deeper than 100 levels is not accepted")
+    assert folder_files(server.cfg) == before
+
+
+def test_patches_nested_too_deep_or_alias_bombs_are_400(served):
+    base, s, store, server = served
+    url = base + "/api/v1/namespaces/default/services/web"
+    assert s.post(base + "/api/v1/namespaces/default/services", json=svc("web"), timeout=10).status_code == 201
+    files = folder_files(server.cfg)
+    for depth in (150, 2000):
+        data = '{"spec":{"extra":' + '{"a":' * depth + "1" + "}" * depth + "}}"
+        r = s.patch(url, data=data, headers=MERGE, timeout=30)
+        assert (r.status_code, r.json()["reason"]) == (400, "BadRequest"), r.text[:300]
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi"))
+    apply = ("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\n"
+             "spec:\n  ports:\n  - port: 80\n" + "".join("  " + line + "\n" for line in ["extra:"]) +
+             "".join("    " + line for line in bomb.splitlines(True)))
+    t0 = time.monotonic()
+    r = s.patch(url, params={"fieldManager": "t"}, data=apply,
+                headers={"Content-Type": "application/apply-patch+yaml"}, timeout=30)
+    assert (r.status_code, r.json()["reason"]) == (400, "BadRequest"), r.text[:300]
+    assert "alias" in r.json()["message"] and time.monotonic() - t0 < 5
+    assert folder_files(server.cfg) == files
