@@ -28,6 +28,8 @@ import random
 import threading
 import time
 
+import yaml
+
 from kproxy.api import admission, errors, meta
 from kproxy.apiserver import rest
 from kproxy.apiserver import status as st
@@ -94,6 +96,23 @@ def bounded(obj) -> None:
                                              "is not accepted"))
         items = o.items() if isinstance(o, dict) else enumerate(o)
         stack += [(v, depth + 1, (at, k)) for k, v in items]
+
+
+def loadable(obj: dict) -> None:
+    """The object as the folder will write it must load back through the folder's loader
+    (safeload): else the file would be refused there and the write never land (a 504 after
+    STORED_WAIT, the file left behind). Python's JSON takes what that loader and Go's decoder
+    refuse: NaN, 1e400, integers outside int64, lone UTF-16 surrogates. 400 in the loader's words."""
+    from kproxy.api import safeload
+    from kproxy.store.manifests import _dump  # the folder's own YAML writer
+    try:
+        text = _dump(obj)
+        text.encode("utf-8")
+    except (ValueError, RecursionError, yaml.YAMLError) as e:  # UnicodeEncodeError is a ValueError
+        raise st.ApiError(st.bad_request(f"the body of the request could not be decoded: {e}")) from None
+    _, why = next(safeload.yaml_documents(text), (None, "no document"))
+    if why:
+        raise st.ApiError(st.bad_request(f"the body of the request could not be decoded: {why}"))
 
 
 def bounded_patch(body: bytes, content_type: str) -> None:
@@ -424,6 +443,7 @@ class Writer:
         """Steps 2-5 of the module docstring for a create (`cur` None) or an update; `applied`:
         a server-side apply (it kept managedFields itself), else an Update takes ownership of
         what it changed (ssa.record_update), as the API server records it."""
+        loadable(obj)
         name = obj["metadata"]["name"]
         if not applied:
             from kproxy.apiserver.ssa import record_update

@@ -405,3 +405,16 @@ def test_patches_nested_too_deep_or_alias_bombs_are_400(served):
     assert (r.status_code, r.json()["reason"]) == (400, "BadRequest"), r.text[:300]
     assert "alias" in r.json()["message"] and time.monotonic() - t0 < 5
     assert folder_files(server.cfg) == files
+
+
+@pytest.mark.parametrize("raw", ["1" + "0" * 30, "1e400", "NaN", '"\\ud800"'])
+def test_json_the_folder_could_not_load_back_is_400_not_a_file_that_never_lands(served, raw):
+    base, s, store, server = served
+    before = folder_files(server.cfg)
+    body = json.dumps(svc("odd")).replace('"ports"', '"extra": ' + raw + ', "ports"')
+    t0 = time.monotonic()
+    r = s.post(base + "/api/v1/namespaces/default/services", data=body, headers={"Content-Type": "application/json"},
+               timeout=30)
+    assert (r.status_code, r.json()["reason"]) == (400, "BadRequest"), r.text[:300]
+    assert r.json()["message"].startswith("the body of the request could not be decoded: ")
+    assert time.monotonic() - t0 < 5 and folder_files(server.cfg) == before
