@@ -57,6 +57,11 @@ LAST_PORT = "apiserver-port"   # in STATE/pki: the loopback port of the last run
 # (ReadHeaderTimeout: a client that trickles them, slowloris, is dropped), a body within the
 # request timeout (60 s). An idle keep-alive connection is closed after IDLE_SECONDS too.
 MAX_BODY = 3 * 1024 * 1024
+# Open connections the server keeps: every role of the daemon shares its file descriptors (a
+# systemd unit's soft limit is 1,024), so a flood of idle connections must not starve the proxy
+# or the store. Past this, a new connection is closed at once (kube-apiserver bounds requests in
+# flight instead: --max-requests-inflight 400 + --max-mutating-requests-inflight 200).
+MAX_CONNECTIONS = 600
 ADMIN_GROUP = "system:masters"  # the admin kubeconfig's certificate (O=system:masters) and the token
 IDLE_SECONDS = 32
 BODY_SECONDS = 60
@@ -352,6 +357,7 @@ class ApiServer:
             runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, shutdown_timeout=1,
                                    keepalive_timeout=IDLE_SECONDS)
             loop.run_until_complete(runner.setup())
+            _cap_connections(runner.server, MAX_CONNECTIONS)
             tls = self.ssl_context()
             for s in self.sockets:
                 loop.run_until_complete(web.SockSite(runner, s.dup(), ssl_context=tls).start())
@@ -378,6 +384,22 @@ class ApiServer:
         kubeconfig_path(self.state).unlink(missing_ok=True)
         for s in self.sockets:
             s.close()
+
+
+def _cap_connections(server: web.Server, limit: int) -> None:
+    """Close a connection made while `limit` others are open (counted once TLS is up; a
+    handshake that never ends is dropped by asyncio after 60 s)."""
+    made = server.connection_made
+    refused = [0]
+
+    def capped(handler, transport) -> None:
+        made(handler, transport)
+        if len(server.connections) > limit:
+            refused[0] += 1
+            if refused[0] == 1 or refused[0] % 1000 == 0:
+                log.warning("API server: %d connections open; closing new ones (%d so far)", limit, refused[0])
+            transport.abort()
+    server.connection_made = capped
 
 
 async def _until(event: threading.Event) -> None:

@@ -418,3 +418,36 @@ def test_json_the_folder_could_not_load_back_is_400_not_a_file_that_never_lands(
     assert (r.status_code, r.json()["reason"]) == (400, "BadRequest"), r.text[:300]
     assert r.json()["message"].startswith("the body of the request could not be decoded: ")
     assert time.monotonic() - t0 < 5 and folder_files(server.cfg) == before
+
+
+@pytest.fixture
+def few_connections(monkeypatch):
+    from kproxy.apiserver import server as srv
+    monkeypatch.setattr(srv, "MAX_CONNECTIONS", 20)
+    return srv
+
+
+def test_a_connection_flood_is_capped_and_the_server_answers_once_it_ends(few_connections, served):
+    import requests
+    base, s, store, server = served
+    ctx = ssl.create_default_context(cafile=str(server.pki.ca_cert))
+    flood, closed = [], 0
+    for _ in range(60):
+        c = ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port), timeout=5),
+                            server_hostname="127.0.0.1")
+        flood.append(c)
+    time.sleep(0.5)
+    for c in flood:  # the server closed what came past the cap
+        c.settimeout(0.05)
+        try:
+            closed += c.recv(1) == b""
+        except (ConnectionResetError, ssl.SSLError):
+            closed += 1
+        except socket.timeout:
+            pass
+    assert closed >= 35, closed
+    for c in flood:
+        c.close()
+    pki = server.pki.root
+    assert wait_for(lambda: requests.get(base + "/version", verify=str(pki / "ca.crt"), timeout=5,
+                                         cert=(str(pki / "admin.crt"), str(pki / "admin.key"))).status_code == 200)
