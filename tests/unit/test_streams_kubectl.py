@@ -34,8 +34,8 @@ def _need(tool: str) -> None:
         pytest.fail(f"{tool} is not installed (run scripts/setup)")
 
 
-class PodPort:
-    """A loopback HTTP server standing for port 8080 of pod web-1: it names itself and the request."""
+class LoopbackPort:
+    """A port of the pod, served on loopback: each connection is handed to `_one` in a thread."""
 
     def __init__(self):
         self.sock = socket.socket()
@@ -52,8 +52,14 @@ class PodPort:
                 return
             threading.Thread(target=self._one, args=(conn,), daemon=True).start()
 
-    @staticmethod
-    def _one(conn):
+    def _one(self, conn):
+        raise NotImplementedError
+
+
+class PodPort(LoopbackPort):
+    """Port 8080 of pod web-1, an HTTP server: it names itself and the request."""
+
+    def _one(self, conn):
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = conn.recv(65536)
@@ -65,24 +71,9 @@ class PodPort:
         conn.close()
 
 
-class BlobPort:
+class BlobPort(LoopbackPort):
     """Port 7000 of the pod: `D` -> sends BLOB and closes; `U` + bytes + EOF -> their sha1 and length."""
     BLOB = bytes(range(256)) * 20_000  # 5 MB
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
 
     def _one(self, conn):
         if conn.recv(1) == b"D":
