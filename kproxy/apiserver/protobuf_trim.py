@@ -20,7 +20,6 @@ value_type]`` (map), else ""; flags: ``r`` repeated, ``p`` pointer, ``o`` omitem
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path

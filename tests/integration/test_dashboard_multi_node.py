@@ -10,8 +10,7 @@ import urllib.request
 
 import pytest
 
-from .conftest import hits
-from .test_dashboard import _answers, free_port
+from .conftest import answers, free_port, hits
 from .test_trace_multi_node import SPREAD
 
 LAB_UP_ARGS = ("--nodes", "2")
@@ -35,7 +34,7 @@ def test_the_counters_add_up_both_nodes(lab, pods):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
-        lab.wait_for(lambda: proc.poll() is not None or _answers(url + "api/counters"), timeout=20)
+        lab.wait_for(lambda: proc.poll() is not None or answers(url + "api/counters"), timeout=20)
         assert proc.poll() is None, proc.communicate()
         before, doc = web(url)
         assert sorted(doc["nodes"]) == ["node-1", "node-2"] and not doc["errors"], doc
