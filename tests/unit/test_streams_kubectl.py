@@ -10,6 +10,7 @@ Needs kubectl and curl (scripts/setup); fails loudly without them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +28,16 @@ import pytest
 from tests.unit.kubectl_stub import KUBECTL, TOKEN, FakeAccess, StubServer, pod
 
 NO_WS = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false", "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}
+
+
+@contextlib.contextmanager
+def pod_deleted(stub):
+    """Pod web-1 is gone from the stub's store while inside (a following stream must end), then back."""
+    saved = stub.objects.pop(("Pod", "web-1"))
+    try:
+        yield
+    finally:
+        stub.objects[("Pod", "web-1")] = saved
 
 
 def _need(tool: str) -> None:
@@ -149,11 +160,8 @@ def test_logs_follow_until_the_pod_is_gone(stub):
             f.write(b"appended while following\n")
         time.sleep(1.0)
         assert proc.poll() is None  # still following
-        saved = stub.objects.pop(("Pod", "web-1"))
-        try:
+        with pod_deleted(stub):
             out, err = proc.communicate(timeout=10)
-        finally:
-            stub.objects[("Pod", "web-1")] = saved
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -245,11 +253,8 @@ def test_attach_shows_new_output_until_the_pod_is_gone(stub, env):
         with open(stub.log, "ab") as f:
             f.write(b"written after attach\n")
         time.sleep(1.0)
-        saved = stub.objects.pop(("Pod", "web-1"))
-        try:
+        with pod_deleted(stub):
             out, err = proc.communicate(timeout=10)
-        finally:
-            stub.objects[("Pod", "web-1")] = saved
     finally:
         if proc.poll() is None:
             proc.kill()
