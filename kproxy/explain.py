@@ -14,6 +14,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
+from kproxy.explanations import say
 from kproxy.proxy import chains as ch
 
 # The fixed chains whose rules may concern one Service, in the order a packet meets them.
@@ -141,7 +142,7 @@ def explain_rule(rule: Rule) -> str:
     if t == ch.KUBE_SERVICES and rule.table == "filter":
         return "the filter's Service portals: REJECT/DROP for Services without (local) endpoints"
     if t == ch.KUBE_SERVICES:
-        return "every packet passes the Service portals (KUBE-SERVICES)"
+        return say("portals", chain=ch.KUBE_SERVICES)
     if t == ch.KUBE_EXTERNAL_SERVICES:
         return "the external portals (NodePort, LB, external IPs): REJECT/DROP when nothing may serve them"
     if t == ch.KUBE_PROXY_FIREWALL:
@@ -153,16 +154,15 @@ def explain_rule(rule: Rule) -> str:
     if t == ch.KUBE_NODEPORTS and rule.table == "filter":
         return "health-check NodePorts are let in"
     if t == ch.KUBE_POSTROUTING:
-        return "on the way out: kube-proxy's masquerade check (KUBE-POSTROUTING)"
+        return say("postrouting", chain=ch.KUBE_POSTROUTING)
     if chain == ch.KUBE_SERVICES and t == ch.KUBE_NODEPORTS:
         return "anything addressed to this node's own addresses is checked for NodePorts (the last rule)"
     if t == "REJECT":
-        return f"{name} has no endpoints: the connection is rejected (the client sees 'connection refused')"
+        return say("no endpoints", service=name, how="the connection is rejected")
     if t == "DROP" and "no local endpoints" in c:
-        return (f"{name} has externalTrafficPolicy Local and no endpoint on this node: the packet is dropped "
-                "(the client times out)")
+        return say("etp local, no local endpoint", service=name, how="the packet is dropped")
     if t == "DROP" and "not accepted by" in c:
-        return f"{name}: the source is not in loadBalancerSourceRanges, so the packet is dropped"
+        return say("source ranges drop", service=name)
     if t == "DROP" and "INVALID" in w:
         return "a packet conntrack cannot place (INVALID) is dropped"
     if chain == ch.KUBE_SERVICES and t.startswith((ch.SVC_PREFIX, ch.SVL_PREFIX)):
@@ -176,48 +176,44 @@ def explain_rule(rule: Rule) -> str:
         return f"{name}: the health-check NodePort {dport} is let in"
     if t == ch.KUBE_MARK_MASQ:
         if chain.startswith(ch.SEP_PREFIX):
-            return (f"hairpin: when the pod {(rule.option('-s') or '').removesuffix('/32')} is itself the client, "
-                    "mark for masquerade so the reply comes back through the node")
+            return say("hairpin masquerade", pod=(rule.option("-s") or "").removesuffix("/32"))
         if chain.startswith((ch.SVC_PREFIX, ch.SVL_PREFIX)):
-            return (f"a client outside the cluster CIDR {rule.option('-s') or ''} is marked for masquerade "
-                    "(the reply must come back through this node)")
+            return say("outside cluster CIDR masquerade", cidr=rule.option("-s") or "")
         if "LOCAL" in c:
-            return "the node's own traffic to an external address is marked for masquerade"
+            return say("local external masquerade")
         if chain.startswith(ch.EXT_PREFIX):
-            return ("externalTrafficPolicy Cluster: external traffic is marked for masquerade (the endpoint may be "
-                    "on another node; the reply must come back through this one)")
-        return "marked for masquerade"
+            return say("external masquerade")
+        return say("masquerade mark")
     if chain.startswith(ch.EXT_PREFIX):
         if "pod traffic" in c:
-            return "pods reaching an external address use every endpoint, as if they went out and came back"
+            return say("short-circuit pod traffic")
         if "route LOCAL" in c:
-            return "the node's own traffic uses every endpoint"
+            return say("short-circuit local traffic")
         if t.startswith(ch.SVL_PREFIX):
-            return "externalTrafficPolicy Local: only this node's endpoints, the client's address is kept"
-        return f"then to the Service's endpoints ({t})"
+            return say("etp local")
+        return say("etp cluster", chain=t)
     if chain.startswith(ch.FW_PREFIX):
         if t.startswith(ch.EXT_PREFIX):
             return f"loadBalancerSourceRanges: a source in {rule.option('-s')} is let through"
         return "any other source falls off the end: not DNATed, then dropped by KUBE-PROXY-FIREWALL"
     if chain.startswith((ch.SVC_PREFIX, ch.SVL_PREFIX)) and t.startswith(ch.SEP_PREFIX):
         if "--rcheck" in w:
-            return (f"session affinity: a client seen in the last {rule.option('--seconds')} s goes back to "
-                    f"{_ep(c)}")
+            return say("affinity", when=f"in the last {rule.option('--seconds')} s", endpoint=_ep(c))
         p = rule.option("--probability")
         if p:
             return f"random roll: with probability {float(p):.4g} the connection goes to {_ep(c)} ({t})"
         return f"otherwise (every roll above said no) the connection goes to {_ep(c)} ({t})"
     if t == "DNAT":
-        return f"DNAT: the destination becomes {rule.option('--to-destination')}"
+        return say("dnat", endpoint=rule.option("--to-destination"))
     if chain == ch.KUBE_POSTROUTING:
         if t == "RETURN":
-            return "not marked for masquerade: the source address is kept"
+            return say("not masqueraded")
         if t == "MARK":
-            return "clears the masquerade mark"
+            return say("clear masquerade mark")
         if t == "MASQUERADE":
-            return "masquerade: the source becomes this node's address on the outgoing interface"
+            return say("masquerade")
     if chain == ch.KUBE_MARK_MASQ:
-        return "sets the masquerade mark (KUBE-POSTROUTING will SNAT the packet)"
+        return say("set masquerade mark", chain=ch.KUBE_POSTROUTING)
     if chain == ch.KUBE_FORWARD and t == "ACCEPT":
         if "--ctstate" in w:
             return "a packet of a known connection is let through"

@@ -5,8 +5,8 @@ a packet meets one rule in `services` whose verdict map (`service-ips`, `service
 holds one element per Service address, then the Service's own chains (a `numgen random mod N
 vmap` picks the endpoint chain, whose rule DNATs). So what "matched" is often a map element,
 not a rule; this module finds that element from the packet's address, protocol and port, and
-gives each rule and element a line of plain language (the iptables mode's is explain.py's
-explain_rule; the same words where the meaning is the same).
+gives each rule and element a line of plain language (the words of a concept both modes share
+come from explanations.py, as explain.py's explain_rule takes them for the iptables mode).
 
 Counters: upstream's table carries no `counter` statements (and kproxy's render must equal
 upstream's, rule for rule), so `explain` keeps its own table in the node's netns,
@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from kproxy.explanations import say
 from kproxy.proxy.nft import names as n
 from kproxy.proxy.nft.base import BASE_CHAINS
 from kproxy.proxy.nft.listing import _blocks, _elements
@@ -134,11 +135,11 @@ def explain_element(e: Element) -> str:
         return f"{who}: [{key}] is subject to loadBalancerSourceRanges: checked in {t}"
     what = "NodePort" if e.map == n.NO_ENDPOINT_NODEPORTS_MAP else "address"
     if t == n.REJECT_CHAIN:
-        return (f"{_service_words(e.comment)} has no endpoints: element [{key}] of {e.map} rejects the connection "
-                "(the client sees 'connection refused')")
+        return say("no endpoints", service=_service_words(e.comment),
+                   how=f"element [{key}] of {e.map} rejects the connection")
     if e.verdict == "drop":
-        return (f"{_service_words(e.comment)} has externalTrafficPolicy Local and no endpoint on this node: element "
-                f"[{key}] of {e.map} drops the packet (the client times out)")
+        return say("etp local, no local endpoint", service=_service_words(e.comment),
+                   how=f"element [{key}] of {e.map} drops the packet")
     return f"{_service_words(e.comment)}: {what} element [{key}] of {e.map}: {e.verdict}"
 
 
@@ -154,9 +155,9 @@ def explain_rule(chain: str, rule: str) -> str:
                 n.CLUSTER_IPS_CHECK_CHAIN: "a ClusterIP on a port no Service has is rejected, an unallocated "
                                            "ClusterIP dropped"}.get(target, f"new connections: {target}")
     if rule == f"jump {n.SERVICES_CHAIN}":
-        return "every packet passes the Service portals (chain services)"
+        return say("portals", chain=f"chain {n.SERVICES_CHAIN}")
     if rule == f"jump {n.MASQUERADING_CHAIN}":
-        return "on the way out: kube-proxy's masquerade check (chain masquerading)"
+        return say("postrouting", chain=f"chain {n.MASQUERADING_CHAIN}")
     if f"vmap @{n.SERVICE_IPS_MAP}" in rule:
         return "look the destination address, protocol and port up in map service-ips"
     if f"vmap @{n.SERVICE_NODEPORTS_MAP}" in rule:
@@ -167,46 +168,43 @@ def explain_rule(chain: str, rule: str) -> str:
         mod = rule.split()[3]
         return f"random choice: numgen picks one of {mod} endpoint chains, each with probability 1/{mod}"
     if "dnat to " in rule:
-        return f"DNAT: the destination becomes {rule.split('dnat to ', 1)[1].split()[0]}"
+        return say("dnat", endpoint=rule.split("dnat to ", 1)[1].split()[0])
     if rule == "masquerade fully-random":
-        return "masquerade: the source becomes this node's address on the outgoing interface"
+        return say("masquerade")
     if chain == n.MASQUERADING_CHAIN and rule.endswith(" return"):
-        return "not marked for masquerade: the source address is kept"
+        return say("not masqueraded")
     if chain == n.MASQUERADING_CHAIN and rule.startswith("meta mark set"):
-        return "clears the masquerade mark"
+        return say("clear masquerade mark")
     if chain == n.MARK_MASQ_CHAIN:
-        return "sets the masquerade mark (chain masquerading will SNAT the packet)"
+        return say("set masquerade mark", chain=f"chain {n.MASQUERADING_CHAIN}")
     if chain == n.REJECT_CHAIN:
         return "reject: the client gets an ICMP port unreachable (connection refused)"
     if chain == n.CLUSTER_IPS_CHECK_CHAIN:
         return ("a ClusterIP on a port no Service has: rejected" if "reject" in rule
                 else "an address in the service CIDR no Service has: dropped")
     if chain.startswith(n.FIREWALL_PREFIX) and rule.endswith("drop"):
-        return f"{chain_service(chain)}: the source is not in loadBalancerSourceRanges, so the packet is dropped"
+        return say("source ranges drop", service=chain_service(chain))
     if target == n.MARK_MASQ_CHAIN:
         if chain.startswith(n.ENDPOINT_PREFIX):
-            return (f"hairpin: when the pod {rule.split()[2]} is itself the client, mark for masquerade so the "
-                    "reply comes back through the node")
+            return say("hairpin masquerade", pod=rule.split()[2])
         if chain.startswith((n.CLUSTER_POLICY_PREFIX, n.LOCAL_POLICY_PREFIX)):
             src = rule.split("ip saddr != ", 1)[1].split()[0] if "ip saddr != " in rule else ""
-            return (f"a client outside the cluster CIDR {src} is marked for masquerade (the reply must come back "
-                    "through this node)")
+            return say("outside cluster CIDR masquerade", cidr=src)
         if "fib saddr type local" in rule:
-            return "the node's own traffic to an external address is marked for masquerade"
+            return say("local external masquerade")
         if chain.startswith(n.EXTERNAL_PREFIX):
-            return ("externalTrafficPolicy Cluster: external traffic is marked for masquerade (the endpoint may be "
-                    "on another node; the reply must come back through this one)")
-        return "marked for masquerade"
+            return say("external masquerade")
+        return say("masquerade mark")
     if chain.startswith(n.EXTERNAL_PREFIX):
         if "short-circuit pod traffic" in rule:
-            return "pods reaching an external address use every endpoint, as if they went out and came back"
+            return say("short-circuit pod traffic")
         if "short-circuit local traffic" in rule:
-            return "the node's own traffic uses every endpoint"
+            return say("short-circuit local traffic")
         if target.startswith(n.LOCAL_POLICY_PREFIX):
-            return "externalTrafficPolicy Local: only this node's endpoints, the client's address is kept"
-        return f"then to the Service's endpoints ({target})"
+            return say("etp local")
+        return say("etp cluster", chain=target)
     if rule.startswith("ip saddr @") and target.startswith(n.ENDPOINT_PREFIX):
-        return f"session affinity: a client seen recently (its affinity set) goes back to {endpoint_of(target)}"
+        return say("affinity", when="recently (its affinity set)", endpoint=endpoint_of(target))
     if rule.startswith("update @"):
         return "session affinity: remember this client for this endpoint"
     return ""

@@ -147,73 +147,87 @@ def _who(ip: str, pods_by_ip: dict[str, dict]) -> str:
     return f"pod {p['name']} on {p['node']}" if p else "no pod known by that IP"
 
 
-def walk(packet: Packet, saved: Saved, pods_by_ip: dict[str, dict]) -> tuple[list[dict], dict]:
-    """The numbered steps of one packet, and what they decided: {dnat, pod, masquerade, reason,
-    verdict, refusal, choice}. `saved` (iptables-save of the node) supplies the rules the trace
-    does not print: the random rolls that said no before the one taken."""
-    if not isinstance(saved, Saved):  # an nftables node: nftview.Listing
-        return walk_nft(packet, saved, pods_by_ip)
-    steps: list[dict] = []
-    out: dict = {"dnat": None, "pod": None, "masquerade": False, "mark_reason": None, "verdict": None,
-                 "refusal": None, "choice": None}
+def _decision() -> dict:
+    """What a walk decided, before it has seen anything (walk's docstring says each key)."""
+    return {"dnat": None, "pod": None, "masquerade": False, "mark_reason": None, "verdict": None,
+            "refusal": None, "choice": None}
+
+
+def _rule_events(packet: Packet, steps: list[dict], out: dict):
+    """(hop, index in the hop, event, its step) for each rule a packet met, whichever the mode;
+    a chain's end (policy, return) is a step too, added here, so each walker reads rules only."""
     for hop in packet.hops:
-        where = hop.fields.get("IN") or "", hop.fields.get("OUT") or ""
+        f = hop.fields
         for i, ev in enumerate(hop.events):
             step = {"table": ev.table, "chain": ev.chain, "rule": ev.rule, "verdict": ev.verdict,
-                    "packet": f"{hop.fields.get('SRC')}:{hop.fields.get('SPORT')} -> "
-                              f"{hop.fields.get('DST')}:{hop.fields.get('DPORT')}",
-                    "in": where[0], "out": where[1]}
+                    "packet": f"{f.get('SRC')}:{f.get('SPORT')} -> {f.get('DST')}:{f.get('DPORT')}",
+                    "in": f.get("IN") or "", "out": f.get("OUT") or ""}
             if ev.kind != "rule":
                 step["explanation"] = f"end of {ev.chain}: {ev.kind} {ev.verdict}"
                 if ev.kind == "policy" and ev.verdict == "DROP":
                     out["verdict"] = "DROP"
                 steps.append(step)
                 continue
-            rule = Rule(ev.table, ev.chain, ev.rule)
-            step["explanation"] = explain_rule(rule)
-            t = rule.target or ""
-            if ev.chain.startswith((ch.SVC_PREFIX, ch.SVL_PREFIX)) and t.startswith(ch.SEP_PREFIX):
-                skipped = []
-                for r in saved.chain("nat", ev.chain):
-                    if r.text == ev.rule:
-                        break
-                    if r.option("--probability") and (r.target or "").startswith(ch.SEP_PREFIX):
-                        skipped.append({"rule": r.text, "probability": float(r.option("--probability")),
-                                        "taken": False})
-                        steps.append({"table": "nat", "chain": ev.chain, "rule": r.text, "verdict": "no match",
-                                      "explanation": f"random roll said no: not {r.comment.split('-> ')[-1]}",
-                                      "packet": step["packet"], "in": where[0], "out": where[1], "not_met": True})
-                p = rule.option("--probability")
-                # sessionAffinity ClientIP: a `-m recent --rcheck` rule before the rolls sent a known
-                # client back to its endpoint; no dice were rolled
-                out["choice"] = {"chain": ev.chain, "taken": ev.rule, "probability": float(p) if p else None,
-                                 "rolled_no": skipped, "affinity": "--rcheck" in ev.rule.split()}
-            if t == "DNAT":
-                dest = rule.option("--to-destination") or ""
-                out["dnat"] = dest
-                out["pod"] = pods_by_ip.get(dest.rpartition(":")[0])
-                step["explanation"] += f": {_who(dest.rpartition(':')[0], pods_by_ip)}"
-            if t == ch.KUBE_MARK_MASQ:
-                out["mark_reason"] = step["explanation"]
-            if t == "MASQUERADE":
-                out["masquerade"] = True
-            if t in ("REJECT", "DROP"):
-                step["verdict"] = t  # the kernel reports a REJECT as DROP (plus an ICMP error sent back)
-                out["verdict"] = t
-                out["refusal"] = step["explanation"]
-            steps.append(step)
-            jumped = ev.verdict.partition(":")[2]
-            after = hop.events[i + 1] if i + 1 < len(hop.events) else None
-            watched = ch.is_service_chain(jumped) or (ev.table == "nat" and jumped in (ch.KUBE_SERVICES,
-                                                                                       ch.KUBE_NODEPORTS))
-            if ev.verdict.startswith("JUMP:") and watched and (after is None or after.chain != jumped):
-                # The kernel prints nothing for a chain none of whose rules matched: say so.
-                why = {ch.KUBE_SERVICES: " (the destination is no Service address: not DNATed here)",
-                       ch.KUBE_NODEPORTS: " (no NodePort of that number)"}.get(jumped, "")
-                if jumped.startswith(ch.EXT_PREFIX):
-                    why = " (not DNATed)"
-                steps.append({**step, "chain": jumped, "rule": "", "verdict": "no match", "not_met": True,
-                              "explanation": f"no rule of {jumped} matched this packet: back to {ev.chain}{why}"})
+            yield hop, i, ev, step
+
+
+def _dnat(dest: str, step: dict, out: dict, pods_by_ip: dict[str, dict]) -> None:
+    """A DNAT rule met: the destination it chose, and the pod behind it, named in the step."""
+    out["dnat"] = dest
+    out["pod"] = pods_by_ip.get(dest.rpartition(":")[0])
+    step["explanation"] += f": {_who(dest.rpartition(':')[0], pods_by_ip)}"
+
+
+def walk(packet: Packet, saved: Saved, pods_by_ip: dict[str, dict]) -> tuple[list[dict], dict]:
+    """The numbered steps of one packet, and what they decided: {dnat, pod, masquerade, reason,
+    verdict, refusal, choice}. `saved` (iptables-save of the node) supplies the rules the trace
+    does not print: the random rolls that said no before the one taken."""
+    if not isinstance(saved, Saved):  # an nftables node: nftview.Listing
+        return walk_nft(packet, saved, pods_by_ip)
+    steps, out = [], _decision()
+    for hop, i, ev, step in _rule_events(packet, steps, out):
+        rule = Rule(ev.table, ev.chain, ev.rule)
+        step["explanation"] = explain_rule(rule)
+        t = rule.target or ""
+        if ev.chain.startswith((ch.SVC_PREFIX, ch.SVL_PREFIX)) and t.startswith(ch.SEP_PREFIX):
+            skipped = []
+            for r in saved.chain("nat", ev.chain):
+                if r.text == ev.rule:
+                    break
+                if r.option("--probability") and (r.target or "").startswith(ch.SEP_PREFIX):
+                    skipped.append({"rule": r.text, "probability": float(r.option("--probability")),
+                                    "taken": False})
+                    steps.append({"table": "nat", "chain": ev.chain, "rule": r.text, "verdict": "no match",
+                                  "explanation": f"random roll said no: not {r.comment.split('-> ')[-1]}",
+                                  "packet": step["packet"], "in": step["in"], "out": step["out"], "not_met": True})
+            p = rule.option("--probability")
+            # sessionAffinity ClientIP: a `-m recent --rcheck` rule before the rolls sent a known
+            # client back to its endpoint; no dice were rolled
+            out["choice"] = {"chain": ev.chain, "taken": ev.rule, "probability": float(p) if p else None,
+                             "rolled_no": skipped, "affinity": "--rcheck" in ev.rule.split()}
+        if t == "DNAT":
+            _dnat(rule.option("--to-destination") or "", step, out, pods_by_ip)
+        if t == ch.KUBE_MARK_MASQ:
+            out["mark_reason"] = step["explanation"]
+        if t == "MASQUERADE":
+            out["masquerade"] = True
+        if t in ("REJECT", "DROP"):
+            step["verdict"] = t  # the kernel reports a REJECT as DROP (plus an ICMP error sent back)
+            out["verdict"] = t
+            out["refusal"] = step["explanation"]
+        steps.append(step)
+        jumped = ev.verdict.partition(":")[2]
+        after = hop.events[i + 1] if i + 1 < len(hop.events) else None
+        watched = ch.is_service_chain(jumped) or (ev.table == "nat" and jumped in (ch.KUBE_SERVICES,
+                                                                                   ch.KUBE_NODEPORTS))
+        if ev.verdict.startswith("JUMP:") and watched and (after is None or after.chain != jumped):
+            # The kernel prints nothing for a chain none of whose rules matched: say so.
+            why = {ch.KUBE_SERVICES: " (the destination is no Service address: not DNATed here)",
+                   ch.KUBE_NODEPORTS: " (no NodePort of that number)"}.get(jumped, "")
+            if jumped.startswith(ch.EXT_PREFIX):
+                why = " (not DNATed)"
+            steps.append({**step, "chain": jumped, "rule": "", "verdict": "no match", "not_met": True,
+                          "explanation": f"no rule of {jumped} matched this packet: back to {ev.chain}{why}"})
     return steps, out
 
 
@@ -304,71 +318,55 @@ def walk_nft(packet: Packet, listing, pods_by_ip: dict[str, dict]) -> tuple[list
     a map lookup names the element the packet matched (`listing`: nftview.Listing)."""
     from kproxy import nftview as nv
     from kproxy.proxy.nft import names as n
-    steps: list[dict] = []
-    out: dict = {"dnat": None, "pod": None, "masquerade": False, "mark_reason": None, "verdict": None,
-                 "refusal": None, "choice": None}
-    for hop in packet.hops:
+    steps, out = [], _decision()
+    for hop, i, ev, step in _rule_events(packet, steps, out):
         f = hop.fields
-        where = f.get("IN") or "", f.get("OUT") or ""
-        for i, ev in enumerate(hop.events):
-            step = {"table": ev.table, "chain": ev.chain, "rule": ev.rule, "verdict": ev.verdict,
-                    "packet": f"{f.get('SRC')}:{f.get('SPORT')} -> {f.get('DST')}:{f.get('DPORT')}",
-                    "in": where[0], "out": where[1]}
-            if ev.kind != "rule":
-                step["explanation"] = f"end of {ev.chain}: {ev.kind} {ev.verdict}"
-                if ev.kind == "policy" and ev.verdict == "DROP":
-                    out["verdict"] = "DROP"
-                steps.append(step)
-                continue
-            rule, target = ev.rule, ev.verdict.partition(":")[2]
-            step["explanation"] = nv.explain_rule(ev.chain, rule)
-            if "vmap @" in rule and not rule.startswith("numgen"):
-                map_name = rule.split("vmap @", 1)[1].split()[0]
-                element = listing.element(map_name, f.get("DST"), f.get("PROTO"), f.get("DPORT"))
-                if element is not None:
-                    step["element"] = element.text
-                    step["explanation"] = nv.explain_element(element)
-                    if map_name in (n.NO_ENDPOINT_SERVICES_MAP, n.NO_ENDPOINT_NODEPORTS_MAP):
-                        out["refusal"] = step["explanation"]
-                if ev.verdict == "DROP":
-                    out["verdict"] = "DROP"
-                    out["refusal"] = out["refusal"] or step["explanation"]
-            elif rule.startswith("numgen random"):
-                c = nv.numgen_choice(rule, target)
-                out["choice"] = {"chain": ev.chain, "taken": rule, "probability": c["probability"], "rolled_no": [],
-                                 "affinity": False, "numgen": c["numgen"], "endpoint": nv.endpoint_of(target)}
-            elif rule.startswith("ip saddr @") and target.startswith(n.ENDPOINT_PREFIX):
-                out["choice"] = {"chain": ev.chain, "taken": rule, "probability": None, "rolled_no": [],
-                                 "affinity": True, "endpoint": nv.endpoint_of(target)}
-            if "dnat to " in rule:
-                dest = rule.split("dnat to ", 1)[1].split()[0]
-                out["dnat"] = dest
-                out["pod"] = pods_by_ip.get(dest.rpartition(":")[0])
-                step["explanation"] += f": {_who(dest.rpartition(':')[0], pods_by_ip)}"
-            if target == n.MARK_MASQ_CHAIN:
-                out["mark_reason"] = step["explanation"]
-            if rule.startswith("masquerade"):
-                out["masquerade"] = True
-            if ev.chain == n.REJECT_CHAIN or (ev.chain == n.CLUSTER_IPS_CHECK_CHAIN and "reject" in rule):
-                step["verdict"] = "REJECT"  # the kernel reports a reject as drop (plus the ICMP error it sent)
-                out["verdict"] = "REJECT"
-                out["refusal"] = out["refusal"] or step["explanation"]
-            elif ev.verdict == "DROP" and "vmap @" not in rule:
+        rule, target = ev.rule, ev.verdict.partition(":")[2]
+        step["explanation"] = nv.explain_rule(ev.chain, rule)
+        if "vmap @" in rule and not rule.startswith("numgen"):
+            map_name = rule.split("vmap @", 1)[1].split()[0]
+            element = listing.element(map_name, f.get("DST"), f.get("PROTO"), f.get("DPORT"))
+            if element is not None:
+                step["element"] = element.text
+                step["explanation"] = nv.explain_element(element)
+                if map_name in (n.NO_ENDPOINT_SERVICES_MAP, n.NO_ENDPOINT_NODEPORTS_MAP):
+                    out["refusal"] = step["explanation"]
+            if ev.verdict == "DROP":
                 out["verdict"] = "DROP"
                 out["refusal"] = out["refusal"] or step["explanation"]
-            steps.append(step)
-            after = hop.events[i + 1] if i + 1 < len(hop.events) else None
-            checks = {n.FIREWALL_CHECK_CHAIN: " (no element of firewall-ips: no loadBalancerSourceRanges apply)",
-                      n.SERVICE_ENDPOINTS_CHECK_CHAIN: " (no element of no-endpoint-services for this destination)",
-                      n.NODEPORT_ENDPOINTS_CHECK_CHAIN: " (no element of no-endpoint-nodeports for this port)",
-                      n.CLUSTER_IPS_CHECK_CHAIN: " (the destination is no ClusterIP left undNATed)"}
-            watched = n.is_service_chain(target) or target == n.SERVICES_CHAIN or target in checks
-            if ev.verdict.startswith(("JUMP:", "GOTO:")) and watched and (after is None or after.chain != target):
-                # the kernel prints nothing for a chain none of whose rules matched: say so
-                why = (" (the destination is no Service address: not DNATed here)" if target == n.SERVICES_CHAIN
-                       else " (not DNATed)" if target.startswith(n.EXTERNAL_PREFIX) else checks.get(target, ""))
-                back = ev.chain if ev.verdict.startswith("JUMP:") else "the base chain"
-                steps.append({**step, "chain": target, "rule": "", "verdict": "no match", "not_met": True,
-                              "element": None,
-                              "explanation": f"no rule of {target} matched this packet: back to {back}{why}"})
+        elif rule.startswith("numgen random"):
+            c = nv.numgen_choice(rule, target)
+            out["choice"] = {"chain": ev.chain, "taken": rule, "probability": c["probability"], "rolled_no": [],
+                             "affinity": False, "numgen": c["numgen"], "endpoint": nv.endpoint_of(target)}
+        elif rule.startswith("ip saddr @") and target.startswith(n.ENDPOINT_PREFIX):
+            out["choice"] = {"chain": ev.chain, "taken": rule, "probability": None, "rolled_no": [],
+                             "affinity": True, "endpoint": nv.endpoint_of(target)}
+        if "dnat to " in rule:
+            _dnat(rule.split("dnat to ", 1)[1].split()[0], step, out, pods_by_ip)
+        if target == n.MARK_MASQ_CHAIN:
+            out["mark_reason"] = step["explanation"]
+        if rule.startswith("masquerade"):
+            out["masquerade"] = True
+        if ev.chain == n.REJECT_CHAIN or (ev.chain == n.CLUSTER_IPS_CHECK_CHAIN and "reject" in rule):
+            step["verdict"] = "REJECT"  # the kernel reports a reject as drop (plus the ICMP error it sent)
+            out["verdict"] = "REJECT"
+            out["refusal"] = out["refusal"] or step["explanation"]
+        elif ev.verdict == "DROP" and "vmap @" not in rule:
+            out["verdict"] = "DROP"
+            out["refusal"] = out["refusal"] or step["explanation"]
+        steps.append(step)
+        after = hop.events[i + 1] if i + 1 < len(hop.events) else None
+        checks = {n.FIREWALL_CHECK_CHAIN: " (no element of firewall-ips: no loadBalancerSourceRanges apply)",
+                  n.SERVICE_ENDPOINTS_CHECK_CHAIN: " (no element of no-endpoint-services for this destination)",
+                  n.NODEPORT_ENDPOINTS_CHECK_CHAIN: " (no element of no-endpoint-nodeports for this port)",
+                  n.CLUSTER_IPS_CHECK_CHAIN: " (the destination is no ClusterIP left undNATed)"}
+        watched = n.is_service_chain(target) or target == n.SERVICES_CHAIN or target in checks
+        if ev.verdict.startswith(("JUMP:", "GOTO:")) and watched and (after is None or after.chain != target):
+            # the kernel prints nothing for a chain none of whose rules matched: say so
+            why = (" (the destination is no Service address: not DNATed here)" if target == n.SERVICES_CHAIN
+                   else " (not DNATed)" if target.startswith(n.EXTERNAL_PREFIX) else checks.get(target, ""))
+            back = ev.chain if ev.verdict.startswith("JUMP:") else "the base chain"
+            steps.append({**step, "chain": target, "rule": "", "verdict": "no match", "not_met": True,
+                          "element": None,
+                          "explanation": f"no rule of {target} matched this packet: back to {back}{why}"})
     return steps, out

@@ -345,11 +345,12 @@ def metadata_error(obj: dict) -> str | None:
 
 
 def _unmarshal(value: Any, field: str, go_type: str) -> str:
-    return f"json: cannot unmarshal {_json_type(value)} into Go struct field {field} of type {go_type}"
+    return f"json: cannot unmarshal {json_type(value)} into Go struct field {field} of type {go_type}"
 
 
-def _json_type(value: Any) -> str:
-    """The JSON type word Go's decoder uses in its errors."""
+def json_type(value: Any) -> str:
+    """The JSON type word Go's decoder uses in its errors (`cannot unmarshal number into ...`);
+    the API server's patch errors use it too."""
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, (int, float)):
@@ -358,7 +359,7 @@ def _json_type(value: Any) -> str:
         return "string"
     if isinstance(value, list):
         return "array"
-    return "object"
+    return "null" if value is None else "object"
 
 
 def _type_name(value: Any) -> str:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from kproxy.apiserver import resources as res
+from kproxy.apiserver import status as st
 from kproxy.apiserver.strict import invalid_status  # noqa: F401 - part of this module's interface
 
 KUBERNETES_VERSION = (1, 32, 0)
@@ -208,19 +209,6 @@ def _json_response(body: Any, content_type: str = JSON, request: web.Request | N
     return resp
 
 
-def _status(code: int, reason: str, message: str) -> web.Response:
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "details": {}, "code": code}
-    return web.Response(status=code, text=json.dumps(body), content_type=JSON)
-
-
-def _not_found(request: web.Request) -> web.Response:
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": "the server could not find the requested resource", "reason": "NotFound",
-            "details": {}, "code": 404}
-    return web.Response(status=404, text=json.dumps(body), content_type=JSON)
-
-
 def _server_address(request: web.Request) -> str:
     configured = request.app.get(ADVERTISE_ADDRESS)
     if configured:
@@ -239,8 +227,8 @@ async def _version(request: web.Request) -> web.Response:
 async def _discovery_root(request: web.Request, core: bool) -> web.Response:
     form = negotiate_discovery(request.headers.get("Accept"))
     if form is None:
-        return _status(406, "NotAcceptable", "only the following media types are accepted: application/json, "
-                       + AGGREGATED_V2 + ", " + AGGREGATED_V2BETA1)
+        return st.status_response(406, "NotAcceptable", "only the following media types are accepted: "
+                                  "application/json, " + AGGREGATED_V2 + ", " + AGGREGATED_V2BETA1, {})
     if form != "legacy":
         resp = _json_response(aggregated(core, form), _AGGREGATED[form])
         if request.headers.get("If-None-Match") == resp.headers["ETag"]:  # client-go's HTTP cache
@@ -259,18 +247,18 @@ async def _apis(request: web.Request) -> web.Response:
 
 async def _api_version(request: web.Request) -> web.Response:
     body = api_resource_list("", request.match_info["version"])
-    return _json_response(body) if body else _not_found(request)
+    return _json_response(body) if body else st.response(st.no_route())
 
 
 async def _apis_group(request: web.Request) -> web.Response:
     body = api_group(request.match_info["group"])
-    return _json_response(body) if body else _not_found(request)
+    return _json_response(body) if body else st.response(st.no_route())
 
 
 async def _apis_group_version(request: web.Request) -> web.Response:
     group, version = request.match_info["group"], request.match_info["version"]
     body = api_resource_list(group, version) if group else None
-    return _json_response(body) if body else _not_found(request)
+    return _json_response(body) if body else st.response(st.no_route())
 
 
 # -- health ----------------------------------------------------------------------------------
@@ -341,18 +329,11 @@ def add_routes(app: web.Application) -> None:
     """Register discovery, /version, health and OpenAPI GET routes on ``app``."""
     from kproxy.apiserver import openapi
 
-    app.router.add_get("/version", _version)
-    app.router.add_get("/version/", _version)
-    app.router.add_get("/api", _api)
-    app.router.add_get("/api/", _api)
-    app.router.add_get("/api/{version}", _api_version)
-    app.router.add_get("/api/{version}/", _api_version)
-    app.router.add_get("/apis", _apis)
-    app.router.add_get("/apis/", _apis)
-    app.router.add_get("/apis/{group}", _apis_group)
-    app.router.add_get("/apis/{group}/", _apis_group)
-    app.router.add_get("/apis/{group}/{version}", _apis_group_version)
-    app.router.add_get("/apis/{group}/{version}/", _apis_group_version)
+    for path, handler in (("/version", _version), ("/api", _api), ("/api/{version}", _api_version),
+                          ("/apis", _apis), ("/apis/{group}", _apis_group),
+                          ("/apis/{group}/{version}", _apis_group_version)):
+        app.router.add_get(path, handler)
+        app.router.add_get(path + "/", handler)  # the API server answers both spellings
     for endpoint in _ENDPOINT_CHECKS:
         handler = _health_handler(endpoint)
         app.router.add_get(f"/{endpoint}", handler)

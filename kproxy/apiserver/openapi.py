@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import copy
 import functools
-import gzip
 import hashlib
 import json
 from typing import Any
 
 from aiohttp import web
 
-from kproxy.apiserver import openapi_pb
+from kproxy.apiserver import datafile, openapi_pb
 from kproxy.apiserver import resources as res
 from kproxy.apiserver.openapi_trim import DATA_FILE
 
@@ -47,7 +46,7 @@ _SECURITY_V3 = {"BearerToken": {"type": "apiKey", "description": "Bearer Token a
 @functools.lru_cache(maxsize=1)
 def data() -> dict[str, Any]:
     """The trimmed upstream v2 document (paths, definitions, parameters)."""
-    return json.loads(gzip.decompress(DATA_FILE.read_bytes()))
+    return datafile.read(DATA_FILE)
 
 
 def definitions() -> dict[str, Any]:

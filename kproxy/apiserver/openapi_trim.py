@@ -19,12 +19,12 @@ server publishes a CRD's schema: inline, ``metadata`` referring to ObjectMeta).
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from kproxy.apiserver import datafile
 from kproxy.apiserver import resources as res
 
 DATA_FILE = Path(__file__).with_name("openapi_v1_32.json.gz")
@@ -258,10 +258,9 @@ def main(argv: list[str]) -> int:
     trimmed = trim(swagger)
     if "namespace-vgWSWtn3" not in trimmed["parameters"]:  # MetalLB's paths share upstream's
         raise SystemExit("upstream's parameters have no namespace-vgWSWtn3")
-    data = json.dumps(trimmed, sort_keys=True, separators=(",", ":")).encode()
-    out.write_bytes(gzip.compress(data, 9, mtime=0))
+    size = datafile.write(out, trimmed)
     print(f"{out}: {len(trimmed['paths'])} paths, {len(trimmed['definitions'])} definitions, "
-          f"{len(data)} bytes JSON, {out.stat().st_size} gzipped")
+          f"{size} bytes JSON, {out.stat().st_size} gzipped")
     return 0
 
 

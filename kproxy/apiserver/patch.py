@@ -27,6 +27,7 @@ from typing import Any
 import jsonpatch
 import jsonpointer
 
+from kproxy.api.manifest import json_type
 from kproxy.apiserver import strategicpatch as smp
 from kproxy.apiserver.patchmeta import schema_for
 
@@ -118,7 +119,7 @@ def strategic_merge_patch(kind: str, original: dict, body: bytes) -> dict:
     if patch is None:
         patch = {}
     if not isinstance(patch, dict):
-        raise bad_request(f"json: cannot unmarshal {_json_kind(patch)} into Go value of type map[string]interface {{}}")
+        raise bad_request(f"json: cannot unmarshal {json_type(patch)} into Go value of type map[string]interface {{}}")
     schema = schema_for(kind)
     try:
         if schema is None:
@@ -187,7 +188,7 @@ def json_patch(original: dict, body: bytes) -> dict:
     if not isinstance(ops, list) or not all(isinstance(op, dict) for op in ops):
         bad = ops if not isinstance(ops, list) else next(op for op in ops if not isinstance(op, dict))
         into = "jsonpatch.Patch" if not isinstance(ops, list) else "jsonpatch.Operation"
-        raise bad_request(f"json: cannot unmarshal {_json_kind(bad)} into Go value of type {into}")
+        raise bad_request(f"json: cannot unmarshal {json_type(bad)} into Go value of type {into}")
     if len(ops) > MAX_JSON_PATCH_OPERATIONS:
         raise PatchError("RequestEntityTooLarge", 413, "Request entity too large: The allowed maximum operations in "
                          f"a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {len(ops)}")
@@ -266,20 +267,6 @@ def _evanphx_check(doc: Any, op: dict) -> dict:
 
 
 # ------------------------------------------------------------------ Go-like JSON decode errors
-
-
-def _json_kind(v: Any) -> str:
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    if isinstance(v, dict):
-        return "object"
-    return "null"
 
 
 def go_json_error(e: ValueError, body: bytes) -> str:

@@ -21,11 +21,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import functools
-import gzip
 import json
 import struct
 from typing import Any
 
+from kproxy.apiserver import datafile
 from kproxy.apiserver.protobuf_trim import DATA_FILE
 
 MAGIC = b"k8s\x00"
@@ -39,7 +39,7 @@ class ProtobufError(ValueError):
 
 @functools.lru_cache(maxsize=1)
 def _data() -> dict[str, Any]:
-    return json.loads(gzip.decompress(DATA_FILE.read_bytes()))
+    return datafile.read(DATA_FILE)
 
 
 def is_protobuf(content_type: str | None) -> bool:

@@ -20,11 +20,11 @@ value_type]`` (map), else ""; flags: ``r`` repeated, ``p`` pointer, ``o`` omitem
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 import sys
 from pathlib import Path
+
+from kproxy.apiserver import datafile
 
 DATA_FILE = Path(__file__).with_name("protobuf_v1_32.json.gz")
 
@@ -167,9 +167,8 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     data = build(argv[0], argv[1])
-    raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-    DATA_FILE.write_bytes(gzip.compress(raw, 9, mtime=0))
-    print(f"{DATA_FILE}: {len(data['messages'])} messages, {len(raw)} bytes JSON, "
+    size = datafile.write(DATA_FILE, data)
+    print(f"{DATA_FILE}: {len(data['messages'])} messages, {size} bytes JSON, "
           f"{DATA_FILE.stat().st_size} gzipped")
     return 0
 

@@ -42,19 +42,15 @@ def split_scheme_name_port(text: str) -> tuple[str, str, str] | None:
     return scheme or "http", name, port
 
 
-def _status(code: int, reason: str, message: str, details: dict | None = None) -> web.Response:
-    return st.response(st.status(code, reason, message, details))
-
-
 def _unavailable(message: str) -> web.Response:
-    return _status(503, "ServiceUnavailable", message)
+    return st.status_response(503, "ServiceUnavailable", message)
 
 
 def service_location(lookup, ns: str, ident: str) -> tuple[str, str, int] | web.Response:
     """(scheme, host, port) for a service proxy request, or the API server's error."""
     parsed = split_scheme_name_port(ident)
     if parsed is None:
-        return _status(400, "BadRequest", f'invalid service request "{ident}"')
+        return st.status_response(400, "BadRequest", f'invalid service request "{ident}"')
     scheme, name, port = parsed
     svc = lookup("Service", ns, name)
     if svc is None:
@@ -88,19 +84,19 @@ def service_location(lookup, ns: str, ident: str) -> tuple[str, str, int] | web.
 def pod_location(lookup, ns: str, ident: str) -> tuple[str, str, int] | web.Response:
     parsed = split_scheme_name_port(ident)
     if parsed is None:
-        return _status(400, "BadRequest", f'invalid pod request "{ident}"')
+        return st.status_response(400, "BadRequest", f'invalid pod request "{ident}"')
     scheme, name, port = parsed
     pod = lookup("Pod", ns, name)
     if pod is None:
         return st.response(st.not_found("pods", "", name))
     ip = pod.get("status", {}).get("podIP")
     if not ip:
-        return _status(400, "BadRequest", f'address not allowed: pod "{name}" has no IP address')
+        return st.status_response(400, "BadRequest", f'address not allowed: pod "{name}" has no IP address')
     if port and not port.isdigit():
         named = [p["containerPort"] for c in pod["spec"].get("containers", []) for p in c.get("ports", [])
                  if p.get("name") == port]
         if not named:
-            return _status(400, "BadRequest", f'pod "{name}" has no port named "{port}"')
+            return st.status_response(400, "BadRequest", f'pod "{name}" has no port named "{port}"')
         return scheme, ip, named[0]
     return scheme, ip, int(port) if port else (443 if scheme == "https" else 80)
 

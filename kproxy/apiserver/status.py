@@ -121,3 +121,8 @@ def invalid(kind: str, name: str, errors) -> dict:
 
 def response(st: dict) -> web.Response:
     return web.Response(status=int(st.get("code", 200)), text=json.dumps(st), content_type="application/json")
+
+
+def status_response(code: int, reason: str, message: str, details: dict | None = None) -> web.Response:
+    """An API error as the API server answers it: a Status object, for a failure no helper above names."""
+    return response(status(code, reason, message, details))

@@ -34,11 +34,6 @@ SPDY_UPGRADE = "SPDY/3.1"
 STREAM_TIMEOUT = 30.0  # how long an exec waits for the client's SPDY streams
 
 
-def status_response(code: int, reason: str, message: str, details: dict | None = None) -> web.Response:
-    """An API error as the API server answers it: a Status object (status.py's)."""
-    return st.response(st.status(code, reason, message, details))
-
-
 def bad_request(message: str) -> web.Response:
     return st.response(st.bad_request(message))
 
@@ -80,12 +75,19 @@ class StreamHandlers:
         self.access, self.lookup = access, lookup
 
     # ---- logs ------------------------------------------------------------------------------
+    def _pod_container(self, request: web.Request) -> tuple[dict | None, str | None, web.Response | None]:
+        """(the pod the path names, the container the query names or its only one), or the API
+        server's error: what log, exec and attach each begin with."""
+        name = request.match_info["name"]
+        pod = self.lookup("Pod", request.match_info["namespace"], name)
+        if pod is None:
+            return None, None, pod_not_found(name)
+        cname, err = _container(pod, request)
+        return pod, cname, err
+
     async def log(self, request: web.Request) -> web.StreamResponse:
         ns, name = request.match_info["namespace"], request.match_info["name"]
-        pod = self.lookup("Pod", ns, name)
-        if pod is None:
-            return pod_not_found(name)
-        cname, err = _container(pod, request)
+        pod, cname, err = self._pod_container(request)
         if err:
             return err
         if where := self.access.elsewhere(pod):
@@ -144,11 +146,7 @@ class StreamHandlers:
 
     # ---- exec ------------------------------------------------------------------------------
     def _exec_target(self, request: web.Request) -> tuple[list[str] | None, list[str], web.Response | None]:
-        ns, name = request.match_info["namespace"], request.match_info["name"]
-        pod = self.lookup("Pod", ns, name)
-        if pod is None:
-            return None, [], pod_not_found(name)
-        cname, err = _container(pod, request)
+        pod, cname, err = self._pod_container(request)
         if err:
             return None, [], err
         command = request.query.getall("command", [])
@@ -175,10 +173,7 @@ class StreamHandlers:
     async def attach(self, request: web.Request) -> web.StreamResponse:
         """The container's output from now on (its stdin is not open: pods here run without one)."""
         ns, name = request.match_info["namespace"], request.match_info["name"]
-        pod = self.lookup("Pod", ns, name)
-        if pod is None:
-            return pod_not_found(name)
-        cname, err = _container(pod, request)
+        pod, cname, err = self._pod_container(request)
         if err:
             return err
         if where := self.access.elsewhere(pod):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import time
+from typing import Iterator
 
 import yaml
 
@@ -107,6 +109,27 @@ def change_endpoints(slices: list[dict], change: int, seed: int = 11) -> str:
             unique.append(ep)
     sl["endpoints"] = unique
     return sl["metadata"]["labels"][LABEL_SERVICE_NAME]
+
+
+def service_changes(services: list[dict], slices: list[dict], count: int, first: int, kind: str, hint: bool,
+                    budget: float) -> Iterator[str]:
+    """Up to ``count`` one-Service changes made in place, each yielded (the Service's name) for
+    the caller to sync and time, until ``budget`` seconds have gone: ``kind`` "endpoints" changes
+    one Service's endpoints (change_endpoints, numbered from ``first``), else a new Service with
+    two endpoints is added ("hinted-..." when the sync is told the changed key, else "added-...")."""
+    deadline = time.monotonic() + budget
+    for c in range(count):
+        if time.monotonic() > deadline:
+            return
+        if kind == "endpoints":
+            yield change_endpoints(slices, first + c)
+            continue
+        i = len(services)
+        svc = service(i, prefix="hinted" if hint else "added", target_port=8080)
+        services.append(svc)
+        name = svc["metadata"]["name"]
+        slices.append(endpoint_slice(name, [endpoint_ip(i), endpoint_ip(i + 1)], port=8080))
+        yield name
 
 
 def manifest(i: int, pod_ips: list[str], prefix: str = "bench", port: int = SERVICE_PORT) -> str:

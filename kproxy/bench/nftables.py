@@ -29,7 +29,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 
 from kproxy.bench import gen, stats
-from kproxy.bench.sandbox import PY, Cleanup
+from kproxy.bench.sandbox import Cleanup, run_worker
 from kproxy.bench.session import Bench, log
 from kproxy.bench.table import fmt_ratio, fmt_seconds, verdict
 
@@ -94,18 +93,7 @@ def _libnftables(text: str, k: int = 5) -> float | None:
 
 def _changes(syncer, services, slices, count: int, first: int, kind: str, hint: bool, budget: float) -> dict:
     out = []
-    deadline = time.monotonic() + budget
-    for c in range(count):
-        if time.monotonic() > deadline:
-            break
-        if kind == "endpoints":
-            name = gen.change_endpoints(slices, first + c)
-        else:
-            i = len(services)
-            svc = gen.service(i, prefix="hinted" if hint else "added", target_port=8080)
-            services.append(svc)
-            name = svc["metadata"]["name"]
-            slices.append(gen.endpoint_slice(name, [gen.endpoint_ip(i), gen.endpoint_ip(i + 1)], port=8080))
+    for name in gen.service_changes(services, slices, count, first, kind, hint, budget):
         res = syncer.sync(services, slices, changed={f"{gen.NAMESPACE}/{name}"} if hint else None)
         if res.full:
             raise RuntimeError(f"a one-Service change was a full sync ({name})")
@@ -185,20 +173,7 @@ def bare_task(args: dict) -> dict:
 
 def run_in(cleanup: Cleanup, netns: str, payload: dict, timeout: float) -> dict:
     """This module's worker inside ``netns`` (killed with its process group after ``timeout``)."""
-    proc = subprocess.Popen(["ip", "netns", "exec", netns, PY, "-m", "kproxy.bench.nftables", json.dumps(payload)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    cleanup.procs.append(proc)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return {"ok": False, "timed_out": True, "error": f"worker killed after {timeout:.0f} s"}
-    finally:
-        cleanup.procs.remove(proc)
-    if proc.returncode != 0:
-        return {"ok": False, "error": err.strip()[-800:]}
-    return json.loads(out.strip().splitlines()[-1])
+    return run_worker(cleanup, netns, payload, timeout, module="kproxy.bench.nftables")
 
 
 def sync_size(bench: Bench, n: int) -> None:

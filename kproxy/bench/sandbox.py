@@ -80,9 +80,11 @@ class Cleanup:
         return [n for n in list_netns() if n.startswith(self.tag + "-")]
 
 
-def run_worker(cleanup: Cleanup, netns: str, payload: dict, timeout: float) -> dict:
-    """Run kproxy.bench.worker inside ``netns``; killed (whole process group) after ``timeout``."""
-    proc = subprocess.Popen(["ip", "netns", "exec", netns, PY, "-m", "kproxy.bench.worker", json.dumps(payload)],
+def run_worker(cleanup: Cleanup, netns: str, payload: dict, timeout: float,
+               module: str = "kproxy.bench.worker") -> dict:
+    """Run ``module``'s worker (kproxy.bench.worker, or nftables') inside ``netns`` with ``payload``;
+    killed (whole process group) after ``timeout``. Its last line of output is the JSON result."""
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, PY, "-m", module, json.dumps(payload)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     cleanup.procs.append(proc)
     try:

@@ -76,18 +76,7 @@ def _changes(proxier: Proxier, services, slices, count: int, budget: float, firs
     (``hint`` False: the Proxier compares every object's signature) or with the changed key as
     well (``hint`` True: as the daemon calls it, from its ChangeTracker)."""
     out = []
-    deadline = time.monotonic() + budget
-    for c in range(count):
-        if time.monotonic() > deadline:
-            break
-        if kind == "endpoints":
-            name = gen.change_endpoints(slices, first + c)
-        else:  # a new Service with two endpoints
-            i = len(services)
-            svc = gen.service(i, prefix="added" if not hint else "hinted", target_port=8080)
-            services.append(svc)
-            name = svc["metadata"]["name"]
-            slices.append(gen.endpoint_slice(name, [gen.endpoint_ip(i), gen.endpoint_ip(i + 1)], port=8080))
+    for name in gen.service_changes(services, slices, count, first, kind, hint, budget):
         changed = {f"{gen.NAMESPACE}/{name}"} if hint else None
         res = proxier.sync(services, slices, changed=changed)
         out.append(_sync_record(res, name))

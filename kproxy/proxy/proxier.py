@@ -57,11 +57,12 @@ from kproxy.proxy import restoretext as rt
 from kproxy.proxy.applier import Applier, IptablesError, Kernel
 from kproxy.proxy.chains import is_service_chain
 from kproxy.proxy.changes import ServiceChanges, group, signature
-from kproxy.proxy.conntrack import Conntrack, PortStates, port_states
+from kproxy.proxy.conntrack import Conntrack
 from kproxy.proxy.fixedchains import FixedRules, fixed_chains, service_order
 from kproxy.proxy.model import LARGE_CLUSTER_ENDPOINTS_THRESHOLD, Digest, ProxyConfig
 from kproxy.proxy.render import RenderResult
 from kproxy.proxy.servicerules import ServiceRules, ServiceWriter, render_service
+from kproxy.proxy.synced import SyncedServices
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,7 @@ class Proxier:
         self._kernel_fixed: FixedRules | None = None  # the fixed chains' rules, and who wrote each
         self._total_endpoints = 0
         self._service_chains: dict[str, frozenset[str]] = {}
-        self._port_states: dict[str, PortStates] = {}
-        self._health: dict[str, tuple[int, tuple[str, str, int]]] = {}  # see health_check_ports()
-        self._ports: PortStates = {}
+        self._synced = SyncedServices()  # UDP/SCTP ports and health-check nodePorts in the kernel
         self._large_cluster: bool | None = None
         self._last: RenderResult | None = None
         self._deleted: list[str] = []
@@ -149,7 +148,7 @@ class Proxier:
         Service that has one (type LoadBalancer, externalTrafficPolicy Local), as the rules in the
         kernel see them (the last successful sync): what the health-check server answers with
         (upstream's serviceHealthServer.SyncEndpoints(LocalReadyEndpoints()))."""
-        return dict(self._health.values())
+        return self._synced.health_check_ports()
 
     # ------------------------------------------------------------------ sync
 
@@ -272,27 +271,13 @@ class Proxier:
         for key, (sig, _) in changes.items():
             self._changes.remember(key, sig)
         self._skipped = skipped
-        old_ports = self._ports
-        for key in dirty | ((self._port_states.keys() | self._health.keys()) - self._rules.keys()):
-            r = self._rules.get(key)
-            d = r.digest() if r is not None else None
-            states = port_states(d) if d is not None else {}
-            if states:
-                self._port_states[key] = states
-            else:
-                self._port_states.pop(key, None)
-            sp = next((sp for sp in d.ports if sp.health_check_node_port), None) if d is not None else None
-            if sp is not None:
-                local = d.local_ready_endpoints().get(key, 0)
-                self._health[key] = (sp.health_check_node_port, (sp.namespace, sp.name, local))
-            else:
-                self._health.pop(key, None)
-        self._ports = {k: v for states in self._port_states.values() for k, v in states.items()}
+        old_ports = self._synced.refresh(dirty | (self._synced.keys() - self._rules.keys()),
+                                         lambda key: r.digest() if (r := self._rules.get(key)) is not None else None)
         self._large_cluster = large_cluster
         self._total_endpoints = total
         self._last = self._result(text, full)
         # Only now that the rules are in: entries deleted earlier could be recreated stale.
-        commands = self.conntrack.cleanup(old_ports, self._ports)
+        commands = self.conntrack.cleanup(old_ports, self._synced.ports)
         return SyncResult(
             full=full,
             applied=True,

@@ -5,14 +5,18 @@ inside those namespaces, and never program the machine's root namespace.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -91,14 +95,57 @@ class Lab:
                 and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
 
     def wait_for(self, what, timeout: float = 30, interval: float = 0.2):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = what()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-            time.sleep(interval)
+        return wait_for(what, timeout, interval)
+
+
+def wait_for(what, timeout: float, interval: float = 0.1):
+    """`what()` once it is true (returned), polled every `interval` s; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what.__doc__ or what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    """Whether `url` answers 200 now."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_dashboard(lab: Lab):
+    """`kproxy dashboard` of the lab on a free loopback port, once it answers: (its URL, the
+    process). Afterwards Ctrl-C (SIGINT, by its pid) if it still runs, then kill if it hangs."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "kproxy.cli", "dashboard", "--port", str(port)], env=lab.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        lab.wait_for(lambda: proc.poll() is not None or answers(url + "api/counters"), timeout=20)
+        assert proc.poll() is None, proc.communicate()
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 # A client program run inside a pod or node: N fresh connections, the answering pod of each.
@@ -131,23 +178,35 @@ def prefixed_netns(prefix: str) -> list[str]:
 BY_PROXY_MODE = pytest.mark.parametrize("lab", ["iptables", "nftables"], indirect=True, scope="module")
 
 
-@pytest.fixture(scope="module")
-def lab(request):
-    """A sandboxed lab for the module; a module may set LAB_UP_ARGS for `kproxy up`, and
-    parametrize `lab` indirectly with a proxy mode (BY_PROXY_MODE)."""
+@contextlib.contextmanager
+def sandbox_lab():
+    """A new Lab in its own state directory, for the caller to `up`; afterwards brought down,
+    purged and its state removed, failing if any of its netns is left behind."""
     state = Path(tempfile.mkdtemp(prefix="kp-", dir="/tmp"))
     the_lab = Lab(state)
     the_lab.manifests.mkdir()
-    mode = getattr(request, "param", None)
     try:
-        the_lab.up(*getattr(request.module, "LAB_UP_ARGS", ()), *(("--proxy-mode", mode) if mode else ()))
         yield the_lab
     finally:
         prefix = LabConfig(state_dir=str(state)).naming.prefix
         the_lab.kproxy("down", "--purge", check=False)
         leftover = prefixed_netns(prefix)
+        # a purged lab keeps no key material: no CA, keys, token, nor the kubeconfig embedding one
+        secrets = [str(p.relative_to(state)) for p in state.rglob("*") if p.is_file() and "manifests" not in p.parts
+                   and (p.name == "kubeconfig" or p.suffix in (".key", ".crt") or "token" in p.name)]
         shutil.rmtree(state, ignore_errors=True)
         assert not leftover, f"netns left behind: {leftover}"
+        assert not secrets, f"key material left in a purged lab: {secrets}"
+
+
+@pytest.fixture(scope="module")
+def lab(request):
+    """A sandboxed lab for the module; a module may set LAB_UP_ARGS for `kproxy up`, and
+    parametrize `lab` indirectly with a proxy mode (BY_PROXY_MODE)."""
+    mode = getattr(request, "param", None)
+    with sandbox_lab() as the_lab:
+        the_lab.up(*getattr(request.module, "LAB_UP_ARGS", ()), *(("--proxy-mode", mode) if mode else ()))
+        yield the_lab
 
 
 def chains_of(saved: str) -> set[str]:

@@ -20,16 +20,13 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from kproxy.config import LabConfig
-
-from .conftest import Lab, prefixed_netns
+from .conftest import free_port, sandbox_lab
 
 WINDOW = 20  # the watch cache's window in this lab (KPROXY_WATCH_CACHE_SIZE)
 KUBECTL = shutil.which("kubectl")
@@ -42,26 +39,11 @@ SVC = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "names
 def lab():
     if KUBECTL is None:
         pytest.fail("kubectl is not installed (scripts/setup --test installs it)")
-    state = Path(tempfile.mkdtemp(prefix="kp-", dir="/tmp"))
-    the_lab = Lab(state)
-    the_lab.env["KPROXY_WATCH_CACHE_SIZE"] = str(WINDOW)
-    the_lab.manifests.mkdir()
-    with socket.socket() as probe:  # a free port for --api-port
-        probe.bind(("127.0.0.1", 0))
-        the_lab.api_port = probe.getsockname()[1]
-    try:
+    with sandbox_lab() as the_lab:
+        the_lab.env["KPROXY_WATCH_CACHE_SIZE"] = str(WINDOW)
+        the_lab.api_port = free_port()
         the_lab.up("--no-cluster-dns", "--api-port", str(the_lab.api_port))
         yield the_lab
-    finally:
-        prefix = LabConfig(state_dir=str(state)).naming.prefix
-        the_lab.kproxy("down", "--purge", check=False)
-        leftover = prefixed_netns(prefix)
-        # a purged lab keeps no key material: no CA, keys, token, nor the kubeconfig embedding one
-        secrets = [str(p.relative_to(state)) for p in state.rglob("*") if p.is_file() and "manifests" not in p.parts
-                   and (p.name == "kubeconfig" or p.suffix in (".key", ".crt") or "token" in p.name)]
-        shutil.rmtree(state, ignore_errors=True)
-        assert not leftover, f"netns left behind: {leftover}"
-        assert not secrets, f"key material left in a purged lab: {secrets}"
 
 
 @pytest.fixture(scope="module")

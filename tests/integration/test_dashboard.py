@@ -12,16 +12,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from .conftest import hits
+from .conftest import answers, hits, running_dashboard
 from .test_single_host import CLIENT
 
 APPS = """
@@ -48,12 +45,6 @@ pytestmark = pytest.mark.skipif(not shutil.which("chromium"), reason="chromium i
                                 "(scripts/setup --test)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def apps(lab):
     lab.apply(APPS)
@@ -64,30 +55,8 @@ def apps(lab):
 
 @pytest.fixture(scope="module")
 def dashboard(lab, apps):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "kproxy.cli", "dashboard", "--port", str(port)], env=lab.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        lab.wait_for(lambda: proc.poll() is not None or _answers(url + "api/counters"), timeout=20)
-        assert proc.poll() is None, proc.communicate()
+    with running_dashboard(lab) as (url, proc):
         yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # Ctrl-C, by its pid
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def chromium(tmp_path, url: str, *args: str) -> str:
@@ -247,4 +216,4 @@ def test_it_listens_on_loopback_only_and_ctrl_c_exits_0(dashboard):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=10) == 0, proc.communicate()
     time.sleep(0.2)
-    assert not _answers(url + "api/counters")
+    assert not answers(url + "api/counters")

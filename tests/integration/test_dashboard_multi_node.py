@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import urllib.request
 
 import pytest
 
-from .conftest import hits
-from .test_dashboard import _answers, free_port
+from .conftest import hits, running_dashboard
 from .test_trace_multi_node import SPREAD
 
 LAB_UP_ARGS = ("--nodes", "2")
@@ -30,13 +27,7 @@ def pods(lab):
 
 
 def test_the_counters_add_up_both_nodes(lab, pods):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "kproxy.cli", "dashboard", "--port", str(port)], env=lab.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        lab.wait_for(lambda: proc.poll() is not None or _answers(url + "api/counters"), timeout=20)
-        assert proc.poll() is None, proc.communicate()
+    with running_dashboard(lab) as (url, proc):
         before, doc = web(url)
         assert sorted(doc["nodes"]) == ["node-1", "node-2"] and not doc["errors"], doc
         client_node = lab.get("pods", "client")["spec"]["nodeName"]
@@ -50,7 +41,5 @@ def test_the_counters_add_up_both_nodes(lab, pods):
         assert 30 <= grown[client_node] <= 31 and 20 <= grown[other] <= 21, grown
         assert sum(e["connections"] for e in after["endpoints"]) == after["connections"]
         assert {e["node"] for e in after["endpoints"]} == {p["spec"]["nodeName"] for p in pods}
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=10) == 0
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, by its pid: the dashboard exits 0
+        assert proc.wait(timeout=10) == 0, proc.communicate()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, hits
+from .conftest import REPO, hits, wait_for
 from .kubeclients import Kubectl, kubeconfig_path, machine_kubectl, old_kubectl, python_client
 
 POOL = "192.168.49.240-192.168.49.250"
@@ -65,17 +65,6 @@ def rows(table: str) -> tuple[list[str], dict[str, list[str]]]:
 def live_pods(kubectl: Kubectl, app: str) -> list[dict]:
     return [p for p in kubectl.json("get", "pods", "-l", f"app={app}")["items"]
             if not p["metadata"].get("deletionTimestamp")]
-
-
-def wait_for(what, timeout: float, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what.__doc__ or what}")
-        time.sleep(interval)
 
 
 # ----------------------------------------------------------------------- set-up and the demo

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 
 from kproxy.graph import _id
 
-from .conftest import BY_PROXY_MODE, hits
+from .conftest import BY_PROXY_MODE, hits, running_dashboard
 from .test_single_host import CLIENT, EMPTY, SOLO, WEB
 
 # test_single_host's web (3 pods behind web and web-np), client pod, solo and nobody, plus:
@@ -373,24 +372,18 @@ def test_graph_draws_the_lab_and_a_services_chains(lab, apps, tmp_path):
 def test_the_dashboards_counters_and_trace_form_read_this_mode(lab, apps):
     """The dashboard's data (what its page polls, and its trace form) in either mode; the page in
     a browser is tests/integration/test_dashboard.py's (iptables: one Chromium module is enough)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "kproxy.cli", "dashboard", "--port", str(port)], env=lab.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/api/"
+    with running_dashboard(lab) as (page, _):
+        url = page + "api/"
 
-    def web() -> dict | None:
-        try:
-            with urllib.request.urlopen(url + "counters", timeout=5) as r:
-                doc = json.loads(r.read())
-        except OSError:
-            return None
-        return next((s for s in doc["services"] if s["service"] == "default/web"), None)
+        def web() -> dict | None:
+            try:
+                with urllib.request.urlopen(url + "counters", timeout=5) as r:
+                    doc = json.loads(r.read())
+            except OSError:
+                return None
+            return next((s for s in doc["services"] if s["service"] == "default/web"), None)
 
-    try:
-        before = lab.wait_for(lambda: proc.poll() is not None or web(), timeout=20)
-        assert proc.poll() is None, proc.communicate()
+        before = lab.wait_for(web, timeout=20)
         answers = hits(lab, "client", f"http://{lab.get('svc', 'web')['spec']['clusterIP']}/", 30)
         time.sleep(1.2)  # one sample a second
         after = web()
@@ -405,11 +398,3 @@ def test_the_dashboards_counters_and_trace_form_read_this_mode(lab, apps):
         assert "answered by: pod web-" in doc["output"], doc
         assert names(lab)["ep"] in doc["output"] and names(lab)["dnat"] in doc["output"]
         no_trace_left(lab)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # Ctrl-C, by its pid
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()

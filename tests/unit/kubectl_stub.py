@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from kproxy.apiserver import status as st
 from kproxy.apiserver import streams
 from kproxy.apiserver.podaccess import PodAccess
 
@@ -132,8 +133,8 @@ class StubServer:
             kind = {"pods": "Pod", "services": "Service"}[request.match_info["plural"]]
             obj = self.lookup(kind, "default", request.match_info["name"])
             if obj is None:
-                return streams.status_response(404, "NotFound", f'{request.match_info["plural"]} '
-                                               f'"{request.match_info["name"]}" not found')
+                return st.status_response(404, "NotFound", f'{request.match_info["plural"]} '
+                                          f'"{request.match_info["name"]}" not found')
             return web.json_response(obj)
 
         async def list_pods(request):

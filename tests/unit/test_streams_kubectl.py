@@ -10,6 +10,7 @@ Needs kubectl and curl (scripts/setup); fails loudly without them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -29,13 +30,23 @@ from tests.unit.kubectl_stub import KUBECTL, TOKEN, FakeAccess, StubServer, pod
 NO_WS = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false", "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}
 
 
+@contextlib.contextmanager
+def pod_deleted(stub):
+    """Pod web-1 is gone from the stub's store while inside (a following stream must end), then back."""
+    saved = stub.objects.pop(("Pod", "web-1"))
+    try:
+        yield
+    finally:
+        stub.objects[("Pod", "web-1")] = saved
+
+
 def _need(tool: str) -> None:
     if not shutil.which(tool):
         pytest.fail(f"{tool} is not installed (run scripts/setup)")
 
 
-class PodPort:
-    """A loopback HTTP server standing for port 8080 of pod web-1: it names itself and the request."""
+class LoopbackPort:
+    """A port of the pod, served on loopback: each connection is handed to `_one` in a thread."""
 
     def __init__(self):
         self.sock = socket.socket()
@@ -52,8 +63,14 @@ class PodPort:
                 return
             threading.Thread(target=self._one, args=(conn,), daemon=True).start()
 
-    @staticmethod
-    def _one(conn):
+    def _one(self, conn):
+        raise NotImplementedError
+
+
+class PodPort(LoopbackPort):
+    """Port 8080 of pod web-1, an HTTP server: it names itself and the request."""
+
+    def _one(self, conn):
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = conn.recv(65536)
@@ -65,24 +82,9 @@ class PodPort:
         conn.close()
 
 
-class BlobPort:
+class BlobPort(LoopbackPort):
     """Port 7000 of the pod: `D` -> sends BLOB and closes; `U` + bytes + EOF -> their sha1 and length."""
     BLOB = bytes(range(256)) * 20_000  # 5 MB
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
 
     def _one(self, conn):
         if conn.recv(1) == b"D":
@@ -158,11 +160,8 @@ def test_logs_follow_until_the_pod_is_gone(stub):
             f.write(b"appended while following\n")
         time.sleep(1.0)
         assert proc.poll() is None  # still following
-        saved = stub.objects.pop(("Pod", "web-1"))
-        try:
+        with pod_deleted(stub):
             out, err = proc.communicate(timeout=10)
-        finally:
-            stub.objects[("Pod", "web-1")] = saved
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -254,11 +253,8 @@ def test_attach_shows_new_output_until_the_pod_is_gone(stub, env):
         with open(stub.log, "ab") as f:
             f.write(b"written after attach\n")
         time.sleep(1.0)
-        saved = stub.objects.pop(("Pod", "web-1"))
-        try:
+        with pod_deleted(stub):
             out, err = proc.communicate(timeout=10)
-        finally:
-            stub.objects[("Pod", "web-1")] = saved
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 from kproxy.proxy.changes import ServiceChanges
-from kproxy.proxy.conntrack import Conntrack, PortStates, port_states
+from kproxy.proxy.conntrack import Conntrack
 from kproxy.proxy.model import ProxyConfig
 from kproxy.proxy.nft.base import SHARED_SETS
 from kproxy.proxy.nft.kernel import (LISTING, TABLE_REF, Listing, NftError, NftRunner, have_nft,  # noqa: F401
@@ -59,6 +59,7 @@ from kproxy.proxy.nft.names import AFFINITY_PREFIX, MARK_MASQ_CHAIN, is_service_
 from kproxy.proxy.nft.render import (Elements, NftRenderResult, ServicePiece, base_table, compose,
                                      render_service, service_order)
 from kproxy.proxy.nft.table import Table
+from kproxy.proxy.synced import SyncedServices
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +171,7 @@ class NftSyncer:
         self._writers: dict[str, dict[str, set[str]]] = {name: {} for name in SHARED_SETS}  # key -> Services
         self.stale_chains: dict[str, float] = {}  # flushed, unused service chain -> when it went stale
         self._last: SyncState | None = None
-        self._port_states: dict[str, PortStates] = {}
-        self._ports: PortStates = {}
-        self._health: dict[str, tuple[int, tuple[str, str, int]]] = {}
+        self._synced = SyncedServices()  # UDP/SCTP ports and health-check nodePorts in the kernel
         self.last_sync_kind = ""  # "full" / "partial" of the last sync that wrote something
         self._failed = [0, 0]  # refused sync transactions, refused stale-chain deletions (not yet taken)
         self._nft_seconds = 0.0  # time spent in `nft` (all calls), for the render/nft split of a sync
@@ -184,7 +183,7 @@ class NftSyncer:
 
     def health_check_ports(self) -> dict[int, tuple[str, str, int]]:
         """healthCheckNodePort -> (namespace, name, local ready endpoints), as the last sync saw them."""
-        return dict(self._health.values())
+        return self._synced.health_check_ports()
 
     def canary_present(self) -> bool:
         """nftables mode's flush detector: the table itself (someone ran `nft delete table` or
@@ -501,24 +500,10 @@ class NftSyncer:
                     for k in (new.elements.get(name, ()) if new else ()):
                         writers.setdefault(k, set()).add(key)
         self._last = SyncState(self._base, self._pieces, dict(skipped))
-        old_ports = self._ports
-        for key in set(dirty) | ((self._port_states.keys() | self._health.keys()) - self._pieces.keys()):
-            piece = self._pieces.get(key)
-            d = piece.digest() if piece is not None else None
-            states = port_states(d) if d is not None else {}
-            if states:
-                self._port_states[key] = states
-            else:
-                self._port_states.pop(key, None)
-            sp = next((sp for sp in d.ports if sp.health_check_node_port), None) if d is not None else None
-            if sp is not None:
-                local = d.local_ready_endpoints().get(key, 0)
-                self._health[key] = (sp.health_check_node_port, (sp.namespace, sp.name, local))
-            else:
-                self._health.pop(key, None)
-        self._ports = {k: v for states in self._port_states.values() for k, v in states.items()}
+        old_ports = self._synced.refresh(set(dirty) | (self._synced.keys() - self._pieces.keys()),
+                                         lambda key: p.digest() if (p := self._pieces.get(key)) is not None else None)
         # only now that the rules are in: entries deleted earlier could be recreated stale
-        return self.conntrack.cleanup(old_ports, self._ports)
+        return self.conntrack.cleanup(old_ports, self._synced.ports)
 
     def _nothing(self, start: float, skipped: dict[str, str]) -> NftSyncResult:
         if self._last is None:
