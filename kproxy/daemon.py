@@ -217,10 +217,11 @@ class Daemon:
                     self.frontend.next_poll = 0.0
             try:
                 if self.frontend:
-                    self.frontend.step(now)
+                    self.frontend.step(now, record=False)
                     with self.cond:
                         self.admitted = self.started
                         self.cond.notify_all()
+                    self.frontend.save_record()
                 self._pass(now)
                 ctx.components.ok("reconcile")
             except Exception as e:  # noqa: BLE001 - the node keeps running; the next pass retries

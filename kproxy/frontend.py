@@ -59,6 +59,7 @@ class Frontend:
         self.sources_changed = True                # self.sources since MANIFEST_KEYS was written
         self.saved_file_keys: dict | None = None   # self.file_keys as MANIFEST_KEYS holds it
         self.saved_errors: list | None = None      # what this front last wrote to MANIFEST_ERRORS
+        self.same: dict[str, dict] = {}  # key -> the document object last found equal to sources[key]
         self.verdicts: dict[int, tuple] = {}  # id(document) -> (document, its identity, old, verdict, ns, declared?)
 
     # -- start and each pass --------------------------------------------------------------
@@ -72,12 +73,14 @@ class Frontend:
         saved = self.ctx.store.get(self.manifest_keys) or {}
         self.file_keys = {f: set(keys) for f, keys in saved.get("files", {}).items()}
         self.sources = saved.get("sources", {})
+        self.same, self.sources_changed = {}, True
 
-    def step(self, now: float) -> None:
-        """Poll the folder every POLL_PERIOD (at once after a poke: the loop zeroes next_poll)."""
+    def step(self, now: float, record: bool = True) -> None:
+        """Poll the folder every POLL_PERIOD (at once after a poke: the loop zeroes next_poll).
+        `record=False`: MANIFEST_KEYS is left for `save_record` (the daemon's loop)."""
         if now >= self.next_poll:
             self.next_poll = now + POLL_PERIOD
-            self.poll()
+            self.poll(record)
 
     def handle_requests(self) -> None:
         while self.requests:
@@ -108,18 +111,18 @@ class Frontend:
         return now - newest >= REMOVAL_QUIET_SECONDS and \
             time.monotonic() - self.sig_changed_at >= REMOVAL_QUIET_SECONDS
 
-    def poll(self) -> None:
+    def poll(self, record: bool = True) -> None:
         sig = manifest.folder_signature(Path(self.cfg.manifests))  # the reader's own listing
         if sig == self.signature:
             if self.removals_waiting and (self.folder_settled or self.folder_quiet()):
-                self.load_manifests()  # the folder is quiet now: what vanished from it goes
+                self.load_manifests(record)  # the folder is quiet now: what vanished from it goes
             return
         self.sig_changed_at = time.monotonic()
         if self.signature is not None:  # when the change was written (programming latency)
             self.ctx.changed(max((s[3] for s in sig), default=time.time_ns()) / 1e9)
         self.signature, self.ctx.dirty = sig, True
         try:
-            self.load_manifests()
+            self.load_manifests(record)
         except Exception:
             self.signature = None  # load it all again next time: nothing of it may be lost
             raise
@@ -221,7 +224,7 @@ class Frontend:
         self.file_cache = cache
         return docs
 
-    def load_manifests(self) -> None:
+    def load_manifests(self, record: bool = True) -> None:
         """Admit what the folder declares, each object on its own (one that fails to admit is
         reported and keeps its admitted version; the others go on).
 
@@ -299,6 +302,8 @@ class Frontend:
         # namespaces first, so the objects in them are admitted after them
         order = {k: i for i, k in enumerate(USER_KINDS)}
         for key, obj in sorted(desired.items(), key=lambda kv: order[kv[1]["kind"]]):
+            if self.same.get(key) is obj and key in self.ctx.objects[obj["kind"]]:
+                continue  # the very document admitted before (a kept verdict): no deep compare
             if self.sources.get(key) != obj or key not in self.ctx.objects[obj["kind"]]:
                 kind, ns, name = obj_id(obj)
                 msg, source = None, self.source_of(kind, ns, name)
@@ -309,6 +314,8 @@ class Frontend:
                                          **({"source": source} if source else {})})
                 if msg or self.sources.get(key) != obj:
                     keep.add(key)  # an update refused (or failed) keeps the admitted version
+            if key not in keep and self.sources.get(key) == obj:
+                self.same[key] = obj
         gone = set(self.sources) - set(desired) - keep
         self.removals_waiting = bool(gone) and not (settled or self.folder_quiet())
         if self.removals_waiting:
@@ -319,16 +326,22 @@ class Frontend:
                 kind, ns, name = obj_id(self.sources[key])
                 with self.ctx.confined("FailedDelete", kind, ns, name, problems, self.source_of(kind, ns, name)):
                     self.delete_user_object(key)
-        # written when changed: at 1,000 Services each is a JSON document of ~1 MB
-        if self.sources_changed or self.file_keys != self.saved_file_keys:
-            self.ctx.store.put(self.manifest_keys, {"files": {f: sorted(k) for f, k in self.file_keys.items()},
-                                                    "sources": self.sources})
-            self.sources_changed, self.saved_file_keys = False, {f: set(k) for f, k in self.file_keys.items()}
+        if record:
+            self.save_record()
         self.load_problems = problems
         errs = problems + [self.ctx.obj_problems[k] for k in sorted(self.ctx.obj_problems)]
         if errs != self.saved_errors:
             self.ctx.store.put(MANIFEST_ERRORS, errs)
             self.saved_errors = copy.deepcopy(errs)
+
+    def save_record(self) -> None:
+        """MANIFEST_KEYS, when it changed: at 1,000 Services a JSON document of ~1 MB, so the
+        daemon writes it after telling API writes their object is stored (`step(record=False)`);
+        a restart before it is written admits the same folder again (nothing lost)."""
+        if self.sources_changed or self.file_keys != self.saved_file_keys:
+            self.ctx.store.put(self.manifest_keys, {"files": {f: sorted(k) for f, k in self.file_keys.items()},
+                                                    "sources": self.sources})
+            self.sources_changed, self.saved_file_keys = False, {f: set(k) for f, k in self.file_keys.items()}
 
     def judge(self, doc, namespaces: set, judged: dict) -> tuple[admission.Verdict, tuple | None]:
         """The gate's verdict on one document, judged again only when something it depends on
@@ -381,6 +394,7 @@ class Frontend:
             self.ctx.new_meta(obj, old)
             self.ctx.save(obj)
         self.sources[key] = source
+        self.same.pop(key, None)
         self.sources_changed = True
         self.ctx.dirty = True
         return None
@@ -411,6 +425,7 @@ class Frontend:
                 break
         else:
             self.sources.pop(key, None)
+            self.same.pop(key, None)
             self.sources_changed = True
             return
         if kind == "Pod":
@@ -424,6 +439,7 @@ class Frontend:
         else:
             self.ctx.remove(kind, key)
         self.sources.pop(key, None)
+        self.same.pop(key, None)
         self.sources_changed = True
         self.ctx.dirty = True
 
