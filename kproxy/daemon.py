@@ -221,7 +221,7 @@ class Daemon:
                     with self.cond:
                         self.admitted = self.started
                         self.cond.notify_all()
-                    self.frontend.save_record()
+                    self.frontend.save_record(now)
                 self._pass(now)
                 ctx.components.ok("reconcile")
             except Exception as e:  # noqa: BLE001 - the node keeps running; the next pass retries

@@ -35,6 +35,7 @@ USER_KINDS = meta.ADMITTED_KINDS
 MANIFEST_ERRORS = "/kproxy/manifest-errors"
 REMOVAL_QUIET_SECONDS = 1.0                  # removals wait until the folder was this long unchanged
 POLL_PERIOD = 0.25
+RECORD_PERIOD = 1.0                          # MANIFEST_KEYS at most this often when only versions changed
 
 
 class Frontend:
@@ -59,6 +60,7 @@ class Frontend:
         self.sources_changed = True                # self.sources since MANIFEST_KEYS was written
         self.saved_file_keys: dict | None = None   # self.file_keys as MANIFEST_KEYS holds it
         self.saved_errors: list | None = None      # what this front last wrote to MANIFEST_ERRORS
+        self.record_at = 0.0  # monotonic time MANIFEST_KEYS was last written by save_record(now)
         self.same: dict[str, dict] = {}  # key -> the document object last found equal to sources[key]
         self.verdicts: dict[int, tuple] = {}  # id(document) -> (document, its identity, old, verdict, ns, declared?)
 
@@ -334,11 +336,18 @@ class Frontend:
             self.ctx.store.put(MANIFEST_ERRORS, errs)
             self.saved_errors = copy.deepcopy(errs)
 
-    def save_record(self) -> None:
+    def save_record(self, now: float | None = None) -> None:
         """MANIFEST_KEYS, when it changed: at 1,000 Services a JSON document of ~1 MB, so the
-        daemon writes it after telling API writes their object is stored (`step(record=False)`);
-        a restart before it is written admits the same folder again (nothing lost)."""
-        if self.sources_changed or self.file_keys != self.saved_file_keys:
+        daemon writes it after telling API writes their object is stored (`step(record=False)`),
+        and (`now` given) when only the admitted versions changed, not the files' keys, at most
+        every RECORD_PERIOD: a stream of edits writes it once a second, not once a write. A
+        restart before it is written admits the same objects again (nothing lost); which keys
+        each file holds (what a restart removes when it vanished meanwhile) is written at once."""
+        keys_changed = self.file_keys != self.saved_file_keys
+        if not keys_changed and now is not None and now - self.record_at < RECORD_PERIOD:
+            return
+        if self.sources_changed or keys_changed:
+            self.record_at = now if now is not None else 0.0
             self.ctx.store.put(self.manifest_keys, {"files": {f: sorted(k) for f, k in self.file_keys.items()},
                                                     "sources": self.sources})
             self.sources_changed, self.saved_file_keys = False, {f: set(k) for f, k in self.file_keys.items()}

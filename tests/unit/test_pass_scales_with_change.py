@@ -207,3 +207,29 @@ def test_the_daemon_writes_the_folder_record_after_the_admission_step(lab):
     assert store.get(MANIFEST_KEYS)["sources"][key_of("Service", "default", "svc-009")]["metadata"]["labels"] == {"seq": "3"}
     d.frontend.save_record()  # nothing changed since
     assert store.puts.count(MANIFEST_KEYS) == 1
+
+
+def test_a_stream_of_edits_writes_the_record_once_a_period_and_new_keys_at_once(lab):
+    d, store, judged, _ = lab
+    now = 1000.0
+    write(d, 5, seq=9)
+    d.frontend.step(now, record=False)
+    d.frontend.save_record(now)  # written now: the next version waits a period
+    assert store.puts.count(MANIFEST_KEYS) == 1
+    store.puts.clear()
+    for seq in range(5):  # five label edits within a second: the versions wait
+        write(d, 5, seq=10 + seq)
+        d.frontend.step(now + 10 + seq, record=False)
+        d.frontend.save_record(now + 0.1 * seq)
+    assert MANIFEST_KEYS not in store.puts
+    write(d, 50)  # a new object: its file's keys are written at once
+    d.frontend.step(now + 20, record=False)
+    d.frontend.save_record(now + 0.6)
+    assert store.puts.count(MANIFEST_KEYS) == 1
+    write(d, 5, seq=99)
+    d.frontend.step(now + 30, record=False)
+    d.frontend.save_record(now + 0.7)
+    assert store.puts.count(MANIFEST_KEYS) == 1
+    d.frontend.save_record(now + 1.7)  # a second later, an idle pass writes the versions
+    assert store.puts.count(MANIFEST_KEYS) == 2
+    assert store.get(MANIFEST_KEYS)["sources"][key_of("Service", "default", "svc-005")]["metadata"]["labels"] == {"seq": "99"}
