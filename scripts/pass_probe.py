@@ -33,7 +33,7 @@ def one_pass():
     now = time.monotonic(); d.frontend.next_poll = 0.0
     t0 = time.perf_counter()
     if new:
-        d.frontend.step(now, record=False); t1 = time.perf_counter(); d.frontend.save_record()
+        d.frontend.step(now, record=False); t1 = time.perf_counter(); d.frontend.save_record(now)  # as the loop does
     else:
         d.frontend.step(now); t1 = time.perf_counter()
     d._pass(now); d._publish()
