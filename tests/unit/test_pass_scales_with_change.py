@@ -233,3 +233,28 @@ def test_a_stream_of_edits_writes_the_record_once_a_period_and_new_keys_at_once(
     d.frontend.save_record(now + 1.7)  # a second later, an idle pass writes the versions
     assert store.puts.count(MANIFEST_KEYS) == 2
     assert store.get(MANIFEST_KEYS)["sources"][key_of("Service", "default", "svc-005")]["metadata"]["labels"] == {"seq": "99"}
+
+
+def test_the_folder_index_finds_an_object_by_its_name_as_the_full_scan_did(tmp_path):
+    """An API write's folder session looks its object up by name (not by reading every entry),
+    and lists the folder without a Path per file; same files, same order as before."""
+    from kproxy.store import manifests
+    folder = tmp_path / "m"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.yaml").write_text(SVC.format(name="web", ns="default", seq=0))
+    (folder / "b.yaml").write_text(SVC.format(name="web", ns="other", seq=0))
+    (folder / "sub" / "d.yaml").write_text(SVC.format(name="web", ns="default", seq=1).replace("namespace: default, ", ""))
+    (folder / "a-b.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: web, namespace: x}\n")
+    (folder / "e.yaml").write_text(SVC.format(name="api", ns="default", seq=0))
+    idx = manifests.Index(folder)
+    idx.refresh()
+    assert sorted(idx.entries) == ["a-b.yaml", "a.yaml", "b.yaml", "e.yaml", "sub/d.yaml"]
+    assert idx.files_with(("Service", "default", "web"), "default") == [folder / "a.yaml", folder / "sub/d.yaml"]
+    assert idx.files_with(("Service", "", "web"), "default") == [folder / "a.yaml", folder / "sub/d.yaml"]
+    assert idx.files_with(("Namespace", "", "web"), None) == [folder / "a-b.yaml"]
+    assert idx.files_with(("Service", "other", "web"), "default") == [folder / "b.yaml"]
+    (folder / "a.yaml").write_text(SVC.format(name="api2", ns="default", seq=0))
+    idx.update(folder / "a.yaml")
+    assert idx.files_with(("Service", "default", "web"), "default") == [folder / "sub/d.yaml"]
+    assert idx.files_with(("Service", "default", "api2"), "default") == [folder / "a.yaml"]
+    assert idx.files_with(("Service", "default", ["not", "a", "key"]), "default") == []
