@@ -78,10 +78,11 @@ class Daemon:
         if controller:
             from kproxy.apiserver.server import ApiServer
             from kproxy.apiserver.writes import Writer
-            self.apiserver = ApiServer(ctx, Writer(ctx, self.frontend, self.sync))
+            self.apiserver = ApiServer(ctx, Writer(ctx, self.frontend, self.sync, self.admission))
         self.cond = threading.Condition()
         self.generation = 0  # passes completed
         self.started = 0     # passes begun: a pass numbered `started + 1` begins after any moment now
+        self.admitted = 0    # the last pass whose front step (folder -> store) is done
         self.ready = False
         self.published: tuple | None = None  # (problems, health) last written to the store
 
@@ -154,6 +155,20 @@ class Daemon:
             return self.cond.wait_for(lambda: self.generation >= target or self.ctx.stopping.is_set(),
                                       timeout=timeout) and not self.ctx.stopping.is_set()
 
+    def admission(self, timeout: float = 60, settled: bool = True) -> bool:
+        """As `sync`, but only until the front of the next pass admitted the folder into the
+        store (a write's answer and its watch event need no more: the store holds the object
+        with its allocations, MANIFEST_ERRORS what was refused); the rest of the pass
+        (controllers, proxy) goes on meanwhile, as an API server's answer does not wait for
+        its controllers."""
+        if self.frontend and settled:
+            self.frontend.folder_settled = True
+        with self.cond:
+            self.ctx.poke.set()
+            target = self.started + 1
+            return self.cond.wait_for(lambda: self.admitted >= target or self.generation >= target
+                                      or self.ctx.stopping.is_set(), timeout=timeout) and not self.ctx.stopping.is_set()
+
     def _load_store(self) -> None:
         self.ctx.cache.list_all()
         if self.agent:
@@ -202,7 +217,11 @@ class Daemon:
                     self.frontend.next_poll = 0.0
             try:
                 if self.frontend:
-                    self.frontend.step(now)
+                    self.frontend.step(now, record=False)
+                    with self.cond:
+                        self.admitted = self.started
+                        self.cond.notify_all()
+                    self.frontend.save_record(now)
                 self._pass(now)
                 ctx.components.ok("reconcile")
             except Exception as e:  # noqa: BLE001 - the node keeps running; the next pass retries

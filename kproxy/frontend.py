@@ -35,6 +35,7 @@ USER_KINDS = meta.ADMITTED_KINDS
 MANIFEST_ERRORS = "/kproxy/manifest-errors"
 REMOVAL_QUIET_SECONDS = 1.0                  # removals wait until the folder was this long unchanged
 POLL_PERIOD = 0.25
+RECORD_PERIOD = 1.0                          # MANIFEST_KEYS at most this often when only versions changed
 
 
 class Frontend:
@@ -56,6 +57,12 @@ class Frontend:
         self.folder_settled = False     # `kproxy apply/delete` asked: the folder is complete now
         self.requests: list[dict] = []  # the control socket's delete-pod requests
         self.next_poll = 0.0
+        self.sources_changed = True                # self.sources since MANIFEST_KEYS was written
+        self.saved_file_keys: dict | None = None   # self.file_keys as MANIFEST_KEYS holds it
+        self.saved_errors: list | None = None      # what this front last wrote to MANIFEST_ERRORS
+        self.record_at = 0.0  # monotonic time MANIFEST_KEYS was last written by save_record(now)
+        self.same: dict[str, dict] = {}  # key -> the document object last found equal to sources[key]
+        self.verdicts: dict[int, tuple] = {}  # id(document) -> (document, its identity, old, verdict, ns, declared?)
 
     # -- start and each pass --------------------------------------------------------------
     @property
@@ -68,12 +75,14 @@ class Frontend:
         saved = self.ctx.store.get(self.manifest_keys) or {}
         self.file_keys = {f: set(keys) for f, keys in saved.get("files", {}).items()}
         self.sources = saved.get("sources", {})
+        self.same, self.sources_changed = {}, True
 
-    def step(self, now: float) -> None:
-        """Poll the folder every POLL_PERIOD (at once after a poke: the loop zeroes next_poll)."""
+    def step(self, now: float, record: bool = True) -> None:
+        """Poll the folder every POLL_PERIOD (at once after a poke: the loop zeroes next_poll).
+        `record=False`: MANIFEST_KEYS is left for `save_record` (the daemon's loop)."""
         if now >= self.next_poll:
             self.next_poll = now + POLL_PERIOD
-            self.poll()
+            self.poll(record)
 
     def handle_requests(self) -> None:
         while self.requests:
@@ -104,18 +113,18 @@ class Frontend:
         return now - newest >= REMOVAL_QUIET_SECONDS and \
             time.monotonic() - self.sig_changed_at >= REMOVAL_QUIET_SECONDS
 
-    def poll(self) -> None:
+    def poll(self, record: bool = True) -> None:
         sig = manifest.folder_signature(Path(self.cfg.manifests))  # the reader's own listing
         if sig == self.signature:
             if self.removals_waiting and (self.folder_settled or self.folder_quiet()):
-                self.load_manifests()  # the folder is quiet now: what vanished from it goes
+                self.load_manifests(record)  # the folder is quiet now: what vanished from it goes
             return
         self.sig_changed_at = time.monotonic()
         if self.signature is not None:  # when the change was written (programming latency)
             self.ctx.changed(max((s[3] for s in sig), default=time.time_ns()) / 1e9)
         self.signature, self.ctx.dirty = sig, True
         try:
-            self.load_manifests()
+            self.load_manifests(record)
         except Exception:
             self.signature = None  # load it all again next time: nothing of it may be lost
             raise
@@ -195,29 +204,29 @@ class Frontend:
 
     # -- manifests -> admitted objects ----------------------------------------------------
     def read_folder(self) -> list:
-        """Every document of the manifests folder; a file is parsed again only when it changed."""
-        folder = Path(self.cfg.manifests)
+        """Every document of the manifests folder; a file is parsed again only when it changed.
+        The listing and stamps are the poll's signature (stat before read: a file changed after
+        it has a new stamp at the next poll), so a pass lists the folder once."""
+        sig = self.signature if self.signature is not None else \
+            manifest.folder_signature(Path(self.cfg.manifests))
         docs, cache = [], {}
-        for path in (manifest.manifest_files(folder) if folder.is_dir() else []):
-            try:
-                st = path.lstat()  # a symlink's own stamp: the reader refuses it, by name
-            except OSError:
-                continue
-            stamp = (st.st_mtime_ns, st.st_size)
-            hit = self.file_cache.get(str(path))
+        for d, name, size, mtime_ns in sig:
+            path = f"{d}/{name}" if d != "/" else f"/{name}"
+            stamp = (mtime_ns, size)
+            hit = self.file_cache.get(path)
             if not (hit and hit[0] == stamp):
                 try:
-                    hit = (stamp, manifest.read_file(path))
+                    hit = (stamp, manifest.read_file(Path(path)))
                 except Exception as e:  # noqa: BLE001 - one file that cannot be read stops no other
                     log.warning("cannot read %s", path, exc_info=True)
-                    hit = (stamp, [manifest.Document(str(path), 0, error=f"error reading {path}: "
-                                                                         f"{supervise.describe(e)}")])
-            cache[str(path)] = hit
-            docs += cache[str(path)][1]
+                    hit = (stamp, [manifest.Document(path, 0, error=f"error reading {path}: "
+                                                                    f"{supervise.describe(e)}")])
+            cache[path] = hit
+            docs += hit[1]
         self.file_cache = cache
         return docs
 
-    def load_manifests(self) -> None:
+    def load_manifests(self, record: bool = True) -> None:
         """Admit what the folder declares, each object on its own (one that fails to admit is
         reported and keeps its admitted version; the others go on).
 
@@ -238,6 +247,7 @@ class Frontend:
         files: dict[str, set[str]] = {}
         broken_files = set()
         candidates: dict[str, list[tuple[str, dict]]] = {}  # key -> (file, valid object), in file order
+        judged: dict[int, tuple] = {}  # this load's verdicts (see judge)
         declared: dict[str, list[str]] = {}  # key -> the files that declare it
         # Namespaces of this load count at once, so a file may hold a Namespace and its objects.
         namespaces = {d.obj["metadata"].get("name") for d in docs
@@ -247,17 +257,13 @@ class Frontend:
                 problems.append({"source": doc.source, "message": doc.error})
                 broken_files.add(doc.source)
                 continue
-            # the gate judges an update against the admitted version, which then keeps serving
-            kind, ns, name = meta.obj_key(doc.obj)
-            admitted = self.ctx.objects.get(kind) if isinstance(kind, str) and isinstance(name, str) and name else None
-            old = admitted.get(key_of(kind, ns, name)) if admitted is not None else None
-            verdict = self.gate.admit(doc.obj, doc.source, old=old, namespaces=namespaces, hint=False)
+            verdict, identity = self.judge(doc, namespaces, judged)
             if verdict.reason == admission.NO_MATCH:  # as `kproxy apply` refuses it
                 problems.append({"source": doc.source, "kind": doc.obj.get("kind"),
                                  "name": meta.metadata_of(doc.obj).get("name") or "", "message": verdict.message})
                 continue
             obj, msg = verdict.obj, verdict.message
-            kind, ns, name = meta.obj_key(obj)
+            kind, ns, name = identity or meta.obj_key(obj)
             key = key_of(kind, ns, name)
             files.setdefault(doc.source, set()).add(key)
             if doc.source not in declared.setdefault(key, []):
@@ -270,6 +276,7 @@ class Frontend:
                 continue
             candidates.setdefault(key, []).append((doc.source, obj))
         self.gate.end_round()
+        self.verdicts = judged
         for key, objs in candidates.items():
             if len(declared[key]) == 1:
                 desired[key] = objs[-1][1]  # twice in one file: the last, as applying it would
@@ -297,6 +304,8 @@ class Frontend:
         # namespaces first, so the objects in them are admitted after them
         order = {k: i for i, k in enumerate(USER_KINDS)}
         for key, obj in sorted(desired.items(), key=lambda kv: order[kv[1]["kind"]]):
+            if self.same.get(key) is obj and key in self.ctx.objects[obj["kind"]]:
+                continue  # the very document admitted before (a kept verdict): no deep compare
             if self.sources.get(key) != obj or key not in self.ctx.objects[obj["kind"]]:
                 kind, ns, name = obj_id(obj)
                 msg, source = None, self.source_of(kind, ns, name)
@@ -307,6 +316,8 @@ class Frontend:
                                          **({"source": source} if source else {})})
                 if msg or self.sources.get(key) != obj:
                     keep.add(key)  # an update refused (or failed) keeps the admitted version
+            if key not in keep and self.sources.get(key) == obj:
+                self.same[key] = obj
         gone = set(self.sources) - set(desired) - keep
         self.removals_waiting = bool(gone) and not (settled or self.folder_quiet())
         if self.removals_waiting:
@@ -317,10 +328,55 @@ class Frontend:
                 kind, ns, name = obj_id(self.sources[key])
                 with self.ctx.confined("FailedDelete", kind, ns, name, problems, self.source_of(kind, ns, name)):
                     self.delete_user_object(key)
-        self.ctx.store.put(self.manifest_keys, {"files": {f: sorted(k) for f, k in self.file_keys.items()},
-                                                "sources": self.sources})
+        if record:
+            self.save_record()
         self.load_problems = problems
-        self.ctx.store.put(MANIFEST_ERRORS, problems + [self.ctx.obj_problems[k] for k in sorted(self.ctx.obj_problems)])
+        errs = problems + [self.ctx.obj_problems[k] for k in sorted(self.ctx.obj_problems)]
+        if errs != self.saved_errors:
+            self.ctx.store.put(MANIFEST_ERRORS, errs)
+            self.saved_errors = copy.deepcopy(errs)
+
+    def save_record(self, now: float | None = None) -> None:
+        """MANIFEST_KEYS, when it changed: at 1,000 Services a JSON document of ~1 MB, so the
+        daemon writes it after telling API writes their object is stored (`step(record=False)`),
+        and (`now` given) when only the admitted versions changed, not the files' keys, at most
+        every RECORD_PERIOD: a stream of edits writes it once a second, not once a write. A
+        restart before it is written admits the same objects again (nothing lost); which keys
+        each file holds (what a restart removes when it vanished meanwhile) is written at once."""
+        keys_changed = self.file_keys != self.saved_file_keys
+        if not keys_changed and now is not None and now - self.record_at < RECORD_PERIOD:
+            return
+        if self.sources_changed or keys_changed:
+            self.record_at = now if now is not None else 0.0
+            self.ctx.store.put(self.manifest_keys, {"files": {f: sorted(k) for f, k in self.file_keys.items()},
+                                                    "sources": self.sources})
+            self.sources_changed, self.saved_file_keys = False, {f: set(k) for f, k in self.file_keys.items()}
+
+    def judge(self, doc, namespaces: set, judged: dict) -> tuple[admission.Verdict, tuple | None]:
+        """The gate's verdict on one document, judged again only when something it depends on
+        changed: the document (a file re-read makes new ones), the admitted version it updates,
+        whether its namespace is declared. A pass after one file changed then judges that
+        file's documents alone, as an API server admits only the object written (at 1,000
+        Services re-judging every document cost ~100 ms a pass). IPAddressPools are always
+        judged: the lab's own addresses, which they must not hold, come and go."""
+        obj = doc.obj
+        hit = self.verdicts.get(id(obj))
+        hit = hit if hit is not None and hit[0] is obj else None
+        kind, ns, name = hit[1] if hit is not None else meta.obj_key(obj)
+        # the gate judges an update against the admitted version, which then keeps serving
+        admitted = self.ctx.objects.get(kind) if isinstance(kind, str) and isinstance(name, str) and name else None
+        old = admitted.get(key_of(kind, ns, name)) if admitted is not None else None
+        if hit is not None and (hit[2] is old or hit[2] == old) and hit[4] is not None \
+                and (hit[4] in namespaces) == hit[5]:
+            judged[id(obj)] = hit
+            return hit[3], hit[6]
+        verdict = self.gate.admit(obj, doc.source, old=old, namespaces=namespaces, hint=False)
+        identity = meta.obj_key(verdict.obj) if verdict.reason != admission.NO_MATCH else None
+        if isinstance(obj, dict) and kind != "IPAddressPool":
+            ns_d = identity[1] if identity is not None and isinstance(identity[1], str) else None
+            judged[id(obj)] = (obj, (kind, ns, name), old, verdict, ns_d,
+                               ns_d in namespaces if ns_d is not None else False, identity)
+        return verdict, identity
 
     def admit(self, key: str, obj: dict) -> str | None:
         """Store a valid object (allocating what it needs); returns the API error, if any."""
@@ -347,6 +403,8 @@ class Frontend:
             self.ctx.new_meta(obj, old)
             self.ctx.save(obj)
         self.sources[key] = source
+        self.same.pop(key, None)
+        self.sources_changed = True
         self.ctx.dirty = True
         return None
 
@@ -376,6 +434,8 @@ class Frontend:
                 break
         else:
             self.sources.pop(key, None)
+            self.same.pop(key, None)
+            self.sources_changed = True
             return
         if kind == "Pod":
             podw.terminate(self.ctx, key)
@@ -388,5 +448,7 @@ class Frontend:
         else:
             self.ctx.remove(kind, key)
         self.sources.pop(key, None)
+        self.same.pop(key, None)
+        self.sources_changed = True
         self.ctx.dirty = True
 

@@ -144,16 +144,26 @@ def manifest_files(folder: Path) -> list[Path]:
     Symlinks are listed (never followed, not even to folders) so that reading
     them reports why they are refused instead of skipping them silently.
     """
+    return [Path(d) / f for d, f in _listing(folder)]
+
+
+def _listing(folder: Path) -> list[tuple[str, str]]:
+    """(directory, name) of each manifest file, in the order of the sorted Paths (by their parts)
+    without making a Path per file: a poller lists the folder four times a second, and sorting
+    1,000 Paths cost ~20 ms a listing."""
     found = []
     for root, dirs, files in os.walk(folder):
         linked = [d for d in dirs if os.path.islink(os.path.join(root, d))]
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in linked)
+        parent = str(Path(root))
+        parts = Path(root).parts
         found.extend(
-            Path(root) / f
+            (parts + (f,), parent, f)
             for f in files + linked
             if not f.startswith(".") and f.endswith(MANIFEST_SUFFIXES)
         )
-    return sorted(found)
+    found.sort(key=lambda t: t[0])
+    return [(d, f) for _, d, f in found]
 
 
 def folder_signature(folder: Path) -> tuple:
@@ -163,12 +173,12 @@ def folder_signature(folder: Path) -> tuple:
     if not folder.is_dir():
         return ()
     sig = []
-    for path in manifest_files(folder):
+    for d, name in _listing(folder):
         try:  # lstat: a symlink is reported by the reader, never followed (nor broken)
-            st = os.lstat(path)
+            st = os.lstat(os.path.join(d, name))
         except OSError:  # removed since the walk listed it: the next poll sees it gone
             continue
-        sig.append((str(path.parent), path.name, st.st_size, st.st_mtime_ns))
+        sig.append((d, name, st.st_size, st.st_mtime_ns))
     return tuple(sig)
 
 

@@ -32,9 +32,12 @@ Interfaces other modules rely on:
   resource routes (streams' `add_routes(app, access, lookup)` goes there, bound with
   functools.partial); `.lookup(kind, ns, name) -> dict | None` reads the watch cache.
 - `server.kubeconfig_path(state_dir)`: STATE/kubeconfig (`kproxy kubeconfig --path`).
-- `writes.Writer(ctx, frontend, sync)`: `.handle(verb, target, body, content_type, query,
+- `writes.Writer(ctx, frontend, sync, admission=None)`: `.handle(verb, target, body, content_type, query,
   user_agent) -> (code, answer, warning_headers)`; `sync(timeout=60, settled=True) -> bool` is
-  `Daemon.sync` (wait for the next loop pass to begin and end; the control socket uses it too).
+  `Daemon.sync` (wait for the next loop pass to begin and end; the control socket uses it too);
+  `admission` (same signature, default `sync`) is `Daemon.admission` (wait only until that pass's
+  front stored the folder): creates and updates wait for it, except Deployments and LoadBalancer
+  Services, whose answers carry what the controllers add later in the pass.
 - `rest.deployment_conditions(dep)`: Available/Progressing derived for a status without them.
 - `status.ApiError(status_dict)`: raise it in any handler; the server answers the Status.
   Constructors: `not_found(resource, group, name)`, `already_exists`, `conflict`, `expired`,

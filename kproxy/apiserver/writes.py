@@ -184,8 +184,9 @@ def server_side_apply(kind: str, obj: dict | None, body: bytes, manager: str, fo
 class Writer:
     """The write verbs of the API, for one controller process (its front and its loop)."""
 
-    def __init__(self, ctx, frontend, sync):
+    def __init__(self, ctx, frontend, sync, admission=None):
         self.ctx, self.cfg, self.front, self.sync = ctx, ctx.cfg, frontend, sync
+        self.admission = admission or sync  # waits for the front's step alone (Daemon.admission)
         self.gate = desired.gate(ctx.cfg)
         self.lock = threading.Lock()
         self.validation = "Warn"          # this request's fieldValidation (writes are serialised)
@@ -471,8 +472,13 @@ class Writer:
             _, old_rev = self.current(t, name)
             f.upsert(obj, cluster_scoped=scoped)
         # settled=False: a create or update removes nothing, so objects missing from a file an
-        # editor is saving right now keep their grace period (only a delete says "settled")
-        self.sync(settled=False)
+        # editor is saving right now keep their grace period (only a delete says "settled").
+        # The answer needs what the front stored (allocations, resourceVersion, a refusal), not
+        # the rest of the pass: only a Deployment's status (its controller) and a LoadBalancer
+        # Service's IP (the pool's controller) come later in the pass, and those answers carry them
+        whole_pass = obj.get("kind") == "Deployment" or (obj.get("kind") == "Service" and "LoadBalancer" in (
+            (obj.get("spec") or {}).get("type"), ((cur or {}).get("spec") or {}).get("type")))
+        (self.sync if whole_pass else self.admission)(settled=False)
         problem = desired.refused(self.ctx.store, [obj]).get(meta.obj_key(obj))
         if problem:
             with desired.session(self.cfg) as f:

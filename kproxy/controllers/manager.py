@@ -223,6 +223,9 @@ class Controllers:
         for k, owner in self.ctx.store.list(loadbalancer.LB_IPS):
             held.setdefault(owner, []).append(k.rsplit("/", 1)[1])
         for key, svc in list(self.ctx.objects["Service"].items()):
+            if not loadbalancer.wants_ip(svc) and not (svc.get("status") or {}).get("loadBalancer", {}).get("ingress") \
+                    and f"{svc['metadata']['namespace']}/{svc['metadata']['name']}" not in held:
+                continue  # nothing to give or take back (most Services): no confined step
             with self.ctx.confined("AllocationFailed", "Service", svc["metadata"]["namespace"], svc["metadata"]["name"]):
                 self.sync_load_balancer(svc, pools, held)
 

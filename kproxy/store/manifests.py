@@ -125,6 +125,7 @@ class Index:
         self.path = Path(path) if path else None
         self.entries: dict[str, dict] = {}
         self.parsed = 0  # files parsed by the last refresh (for tests and timing)
+        self._by_name: dict | None = None  # object name -> files holding one (files_with), rebuilt on change
         if self.path is None:
             return
         try:
@@ -137,15 +138,20 @@ class Index:
     def refresh(self) -> None:
         """Stat every manifest file; parse only the new and changed ones."""
         self.parsed = 0
-        files = manifest.manifest_files(self.folder) if self.folder.is_dir() else []
-        old, self.entries = self.entries, {}
-        for path in files:
-            self._entry(path, old.get(str(path.relative_to(self.folder))))
+        # strings, not a Path per file: an API write refreshes the index of a 1,000-file folder
+        files = manifest._listing(self.folder) if self.folder.is_dir() else []
+        base = str(self.folder)
+        old, self.entries, self._by_name = self.entries, {}, None
+        for d, name in files:
+            rel = name if d == base else f"{d[len(base) + 1:]}/{name}" if d.startswith(base + "/") \
+                else str((Path(d) / name).relative_to(self.folder))
+            self._entry(f"{d}/{name}", old.get(rel), rel)
 
-    def _entry(self, path: Path, old: dict | None) -> None:
-        rel = str(path.relative_to(self.folder))
+    def _entry(self, path, old: dict | None, rel: str | None = None) -> None:
+        rel = rel if rel is not None else str(Path(path).relative_to(self.folder))
+        self._by_name = None
         try:
-            st = path.stat()
+            st = os.stat(path)
         except OSError:
             self.entries.pop(rel, None)
             return
@@ -157,7 +163,7 @@ class Index:
             idents = []
         else:
             self.parsed += 1
-            idents = _idents_of(path)
+            idents = _idents_of(Path(path))
         now_ns = time.time_ns()
         racy = now_ns - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_SECONDS * 1e9
         self.entries[rel] = {"stamp": stamp, "idents": idents, "racy": racy}
@@ -171,8 +177,17 @@ class Index:
         return [tuple(i) for _, e in sorted(self.entries.items()) for i in e["idents"]]
 
     def files_with(self, ident: tuple, default_ns: str | None) -> list[Path]:
-        return [self.folder / rel for rel, e in sorted(self.entries.items())
-                if any(_same(tuple(i), ident, default_ns) for i in e["idents"])]
+        try:
+            if self._by_name is None:
+                self._by_name = {}
+                for rel, e in self.entries.items():
+                    for i in e["idents"]:
+                        self._by_name.setdefault(i[2], set()).add(rel)
+            rels = sorted(self._by_name.get(ident[2], ()))
+        except TypeError:  # a name that is no dictionary key: look at every file
+            rels = sorted(self.entries)
+        return [self.folder / rel for rel in rels
+                if any(_same(tuple(i), ident, default_ns) for i in self.entries[rel]["idents"])]
 
     def save(self) -> None:
         """Best effort: a full disk or a read-only state dir only costs a re-parse next time."""
