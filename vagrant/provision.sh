@@ -3,16 +3,22 @@
 # installs kproxy at /opt/kproxy with the same scripts/setup as the emulated lab and CI, then
 # runs it under systemd: etcd + the controller on the first node, an agent on every node.
 #
-#   provision.sh NODE NODE_IP FIRST_NODE_IP INDEX NODES     e.g. node-2 192.168.56.12 192.168.56.11 2 3
+#   provision.sh NODE NODE_IP FIRST_NODE_IP INDEX NODES [PROXY_MODE]
+#     e.g. node-2 192.168.56.12 192.168.56.11 2 3 nftables   (PROXY_MODE: iptables, the default, or nftables:
+#     the agent's kube-proxy mode, passed to `kproxy units --proxy-mode`, as the emulated lab's agents get it)
 #
 # KPROXY_DRY_RUN=1 prints the `kproxy units` arguments and exits (the unit tests use it).
 set -euo pipefail
 
-if [ $# -ne 5 ]; then
-  echo "usage: $0 NODE NODE_IP FIRST_NODE_IP INDEX NODES" >&2
+if [ $# -ne 5 ] && [ $# -ne 6 ]; then
+  echo "usage: $0 NODE NODE_IP FIRST_NODE_IP INDEX NODES [PROXY_MODE]" >&2
   exit 2
 fi
-node=$1 node_ip=$2 first_ip=$3 index=$4 nodes=$5
+node=$1 node_ip=$2 first_ip=$3 index=$4 nodes=$5 proxy_mode=${6:-iptables}
+case "$proxy_mode" in
+  iptables|nftables) ;;
+  *) echo "provision.sh: PROXY_MODE must be iptables or nftables, not $proxy_mode" >&2; exit 2 ;;
+esac
 src=${KPROXY_SRC:-/vagrant}       # the repository, synced by Vagrant
 dest=/opt/kproxy                  # a copy with its own venv: a re-sync never breaks the running lab
 state=/var/lib/kproxy
@@ -20,7 +26,8 @@ pod_cidr="10.244.${index}.0/24"   # as the emulated lab: node N gets 10.244.N.0/
 if [ "$node_ip" = "$first_ip" ]; then role=--control-plane; else role=--no-control-plane; fi
 
 units_args=(units --node "$node" --node-ip "$node_ip" --first-node-ip "$first_ip" --pod-cidr "$pod_cidr"
-            "$role" --state-dir "$state" --manifests "$state/manifests" --kproxy "$dest/.venv/bin/kproxy")
+            "$role" --state-dir "$state" --manifests "$state/manifests" --kproxy "$dest/.venv/bin/kproxy"
+            --proxy-mode "$proxy_mode")
 if [ -n "${KPROXY_DRY_RUN:-}" ]; then
   printf '%s\n' "${units_args[@]}"
   exit 0
@@ -29,7 +36,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "provision.sh: run as root" >&2
   exit 1
 fi
-echo "==> $node ($index of $nodes): $node_ip, pods $pod_cidr, store https://$first_ip:2379"
+echo "==> $node ($index of $nodes): $node_ip, pods $pod_cidr, store https://$first_ip:2379, $proxy_mode mode"
 # The lab CA, made on the host by the Vagrantfile and synced with the repository
 ca_dir="$src/vagrant/.pki"
 if [ ! -s "$ca_dir/ca.crt" ] || [ ! -s "$ca_dir/ca.key" ]; then

@@ -63,9 +63,10 @@ def light_settings() -> dict:
 
 
 def expected_args(s: dict) -> dict[str, list[str]]:
-    """provision.sh's arguments per node: NODE NODE_IP FIRST_NODE_IP INDEX NODES."""
+    """provision.sh's arguments per node: NODE NODE_IP FIRST_NODE_IP INDEX NODES PROXY_MODE."""
     ips = [f"{s['network']}.{s['first_host'] + i}" for i in range(s["nodes"])]
-    return {f"node-{i}": [f"node-{i}", ips[i - 1], ips[0], str(i), str(s["nodes"])] for i in range(1, s["nodes"] + 1)}
+    return {f"node-{i}": [f"node-{i}", ips[i - 1], ips[0], str(i), str(s["nodes"]), s.get("proxy_mode", "iptables")]
+            for i in range(1, s["nodes"] + 1)}
 
 
 def provisioned_units(args: list[str], tmp_path: Path) -> dict[str, str]:
@@ -183,17 +184,21 @@ def test_units_command_prints_or_writes(tmp_path):
 
 
 # -- the Vagrantfile's nodes agree with what provision.sh installs ----------------------------
-def test_provisioned_units_match_the_vagrantfile(tmp_path):
+@pytest.mark.parametrize("proxy_mode", ["iptables", "nftables"])
+def test_provisioned_units_match_the_vagrantfile(tmp_path, proxy_mode):
+    """Each node's units run the emulated lab's command lines (commands.py), the proxy mode too."""
     s = light_settings()
     assert s == {"nodes": 3, "network": "192.168.56", "first_host": 11}
+    s["proxy_mode"] = proxy_mode
     first_ip = f"{s['network']}.{s['first_host']}"
     for i, (node, args) in enumerate(expected_args(s).items(), start=1):
-        files = provisioned_units(args, tmp_path)
+        files = provisioned_units(args, tmp_path / proxy_mode)
         assert set(files) == ({ETCD_UNIT, CONTROLLER_UNIT, AGENT_UNIT} if i == 1 else {AGENT_UNIT})
         agent = unit_argv(files[AGENT_UNIT])
         assert agent == commands.agent_argv(KPROXY, STATE if i > 1 else f"{STATE}/nodes/{node}",
                                             commands.store_url(first_ip), node, args[1], f"10.244.{i}.0/24",
-                                            pki_dir=f"{STATE}/pki")
+                                            pki_dir=f"{STATE}/pki", proxy_mode=proxy_mode)
+        assert ("--proxy-mode nftables" in files[AGENT_UNIT]) == (proxy_mode == "nftables")
         if i == 1:
             assert unit_argv(files[ETCD_UNIT]) == commands.etcd_argv(node, f"{STATE}/etcd", first_ip, f"{STATE}/pki")
 
@@ -202,6 +207,10 @@ def test_provisioned_units_match_the_vagrantfile(tmp_path):
 @pytest.mark.parametrize("env, config_yaml, want", [
     ({}, None, {"nodes": 3, "network": "192.168.56", "first_host": 11}),
     ({"KPROXY_NODES": "5"}, None, {"nodes": 5, "network": "192.168.56", "first_host": 11}),
+    ({"KPROXY_PROXY_MODE": "nftables"}, None, {"nodes": 3, "network": "192.168.56", "first_host": 11,
+                                              "proxy_mode": "nftables"}),
+    ({}, "proxy_mode: nftables\n", {"nodes": 3, "network": "192.168.56", "first_host": 11,
+                                    "proxy_mode": "nftables"}),
     ({"KPROXY_NODES": "2"}, "nodes: 4\nnetwork: 10.20.30\nfirst_host: 100\n",
      {"nodes": 2, "network": "10.20.30", "first_host": 100}),
 ])
@@ -226,6 +235,18 @@ def test_vagrantfile_refuses_bad_node_counts(tmp_path):
     with pytest.raises(subprocess.CalledProcessError) as e:
         record_vagrantfile(tmp_path, {"KPROXY_NODES": "0"})
     assert "KPROXY_NODES must be 1..50" in e.value.stderr
+    with pytest.raises(subprocess.CalledProcessError) as e:
+        record_vagrantfile(tmp_path, {"KPROXY_PROXY_MODE": "ipvs"})
+    assert "KPROXY_PROXY_MODE must be iptables or nftables, not ipvs" in e.value.stderr
+
+
+def test_provision_refuses_an_unknown_proxy_mode():
+    res = subprocess.run(["bash", str(PROVISION), "node-1", "192.168.56.11", "192.168.56.11", "1", "1", "ipvs"],
+                         env={**os.environ, "KPROXY_DRY_RUN": "1"}, capture_output=True, text=True)
+    assert res.returncode == 2 and "PROXY_MODE must be iptables or nftables, not ipvs" in res.stderr
+    five = subprocess.run(["bash", str(PROVISION), "node-1", "192.168.56.11", "192.168.56.11", "1", "1"],
+                          env={**os.environ, "KPROXY_DRY_RUN": "1"}, capture_output=True, text=True, check=True)
+    assert five.stdout.splitlines()[-2:] == ["--proxy-mode", "iptables"]  # the default
 
 
 def test_local_example_is_a_local_nodeport():
