@@ -14,6 +14,7 @@ import re
 import shlex
 import socket
 import ssl
+import subprocess
 import time
 from pathlib import Path
 
@@ -220,13 +221,13 @@ def reboot_comes_back(c: Cluster) -> str:
     ip = c.lab.node_ip(c.lab.nodes)
     boot0 = c.ssh(node, "cat /proc/sys/kernel/random/boot_id").strip()
     t0 = time.monotonic()
-    c.ssh(node, "sudo systemctl reboot", check=False, timeout=30)
+    try:
+        c.ssh(node, "sudo systemctl reboot", check=False, timeout=30)
+    except subprocess.TimeoutExpired:
+        pass  # the connection may hang while sshd goes down
     def booted():
-        try:
-            b = c.ssh(node, "cat /proc/sys/kernel/random/boot_id", timeout=20, check=False).strip()
-        except Exception:  # noqa: BLE001 - ssh refused or hung while the VM reboots
-            return None
-        return b if b and b != boot0 else None
+        b = c.ssh(node, "cat /proc/sys/kernel/random/boot_id", timeout=20, check=False).strip()
+        return b if re.fullmatch(r"[0-9a-f-]{36}", b) and b != boot0 else None
     c.r.wait_for(f"{node} rebooted", booted, timeout=420, interval=5)
     up = time.monotonic() - t0
     c.r.wait_for(f"{node} Ready after its reboot", lambda: node in c.ready_nodes(), timeout=240)
@@ -243,8 +244,9 @@ def etcd_needs_a_cert(c: Cluster) -> str:
     request with node-1's certificate (copied out for this check, then deleted) is answered."""
     ip = c.lab.node_ip(1)
     ca = c.lab.vagrant_dir / ".pki" / "ca.crt"
-    if c.try_http(ip, 2379) is not None and "etcdserver" in (c.try_http(ip, 2379) or ""):
-        raise CheckFailed(f"http://{ip}:2379 answered without TLS")
+    plain = c.try_http(ip, 2379) or ""
+    if "etcdserver" in plain:
+        raise CheckFailed(f"http://{ip}:2379 answered without TLS: {plain}")
     ctx = ssl.create_default_context(cafile=str(ca))
     refused = tls_get(ctx, ip)
     if refused.startswith("{"):
@@ -261,7 +263,7 @@ def etcd_needs_a_cert(c: Cluster) -> str:
         key.unlink(missing_ok=True)
     if '"etcdserver"' not in answered:
         raise CheckFailed(f"with node-1's certificate: {answered}")
-    return f"no cert: {refused}; with node-1's: {answered.strip()}"
+    return f"plain HTTP: {plain.strip()[:60] or 'refused'}; TLS, no cert: {refused}; with node-1's cert: {answered.strip()}"
 
 
 def tls_get(ctx: ssl.SSLContext, ip: str) -> str:

@@ -183,8 +183,8 @@ class Runner:
         while True:
             try:
                 last = probe()
-            except subprocess.TimeoutExpired as e:
-                last = None
+            except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as e:
+                last = None  # a command that failed or hung this time: ask again
                 self.note(f"{what}: {e}")
             if last:
                 return last
