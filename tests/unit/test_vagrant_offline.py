@@ -256,3 +256,16 @@ def test_parse_deadline():
     t = main.parse_deadline("19:58")
     assert time.gmtime(t)[3:5] == (19, 58) and 0 < t - time.time() <= 86400
     assert main.parse_deadline(None) is None
+
+
+@needs_ruby
+def test_config_example_is_an_offline_config_the_vagrantfile_takes(tmp_path):
+    (tmp_path / "wheelhouse").mkdir()
+    (tmp_path / "wheelhouse" / "click-8.5.1-py3-none-any.whl").write_bytes(b"")
+    log = record_vagrantfile(tmp_path, {}, (VAGRANT / "config.example.yaml").read_text())
+    p = paths(log)
+    assert p["vm.box="] == ["kproxy/debian12-local"] and p["vm.provider.libvirt.management_network_mode="] == ["none"]
+    (prov,) = provisioners(log)
+    assert prov["kw"]["args"] == ["http://192.168.121.1:3142", "", "/var/cache/kproxy-wheelhouse"]
+    synced = {r["args"][1]: r["args"][0] for r in log if r["path"] == "vm.synced_folder"}
+    assert synced["/var/cache/kproxy-wheelhouse"] == str(tmp_path / "wheelhouse")  # relative to vagrant/
