@@ -326,6 +326,10 @@ def teardown(r: Runner, lab: Lab, remove_box: bool = False) -> list[str]:
     """Remove what state.json says this run made; returns what is still left (empty: clean)."""
     state = load_state(lab)
     env = lab.vagrant_env()
+    if not state:  # host-up never ran (or a teardown finished): nothing of ours on the host
+        if remove_box:
+            remove_box_files(r, lab, env)
+        return []
     up = libvirt_up(r) if shutil.which("virsh") else False
     if not up and state.get("networks") and any(k in state.get("started", {}) for k in ("libvirtd", "libvirtd.service")):
         start_libvirt(r, lab, state)  # libvirtd died (or was killed) before it removed our networks
@@ -353,9 +357,7 @@ def teardown(r: Runner, lab: Lab, remove_box: bool = False) -> list[str]:
                 r.run([*VIRSH, "pool-destroy", "default"], check=False)
                 r.run([*VIRSH, "pool-undefine", "default"], check=False)
     if remove_box:
-        if shutil.which("vagrant"):
-            r.run(["vagrant", "box", "remove", "-f", lab.box], env=env, check=False, timeout=120)
-        lab.box_file.unlink(missing_ok=True)
+        remove_box_files(r, lab, env)
     started = state.get("started", {})
     others_left = up and any(n for n in r.out([*VIRSH, "net-list", "--name"], check=False).split())  # active ones
     for name in ("apt-cacher-ng", "libvirtd", "virtlogd"):
@@ -381,6 +383,12 @@ def teardown(r: Runner, lab: Lab, remove_box: bool = False) -> list[str]:
     if not left:
         lab.state_file.unlink(missing_ok=True)
     return left
+
+
+def remove_box_files(r: Runner, lab: Lab, env: dict) -> None:
+    if shutil.which("vagrant"):
+        r.run(["vagrant", "box", "remove", "-f", lab.box], env=env, check=False, timeout=120)
+    lab.box_file.unlink(missing_ok=True)
 
 
 def proc_name(pid: int) -> str:

@@ -269,3 +269,65 @@ def test_config_example_is_an_offline_config_the_vagrantfile_takes(tmp_path):
     assert prov["kw"]["args"] == ["http://192.168.121.1:3142", "", "/var/cache/kproxy-wheelhouse"]
     synced = {r["args"][1]: r["args"][0] for r in log if r["path"] == "vm.synced_folder"}
     assert synced["/var/cache/kproxy-wheelhouse"] == str(tmp_path / "wheelhouse")  # relative to vagrant/
+
+
+# -- teardown removes what the state file says this run made, nothing else -----------------------
+class FakeRunner:
+    """Answers virsh and friends from a canned host; records every command."""
+
+    def __init__(self, host_state: dict):
+        self.h = host_state
+        self.cmds: list[list[str]] = []
+
+    def say(self, _msg):
+        pass
+
+    note = say
+
+    def run(self, argv, capture=False, check=True, **_kw):
+        self.cmds.append(argv)
+        a = argv[3:] if argv[:1] == ["virsh"] else argv
+        out = ""
+        if a[:1] == ["version"]:
+            out = "ok"
+        elif a[:2] == ["list", "--all"]:
+            out = "\n".join(self.h["domains"])
+        elif a[:2] == ["net-list", "--all"]:
+            out = "\n".join(self.h["networks"])
+        elif a[:1] == ["net-list"]:
+            out = "\n".join(n for n in self.h["networks"] if n in self.h["active"])
+        elif a[:1] == ["net-undefine"]:
+            self.h["networks"].remove(a[1])
+        elif a[:1] == ["vol-list"]:
+            out = " Name   Path\n------\n" + "\n".join(f" {v}  /var/lib/libvirt/images/{v}" for v in self.h["vols"])
+        elif a[:1] == ["vol-delete"]:
+            self.h["vols"].remove(a[-1])
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    def out(self, argv, **kw):
+        return self.run(argv, capture=True, **kw).stdout
+
+    def ok(self, argv, **kw):
+        return self.run(argv, **kw).returncode == 0
+
+
+def test_teardown_removes_only_what_this_run_made(tmp_path, monkeypatch):
+    lab = host.Lab(work=tmp_path)
+    host.save_state(lab, {"kvm": None, "libvirt_was_up": True, "started": {}, "pool_made": True,
+                          "networks": ["vagrant-libvirt", "kproxy-lab"]})
+    fake = FakeRunner({"domains": ["vagrant_node-1", "vagrant_node-2", "someone_else"],
+                       "networks": ["default", "vagrant-libvirt", "kproxy-lab"], "active": ["vagrant-libvirt"],
+                       "vols": ["kproxy-VAGRANTSLASH-debian12-local_vagrant_box_image_0_box.img",
+                                "vagrant_node-1.img", "someone.qcow2"]})
+    monkeypatch.setattr(host.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert host.teardown(fake, lab) == []
+    virsh = [c[3:] for c in fake.cmds if c[:1] == ["virsh"]]
+    assert ["destroy", "vagrant_node-1"] in virsh and ["destroy", "vagrant_node-2"] in virsh
+    assert not any("someone_else" in c for c in virsh)
+    assert sorted(c[1] for c in virsh if c[0] == "net-undefine") == ["kproxy-lab", "vagrant-libvirt"]
+    assert fake.h["vols"] == ["someone.qcow2"]  # the box's pool copy and the node disk went, not others'
+    assert ["pool-destroy", "default"] not in virsh  # the pool still holds someone's volume
+    assert not lab.state_file.exists()
+    # no state file: a second teardown touches nothing
+    fake.cmds.clear()
+    assert host.teardown(fake, lab) == [] and fake.cmds == []
