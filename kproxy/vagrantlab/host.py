@@ -428,16 +428,23 @@ def leftovers(r: Runner, lab: Lab, state: dict) -> list[str]:
     for name, pid in state.get("started", {}).items():
         if isinstance(pid, int) and pid_alive(pid) and proc_name(pid).startswith(name[:15]):
             left.append(f"process {name} ({pid})")
-    for pid_dir in Path("/proc").iterdir():
-        if pid_dir.name.isdigit():
-            comm = proc_name(int(pid_dir.name))
-            if comm.startswith("qemu-system") or (comm == "dnsmasq" and lab.mgmt_net in _cmdline(pid_dir)):
-                left.append(f"process {comm} ({pid_dir.name})")
+    left += [f"process {comm} ({pid})" for pid, comm in lab_processes(lab)]
     if state.get("kvm") and os.path.exists("/dev/kvm"):
         st = os.stat("/dev/kvm")
         if [stat.S_IMODE(st.st_mode), st.st_gid] != state["kvm"]:
             left.append(f"/dev/kvm mode {oct(stat.S_IMODE(st.st_mode))} gid {st.st_gid}")
     return left
+
+
+def lab_processes(lab: Lab) -> list[tuple[int, str]]:
+    """QEMU processes, and the dnsmasq libvirt runs for our management network."""
+    found = []
+    for pid_dir in Path("/proc").iterdir():
+        if pid_dir.name.isdigit():
+            comm = proc_name(int(pid_dir.name))
+            if comm.startswith("qemu-system") or (comm == "dnsmasq" and lab.mgmt_net in _cmdline(pid_dir)):
+                found.append((int(pid_dir.name), comm))
+    return found
 
 
 def _cmdline(pid_dir: Path) -> str:

@@ -320,6 +320,7 @@ def test_teardown_removes_only_what_this_run_made(tmp_path, monkeypatch):
                        "vols": ["kproxy-VAGRANTSLASH-debian12-local_vagrant_box_image_0_box.img",
                                 "vagrant_node-1.img", "someone.qcow2"]})
     monkeypatch.setattr(host.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(host, "lab_processes", lambda lab: [])  # not this machine's real VMs
     assert host.teardown(fake, lab) == []
     virsh = [c[3:] for c in fake.cmds if c[:1] == ["virsh"]]
     assert ["destroy", "vagrant_node-1"] in virsh and ["destroy", "vagrant_node-2"] in virsh
