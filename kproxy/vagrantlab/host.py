@@ -10,6 +10,7 @@ the VMs reach the host and each other, nothing beyond (the lab's packets stay on
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 from kproxy.vagrantlab.run import CheckFailed, Runner
 
 VIRSH = ["virsh", "-c", "qemu:///system"]
+POOL_CONF = Path("/etc/libvirt/storage")  # where libvirt keeps pool definitions
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
@@ -203,7 +205,8 @@ def host_up(r: Runner, lab: Lab) -> None:
         kvm = os.stat("/dev/kvm") if os.path.exists("/dev/kvm") else None
         state = {"kvm": [stat.S_IMODE(kvm.st_mode), kvm.st_gid] if kvm else None,
                  "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
-                 "libvirt_was_up": libvirt_up(r), "started": {}, "networks": [], "pool_made": False}
+                 "libvirt_was_up": libvirt_up(r), "started": {}, "networks": [], "pool_made": False,
+                 "pool_conf_existed": POOL_CONF.exists()}
         save_state(lab, state)
     preflight(r, lab)
     if state["kvm"]:
@@ -356,6 +359,9 @@ def teardown(r: Runner, lab: Lab, remove_box: bool = False) -> list[str]:
             if state.get("pool_made") and not rest:
                 r.run([*VIRSH, "pool-destroy", "default"], check=False)
                 r.run([*VIRSH, "pool-undefine", "default"], check=False)
+                for d in () if state.get("pool_conf_existed", True) else (POOL_CONF / "autostart", POOL_CONF):
+                    with contextlib.suppress(OSError):  # libvirt made them for our pool; rmdir: only if empty
+                        d.rmdir()
     if remove_box:
         remove_box_files(r, lab, env)
     started = state.get("started", {})
