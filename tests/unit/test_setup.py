@@ -23,6 +23,13 @@ TOOLS = {"ip": "iproute2", "iptables": "iptables", "iptables-save": "iptables",
          "ss": "iproute2"}
 # scripts/setup --test (scripts/test)
 TEST_TOOLS = {"ruby": "ruby", "vagrant": "vagrant", "openssl": "openssl", "chromium": "chromium"}
+# scripts/setup --vagrant (scripts/vagrant-test, kproxy/vagrantlab: its commands go through Runner.run/out/ok)
+VAGRANT_TOOLS = {"vagrant": "vagrant", "virsh": "libvirt-clients", "libvirtd": "libvirt-daemon-system",
+                 "virtlogd": "libvirt-daemon-system", "qemu-img": "qemu-utils", "debootstrap": "debootstrap",
+                 "parted": "parted", "mkfs.ext4": "e2fsprogs", "rsync": "rsync", "curl": "curl",
+                 "/usr/sbin/apt-cacher-ng": "apt-cacher-ng", "ssh": "openssh-client", "git": "git",
+                 "iptables-save": "iptables", "ip6tables-save": "iptables", "iptables": "iptables",
+                 "ip6tables": "iptables", "nft": "nftables", "ip": "iproute2"}
 ESSENTIAL = {"sh", "bash", "cat", "true", "hostname", "getent", "unshare", "nsenter", "taskset", "python3",
              "apt-get", "sleep", "kill", "tr", "script"}  # script: bsdutils (Essential), a TTY for `kubectl exec -it`
 
@@ -60,6 +67,21 @@ def _commands_run() -> set[str]:
         for m in re.finditer(r"\"--\", \"([a-z][\w.-]+)\"", text):
             found.add(m.group(1))
     return found
+
+
+def test_vagrant_test_tools_are_in_setup_vagrant():
+    text = SETUP.read_text()
+    vagrant_pkgs = set(re.search(r"^vagrant_pkgs=\(([^)]*)\)", text, re.M).group(1).split())
+    # openssh-client and git: a host that runs vagrant has them (vagrant depends on the first)
+    missing = {t: p for t, p in VAGRANT_TOOLS.items()
+               if p not in vagrant_pkgs | setup_packages() | {"openssh-client", "git"}}
+    assert not missing, f"scripts/setup --vagrant does not install: {missing}"
+    used = set()
+    for path in (REPO / "kproxy" / "vagrantlab").glob("*.py"):
+        used |= set(re.findall(r"\b(?:r|self\.r|self)\.(?:run|out|ok)\(\s*\[\s*\"([\w./-]+)\"", path.read_text()))
+    used |= {"virsh"} if "VIRSH = [\"virsh\"" in (REPO / "kproxy/vagrantlab/host.py").read_text() else set()
+    unknown = used - set(VAGRANT_TOOLS) - ESSENTIAL - {"dpkg-query", "runuser", "systemctl"}
+    assert not unknown, f"add these commands' Debian packages to scripts/setup --vagrant and VAGRANT_TOOLS: {sorted(unknown)}"
 
 
 def test_no_external_command_is_unaccounted_for():

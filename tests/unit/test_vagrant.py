@@ -224,7 +224,7 @@ def test_vagrantfile_nodes(tmp_path, env, config_yaml, want):
     paths = {r["path"]: r["args"] for r in log}
     assert paths["vm.box="] == ["debian/bookworm64"]
     for provider in ("libvirt", "virtualbox"):
-        assert paths[f"vm.provider.{provider}.memory="] == [2048]
+        assert paths[f"vm.provider.{provider}.memory="] == [1024]
         assert paths[f"vm.provider.{provider}.cpus="] == [2]
     synced = next(r for r in log if r["path"] == "vm.synced_folder")
     assert synced["args"] == ["..", "/vagrant"] and synced["kw"]["type"] == "rsync"
