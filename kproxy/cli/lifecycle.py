@@ -178,6 +178,12 @@ def up(manifests, sandbox, service_cidr, pod_cidr, service_node_port_range, node
         time.sleep(0.2)
     else:
         fail(f"the daemon did not finish its first reconcile in {timeout}s; see {state_dir}/daemon.log")
+    _finish_up(cfg, reply, deadline)
+
+
+def _finish_up(cfg: LabConfig, reply: dict, deadline: float) -> None:
+    """What `up` says once the lab answered (one node or many): the first reconcile's problems,
+    the API server's, cluster DNS ready, the summary."""
     for problem in reply.get("errors", []):
         click.echo(f"warning: {problem['message']}", err=True)
     _api_warning(reply)
@@ -227,12 +233,7 @@ def _up_cluster(cfg: LabConfig, timeout: float) -> None:
         if time.monotonic() > deadline:
             fail(f"the lab did not come up in {timeout}s; see {cfg.state_dir}/daemon.log and nodes/*/agent.log")
         time.sleep(0.3)
-    for problem in reply.get("errors", []):
-        click.echo(f"warning: {problem['message']}", err=True)
-    _api_warning(reply)
-    if cfg.cluster_dns:
-        _wait_for_cluster_dns(cfg, deadline)
-    _print_summary(cfg)
+    _finish_up(cfg, reply, deadline)
 
 
 def _wait_for_cluster_dns(cfg: LabConfig, deadline: float) -> None:

@@ -28,6 +28,22 @@ def _node_save(cfg: LabConfig, netns: str | None) -> str:
     return res.stdout
 
 
+def _service_inputs(cfg: LabConfig, store, target: str, namespace: str, node: str | None):
+    """`rules svc/NAME`: the Service, its EndpointSlices and the proxy settings that render its
+    chains in either mode (exits with kubectl's NotFound when there is no such Service)."""
+    from kproxy.proxy import render
+    word, _, name = target.partition("/")
+    if resolve_kind(word) != "Service" or not name:
+        fail("TARGET is svc/NAME")
+    svc = store.get(object_key("Service", namespace, name))
+    if svc is None:
+        click.echo(not_found("Service", name), err=True)
+        sys.exit(1)
+    slices = [s for _, s in store.list(object_key("EndpointSlice", namespace, ""))]
+    pcfg = render.ProxyConfig(cluster_cidr=cfg.cluster_cidr, node_name=node or cfg.node_name, node_ips=["0.0.0.0"])
+    return name, svc, slices, pcfg
+
+
 def _nft_rules(cfg: LabConfig, store, netns: str | None, target: str | None, namespace: str,
                node: str | None) -> None:
     """A lab in nftables mode: `nft list table ip kube-proxy` from the node, whole or one Service's part."""
@@ -38,18 +54,9 @@ def _nft_rules(cfg: LabConfig, store, netns: str | None, target: str | None, nam
     if not target:
         click.echo(res.stdout, nl=False)
         return
-    word, _, name = target.partition("/")
-    if resolve_kind(word) != "Service" or not name:
-        fail("TARGET is svc/NAME")
-    svc = store.get(object_key("Service", namespace, name))
-    if svc is None:
-        click.echo(not_found("Service", name), err=True)
-        sys.exit(1)
-    from kproxy.proxy import render
+    name, svc, slices, pcfg = _service_inputs(cfg, store, target, namespace, node)
     from kproxy.proxy.nft import listing
     from kproxy.proxy.nft import render as nft_render
-    slices = [s for _, s in store.list(object_key("EndpointSlice", namespace, ""))]
-    pcfg = render.ProxyConfig(cluster_cidr=cfg.cluster_cidr, node_name=node or cfg.node_name, node_ips=["0.0.0.0"])
     base = nft_render.render([], [], pcfg).table
     own = nft_render.render([svc], slices, pcfg).table
     click.echo(listing.filtered(res.stdout, set(own.chains) - set(base.chains), set(own.sets) - set(base.sets),
@@ -158,14 +165,6 @@ def rules(target, render_only, path, namespace, proxy_mode, cluster_cidr, servic
     if not target:
         click.echo(applier.owned_lines(saved), nl=False)
         return
-    word, _, name = target.partition("/")
-    if resolve_kind(word) != "Service" or not name:
-        fail("TARGET is svc/NAME")
-    svc = store.get(object_key("Service", namespace, name))
-    if svc is None:
-        click.echo(not_found("Service", name), err=True)
-        sys.exit(1)
-    slices = [s for _, s in store.list(object_key("EndpointSlice", namespace, ""))]
-    pcfg = render.ProxyConfig(cluster_cidr=cfg.cluster_cidr, node_name=node or cfg.node_name, node_ips=["0.0.0.0"])
+    name, svc, slices, pcfg = _service_inputs(cfg, store, target, namespace, node)
     chains = render.render([svc], slices, pcfg).service_chains.get(f"{namespace}/{name}", set())
     click.echo(applier.owned_lines(saved, chains, mention=f"{namespace}/{name}"), nl=False)
